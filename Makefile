@@ -1,0 +1,49 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PKGS := libgl1-mesa-dri libegl1 libegl-mesa0 libgles2 libgl1 xvfb xauth xdotool ffmpeg
+
+.PHONY: setup demo test lint bench clean system
+
+setup: $(STAMP)
+
+# System packages for Mesa EGL, Xvfb and ffprobe: installed when root, printed otherwise.
+system:
+	@if [ "$$(id -u)" = "0" ]; then \
+	  if ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
+	    echo "installing system packages: $(APT_PKGS)"; \
+	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	  fi; \
+	else \
+	  dpkg -s $(APT_PKGS) >/dev/null 2>&1 || echo "not root: please run  sudo apt-get install -y $(APT_PKGS)"; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@# CPU torch wheel first where there is no CUDA, so pip never pulls the CUDA build.
+	@if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
+	  else $(BIN)/pip install -q torch==2.13.0; fi; \
+	fi
+	@$(BIN)/pip install -q -e ".[backend,dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dreamjourney demo --out journey.mp4
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info
