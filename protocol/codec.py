@@ -1,0 +1,263 @@
+"""Multipart framing: a message struct in frame 0, raw blobs after it, zero-copy both ways.
+
+``encode`` returns a list of frames for ``socket.send_multipart(frames, copy=False)``;
+``decode`` takes the frames from ``socket.recv_multipart(copy=False)`` (zmq.Frame objects,
+bytes or memoryviews) and returns the struct with its blobs as memoryviews, never copying
+a blob. Arrays and images are turned into blobs (and back) by the helpers below, which
+check dtype, shape and size against the references.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from protocol.limits import (
+    DEFAULT_LIMITS,
+    BadArray,
+    BadBlob,
+    BadImage,
+    BadMessage,
+    BadValue,
+    Limits,
+    TooLarge,
+    UnknownType,
+)
+from protocol.messages import (
+    ALL_MESSAGES,
+    AnyMessage,
+    ArrayRef,
+    Dynamics,
+    ImageRef,
+    Message,
+    PointsDelta,
+    Transition,
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyMessage)
+_TAGS = {cls.__struct_config__.tag for cls in ALL_MESSAGES}
+
+Blob = Any
+"""bytes, bytearray, memoryview, numpy array or zmq.Frame: anything with the buffer protocol."""
+
+
+def _nbytes(blob: Blob) -> int:
+    buf = getattr(blob, "buffer", blob)  # zmq.Frame exposes .buffer
+    return memoryview(buf).nbytes
+
+
+def _view(blob: Blob) -> memoryview:
+    return memoryview(getattr(blob, "buffer", blob)).cast("B")
+
+
+def encode(msg: Message, blobs: Sequence[Blob] = ()) -> list[Blob]:
+    """Frames of one message: the msgpack header, then the blobs as they are (no copy)."""
+    return [_encoder.encode(msg), *blobs]
+
+
+def decode(frames: Sequence[Blob], limits: Limits = DEFAULT_LIMITS) -> tuple[Message, list[memoryview]]:
+    """Decode and validate one multipart message; raises a ProtocolError subclass on bad input."""
+    if not frames:
+        raise BadMessage("empty message")
+    total = sum(_nbytes(f) for f in frames)
+    if total > limits.max_message_bytes:
+        raise TooLarge(f"message of {total} bytes exceeds the limit of {limits.max_message_bytes}")
+    if len(frames) - 1 > limits.max_blobs:
+        raise TooLarge(f"{len(frames) - 1} blob frames exceed the limit of {limits.max_blobs}")
+    header = _view(frames[0])
+    if header.nbytes > limits.max_header_bytes:
+        raise TooLarge(f"header of {header.nbytes} bytes exceeds {limits.max_header_bytes}")
+    msg = _decode_header(header)
+    blobs = [_view(f) for f in frames[1:]]
+    _check_refs(msg, blobs, limits)
+    return msg, blobs
+
+
+def _decode_header(header: memoryview) -> Message:
+    try:
+        return _decoder.decode(header)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if "Invalid value" in text and "`$.type`" in text:
+            raise UnknownType(f"unknown message type: {text}") from None
+        if "Expected `object`" in text and "`$`" not in text:
+            raise BadMessage(f"header is not a message struct: {text}") from None
+        raise BadValue(f"invalid message: {text}") from None
+    except msgspec.DecodeError as exc:
+        raise BadMessage(f"header is not valid msgpack: {exc}") from None
+
+
+def _check_refs(msg: Message, blobs: list[memoryview], limits: Limits) -> None:
+    used = []
+    for name in msg.__struct_fields__:
+        ref = getattr(msg, name)
+        if isinstance(ref, (ImageRef, ArrayRef)):
+            if not 0 <= ref.blob < len(blobs):
+                raise BadBlob(f"field {name!r} references blob {ref.blob}, message has {len(blobs)}")
+            used.append(ref.blob)
+            if isinstance(ref, ArrayRef):
+                _check_array_ref(name, ref, blobs[ref.blob], limits)
+            else:
+                _check_image_ref(name, ref, blobs[ref.blob], limits)
+    if len(set(used)) != len(used):
+        raise BadBlob("two fields reference the same blob")
+    if isinstance(msg, PointsDelta):
+        n = msg.xyz.shape[0] if msg.xyz.shape else 0
+        if n > limits.max_points_per_chunk:
+            raise TooLarge(f"{n} points in one chunk exceed {limits.max_points_per_chunk}")
+        _expect_shape("xyz", msg.xyz, [n, 3], "float32")
+        _expect_shape("rgb", msg.rgb, [n, 3], "uint8")
+        _expect_shape("radius", msg.radius, [n], "float32")
+    elif isinstance(msg, Transition):
+        shape = msg.poses.shape
+        if len(shape) != 3 or shape[1:] != [4, 4] or shape[0] < 2:
+            raise BadArray(f"poses must be N x 4 x 4 with N >= 2, got {shape}")
+        if shape[0] > limits.max_trajectory_len:
+            raise TooLarge(f"trajectory of {shape[0]} poses exceeds {limits.max_trajectory_len}")
+    elif isinstance(msg, Dynamics):
+        if len(msg.pose) != 16:
+            raise BadValue(f"pose must have 16 floats, got {len(msg.pose)}")
+        if not 1 <= msg.num_frames <= limits.max_trajectory_len:
+            raise BadValue(f"num_frames must be in [1, {limits.max_trajectory_len}]")
+
+
+def _expect_shape(name: str, ref: ArrayRef, shape: list[int], dtype: str) -> None:
+    if ref.shape != shape or ref.dtype != dtype:
+        raise BadArray(f"{name} must be {dtype} {shape}, got {ref.dtype} {ref.shape}")
+
+
+def _check_array_ref(name: str, ref: ArrayRef, blob: memoryview, limits: Limits) -> None:
+    if any(d < 0 for d in ref.shape):
+        raise BadArray(f"{name}: negative dimension in shape {ref.shape}")
+    count = int(np.prod(ref.shape, dtype=np.int64)) if ref.shape else 1
+    if count > limits.max_array_elements:
+        raise TooLarge(f"{name}: {count} elements exceed {limits.max_array_elements}")
+    expected = count * np.dtype(ref.dtype).itemsize
+    if blob.nbytes != expected:
+        raise BadArray(
+            f"{name}: {ref.dtype} {ref.shape} needs {expected} bytes, blob has {blob.nbytes}"
+        )
+
+
+def _check_image_ref(name: str, ref: ImageRef, blob: memoryview, limits: Limits) -> None:
+    if ref.width <= 0 or ref.height <= 0:
+        raise BadImage(f"{name}: image size must be positive, got {ref.width}x{ref.height}")
+    if ref.width * ref.height > limits.max_image_pixels:
+        raise TooLarge(f"{name}: {ref.width}x{ref.height} exceeds {limits.max_image_pixels} pixels")
+    if ref.codec == "raw" and blob.nbytes != ref.width * ref.height * 3:
+        raise BadImage(f"{name}: raw {ref.width}x{ref.height} RGB needs {ref.width * ref.height * 3} bytes")
+
+
+# --- arrays -----------------------------------------------------------------------------
+
+
+def array_blob(arr: np.ndarray, index: int) -> tuple[ArrayRef, np.ndarray]:
+    """Reference and contiguous little-endian buffer for ``arr`` placed at blob ``index``."""
+    a = np.ascontiguousarray(arr)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    name = a.dtype.name
+    if name not in ("float32", "float64", "uint8", "uint16", "int32"):
+        raise BadArray(f"dtype {name} cannot go on the wire")
+    return ArrayRef(blob=index, dtype=name, shape=list(a.shape)), a
+
+
+def read_array(ref: ArrayRef, blobs: Sequence[memoryview]) -> np.ndarray:
+    """A read-only numpy view of the referenced blob (no copy); checked as in ``decode``."""
+    if not 0 <= ref.blob < len(blobs):
+        raise BadBlob(f"blob {ref.blob} out of range ({len(blobs)} blobs)")
+    _check_array_ref("array", ref, blobs[ref.blob], DEFAULT_LIMITS)
+    return np.frombuffer(blobs[ref.blob], dtype=np.dtype(ref.dtype).newbyteorder("<")).reshape(ref.shape)
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+def _check_rgb(img: np.ndarray) -> np.ndarray:
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise BadImage(f"images must be H x W x 3 uint8, got {img.dtype} {img.shape}")
+    return np.ascontiguousarray(img)
+
+
+def encode_image(img: np.ndarray, codec: str = "jpeg", index: int = 0, quality: int = 90) -> tuple[ImageRef, bytes]:
+    """Reference and blob for an H x W x 3 uint8 RGB image; JPEG is 4:2:0 (libjpeg-turbo)."""
+    img = _check_rgb(img)
+    h, w = img.shape[:2]
+    if codec == "jpeg":
+        import simplejpeg
+
+        data = simplejpeg.encode_jpeg(img, quality=quality, colorspace="RGB", colorsubsampling="420")
+    elif codec == "png":
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+        data = buf.getvalue()
+    elif codec == "raw":
+        data = img.tobytes()
+    else:
+        raise BadImage(f"unknown image codec {codec!r}; use jpeg, png or raw")
+    return ImageRef(blob=index, codec=codec, width=w, height=h), data
+
+
+def decode_image(ref: ImageRef, blobs: Sequence[memoryview]) -> np.ndarray:
+    """H x W x 3 uint8 RGB from a referenced blob; the decoded size must match the reference."""
+    if not 0 <= ref.blob < len(blobs):
+        raise BadBlob(f"blob {ref.blob} out of range ({len(blobs)} blobs)")
+    data = blobs[ref.blob]
+    try:
+        if ref.codec == "raw":
+            img = np.frombuffer(data, dtype=np.uint8).reshape(ref.height, ref.width, 3)
+        elif ref.codec == "jpeg":
+            import simplejpeg
+
+            img = simplejpeg.decode_jpeg(bytes(data) if not data.contiguous else data, colorspace="RGB")
+        else:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > DEFAULT_LIMITS.max_image_pixels:
+                    raise BadImage("PNG too large")
+                img = np.asarray(im.convert("RGB"))
+    except BadImage:
+        raise
+    except Exception as exc:  # codec libraries raise many types for corrupt data
+        raise BadImage(f"cannot decode {ref.codec} image: {exc}") from None
+    if img.shape[:2] != (ref.height, ref.width):
+        raise BadImage(f"image is {img.shape[1]}x{img.shape[0]}, reference says {ref.width}x{ref.height}")
+    return img
+
+
+def pose_list(pose: np.ndarray) -> list[float]:
+    """16 floats, row-major, from a 4x4 pose."""
+    p = np.asarray(pose, dtype=np.float64)
+    if p.shape != (4, 4):
+        raise BadValue(f"pose must be 4x4, got {p.shape}")
+    return p.reshape(-1).tolist()
+
+
+def pose_array(values: Sequence[float]) -> np.ndarray:
+    """4x4 float64 pose from 16 row-major floats."""
+    if len(values) != 16:
+        raise BadValue(f"pose must have 16 floats, got {len(values)}")
+    return np.asarray(values, dtype=np.float64).reshape(4, 4)
+
+
+def k_list(K: np.ndarray) -> list[float]:
+    return np.asarray(K, dtype=np.float64).reshape(-1).tolist()
+
+
+def k_array(values: Sequence[float]) -> np.ndarray:
+    if len(values) != 9:
+        raise BadValue(f"K must have 9 floats, got {len(values)}")
+    return np.asarray(values, dtype=np.float64).reshape(3, 3)
+
+
+def message_tags() -> set[str]:
+    """Every tag the decoder accepts."""
+    return set(_TAGS)

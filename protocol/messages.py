@@ -1,0 +1,313 @@
+"""Every message on the wire, as typed msgspec Structs in one tagged union.
+
+A message is a ZeroMQ multipart: frame 0 is one of these structs encoded as msgpack (the
+``type`` field is the tag); frames 1.. are raw blobs (JPEG, PNG, arrays) that fields reference
+by index through :class:`ImageRef` and :class:`ArrayRef`. Blob index 0 is the first frame
+*after* the header.
+
+Conventions, as in DESIGN.md:
+- Poses are camera-to-world ``T_world_camera``, OpenCV camera axes (+x right, +y down,
+  +z forward), 16 floats in row-major order. World = the scene's first view.
+- Intrinsics ``K`` are 9 floats, row-major 3x3, in pixels.
+- Images are H x W x 3 uint8 RGB. Depth is float32 z-depth in the units of the poses.
+- Times are seconds (float). Ids are strings chosen by whoever creates the thing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+Pose = list[float]
+"""Camera-to-world 4x4, OpenCV axes, 16 floats row-major."""
+
+Intrinsics = list[float]
+"""Pinhole K, 3x3 row-major in pixels (9 floats)."""
+
+
+class ImageRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An image carried in a blob frame."""
+
+    blob: int
+    """Index of the blob frame (0 = first frame after the header)."""
+    codec: Literal["jpeg", "png", "raw"]
+    """``raw`` is H x W x 3 uint8 RGB, row-major, no padding."""
+    width: int
+    """Pixels."""
+    height: int
+    """Pixels."""
+
+
+class ArrayRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A numpy array carried in a blob frame, C order, little-endian."""
+
+    blob: int
+    """Index of the blob frame (0 = first frame after the header)."""
+    dtype: Literal["float32", "float64", "uint8", "uint16", "int32"]
+    shape: list[int]
+    """The blob holds exactly prod(shape) * itemsize bytes."""
+
+
+class Arrow(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A motion hint drawn on the paused view (Make-It-4D Eulerian flow)."""
+
+    start: list[float]
+    """(u, v) pixel where the arrow starts, in the view's image (v down)."""
+    vector: list[float]
+    """(du, dv) displacement in pixels per frame."""
+
+
+class SceneText(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Text prompts describing a scene (the scenes.toml fields)."""
+
+    style: str = ""
+    content: str = ""
+    negative: str = ""
+    background: str = ""
+
+
+class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
+    """Base of every message; ``type`` names the concrete struct."""
+
+
+# --- handshake and liveness -------------------------------------------------------------
+
+
+class Hello(Message, tag="hello"):
+    """Explorer -> backend, first message on a connection."""
+
+    protocol_version: int
+    """Must equal the backend's :data:`PROTOCOL_VERSION`, else an Error(version_mismatch)."""
+    client: str = "explorer"
+    """Free-form client name for logs."""
+    credits: int = 8
+    """Initial frame credit: frames the backend may send before the next Credit."""
+
+
+class Welcome(Message, tag="welcome"):
+    """Backend -> explorer, the answer to a good Hello."""
+
+    protocol_version: int
+    server: str
+    engines: list[str]
+    """Engines on offer, by name."""
+    default_engine: str
+    heartbeat_s: float
+    """Interval at which the backend pings; the peer is declared gone after a few missed."""
+    max_message_bytes: int
+    """Largest message (all frames together) the backend accepts."""
+
+
+class Ping(Message, tag="ping"):
+    """Heartbeat, either direction. The other side answers with a Pong of the same seq."""
+
+    seq: int
+    sent_at: float
+    """Sender's monotonic clock, seconds; echoed back in the Pong."""
+
+
+class Pong(Message, tag="pong"):
+    seq: int
+    sent_at: float
+    """The Ping's ``sent_at``, unchanged."""
+
+
+class Credit(Message, tag="credit"):
+    """Explorer -> backend: permission to send ``frames`` more Frame messages."""
+
+    frames: int
+
+
+class Error(Message, tag="error"):
+    """Either direction: a message could not be handled. The connection stays usable."""
+
+    code: Literal[
+        "bad_message",
+        "unknown_type",
+        "too_large",
+        "bad_blob",
+        "bad_array",
+        "bad_image",
+        "bad_value",
+        "version_mismatch",
+        "handshake_required",
+        "unknown_scene",
+        "unknown_engine",
+        "unknown_job",
+        "busy",
+        "internal",
+    ]
+    message: str
+    """One sentence a person can act on."""
+    request_id: str | None = None
+    """The request, job or scene id the error answers, when known."""
+
+
+# --- scenes -----------------------------------------------------------------------------
+
+
+class OpenScene(Message, tag="open_scene"):
+    """Explorer -> backend: lift a photo into a scene (or resume a saved one)."""
+
+    request_id: str
+    scene_id: str
+    image: ImageRef | None = None
+    """The photo; may be None only when ``resume`` is set."""
+    K: Intrinsics | None = None
+    """Intrinsics of the photo; None lets the backend assume a 60 degree horizontal FOV."""
+    depth: ArrayRef | None = None
+    """Optional H x W float32 z-depth for the photo, used when the engine has no depth model."""
+    text: SceneText = SceneText()
+    engine: str | None = None
+    """Engine name; None picks the backend's default."""
+    resume: bool = False
+    """Reload the saved session named ``scene_id`` instead of starting from ``image``."""
+
+
+class SceneOpened(Message, tag="scene_opened"):
+    """Backend -> explorer: the scene exists; its cloud follows as PointsDelta chunks."""
+
+    request_id: str
+    scene_id: str
+    engine: str
+    width: int
+    height: int
+    K: Intrinsics
+    pose: Pose
+    """Pose of the last view (identity for a new scene)."""
+    median_depth: float
+    """Median z-depth of the first view; speeds and presets scale with it."""
+    num_points: int
+    resumed: bool = False
+
+
+class PointsDelta(Message, tag="points_delta"):
+    """Backend -> explorer: points appended to a scene's cloud (never replaced)."""
+
+    scene_id: str
+    chunk: int
+    """0-based chunk index within this append."""
+    last: bool
+    """True on the final chunk of this append."""
+    xyz: ArrayRef
+    """N x 3 float32 world positions."""
+    rgb: ArrayRef
+    """N x 3 uint8 colours."""
+    radius: ArrayRef
+    """N float32 world-space splat radii (pixel footprint at the point's depth)."""
+    total_points: int
+    """Points in the scene's cloud once this chunk is applied."""
+    job_id: str | None = None
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+class Transition(Message, tag="transition"):
+    """Explorer -> backend: generate a clip along a camera path and grow the cloud."""
+
+    job_id: str
+    scene_id: str
+    poses: ArrayRef
+    """N x 4 x 4 float32 camera-to-world poses, the first at the current view."""
+    fps: float = 24.0
+    engine: str | None = None
+    prompt: str | None = None
+    """Overrides the engine's prompt for this clip."""
+    seed: int | None = None
+
+
+class Dynamics(Message, tag="dynamics"):
+    """Explorer -> backend: animate the paused view (a looping clip at a fixed pose)."""
+
+    job_id: str
+    scene_id: str
+    pose: Pose
+    num_frames: int = 48
+    fps: float = 24.0
+    arrows: list[Arrow] = []
+    frozen: ArrayRef | None = None
+    """Optional H x W uint8 mask in the view's pixels; nonzero pixels stay still."""
+    engine: str | None = None
+    prompt: str | None = None
+    seed: int | None = None
+
+
+class Cancel(Message, tag="cancel"):
+    """Explorer -> backend: stop a job at its next step boundary."""
+
+    job_id: str
+
+
+class JobAccepted(Message, tag="job_accepted"):
+    job_id: str
+    kind: Literal["transition", "dynamics"]
+    num_frames: int
+    queue_position: int
+    """0 = running now."""
+
+
+class Progress(Message, tag="progress"):
+    job_id: str
+    stage: str
+    """Short stage name, e.g. ``depth``, ``inpaint``, ``sampling``, ``decode``."""
+    step: int
+    total: int
+    message: str = ""
+    """Optional sentence for the status line."""
+
+
+class Frame(Message, tag="frame"):
+    """Backend -> explorer: one frame of a clip; counts against the explorer's credit."""
+
+    job_id: str
+    index: int
+    """0-based frame index in the clip."""
+    num_frames: int
+    pose: Pose
+    K: Intrinsics
+    image: ImageRef
+    fps: float
+    loop: bool = False
+    """True for dynamics clips, which are meant to be looped."""
+
+
+class JobDone(Message, tag="job_done"):
+    job_id: str
+    num_frames: int
+    timings: dict[str, float] = {}
+    """Seconds per stage, plus ``total``."""
+    clip: str | None = None
+    """Where the backend saved the clip (path on the backend machine)."""
+
+
+class JobFailed(Message, tag="job_failed"):
+    job_id: str
+    code: Literal["cancelled", "bad_request", "engine_error", "peer_gone", "internal"]
+    message: str
+
+
+AnyMessage = Union[  # noqa: UP007 - msgspec needs a real Union for the tagged decoder
+    Hello,
+    Welcome,
+    Ping,
+    Pong,
+    Credit,
+    Error,
+    OpenScene,
+    SceneOpened,
+    PointsDelta,
+    Transition,
+    Dynamics,
+    Cancel,
+    JobAccepted,
+    Progress,
+    Frame,
+    JobDone,
+    JobFailed,
+]
+
+ALL_MESSAGES: tuple[type[Message], ...] = AnyMessage.__args__  # type: ignore[attr-defined]
