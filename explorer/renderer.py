@@ -1,0 +1,203 @@
+"""Draw calls: the splat cloud, the flown path, and 2D overlays. No window, no input.
+
+Each renderer owns its program and vertex arrays; the caller passes matrices computed by the
+camera (``protocol.camera`` conversions only) and the target framebuffer size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import moderngl
+import numpy as np
+
+from explorer.point_buffer import VERTEX_ATTRIBUTES, VERTEX_FORMAT, PointCloudBuffer
+from explorer.programs import load_program, set_uniform
+
+
+def _mat(m: np.ndarray) -> bytes:
+    """Column-major float32 bytes of a 4x4 row-major numpy matrix (what GLSL expects)."""
+    return np.asarray(m, dtype=np.float32).T.tobytes()
+
+
+@dataclass
+class ViewParams:
+    """Everything a 3D draw needs about the viewer this frame."""
+
+    view: np.ndarray
+    """GL view matrix (world -> eye), from ``opencv_to_gl_view``."""
+    proj: np.ndarray
+    """GL projection, from ``gl_projection``."""
+    focal_px: float
+    """Vertical focal length in framebuffer pixels (sizes the splats)."""
+
+
+class CloudRenderer:
+    """Perspective-correct round splats of a :class:`PointCloudBuffer`, depth tested."""
+
+    def __init__(self, ctx: moderngl.Context, points: PointCloudBuffer):
+        self.ctx = ctx
+        self.points = points
+        self.program = load_program(ctx, "splat.vert", "splat.frag")
+        self._vao: moderngl.VertexArray | None = None
+        self._vao_generation = -1
+        lo, hi = ctx.info.get("GL_POINT_SIZE_RANGE", (1.0, 2048.0))
+        self.max_point_size = float(hi)
+
+    def _vertex_array(self) -> moderngl.VertexArray:
+        if self._vao is None or self._vao_generation != self.points.generation:
+            if self._vao is not None:
+                self._vao.release()
+            self._vao = self.ctx.vertex_array(
+                self.program, [(self.points.vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES)]
+            )
+            self._vao_generation = self.points.generation
+        return self._vao
+
+    def draw(self, params: ViewParams) -> None:
+        if self.points.count == 0:
+            return
+        self.ctx.enable(moderngl.DEPTH_TEST | moderngl.PROGRAM_POINT_SIZE)
+        self.ctx.disable(moderngl.BLEND)
+        self.program["u_view"].write(_mat(params.view))
+        self.program["u_proj"].write(_mat(params.proj))
+        set_uniform(self.program, "u_focal", float(params.focal_px))
+        set_uniform(self.program, "u_max_size", self.max_point_size)
+        self._vertex_array().render(moderngl.POINTS, vertices=self.points.count)
+
+
+class BarePointsRenderer:
+    """The benchmark baseline: same buffer and point sizes, minimal shader, no disc test."""
+
+    def __init__(self, ctx: moderngl.Context, points: PointCloudBuffer):
+        self.ctx = ctx
+        self.points = points
+        self.program = load_program(ctx, "bare_points.vert", "bare_points.frag")
+        self._vao: moderngl.VertexArray | None = None
+        self._vao_generation = -1
+
+    def draw(self, params: ViewParams) -> None:
+        if self._vao is None or self._vao_generation != self.points.generation:
+            self._vao = self.ctx.vertex_array(
+                self.program,
+                [(self.points.vbo, "3f4 4x 1f4", "in_position", "in_radius")],
+            )
+            self._vao_generation = self.points.generation
+        self.ctx.enable(moderngl.DEPTH_TEST | moderngl.PROGRAM_POINT_SIZE)
+        self.program["u_mvp"].write(_mat(params.proj @ params.view))
+        self.program["u_view"].write(_mat(params.view))
+        self.program["u_focal"].value = float(params.focal_px)
+        self._vao.render(moderngl.POINTS, vertices=self.points.count)
+
+
+class PathRenderer:
+    """A polyline in the world (the flight since the last commit), drawn over the cloud."""
+
+    def __init__(self, ctx: moderngl.Context, max_points: int = 4096):
+        self.ctx = ctx
+        self.max_points = max_points
+        self.program = load_program(ctx, "path.vert", "flat.frag")
+        self.vbo = ctx.buffer(reserve=max_points * 12, dynamic=True)
+        self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f4", "in_position")])
+        self.count = 0
+
+    def set_points(self, xyz: np.ndarray) -> None:
+        xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
+        if len(xyz) > self.max_points:  # keep the shape, drop detail
+            idx = np.linspace(0, len(xyz) - 1, self.max_points).round().astype(int)
+            xyz = xyz[idx]
+        self.count = len(xyz)
+        if self.count:
+            self.vbo.write(xyz.tobytes())
+
+    def draw(self, params: ViewParams, color=(1.0, 0.8, 0.1, 1.0)) -> None:
+        if self.count < 2:
+            return
+        self.ctx.enable(moderngl.DEPTH_TEST)
+        self.program["u_view"].write(_mat(params.view))
+        self.program["u_proj"].write(_mat(params.proj))
+        self.program["u_color"].value = tuple(color)
+        self.vao.render(moderngl.LINE_STRIP, vertices=self.count)
+
+
+class OverlayRenderer:
+    """2D quads and lines in window pixels (origin top-left, y down), alpha blended."""
+
+    def __init__(self, ctx: moderngl.Context, max_vertices: int = 4096):
+        self.ctx = ctx
+        self.max_vertices = max_vertices
+        self.program = load_program(ctx, "overlay.vert", "overlay.frag")
+        self.vbo = ctx.buffer(reserve=max_vertices * 16, dynamic=True)
+        self.vao = ctx.vertex_array(self.program, [(self.vbo, "2f4 2f4", "in_position", "in_uv")])
+        self.viewport = (1, 1)
+
+    def begin(self, width: int, height: int) -> None:
+        """Set up 2D drawing over a ``width`` x ``height`` framebuffer."""
+        self.viewport = (width, height)
+        self.ctx.disable(moderngl.DEPTH_TEST)
+        self.ctx.enable(moderngl.BLEND)
+        self.ctx.blend_func = moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA
+        self.program["u_viewport"].value = (float(width), float(height))
+
+    def _draw(self, vertices: np.ndarray, mode: int, color, texture=None) -> None:
+        vertices = np.ascontiguousarray(vertices, dtype=np.float32)[: self.max_vertices]
+        self.vbo.write(vertices.tobytes())
+        self.program["u_color"].value = tuple(float(c) for c in color)
+        set_uniform(self.program, "u_use_texture", 1 if texture is not None else 0)
+        if texture is not None:
+            texture.use(location=0)
+            set_uniform(self.program, "u_texture", 0)
+        self.vao.render(mode, vertices=len(vertices))
+
+    def rect(self, x: float, y: float, w: float, h: float, color) -> None:
+        self._draw(_quad(x, y, w, h), moderngl.TRIANGLES, color)
+
+    def image(self, texture: moderngl.Texture, x: float, y: float, w: float, h: float,
+              alpha: float = 1.0) -> None:
+        self._draw(_quad(x, y, w, h), moderngl.TRIANGLES, (1.0, 1.0, 1.0, alpha), texture)
+
+    def lines(self, segments: np.ndarray, color) -> None:
+        """Line segments as an (M, 2, 2) array of pixel endpoints."""
+        seg = np.asarray(segments, dtype=np.float32).reshape(-1, 2)
+        if len(seg) < 2:
+            return
+        verts = np.zeros((len(seg), 4), dtype=np.float32)
+        verts[:, :2] = seg
+        self._draw(verts, moderngl.LINES, color)
+
+
+def _quad(x: float, y: float, w: float, h: float) -> np.ndarray:
+    x0, y0, x1, y1 = x, y, x + w, y + h
+    return np.array(
+        [[x0, y0, 0, 0], [x1, y0, 1, 0], [x1, y1, 1, 1],
+         [x0, y0, 0, 0], [x1, y1, 1, 1], [x0, y1, 0, 1]],
+        dtype=np.float32,
+    )
+
+
+class RenderTarget:
+    """An offscreen RGBA8 + depth framebuffer; everything the app shows is drawn here first."""
+
+    def __init__(self, ctx: moderngl.Context, width: int, height: int, samples: int = 0):
+        self.ctx = ctx
+        self.size = (int(width), int(height))
+        self.color = ctx.texture(self.size, 4)
+        self.depth = ctx.depth_renderbuffer(self.size)
+        self.fbo = ctx.framebuffer(color_attachments=[self.color], depth_attachment=self.depth)
+
+    def use(self) -> None:
+        self.fbo.use()
+
+    def clear(self, rgb=(0.0, 0.0, 0.0)) -> None:
+        self.fbo.clear(*rgb, 1.0, depth=1.0)
+
+    def read_rgb(self) -> np.ndarray:
+        """H x W x 3 uint8, top row first (image convention)."""
+        w, h = self.size
+        data = self.fbo.read(components=3, alignment=1)
+        return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3)[::-1]
+
+    def release(self) -> None:
+        self.fbo.release()
+        self.color.release()
+        self.depth.release()
