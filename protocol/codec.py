@@ -184,7 +184,9 @@ def _check_rgb(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def encode_image(img: np.ndarray, codec: str = "jpeg", index: int = 0, quality: int = 90) -> tuple[ImageRef, bytes]:
+def encode_image(
+    img: np.ndarray, codec: str = "jpeg", index: int = 0, quality: int = 90
+) -> tuple[ImageRef, bytes]:
     """Reference and blob for an H x W x 3 uint8 RGB image; JPEG is 4:2:0 (libjpeg-turbo)."""
     img = _check_rgb(img)
     h, w = img.shape[:2]

@@ -1,0 +1,13 @@
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SCENES = SHARED / "scenes"
+
+
+@pytest.fixture(scope="session")
+def scenes_dir() -> Path:
+    if not SCENES.is_dir():
+        pytest.skip(f"shared scenes not found at {SCENES}")
+    return SCENES
