@@ -24,10 +24,12 @@ I/O thread also does the protocol's housekeeping, so applications only see their
 from __future__ import annotations
 
 import collections
+import contextlib
 import ipaddress
 import itertools
 import logging
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,8 +56,6 @@ from protocol.messages import (
 
 log = logging.getLogger(__name__)
 
-_FRAME_MARK = b"F"
-_OTHER_MARK = b"M"
 _ids = itertools.count()
 
 
@@ -154,24 +154,44 @@ def is_loopback(address: str) -> bool:
 
 
 class _Channel:
-    """Thread-safe path from any thread to the I/O thread: a locked PUSH into an inproc PULL."""
+    """Thread-safe hand-off from any thread to the I/O thread: a deque plus a wake-up fd.
 
-    def __init__(self, ctx: zmq.Context):
-        self.address = f"inproc://dj-{next(_ids)}"
-        self.pull = ctx.socket(zmq.PULL)
-        self.pull.bind(self.address)
-        self._push = ctx.socket(zmq.PUSH)
-        self._push.connect(self.address)
+    Cheaper than an inproc socket hop (no per-message zmq frames): appending is atomic under
+    the GIL, and the writer only signals when the I/O thread has not been signalled already.
+    """
+
+    def __init__(self) -> None:
+        self._items: collections.deque = collections.deque()
+        self._rx, self._tx = socket.socketpair()
+        self._rx.setblocking(False)
+        self._tx.setblocking(False)
+        self._signalled = False
         self._lock = threading.Lock()
 
-    def put(self, frames: list) -> None:
-        with self._lock:
-            self._push.send_multipart(frames, copy=False)
+    def fileno(self) -> int:
+        return self._rx.fileno()
+
+    def put(self, item: object) -> None:
+        self._items.append(item)
+        if not self._signalled:
+            with self._lock:
+                self._signalled = True
+                with contextlib.suppress(BlockingIOError):
+                    self._tx.send(b"\0")
+
+    def drain(self) -> list:
+        """Everything queued so far (call on the I/O thread when fileno() is readable)."""
+        with contextlib.suppress(BlockingIOError):
+            self._rx.recv(4096)
+        self._signalled = False  # cleared before popping: a later put signals again
+        out = []
+        while self._items:
+            out.append(self._items.popleft())
+        return out
 
     def close(self) -> None:
-        with self._lock:
-            self._push.close(linger=0)
-        self.pull.close(linger=0)
+        self._rx.close()
+        self._tx.close()
 
 
 def _send_error(sock: zmq.Socket, prefix: list, code: str, message: str, request_id=None) -> None:
@@ -207,8 +227,8 @@ class Client:
         self.name = name
         self.welcome: Welcome | None = None
         self.rtt_s: float | None = None
-        self._events: queue.Queue = queue.Queue()
-        self._handshake: queue.Queue = queue.Queue()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._handshake: queue.SimpleQueue = queue.SimpleQueue()
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -218,7 +238,7 @@ class Client:
             self._sock.curve_publickey, self._sock.curve_secretkey = pub, sec
             self._sock.curve_serverkey = server_pub
         self._sock.connect(address)
-        self._chan = _Channel(self._ctx)
+        self._chan = _Channel()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dj-client-io", daemon=True)
         self._thread.start()
@@ -276,7 +296,7 @@ class Client:
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._chan.pull, zmq.POLLIN)
+        poller.register(self._chan.fileno(), zmq.POLLIN)
         seq = itertools.count()
         last_seen = time.monotonic()
         next_ping = time.monotonic() + self.heartbeat_s
@@ -284,12 +304,8 @@ class Client:
         while not self._stop.is_set():
             now = time.monotonic()
             ready = dict(poller.poll(timeout=max(0.0, min(next_ping - now, 0.1)) * 1000))
-            if self._chan.pull in ready:
-                for _ in range(256):  # drain what is queued, without starving reception
-                    try:
-                        frames = self._chan.pull.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
+            if self._chan.fileno() in ready:
+                for frames in self._chan.drain():
                     self._send(frames)
             if self._sock in ready:
                 for _ in range(256):
@@ -393,7 +409,7 @@ class ServerEndpoint:
             heartbeat_s=heartbeat_s,
             max_message_bytes=limits.max_message_bytes,
         )
-        self._events: queue.Queue = queue.Queue()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._peers: dict[bytes, _Peer] = {}
         self._pending: collections.Counter = collections.Counter()
         self._cond = threading.Condition()
@@ -419,7 +435,7 @@ class ServerEndpoint:
             self._teardown()
             raise OSError(f"cannot bind {address}: {exc}") from None
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._chan = _Channel(self._ctx)
+        self._chan = _Channel()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dj-server-io", daemon=True)
         self._thread.start()
@@ -432,7 +448,7 @@ class ServerEndpoint:
         if is_frame:
             with self._cond:
                 self._pending[peer] += 1
-        self._chan.put([peer, _FRAME_MARK if is_frame else _OTHER_MARK, *encode(msg, blobs)])
+        self._chan.put((peer, is_frame, encode(msg, blobs)))
 
     def wait_writable(self, peer: bytes, max_pending: int = 2, timeout: float | None = None) -> bool:
         """Block while ``max_pending`` or more Frames to ``peer`` wait for credit.
@@ -486,7 +502,7 @@ class ServerEndpoint:
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._chan.pull, zmq.POLLIN)
+        poller.register(self._chan.fileno(), zmq.POLLIN)
         seq = itertools.count()
         next_ping = time.monotonic() + self.heartbeat_s
         while not self._stop.is_set():
@@ -498,13 +514,9 @@ class ServerEndpoint:
                     except zmq.Again:
                         break
                     self._on_message(frames)
-            if self._chan.pull in ready:
-                for _ in range(256):
-                    try:
-                        frames = self._chan.pull.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._on_outgoing(frames)
+            if self._chan.fileno() in ready:
+                for item in self._chan.drain():
+                    self._on_outgoing(*item)
             now = time.monotonic()
             if now >= next_ping:
                 next_ping = now + self.heartbeat_s
@@ -574,26 +586,24 @@ class ServerEndpoint:
             self._peers[peer_id] = _Peer(credits=hello.credits, last_seen=time.monotonic())
         self._sock.send_multipart([peer_id, *encode(self._welcome)])
 
-    def _on_outgoing(self, frames: list) -> None:
-        peer_id = frames[0].bytes
+    def _on_outgoing(self, peer_id: bytes, is_frame: bool, frames: list) -> None:
         peer = self._peers.get(peer_id)
         if peer is None:
-            if frames[1].bytes == _FRAME_MARK:
+            if is_frame:
                 with self._cond:
                     self._pending.pop(peer_id, None)
             return  # the peer left; its jobs are being cancelled
-        peer.held.append(frames)
+        peer.held.append((is_frame, frames))
         self._flush(peer_id, peer)
 
     def _flush(self, peer_id: bytes, peer: _Peer) -> None:
         sent_frames = 0
         while peer.held:
-            frames = peer.held[0]
-            is_frame = frames[1].bytes == _FRAME_MARK
+            is_frame, frames = peer.held[0]
             if is_frame and peer.credits <= 0:
                 break
             peer.held.popleft()
-            self._sock.send_multipart([frames[0], *frames[2:]], copy=False)
+            self._sock.send_multipart([peer_id, *frames], copy=False)
             if is_frame:
                 peer.credits -= 1
                 peer.frames_sent += 1
