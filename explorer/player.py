@@ -1,0 +1,222 @@
+"""Clip playback: frames queue as they stream in and play at the clip's fps.
+
+The player is pure logic on the app clock (no GL, no sockets): ``add`` takes decoded frames,
+``update(dt)`` advances playback and reports which frame to show, and the caller grants one
+credit per frame the player consumes. A transition clip starts once enough frames are
+buffered to play through at the measured arrival rate, and ends on its last pose; a dynamics
+clip (``loop``) repeats until stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+
+@dataclass
+class ClipFrame:
+    index: int
+    pose: np.ndarray
+    """OpenCV camera-to-world 4x4."""
+    K: np.ndarray
+    image: np.ndarray
+    """H x W x 3 uint8 RGB."""
+    arrived_at: float
+    """App-clock seconds when the frame was taken off the socket."""
+    received_ns: int = 0
+    """``time.perf_counter_ns`` at arrival, for latency measurements."""
+
+
+class PlayerState(Enum):
+    IDLE = "idle"
+    BUFFERING = "buffering"
+    PLAYING = "playing"
+    STALLED = "stalled"
+    """Playing, but the next frame has not arrived yet: the clock holds."""
+    FINISHED = "finished"
+
+
+@dataclass
+class Clip:
+    job_id: str
+    num_frames: int
+    fps: float
+    loop: bool
+    frames: dict[int, ClipFrame] = field(default_factory=dict)
+    done: bool = False
+    """The backend finished (JobDone or JobFailed); no more frames will come."""
+
+    def contiguous(self) -> int:
+        """How many frames from index 0 are present without a gap."""
+        n = 0
+        while n in self.frames:
+            n += 1
+        return n
+
+    def expected(self) -> int:
+        return len(self.frames) if self.done else self.num_frames
+
+
+@dataclass
+class PlayerSettings:
+    min_prebuffer: int = 2
+    """Frames buffered before any clip may start (also the minimum for a rate estimate)."""
+    max_prebuffer: int = 8
+    """Start at the latest with this many frames (keep it <= the credit window)."""
+    fade_s: float = 0.15
+
+
+@dataclass
+class ShowFrame:
+    """What the app should display this tick."""
+
+    frame: ClipFrame
+    new: bool
+    """First time this frame is shown (upload it, grant a credit)."""
+    alpha: float
+    ended: bool = False
+    """The clip just ended on this frame: hand the camera back at its pose."""
+
+
+class ClipPlayer:
+    """Plays one clip at a time on the app clock; later clips wait their turn."""
+
+    def __init__(self, settings: PlayerSettings | None = None):
+        self.settings = settings or PlayerSettings()
+        self.queue: list[Clip] = []
+        self.clip: Clip | None = None
+        self.state = PlayerState.IDLE
+        self.position = 0.0
+        """Seconds into the current clip."""
+        self.shown_index = -1
+        self.stalls = 0
+        self._consumed: set[int] = set()
+        self._clock = 0.0
+
+    # --- feeding -------------------------------------------------------------------------
+
+    def begin(self, job_id: str, num_frames: int, fps: float, loop: bool) -> None:
+        """Announce a clip (on JobAccepted, or on its first frame)."""
+        if self._find(job_id) is None:
+            self.queue.append(Clip(job_id, num_frames, fps, loop))
+
+    def add(self, job_id: str, frame: ClipFrame, num_frames: int, fps: float, loop: bool) -> None:
+        clip = self._find(job_id)
+        if clip is None:
+            clip = Clip(job_id, num_frames, fps, loop)
+            self.queue.append(clip)
+        clip.num_frames, clip.fps, clip.loop = num_frames, fps, loop
+        clip.frames[frame.index] = frame
+
+    def finish(self, job_id: str) -> None:
+        """The backend will send no more frames for ``job_id``."""
+        clip = self._find(job_id)
+        if clip is not None:
+            clip.done = True
+
+    def stop(self) -> str | None:
+        """Stop the current clip now (e.g. Space on a dynamics loop); returns its job id."""
+        if self.clip is None:
+            return None
+        job_id = self.clip.job_id
+        self._end_clip()
+        return job_id
+
+    def _find(self, job_id: str) -> Clip | None:
+        if self.clip is not None and self.clip.job_id == job_id:
+            return self.clip
+        return next((c for c in self.queue if c.job_id == job_id), None)
+
+    # --- policy --------------------------------------------------------------------------
+
+    def ready_to_start(self, clip: Clip) -> bool:
+        """Enough frames buffered to play the clip through without stalling.
+
+        With ``b`` frames buffered of ``n``, arriving at ``r`` frames/s and played at ``f``,
+        the remaining ``n - b`` arrive in ``(n - b) / r`` seconds while playing takes
+        ``(n - 1) / f``; start when the first fits inside the second.
+        """
+        have = clip.contiguous()
+        total = clip.expected()
+        if have == 0:
+            return False
+        if have >= total or have >= self.settings.max_prebuffer:
+            return True
+        if have < self.settings.min_prebuffer:
+            return False
+        times = sorted(clip.frames[i].arrived_at for i in range(have))
+        span = times[-1] - times[0]
+        if span <= 0:
+            return False
+        rate = (have - 1) / span
+        return (total - have) / rate <= (total - 1) / clip.fps
+
+    # --- time ----------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return self.state in (PlayerState.PLAYING, PlayerState.STALLED)
+
+    def update(self, dt: float, now: float) -> ShowFrame | None:
+        """Advance ``dt`` seconds; ``now`` is the app clock. Returns the frame to show."""
+        self._clock = now
+        if self.clip is None:
+            self._drop_empty_done()
+            if not self.queue or not self.ready_to_start(self.queue[0]):
+                self.state = PlayerState.BUFFERING if self.queue else PlayerState.IDLE
+                return None
+            self.clip = self.queue.pop(0)
+            self.position = 0.0
+            self.shown_index = -1
+            self._consumed = set()
+            self.state = PlayerState.PLAYING
+        else:
+            self.position += dt
+        return self._frame_at_position()
+
+    def _frame_at_position(self) -> ShowFrame | None:
+        clip = self.clip
+        assert clip is not None
+        total = clip.expected()
+        index = int(math.floor(self.position * clip.fps + 1e-6))
+        if clip.loop and clip.done and total > 0:
+            index %= total
+        elif clip.loop and index >= clip.num_frames:
+            index %= clip.num_frames
+        if not clip.loop and index >= total and (clip.done or index >= clip.num_frames):
+            last = clip.frames.get(max(clip.frames)) if clip.frames else None
+            self._end_clip()
+            return ShowFrame(last, new=False, alpha=0.0, ended=True) if last is not None else None
+        if index not in clip.frames:
+            # Not here yet: hold the clock on the last shown frame.
+            self.state = PlayerState.STALLED
+            if self.shown_index >= 0:
+                self.stalls += 1
+            self.position = index / clip.fps
+            index = self.shown_index
+            if index < 0:
+                return None
+        else:
+            self.state = PlayerState.PLAYING
+        new = index not in self._consumed
+        self._consumed.add(index)
+        self.shown_index = index
+        return ShowFrame(clip.frames[index], new=new, alpha=self._alpha(clip))
+
+    def _alpha(self, clip: Clip) -> float:
+        fade = self.settings.fade_s
+        if fade <= 0 or clip.loop:
+            return 1.0
+        length = clip.expected() / clip.fps
+        return float(np.clip(min(self.position, length - self.position) / fade, 0.0, 1.0)) ** 0.5
+
+    def _end_clip(self) -> None:
+        self.clip = None
+        self.state = PlayerState.FINISHED
+        self.shown_index = -1
+
+    def _drop_empty_done(self) -> None:
+        self.queue = [c for c in self.queue if not (c.done and not c.frames)]

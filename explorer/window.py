@@ -1,0 +1,208 @@
+"""The pyglet window: a GL 3.3 context for moderngl, input events mapped to explorer actions.
+
+Call :func:`configure_pyglet` before anything imports ``pyglet.window`` (headless EGL needs
+to be chosen first). The window draws nothing itself: each tick the :class:`Explorer`
+renders into its offscreen target, and ``on_draw`` copies that to the screen, so what is
+recorded is exactly what is shown.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from explorer.settings import ExplorerSettings, KeyBindings
+
+logger = logging.getLogger(__name__)
+
+
+def configure_pyglet(headless: bool) -> None:
+    """Pick pyglet's platform: EGL without a display (headless) or the X11/desktop one."""
+    import pyglet
+
+    if "pyglet.window" in __import__("sys").modules and pyglet.options["headless"] != headless:
+        raise RuntimeError("pyglet.window was imported before configure_pyglet(headless=...)")
+    pyglet.options["headless"] = headless
+    pyglet.options["shadow_window"] = False
+    pyglet.options["vsync"] = False
+
+
+class InputRouter:
+    """pyglet event handlers -> explorer actions (pushed onto the window's handler stack)."""
+
+    def __init__(self, window, explorer, bindings: KeyBindings):
+        from pyglet.window import mouse
+
+        self.window = window
+        self.explorer = explorer
+        self.symbols = bindings.symbol_map()
+        self._mouse = mouse
+        self._right_held = False
+
+    def _scale(self) -> float:
+        fb_w, _ = self.window.get_framebuffer_size()
+        return fb_w / max(1, self.window.width)
+
+    def _to_pixels(self, x: float, y: float) -> tuple[float, float]:
+        s = self._scale()
+        return x * s, (self.window.height - y) * s
+
+    def on_key_press(self, symbol: int, modifiers: int):
+        action = self.symbols.get(symbol)
+        if action == "quit":
+            self.window.close()
+            return True
+        if action == "mouse_look":
+            self.explorer.toggle_mouse_look()
+            self.window.set_exclusive_mouse(self.explorer.mouse_look)
+            return True
+        if action is not None:
+            self.explorer.press(action)
+            return True
+        return None
+
+    def on_key_release(self, symbol: int, modifiers: int):
+        action = self.symbols.get(symbol)
+        if action is not None:
+            self.explorer.release(action)
+            return True
+        return None
+
+    def on_mouse_press(self, x, y, button, modifiers):
+        if button == self._mouse.RIGHT:
+            self._right_held = True
+        elif button == self._mouse.LEFT and not self.explorer.mouse_look:
+            self.explorer.drag_begin(*self._to_pixels(x, y))
+
+    def on_mouse_release(self, x, y, button, modifiers):
+        if button == self._mouse.RIGHT:
+            self._right_held = False
+        elif button == self._mouse.LEFT:
+            self.explorer.drag_end(*self._to_pixels(x, y))
+
+    def on_mouse_drag(self, x, y, dx, dy, buttons, modifiers):
+        if buttons & self._mouse.RIGHT or self.explorer.mouse_look:
+            self.explorer.look(dx * self._scale(), -dy * self._scale())
+        elif buttons & self._mouse.LEFT:
+            self.explorer.drag_to(*self._to_pixels(x, y))
+
+    def on_mouse_motion(self, x, y, dx, dy):
+        if self.explorer.mouse_look:
+            self.explorer.look(dx * self._scale(), -dy * self._scale())
+
+    def on_mouse_scroll(self, x, y, scroll_x, scroll_y):
+        self.explorer.scroll(scroll_y)
+
+
+class ExplorerWindow:
+    """A pyglet window holding an :class:`~explorer.app.Explorer` on its GL context."""
+
+    def __init__(self, client, settings: ExplorerSettings | None = None,
+                 bindings: KeyBindings | None = None, *, visible: bool = True,
+                 caption: str = "DreamJourney explorer", record_path=None,
+                 size: tuple[int, int] | None = None):
+        import moderngl
+        import pyglet
+
+        from explorer.app import Explorer
+
+        self.settings = settings or ExplorerSettings.load()
+        self.bindings = bindings or KeyBindings.load()
+        w, h = size or (self.settings.window.width, self.settings.window.height)
+        config = pyglet.gl.Config(major_version=3, minor_version=3, forward_compatible=True,
+                                  double_buffer=True, depth_size=24)
+        try:
+            self.window = pyglet.window.Window(w, h, caption=caption, resizable=True,
+                                               visible=visible, config=config,
+                                               vsync=self.settings.window.vsync)
+        except pyglet.window.NoSuchConfigException:
+            self.window = pyglet.window.Window(w, h, caption=caption, resizable=True,
+                                               visible=visible)
+        self.headless = bool(pyglet.options["headless"])
+        if self.headless:
+            # glcontext cannot adopt pyglet's current EGL context, and nothing is shown
+            # anyway: render on a context of our own; the window only dispatches events.
+            # pyglet's queued internal resize issues GL calls on whatever context is
+            # current, so deliver it now, while pyglet's own context is.
+            self.window.dispatch_events()
+            self.ctx = moderngl.create_standalone_context(backend="egl")
+        else:
+            self.window.switch_to()
+            self.ctx = moderngl.create_context()
+        fb = self.window.get_framebuffer_size()
+        self.explorer = Explorer(self.ctx, fb, client, self.settings, self.bindings.help_lines,
+                                 record_path=record_path)
+        self.input = InputRouter(self.window, self.explorer, self.bindings)
+        self.window.push_handlers(self.input)
+        self.window.push_handlers(on_draw=self.on_draw, on_resize=self.on_resize,
+                                  on_close=self.on_close)
+        self.closed = False
+
+    # --- events --------------------------------------------------------------------------
+
+    def on_draw(self):
+        self.present()
+        return True
+
+    def on_resize(self, width, height):
+        self.explorer.resize(*self.window.get_framebuffer_size())
+        if self.headless:
+            return True  # pyglet's default handler would touch its own GL context
+        return None
+
+    def on_close(self):
+        self.closed = True
+        self.explorer.shutdown()
+
+    # --- frame ---------------------------------------------------------------------------
+
+    def present(self) -> None:
+        """Copy the explorer's last rendered frame to the window's framebuffer."""
+        if self.headless:
+            return
+        self.ctx.copy_framebuffer(self.ctx.screen, self.explorer.target.fbo)
+
+    def tick(self, dt: float) -> None:
+        """One frame: deliver queued input events, step the explorer, draw, flip."""
+        self.window.dispatch_events()
+        self.make_current()
+        self.explorer.step(dt)
+        if not self.headless:  # flipping would make pyglet's own EGL context current
+            self.window.dispatch_event("on_draw")
+            self.window.flip()
+
+    def run(self) -> None:
+        """The interactive loop on pyglet's clock until the window closes."""
+        import pyglet
+
+        interval = 1.0 / self.settings.window.target_fps
+        pyglet.clock.schedule_interval(self._scheduled, interval)
+        try:
+            pyglet.app.run(interval=None)
+        finally:
+            pyglet.clock.unschedule(self._scheduled)
+            self.explorer.shutdown()
+
+    def _scheduled(self, dt: float) -> None:
+        if self.closed:
+            pyglet_exit()
+            return
+        self.tick(min(dt, 0.1))
+
+    def make_current(self) -> None:
+        """Make the explorer's GL context current (pyglet's event dispatch may switch it)."""
+        if not self.headless:  # a headless explorer has a standalone context of its own
+            self.window.switch_to()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.explorer.shutdown()
+            self.window.close()
+            if self.headless:
+                self.ctx.release()
+
+
+def pyglet_exit() -> None:
+    import pyglet
+
+    pyglet.app.exit()
