@@ -448,7 +448,11 @@ class ServerEndpoint:
         if is_frame:
             with self._cond:
                 self._pending[peer] += 1
-        self._chan.put((peer, is_frame, encode(msg, blobs)))
+        self._chan.put((peer, msg.job_id if is_frame else None, encode(msg, blobs)))
+
+    def discard_frames(self, peer: bytes, job_id: str) -> None:
+        """Drop the Frames of ``job_id`` still waiting for credit (the job was cancelled)."""
+        self._chan.put((peer, job_id, None))
 
     def wait_writable(self, peer: bytes, max_pending: int = 2, timeout: float | None = None) -> bool:
         """Block while ``max_pending`` or more Frames to ``peer`` wait for credit.
@@ -586,20 +590,31 @@ class ServerEndpoint:
             self._peers[peer_id] = _Peer(credits=hello.credits, last_seen=time.monotonic())
         self._sock.send_multipart([peer_id, *encode(self._welcome)])
 
-    def _on_outgoing(self, peer_id: bytes, is_frame: bool, frames: list) -> None:
+    def _on_outgoing(self, peer_id: bytes, frame_of: str | None, frames: list | None) -> None:
+        """``frame_of`` is the job id of a Frame (None for other messages); ``frames`` None
+        asks to discard that job's held frames."""
         peer = self._peers.get(peer_id)
         if peer is None:
-            if is_frame:
+            if frame_of is not None:
                 with self._cond:
                     self._pending.pop(peer_id, None)
             return  # the peer left; its jobs are being cancelled
-        peer.held.append((is_frame, frames))
+        if frames is None:
+            kept = collections.deque(item for item in peer.held if item[0] != frame_of)
+            dropped = len(peer.held) - len(kept)
+            peer.held = kept
+            with self._cond:
+                self._pending[peer_id] -= dropped
+                self._cond.notify_all()
+        else:
+            peer.held.append((frame_of, frames))
         self._flush(peer_id, peer)
 
     def _flush(self, peer_id: bytes, peer: _Peer) -> None:
         sent_frames = 0
         while peer.held:
-            is_frame, frames = peer.held[0]
+            frame_of, frames = peer.held[0]
+            is_frame = frame_of is not None
             if is_frame and peer.credits <= 0:
                 break
             peer.held.popleft()

@@ -154,6 +154,25 @@ def test_credits_are_never_exceeded_on_the_wire(server, raw):
     assert server.wait_writable(peer, max_pending=1, timeout=0.5)
 
 
+def test_discarded_frames_never_reach_the_wire(server):
+    with Client(server.address, credits=1) as client:
+        client.connect(timeout=3)
+        client.send(Cancel(job_id="hello"))
+        peer = server.poll(timeout=3).peer
+        ref, blob = codec.encode_image(np.zeros((8, 8, 3), np.uint8))
+        for i in range(4):
+            server.send(peer, frame_msg(i, ref), [blob])
+        first = client.poll(timeout=3)
+        assert isinstance(first.msg, Frame) and first.msg.index == 0
+        server.discard_frames(peer, "j")  # the job was cancelled: 3 frames wait for credit
+        server.send(peer, JobDone(job_id="j", num_frames=1))
+        assert client.poll(timeout=3).msg == JobDone(job_id="j", num_frames=1)
+        client.credit(10)
+        time.sleep(0.3)
+        assert client.poll(timeout=0) is None
+        assert server.wait_writable(peer, max_pending=1, timeout=0.5)
+
+
 def test_silent_client_is_declared_gone(server, raw):
     raw.send_multipart(codec.encode(Hello(protocol_version=PROTOCOL_VERSION)))
     assert isinstance(recv_msg(raw)[0], Welcome)
