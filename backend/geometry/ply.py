@@ -1,0 +1,97 @@
+"""Binary PLY for point clouds: ``write_ply(path, cloud)``, ``read_ply(path) -> PointCloud``.
+
+Files are ``binary_little_endian 1.0`` with one ``vertex`` element of properties
+``float x, y, z; uchar red, green, blue; float radius`` (radius is an extra property that
+plyfile, Open3D and MeshLab read or ignore). The reader accepts any binary little-endian PLY
+whose vertex element has x y z and red green blue (radius optional, 0 when absent) with
+other vertex properties skipped; it refuses ASCII and big-endian files with a clear error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from backend.geometry.cloud import PointCloud
+
+_PLY_TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
+    "short": "<i2", "int16": "<i2", "ushort": "<u2", "uint16": "<u2",
+    "int": "<i4", "int32": "<i4", "uint": "<u4", "uint32": "<u4",
+    "float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8",
+}  # fmt: skip
+_VERTEX = np.dtype(
+    [("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+     ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("radius", "<f4")]
+)  # fmt: skip
+
+
+def write_ply(path: str | Path, cloud: PointCloud) -> None:
+    """Write ``cloud`` as binary little-endian PLY."""
+    rows = np.empty(len(cloud), _VERTEX)
+    rows["x"], rows["y"], rows["z"] = cloud.xyz.T
+    rows["red"], rows["green"], rows["blue"] = cloud.rgb.T
+    rows["radius"] = cloud.radius
+    header = [
+        "ply",
+        "format binary_little_endian 1.0",
+        "comment dreamjourney point cloud; radius = world-space splat radius",
+        f"element vertex {len(cloud)}",
+        *(f"property {'uchar' if name in ('red', 'green', 'blue') else 'float'} {name}"
+          for name in _VERTEX.names),
+        "end_header",
+    ]  # fmt: skip
+    with open(path, "wb") as f:
+        f.write(("\n".join(header) + "\n").encode("ascii"))
+        f.write(rows.tobytes())
+
+
+def _parse_header(f) -> tuple[list[tuple[str, int, list[tuple[str, str]]]], str]:
+    if f.readline().strip() != b"ply":
+        raise ValueError("not a PLY file")
+    elements: list[tuple[str, int, list[tuple[str, str]]]] = []
+    fmt = ""
+    while True:
+        line = f.readline()
+        if not line:
+            raise ValueError("PLY header has no end_header")
+        words = line.decode("ascii", "replace").split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        if words[0] == "end_header":
+            return elements, fmt
+        if words[0] == "format":
+            fmt = words[1]
+        elif words[0] == "element":
+            elements.append((words[1], int(words[2]), []))
+        elif words[0] == "property":
+            if words[1] == "list":
+                raise ValueError("PLY list properties are not supported for point clouds")
+            if words[1] not in _PLY_TYPES:
+                raise ValueError(f"unknown PLY property type {words[1]!r}")
+            elements[-1][2].append((words[2], _PLY_TYPES[words[1]]))
+
+
+def read_ply(path: str | Path) -> PointCloud:
+    """Read a binary little-endian PLY point cloud."""
+    with open(path, "rb") as f:
+        elements, fmt = _parse_header(f)
+        if fmt != "binary_little_endian":
+            raise ValueError(f"only binary_little_endian PLY is supported, got {fmt!r}")
+        for name, count, props in elements:
+            dtype = np.dtype(props)
+            data = np.frombuffer(f.read(count * dtype.itemsize), dtype, count=count)
+            if name == "vertex":
+                break
+        else:
+            raise ValueError("PLY file has no vertex element")
+    missing = {"x", "y", "z", "red", "green", "blue"} - set(dtype.names)
+    if missing:
+        raise ValueError(f"PLY vertex element lacks {sorted(missing)}")
+    xyz = np.stack([data["x"], data["y"], data["z"]], axis=1).astype(np.float32)
+    rgb = np.stack([data["red"], data["green"], data["blue"]], axis=1).astype(np.uint8)
+    radius = (
+        data["radius"].astype(np.float32) if "radius" in dtype.names else np.zeros(count, np.float32)
+    )
+    return PointCloud(xyz, rgb, radius)

@@ -1,0 +1,146 @@
+"""The scene's point store: append-only, de-duplicated, capped, streamed in chunks.
+
+``PointStore(voxel_size=None, capacity=...)``
+
+- ``append(cloud) -> PointCloud`` adds the points of a freshly lifted view (lift only the
+  pixels the existing cloud did not cover: ``unproject(..., mask=~render.mask)``) and
+  returns the delta: exactly the points that were added, in the order they now sit at the
+  end of the store.
+- De-duplication by voxel hashing: a new point is dropped when a point already in the store
+  occupies its voxel. With ``voxel_size=None`` (default) voxels adapt to the point's own
+  footprint: a point of radius ``r`` is hashed in a cubic grid of edge ``2**floor(log2(
+  sqrt(2) r))`` (no coarser than its pixel spacing), and also checked against the next
+  coarser grid, so a view lifted again from the same distance adds nothing while a closer
+  look adds its finer points. A float ``voxel_size`` uses one fixed grid.
+  Points inside one append are not de-duplicated against each other (a view's pixels are
+  distinct).
+- Capacity policy: the store never holds more than ``capacity`` points and never removes
+  points (clients apply deltas append-only). When an append does not fit, its new points are
+  thinned evenly (every k-th point) to the room left, so a view is covered sparsely rather
+  than cut off; when the store is full, appends add nothing. Both are logged.
+- ``chunks(delta, chunk_size)`` splits a delta into pieces for ``PointsDelta`` messages.
+- ``save(path)`` / ``PointStore.load(path)`` write and read binary PLY (see ``ply``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from backend.geometry.cloud import PointCloud
+from backend.geometry.ply import read_ply, write_ply
+
+logger = logging.getLogger(__name__)
+
+_BITS = 19  # per axis; levels take the remaining bits of the int64 key
+_HALF = 1 << (_BITS - 1)
+_LEVEL_OFFSET = 64
+
+
+class PointStore:
+    """Holds the scene cloud; see the module docstring for the policies."""
+
+    def __init__(self, voxel_size: float | None = None, capacity: int = 8_000_000):
+        if voxel_size is not None and voxel_size <= 0:
+            raise ValueError(f"voxel_size must be positive or None, got {voxel_size}")
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.voxel_size = voxel_size
+        self.capacity = int(capacity)
+        self.version = 0
+        """Bumped on every change (renderers cache uploads by it)."""
+        self._parts: list[PointCloud] = []
+        self._cloud: PointCloud | None = PointCloud.empty()
+        self._keys = np.zeros(0, np.int64)  # sorted voxel keys of the stored points
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
+
+    def cloud(self) -> PointCloud:
+        """All stored points (concatenated once per change)."""
+        if self._cloud is None:
+            self._cloud = PointCloud.concat(self._parts)
+            self._parts = [self._cloud]
+        return self._cloud
+
+    def _levels(self, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Grid level and edge per point."""
+        if self.voxel_size is not None:
+            return np.zeros(radius.shape, np.int64), np.full(radius.shape, self.voxel_size)
+        spacing = np.sqrt(2.0) * np.maximum(radius.astype(np.float64), 1e-30)
+        level = np.floor(np.log2(spacing)).astype(np.int64)
+        return level, np.exp2(level.astype(np.float64))
+
+    def _voxel_keys(self, xyz: np.ndarray, level: np.ndarray, edge: np.ndarray) -> np.ndarray:
+        """int64 keys packing (level, ix, iy, iz); -1 where a coordinate is out of range."""
+        cell = np.floor(xyz.astype(np.float64) / edge[:, None]).astype(np.int64) + _HALF
+        ok = np.all((cell >= 0) & (cell < (1 << _BITS)), axis=1)
+        key = (level + _LEVEL_OFFSET) << (3 * _BITS)
+        key |= cell[:, 0] << (2 * _BITS) | cell[:, 1] << _BITS | cell[:, 2]
+        return np.where(ok, key, -1)
+
+    def _seen(self, keys: np.ndarray) -> np.ndarray:
+        if len(self._keys) == 0:
+            return np.zeros(keys.shape, bool)
+        pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        return (keys >= 0) & (self._keys[pos] == keys)
+
+    def append(self, cloud: PointCloud) -> PointCloud:
+        """Add the points of ``cloud`` that are new; returns the delta that was added."""
+        if len(cloud) == 0:
+            return PointCloud.empty()
+        level, edge = self._levels(cloud.radius)
+        own = self._voxel_keys(cloud.xyz, level, edge)
+        dup = self._seen(own)
+        if self.voxel_size is None:
+            dup |= self._seen(self._voxel_keys(cloud.xyz, level + 1, edge * 2.0))
+        fresh = np.flatnonzero(~dup)
+        room = self.capacity - len(self)
+        if len(fresh) > room:
+            logger.warning(
+                "point store full: keeping %d of %d new points (capacity %d)",
+                max(room, 0), len(fresh), self.capacity,
+            )
+            fresh = fresh[np.linspace(0, len(fresh), max(room, 0), endpoint=False).astype(int)]
+        delta = cloud.take(fresh)
+        if len(delta):
+            self._parts.append(delta)
+            self._cloud = None
+            new_keys = own[fresh]
+            self._keys = np.union1d(self._keys, new_keys[new_keys >= 0])
+            self.version += 1
+        logger.debug("append: %d in, %d duplicate, %d added", len(cloud), int(dup.sum()), len(delta))
+        return delta
+
+    @staticmethod
+    def chunks(delta: PointCloud, chunk_size: int = 65536) -> Iterator[PointCloud]:
+        """Consecutive pieces of ``delta`` of at most ``chunk_size`` points (one if empty)."""
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if len(delta) == 0:
+            yield delta
+            return
+        for start in range(0, len(delta), chunk_size):
+            yield delta.take(slice(start, start + chunk_size))
+
+    def save(self, path: str | Path) -> None:
+        """Write the cloud as binary little-endian PLY (x y z red green blue radius)."""
+        write_ply(path, self.cloud())
+
+    @classmethod
+    def load(cls, path: str | Path, voxel_size: float | None = None, capacity: int = 8_000_000) -> PointStore:
+        """A store holding the points of a PLY file (de-duplication index rebuilt)."""
+        store = cls(voxel_size=voxel_size, capacity=capacity)
+        cloud = read_ply(path)
+        if len(cloud) > capacity:
+            raise ValueError(f"{path} has {len(cloud)} points, over the capacity {capacity}")
+        store._parts = [cloud]
+        store._cloud = cloud
+        level, edge = store._levels(cloud.radius)
+        keys = store._voxel_keys(cloud.xyz, level, edge)
+        store._keys = np.unique(keys[keys >= 0])
+        store.version = 1
+        return store
