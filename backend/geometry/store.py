@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 _BITS = 19  # per axis; levels take the remaining bits of the int64 key
 _HALF = 1 << (_BITS - 1)
-_LEVEL_OFFSET = 64
+_LEVEL_OFFSET = 32  # levels -32..31 fit the 6 bits above the 3 x 19 cell bits
 
 
 class PointStore:
@@ -71,7 +71,7 @@ class PointStore:
         if self.voxel_size is not None:
             return np.zeros(radius.shape, np.int64), np.full(radius.shape, self.voxel_size)
         spacing = np.sqrt(2.0) * np.maximum(radius.astype(np.float64), 1e-30)
-        level = np.floor(np.log2(spacing)).astype(np.int64)
+        level = np.clip(np.floor(np.log2(spacing)), -_LEVEL_OFFSET, _LEVEL_OFFSET - 2).astype(np.int64)
         return level, np.exp2(level.astype(np.float64))
 
     def _voxel_keys(self, xyz: np.ndarray, level: np.ndarray, edge: np.ndarray) -> np.ndarray:
