@@ -1,0 +1,124 @@
+"""The one interface every engine implements, and the events its runs yield.
+
+An engine opens scenes and runs jobs. A run is a generator of events (:class:`Progress`,
+:class:`FrameOut`, :class:`PointsOut`); the server streams each event as it is yielded and
+stops a cancelled run between two events by closing the generator, so an engine only has to
+yield often (at least once per frame or sampling step) to be cancellable.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from backend.geometry.cloud import PointCloud
+from protocol.messages import Arrow, SceneText
+
+
+@dataclass
+class Scene:
+    """A scene held by the backend. Arrays follow DESIGN.md's conventions."""
+
+    scene_id: str
+    image: np.ndarray
+    """First view, H x W x 3 uint8 RGB."""
+    K: np.ndarray
+    """3 x 3 intrinsics in pixels, shared by every view of the scene."""
+    cloud: object
+    """The scene's point store (backend.geometry PointStore)."""
+    median_depth: float
+    """Median z-depth of the first view; trajectory speeds scale with it."""
+    text: SceneText = field(default_factory=SceneText)
+    pose: np.ndarray = field(default_factory=lambda: np.eye(4))
+    """Camera-to-world pose of the last view reached (OpenCV)."""
+    engine: str = "classic"
+    clips: list[dict] = field(default_factory=list)
+    """Manifest entries of the clips made so far."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return int(self.image.shape[1]), int(self.image.shape[0])
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    scene_id: str
+    image: np.ndarray
+    K: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    """H x W float32 z-depth sent by the client, used when the engine has no depth model."""
+    text: SceneText = SceneText()
+
+
+@dataclass(frozen=True)
+class TransitionRequest:
+    poses: np.ndarray
+    """N x 4 x 4 camera-to-world, the first at the scene's current view."""
+    fps: float = 24.0
+    prompt: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class DynamicsRequest:
+    pose: np.ndarray
+    num_frames: int = 48
+    fps: float = 24.0
+    arrows: tuple[Arrow, ...] = ()
+    frozen: np.ndarray | None = None
+    """H x W bool, True where pixels must stay still."""
+    prompt: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str
+    step: int
+    total: int
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class FrameOut:
+    index: int
+    image: np.ndarray
+    """H x W x 3 uint8 RGB."""
+    pose: np.ndarray
+    """4 x 4 camera-to-world of this frame."""
+
+
+@dataclass(frozen=True)
+class PointsOut:
+    """Points the run added to the scene's cloud."""
+
+    cloud: PointCloud
+
+
+Event = Progress | FrameOut | PointsOut
+
+
+class EngineError(RuntimeError):
+    """A run failed for a reason the person can act on; the message says which."""
+
+
+class Engine(ABC):
+    """Opens scenes and runs transitions and dynamics on them."""
+
+    name: str = "engine"
+
+    @abstractmethod
+    def open_scene(self, request: OpenRequest) -> tuple[Scene, PointCloud]:
+        """Lift the first view into a scene; returns the scene and its initial cloud."""
+
+    @abstractmethod
+    def transition(self, scene: Scene, request: TransitionRequest) -> Iterator[Event]:
+        """Frames along ``request.poses``; grows ``scene.cloud`` and moves ``scene.pose``."""
+
+    @abstractmethod
+    def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
+        """A looping clip of the view at ``request.pose``; leaves the cloud as it is."""

@@ -1,0 +1,239 @@
+"""The classic engine: a journey with no weights and no GPU.
+
+- Depth: a transformers depth model when its weights are already on disk, else the depth map
+  the explorer sent, else the horizon prior.
+- Open: lift the first view into the cloud, then fill what the foreground hides with the
+  layered depth (Make-It-4D): each background layer's occluded part is inpainted and lifted
+  behind the foreground, so moving sideways reveals plausible background instead of holes.
+- Transition: render the end view, fill its holes (OpenCV inpainting, depth biased to the
+  background), lift the filled pixels into the cloud, then render every frame from the merged
+  cloud, so the clip is consistent by construction. Frames stream as they are rendered.
+- Dynamics: Eulerian flow (backend.animation) from drawn arrows or an automatic guess,
+  lifted to 3D and rendered from the current pose as a seamless loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+
+from backend import animation
+from backend.engines.base import (
+    DynamicsRequest,
+    Engine,
+    EngineError,
+    Event,
+    FrameOut,
+    OpenRequest,
+    PointsOut,
+    Progress,
+    Scene,
+    TransitionRequest,
+)
+from backend.geometry.cloud import PointCloud
+from backend.geometry.depth import clean_depth_edges, horizon_depth
+from backend.geometry.layers import split_layers
+from backend.geometry.render import SplatRenderer
+from backend.geometry.store import PointStore
+from backend.geometry.unproject import unproject
+from protocol.camera import intrinsics
+
+log = logging.getLogger(__name__)
+
+
+def inpaint(image: np.ndarray, hole: np.ndarray, radius: int, small_frac: float = 0.01) -> np.ndarray:
+    """OpenCV (Telea) inpainting of ``hole``; large holes are filled at a quarter resolution.
+
+    Telea's cost grows with the hole's area, so big holes are filled on a 4x smaller copy and
+    upsampled into the hole only; the known pixels are never touched.
+    """
+    img = np.ascontiguousarray(image)
+    if hole.mean() <= small_frac:
+        return cv2.inpaint(img, hole.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+    h, w = hole.shape
+    sw, sh = max(1, w // 4), max(1, h // 4)
+    small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
+    small_hole = cv2.resize(hole.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST)
+    small_hole |= cv2.resize(hole.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) > 0.25
+    filled = cv2.inpaint(small, small_hole.astype(np.uint8), max(1, radius // 2), cv2.INPAINT_TELEA)
+    up = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
+    out = img.copy()
+    out[hole] = up[hole]
+    return out
+
+
+class ClassicEngine(Engine):
+    """Geometry-only engine: consistent by construction, fast on a CPU."""
+
+    name = "classic"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        depth_model: str | None = None,
+        inpaint_radius: int = 5,
+        layers: int = 3,
+        fov_x_deg: float = 60.0,
+        capacity: int = 4_000_000,
+        frames_per_batch: int = 4,
+    ):
+        self.device = device
+        self.depth_model_id = depth_model
+        self.inpaint_radius = inpaint_radius
+        self.layers = layers
+        self.fov_x_deg = fov_x_deg
+        self.capacity = capacity
+        self.frames_per_batch = frames_per_batch
+        self.renderer = SplatRenderer(device)
+        self._depth_model = None
+
+    # -- depth --
+
+    def estimate_depth(
+        self, image: np.ndarray, K: np.ndarray, given: np.ndarray | None
+    ) -> tuple[np.ndarray, str]:
+        """Z-depth for ``image`` and where it came from: model, client or horizon prior."""
+        model = self._load_depth_model()
+        if model is not None:
+            return model(image), "model"
+        if given is not None:
+            if not np.all(np.isfinite(given)) or given.min() <= 0:
+                raise EngineError("the depth map must be finite and positive everywhere")
+            return given.astype(np.float32), "client"
+        return horizon_depth(image, K), "horizon prior"
+
+    def _load_depth_model(self):
+        if self.depth_model_id is None:
+            return None
+        if self._depth_model is None:
+            from backend.engines.depth_model import load_local_depth_model
+
+            self._depth_model = load_local_depth_model(self.depth_model_id, self.device) or False
+        return self._depth_model or None
+
+    # -- scenes --
+
+    def open_scene(self, request: OpenRequest) -> tuple[Scene, PointCloud]:
+        image = request.image
+        h, w = image.shape[:2]
+        K = request.K if request.K is not None else intrinsics(w, h, self.fov_x_deg)
+        depth, source = self.estimate_depth(image, K, request.depth)
+        log.info("scene %s: depth from %s", request.scene_id, source)
+        median = float(np.median(depth))
+        store = PointStore(capacity=self.capacity)
+        depth, keep = clean_depth_edges(depth, mode="push")  # same rays: the first view stays exact
+        store.append(unproject(image, depth, K, np.eye(4), mask=keep))
+        store.append(self._hidden_background(image, depth, K))
+        scene = Scene(request.scene_id, image, K, store, median, request.text, engine=self.name)
+        return scene, store.cloud()
+
+    def _hidden_background(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray) -> PointCloud:
+        """Points behind the foreground: each back layer's occluded part, inpainted and lifted."""
+        parts = []
+        for layer in split_layers(image, depth, self.layers).layers[1:]:
+            hole = layer.occluded
+            if not hole.any() or not layer.mask.any():
+                continue
+            colour = inpaint(layer.color, ~layer.mask, self.inpaint_radius)
+            parts.append(unproject(colour, layer.depth, K, np.eye(4), mask=hole))
+        return PointCloud.concat(parts)
+
+    def resume_scene(self, scene_id: str, sessions) -> tuple[Scene, PointCloud]:
+        saved = sessions.load(scene_id)
+        store = PointStore.load(saved["cloud_path"], capacity=self.capacity)
+        median = float(saved["median_depth"])
+        scene = Scene(scene_id, saved["image"], np.asarray(saved["K"]), store, median, saved["text"],
+                      pose=np.asarray(saved["pose"]), engine=self.name)
+        return scene, store.cloud()
+
+    # -- transitions --
+
+    def transition(self, scene: Scene, request: TransitionRequest) -> Iterator[Event]:
+        poses = request.poses
+        w, h = scene.size
+        n = len(poses)
+        # 1. render the end view from the cloud and fill what it has never seen
+        yield Progress("end view", 0, 1, "filling the end view")
+        added = self._grow(scene, poses[-1])
+        yield Progress("end view", 1, 1)
+        # 2. render every frame from the merged cloud, streaming each as it is ready
+        for start in range(0, n, self.frames_per_batch):
+            batch = poses[start : start + self.frames_per_batch]
+            out = self.renderer.render(scene.cloud, batch, scene.K, w, h).numpy()
+            for i, image in enumerate(out.image):
+                yield FrameOut(start + i, self._fill_gaps(image, out.mask[i]), poses[start + i])
+        scene.pose = np.asarray(poses[-1], dtype=np.float64)
+        # 3. the points this clip added
+        yield PointsOut(added)
+
+    def _grow(self, scene: Scene, pose: np.ndarray) -> PointCloud:
+        w, h = scene.size
+        view = self.renderer.render(scene.cloud, pose[None], scene.K, w, h).numpy()
+        hole = ~view.mask[0]
+        if not hole.any():
+            return PointCloud.empty()
+        colour, depth = self._fill(view.image[0], view.depth[0], hole)
+        return scene.cloud.append(unproject(colour, depth, scene.K, pose, mask=hole))
+
+    def _fill(self, rgb: np.ndarray, depth: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Inpaint colour and depth inside ``hole``; depth leans to the background."""
+        known = ~hole & (depth > 0)
+        if not known.any():
+            raise EngineError("nothing of the scene is visible from this pose")
+        colour = inpaint(rgb, hole, self.inpaint_radius)
+        seed = np.where(known, depth, 0).astype(np.float32)
+        far = cv2.dilate(seed, np.ones((9, 9), np.uint8))
+        filled = inpaint(seed, ~known, self.inpaint_radius)
+        depth_out = np.where(known, depth, np.maximum(filled, far)).astype(np.float32)
+        if np.any(depth_out[hole] <= 0):
+            depth_out[hole & (depth_out <= 0)] = float(np.median(depth[known]))
+        return colour, depth_out
+
+    def _fill_gaps(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Cover the odd pixel no splat reached (sub-pixel cracks) from its neighbours."""
+        if mask.all():
+            return image
+        return inpaint(image, ~mask, 3)
+
+    # -- dynamics --
+
+    def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
+        w, h = scene.size
+        n = request.num_frames
+        yield Progress("view", 0, 1, "lifting the paused view")
+        view = self.renderer.render(scene.cloud, request.pose[None], scene.K, w, h).numpy()
+        hole = ~view.mask[0]
+        colour, depth = self._fill(view.image[0], view.depth[0], hole) if hole.any() else (
+            view.image[0], view.depth[0])
+        if request.arrows:
+            field = animation.field_from_arrows(request.arrows, w, h, frozen=request.frozen)
+        else:
+            field = animation.guess_field(colour, depth)
+            if request.frozen is not None:
+                field[request.frozen] = 0
+        yield Progress("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
+        ys, xs = np.mgrid[0:h, 0:w]
+        start = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1).astype(np.float32)
+        forward, backward, alpha = animation.loop_paths(field, start, n)
+        z = depth.reshape(-1)
+        rgb = colour.reshape(-1, 3)
+        for t in range(n):
+            img_f, m_f = self._render_moved(scene, request.pose, forward[t], z, rgb)
+            img_b, m_b = self._render_moved(scene, request.pose, backward[t], z, rgb)
+            frame = animation.blend(img_f, m_f, img_b, m_b, float(alpha[t]), colour)
+            yield FrameOut(t, frame, request.pose)
+
+    def _render_moved(self, scene: Scene, pose: np.ndarray, pos: np.ndarray, z: np.ndarray,
+                      rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Render the view's pixels moved to ``pos`` (x, y) at their own depth (3D scene flow)."""
+        w, h = scene.size
+        K = scene.K
+        cam = np.stack([(pos[:, 0] - K[0, 2]) / K[0, 0] * z, (pos[:, 1] - K[1, 2]) / K[1, 1] * z, z], 1)
+        world = cam @ pose[:3, :3].T + pose[:3, 3]
+        radius = (np.sqrt(0.5) * z / K[0, 0]).astype(np.float32)
+        cloud = PointCloud(world.astype(np.float32), rgb, radius)
+        out = self.renderer.render(cloud, pose[None], K, w, h).numpy()
+        return out.image[0], out.mask[0]

@@ -1,0 +1,179 @@
+"""A blocking, scriptable client for batch jobs, benchmarks and tests (no window).
+
+``ScriptedClient`` wraps :class:`protocol.transport.Client`: each call sends one request and
+waits for its whole answer, granting credit as frames arrive, and returns what came back
+with arrival times.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocol import codec
+from protocol.messages import (
+    Arrow,
+    Cancel,
+    Dynamics,
+    Error,
+    Frame,
+    JobAccepted,
+    JobDone,
+    JobFailed,
+    OpenScene,
+    PointsDelta,
+    Progress,
+    SceneOpened,
+    SceneText,
+    Transition,
+)
+from protocol.transport import Client, Incoming, PeerGone
+
+
+class ScriptError(RuntimeError):
+    """The backend answered with an Error, or went away."""
+
+
+@dataclass
+class Points:
+    xyz: list[np.ndarray] = field(default_factory=list)
+    rgb: list[np.ndarray] = field(default_factory=list)
+    radius: list[np.ndarray] = field(default_factory=list)
+    total: int = 0
+
+    def add(self, msg: PointsDelta, blobs) -> None:
+        self.xyz.append(np.array(codec.read_array(msg.xyz, blobs)))
+        self.rgb.append(np.array(codec.read_array(msg.rgb, blobs)))
+        self.radius.append(np.array(codec.read_array(msg.radius, blobs)))
+        self.total = msg.total_points
+
+    def count(self) -> int:
+        return sum(len(x) for x in self.xyz)
+
+
+@dataclass
+class OpenResult:
+    scene: SceneOpened
+    points: Points
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    frames: list[np.ndarray]
+    poses: list[np.ndarray]
+    frame_times: list[float]
+    """Seconds from the request to each frame's arrival."""
+    points: Points
+    progress: list[Progress]
+    outcome: JobDone | JobFailed
+    accepted: JobAccepted | None = None
+
+
+class ScriptedClient:
+    """Synchronous requests over one connection; not thread-safe (use one per thread)."""
+
+    def __init__(self, address: str, timeout_s: float = 60.0, **client_options):
+        self.client = Client(address, **client_options)
+        self.welcome = self.client.connect(timeout=min(timeout_s, 10.0))
+        self.timeout_s = timeout_s
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> ScriptedClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _next(self, deadline: float) -> Incoming:
+        ev = self.client.poll(timeout=max(0.0, deadline - time.monotonic()))
+        if ev is None:
+            raise TimeoutError(f"no answer from the backend within {self.timeout_s} s")
+        if isinstance(ev, PeerGone):
+            raise ScriptError(f"backend gone: {ev.reason}")
+        if isinstance(ev.msg, Error):
+            raise ScriptError(f"backend error [{ev.msg.code}]: {ev.msg.message}")
+        return ev
+
+    def open_scene(self, image: np.ndarray | None, scene_id: str | None = None,
+                   K: np.ndarray | None = None, depth: np.ndarray | None = None,
+                   text: SceneText | None = None, engine: str | None = None,
+                   resume: bool = False) -> OpenResult:
+        """Open (or resume) a scene and collect its whole initial cloud."""
+        scene_id = scene_id or f"scene-{uuid.uuid4().hex[:8]}"
+        blobs, img_ref, depth_ref = [], None, None
+        if image is not None:
+            img_ref, data = codec.encode_image(image, "png", index=0)
+            blobs.append(data)
+        if depth is not None:
+            depth_ref, buf = codec.array_blob(np.asarray(depth, np.float32), len(blobs))
+            blobs.append(buf)
+        self.client.send(OpenScene(
+            request_id=scene_id, scene_id=scene_id, image=img_ref, depth=depth_ref, text=text,
+            K=None if K is None else codec.k_list(K), engine=engine, resume=resume,
+            **({} if text is None else {"text": text})), blobs)
+        deadline = time.monotonic() + self.timeout_s
+        opened, points = None, Points()
+        while True:
+            ev = self._next(deadline)
+            if isinstance(ev.msg, SceneOpened):
+                opened = ev.msg
+            elif isinstance(ev.msg, PointsDelta) and ev.msg.scene_id == scene_id:
+                points.add(ev.msg, ev.blobs)
+                if ev.msg.last and opened is not None:
+                    return OpenResult(opened, points)
+
+    def transition(self, scene_id: str, poses: np.ndarray, fps: float = 24.0,
+                   cancel_after: int | None = None, **extra) -> JobResult:
+        ref, buf = codec.array_blob(np.asarray(poses, np.float32), 0)
+        job_id = f"t-{uuid.uuid4().hex[:8]}"
+        msg = Transition(job_id=job_id, scene_id=scene_id, poses=ref, fps=fps, **extra)
+        return self.run(msg, [buf], cancel_after)
+
+    def dynamics(self, scene_id: str, pose: np.ndarray, num_frames: int = 24,
+                 arrows: list[Arrow] = (), frozen: np.ndarray | None = None,
+                 cancel_after: int | None = None, **extra) -> JobResult:
+        blobs, frozen_ref = [], None
+        if frozen is not None:
+            frozen_ref, buf = codec.array_blob(frozen.astype(np.uint8), 0)
+            blobs.append(buf)
+        job_id = f"d-{uuid.uuid4().hex[:8]}"
+        msg = Dynamics(job_id=job_id, scene_id=scene_id, pose=codec.pose_list(pose),
+                       num_frames=num_frames, arrows=list(arrows), frozen=frozen_ref, **extra)
+        return self.run(msg, blobs, cancel_after)
+
+    def run(self, msg: Transition | Dynamics, blobs: list, cancel_after: int | None = None) -> JobResult:
+        """Send a job and collect everything up to its JobDone or JobFailed.
+
+        With ``cancel_after=k`` a Cancel is sent once k frames arrived.
+        """
+        t0 = time.perf_counter()
+        self.client.send(msg, blobs)
+        result = JobResult(msg.job_id, [], [], [], Points(), [], outcome=None)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            ev = self._next(deadline)
+            m = ev.msg
+            if getattr(m, "job_id", None) != msg.job_id:
+                continue
+            if isinstance(m, JobAccepted):
+                result.accepted = m
+            elif isinstance(m, Progress):
+                result.progress.append(m)
+            elif isinstance(m, Frame):
+                result.frames.append(codec.decode_image(m.image, ev.blobs))
+                result.poses.append(codec.pose_array(m.pose))
+                result.frame_times.append(time.perf_counter() - t0)
+                if cancel_after is not None and len(result.frames) == cancel_after:
+                    self.client.send(Cancel(job_id=msg.job_id))
+                self.client.credit(1)  # the frame is consumed, cancelled or not
+            elif isinstance(m, PointsDelta):
+                result.points.add(m, ev.blobs)
+            elif isinstance(m, (JobDone, JobFailed)):
+                result.outcome = m
+                return result
