@@ -1,0 +1,97 @@
+"""Settings of the guided video sampler (DreamJourney Stage I, paper eq. 9-11)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+DEFAULT_TRANSITION_PROMPT = "a camera flyover, cruising steadily across the scene"
+"""The fixed Stage I prompt of the paper (sec. IV-A)."""
+
+GuidanceMode = Literal["dps", "blend", "none"]
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Everything the sampler needs besides the model and the inputs. Frozen: use ``replace``.
+
+    Defaults follow the paper and its code: 48 frames + 4 padded views at each end, 25 steps,
+    classifier-free guidance 7, guidance weight 0.025, no guidance in the last 20% of steps,
+    15 RePaint renoise rounds per guided step.
+    """
+
+    num_frames: int = 48
+    """Frames of the clip the caller renders and gets back: I_0, the partial frames, I_N."""
+    pad_frames: int = 4
+    """View padding: copies of I_0 prepended and of I_N appended; dropped from the output."""
+    num_inference_steps: int = 25
+    guidance_scale: float = 7.0
+    """Classifier-free guidance scale; <= 1 runs the conditional branch only."""
+    mode: GuidanceMode = "dps"
+    """``dps``: gradient of the masked prior loss (eq. 11). ``blend``: paste the noised prior
+    into x_t over the mask, no gradient. ``none``: plain image-to-video (Stage II)."""
+    guidance_weight: float = 0.025
+    """s_t of eq. 11 (constant over steps)."""
+    early_stop: float = 0.2
+    """Fraction of the last steps that run without the prior (paper: 20%)."""
+    renoise_rounds: int = 15
+    """RePaint resampling: times x_{t-1} is diffused back to x_t and the step redone, per
+    guided step. Each round costs one more model evaluation (with gradient in ``dps``)."""
+    prompt: str = DEFAULT_TRANSITION_PROMPT
+    negative_prompt: str = ""
+    max_sequence_length: int | None = None
+    """Text tokens; None uses the family's default (CogVideoX 226, Wan 512)."""
+    height: int | None = None
+    """Model resolution; None uses the family's default. Inputs must already have this size."""
+    width: int | None = None
+    seed: int = 0
+    """Used when no explicit ``torch.Generator`` is passed."""
+    preview_every: int = 0
+    """Decode a low-resolution preview of the clean estimate every k steps (0: never)."""
+    preview_downscale: int = 2
+    """Spatial factor the latents are pooled by before a preview decode."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass of ``dps`` (memory for time)."""
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.pad_frames < 0:
+            raise ValueError(f"pad_frames must be >= 0, got {self.pad_frames}")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not 0.0 <= self.early_stop <= 1.0:
+            raise ValueError(f"early_stop must be in [0, 1], got {self.early_stop}")
+        if self.renoise_rounds < 0:
+            raise ValueError(f"renoise_rounds must be >= 0, got {self.renoise_rounds}")
+        if self.mode not in ("dps", "blend", "none"):
+            raise ValueError(f"mode must be 'dps', 'blend' or 'none', got {self.mode!r}")
+        if self.preview_every < 0 or self.preview_downscale < 1:
+            raise ValueError("preview_every must be >= 0 and preview_downscale >= 1")
+
+    @property
+    def total_frames(self) -> int:
+        """Frames the model generates: the clip plus the padding at both ends."""
+        return self.num_frames + 2 * self.pad_frames
+
+    @property
+    def guided_steps(self) -> int:
+        """Steps (from the first) that use the prior; the rest run free (early stopping)."""
+        if self.mode == "none":
+            return 0
+        return int(round(self.num_inference_steps * (1.0 - self.early_stop)))
+
+    def replace(self, **changes: Any) -> GuidanceConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> GuidanceConfig:
+        """Build from a TOML table; unknown keys are an error, not ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown guidance settings: {', '.join(unknown)}")
+        return cls(**dict(values))

@@ -1,0 +1,300 @@
+"""The guided video sampler: one denoising loop over an adapter's components.
+
+Stage I (transition): the prior video steers sampling (``dps`` gradient guidance, paper eq. 11,
+or the cheaper ``blend``), with RePaint renoising, early stopping and view padding.
+Stage II (dynamics): the same loop with ``mode="none"`` is plain image-to-video.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import GuidanceConfig
+from .frames import tensor_to_frames, video_to_tensor
+from .prior import PriorVideo, latent_masks
+from .schedule import NoiseSchedule, randn_like
+
+if TYPE_CHECKING:
+    from backend.models.adapters.base import Conditioning, PromptEmbeds, VideoFamilyAdapter
+
+logger = logging.getLogger(__name__)
+
+StepCallback = Callable[["GuidedVideoSampler", int, torch.Tensor, dict[str, Any]], Any]
+
+
+class SamplingInterrupted(RuntimeError):
+    """Raised when ``interrupt()`` was called; the engine reports the job as cancelled."""
+
+
+@dataclass
+class SamplerCounters:
+    model_evals: int = 0
+    """Network calls (a CFG pair counts once)."""
+    gradient_evals: int = 0
+    """Network calls with a backward pass (``dps``)."""
+    guided_steps: int = 0
+    """Steps that applied the prior (before the early stop)."""
+    renoise_rounds: int = 0
+    """Times x_{t-1} was diffused back to x_t, over the whole run."""
+    previews: int = 0
+    guided_step_indices: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SamplerTimings:
+    """Seconds per phase; ``step_s`` has one entry per denoising step (renoise rounds included)."""
+
+    conditioning_s: float = 0.0
+    prior_encode_s: float = 0.0
+    sampling_s: float = 0.0
+    decode_s: float = 0.0
+    total_s: float = 0.0
+    step_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class GuidedSampleOutput:
+    frames: np.ndarray
+    """T x H x W x 3 uint8, padding removed (T = config.num_frames)."""
+    counters: SamplerCounters
+    timings: SamplerTimings
+    latents: torch.Tensor
+    """Final canonical latents (1, F', C, h, w), padding included, on the CPU."""
+    prior_latents: torch.Tensor | None = None
+    """z^p, the VAE-encoded padded prior (None without a prior), on the CPU."""
+    latent_mask: torch.Tensor | None = None
+    """m^p on the latent grid (1, F', 1, h, w), on the CPU."""
+
+
+class GuidedVideoSampler:
+    """Drive an adapter's denoiser, VAE and noise schedule through one guided loop.
+
+    Cancel from any thread with :meth:`interrupt`; it takes effect at the next step or renoise
+    round. Progress comes through ``callback_on_step_end(sampler, i, t, callback_kwargs)``
+    after every step (diffusers' convention); the callback may return a dict whose
+    ``latents`` replace the current ones.
+    """
+
+    _callback_tensor_inputs = ("latents", "x0_hat")
+
+    def __init__(self, adapter: VideoFamilyAdapter) -> None:
+        self.adapter = adapter
+        self._interrupt = False
+        self._num_timesteps = 0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt
+
+    def interrupt(self) -> None:
+        """Ask the running call to stop; it raises :class:`SamplingInterrupted`."""
+        self._interrupt = True
+
+    # ------------------------------------------------------------------ checks
+    def check_inputs(self, image: np.ndarray, prior: PriorVideo | None,
+                     config: GuidanceConfig, height: int, width: int,
+                     callback_tensor_inputs: Sequence[str]) -> None:
+        self.adapter.check_size(height, width)
+        self.adapter.check_num_frames(config.total_frames)
+        if image.shape[:2] != (height, width):
+            raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}, the model runs at "
+                             f"{width}x{height}: render inputs at the model size")
+        if config.mode != "none":
+            if prior is None:
+                raise ValueError(f"mode {config.mode!r} needs a prior video")
+            if prior.num_frames != config.num_frames:
+                raise ValueError(f"prior has {prior.num_frames} frames, config.num_frames is "
+                                 f"{config.num_frames}")
+            if prior.frames.shape[1:3] != (height, width):
+                raise ValueError(f"prior frames are {prior.frames.shape[2]}x{prior.frames.shape[1]}"
+                                 f", the model runs at {width}x{height}")
+        bad = [k for k in callback_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback tensor inputs must be in {self._callback_tensor_inputs}, "
+                             f"got {bad}")
+
+    # ------------------------------------------------------------------ main entry
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: np.ndarray,
+        prior: PriorVideo | None = None,
+        config: GuidanceConfig | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        prompt_embeds: PromptEmbeds | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> GuidedSampleOutput:
+        """Sample a clip that starts at ``image`` (H x W x 3 uint8, model size).
+
+        With ``config.mode`` ``dps`` or ``blend``, ``prior`` holds ``config.num_frames`` rendered
+        frames and masks (I_0 first, I_N last); the output has the same frame count.
+        ``prompt_embeds`` skips the text encoder (``config.prompt`` is then unused).
+        """
+        config = config or GuidanceConfig()
+        adapter = self.adapter
+        height, width = config.height or adapter.default_size()[0], config.width or adapter.default_size()[1]
+        self.check_inputs(image, prior, config, height, width, callback_on_step_end_tensor_inputs)
+        self._interrupt = False
+        timings, counters = SamplerTimings(), SamplerCounters()
+        start = time.perf_counter()
+        if generator is None:
+            generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        cfg = config.guidance_scale > 1.0
+        total = config.total_frames
+
+        # 1. Encode the prompt and the first frame into the network's conditioning
+        if prompt_embeds is None:
+            prompt_embeds = adapter.encode_prompt(config.prompt, config.negative_prompt, cfg,
+                                                  config.max_sequence_length)
+        cond = adapter.prepare_conditioning(image, total, height, width, prompt_embeds, cfg,
+                                            generator)
+        timings.conditioning_s = self._lap(start)
+
+        # 2. Encode the padded prior once; masks onto the latent grid
+        z_prior = mask = None
+        if config.mode != "none":
+            t0 = time.perf_counter()
+            padded = prior.padded(config.pad_frames)
+            z_prior = adapter.encode_video(video_to_tensor(padded.frames, adapter.device,
+                                                           torch.float32))
+            groups = adapter.latent_frame_groups(total)
+            mask = latent_masks(padded.masks, groups, adapter.spatial_compression, adapter.device)
+            timings.prior_encode_s = self._lap(t0)
+
+        # 3. Timesteps and the initial noise
+        schedule = adapter.noise_schedule(config.num_inference_steps)
+        self._num_timesteps = schedule.num_steps
+        shape = adapter.latent_shape(total, height, width)
+        x = randn_like(torch.empty(shape, device=adapter.device), generator)
+        x = x * schedule.initial_noise_scale()
+        if config.mode == "dps":
+            adapter.set_gradient_checkpointing(config.gradient_checkpointing)
+
+        # 4. Denoising loop
+        t_loop = time.perf_counter()
+        n_guided = config.guided_steps
+        for i, t in enumerate(schedule.timesteps):
+            t_step = time.perf_counter()
+            guided = i < n_guided
+            x, x0, loss = self._denoise_step(x, i, t, schedule, cond, config, guided,
+                                             z_prior, mask, generator, counters)
+            if guided:
+                counters.guided_steps += 1
+                counters.guided_step_indices.append(i)
+            timings.step_s.append(self._lap(t_step))
+            if callback_on_step_end is not None:
+                x = self._run_callback(callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                       i, t, x, x0, guided, loss, config, counters)
+        timings.sampling_s = self._lap(t_loop)
+
+        # 5. Decode and drop the padded views
+        t0 = time.perf_counter()
+        video = adapter.decode_latents(x)
+        frames = tensor_to_frames(video[config.pad_frames:config.pad_frames + config.num_frames])
+        timings.decode_s = self._lap(t0)
+        timings.total_s = self._lap(start)
+        logger.info("sampled %d frames in %.2fs (%d guided steps, %d model evals)",
+                    frames.shape[0], timings.total_s, counters.guided_steps, counters.model_evals)
+        return GuidedSampleOutput(
+            frames=frames, counters=counters, timings=timings, latents=x.cpu(),
+            prior_latents=None if z_prior is None else z_prior.cpu(),
+            latent_mask=None if mask is None else mask.cpu(),
+        )
+
+    # ------------------------------------------------------------------ one step
+    def _denoise_step(self, x: torch.Tensor, i: int, t: torch.Tensor, schedule: NoiseSchedule,
+                      cond: Conditioning, config: GuidanceConfig, guided: bool,
+                      z_prior: torch.Tensor | None, mask: torch.Tensor | None,
+                      generator: torch.Generator, counters: SamplerCounters):
+        """x_t -> x_{t-1}, with the prior and RePaint rounds when ``guided``."""
+        rounds = 1 + (config.renoise_rounds if guided else 0)
+        x_prev = x0 = loss = None
+        for r in range(rounds):
+            if self._interrupt:
+                raise SamplingInterrupted(f"interrupted at step {i}")
+            # 1. RePaint: diffuse the previous round's x_{t-1} back to x_t
+            if r > 0:
+                x = schedule.renoise(x_prev, i, generator)
+                counters.renoise_rounds += 1
+            # 2. Blend mode: the noised prior replaces x_t where it is visible
+            if guided and config.mode == "blend":
+                noised = schedule.add_noise(z_prior, i, randn_like(z_prior, generator))
+                x = mask * noised + (1.0 - mask) * x
+            # 3. Predict x0_hat and step; gradient guidance in dps mode (eq. 10-11)
+            if guided and config.mode == "dps":
+                x_prev, x0, loss = self._dps_update(x, i, t, schedule, cond, config,
+                                                    z_prior, mask)
+                counters.gradient_evals += 1
+            else:
+                out = self.adapter.predict(schedule.model_input(x, i), t, cond,
+                                           config.guidance_scale)
+                x0 = schedule.to_x0(out, x, i)
+                x_prev = schedule.step(x0, x, i)
+            counters.model_evals += 1
+        return x_prev, x0, loss
+
+    def _dps_update(self, x: torch.Tensor, i: int, t: torch.Tensor, schedule: NoiseSchedule,
+                    cond: Conditioning, config: GuidanceConfig, z_prior: torch.Tensor,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """x_{t-1} = step(x_t) - s_t * grad_{x_t} ||(x0_hat(x_t) - z^p) * m||^2.
+
+        The gradient is taken in unit-variance coordinates (``NoiseSchedule.guidance_gain``,
+        exactly eq. 11 for variance-preserving models).
+        """
+        x_in = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = self.adapter.predict(schedule.model_input(x_in, i), t, cond,
+                                       config.guidance_scale)
+            x0 = schedule.to_x0(out, x_in, i)
+            loss = ((x0 - z_prior) * mask).pow(2).sum()
+            (grad,) = torch.autograd.grad(loss, x_in)
+        x0 = x0.detach()
+        weight = config.guidance_weight * schedule.guidance_gain(i)
+        x_prev = schedule.step(x0, x, i) - weight * grad
+        return x_prev, x0, float(loss.detach())
+
+    # ------------------------------------------------------------------ callback / preview
+    def _run_callback(self, callback: StepCallback, names: Sequence[str], i: int,
+                      t: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, guided: bool,
+                      loss: float | None, config: GuidanceConfig,
+                      counters: SamplerCounters) -> torch.Tensor:
+        tensors = {"latents": x, "x0_hat": x0}
+        kwargs: dict[str, Any] = {k: tensors[k] for k in names}
+        kwargs.update(guided=guided, loss=loss, preview=None)
+        if config.preview_every and (i + 1) % config.preview_every == 0:
+            kwargs["preview"] = self.preview(x0, config)
+            counters.previews += 1
+        result = callback(self, i, t, kwargs)
+        if isinstance(result, dict) and result.get("latents") is not None:
+            return result["latents"]
+        return x
+
+    def preview(self, x0: torch.Tensor, config: GuidanceConfig) -> np.ndarray:
+        """Low-resolution frames of a clean estimate: pool the latents, decode, drop padding."""
+        k = config.preview_downscale
+        z = x0
+        if k > 1:
+            f, c, h, w = z.shape[1:]
+            z = F.avg_pool2d(z.reshape(f * c, 1, h, w), k).reshape(1, f, c, h // k, w // k)
+        video = self.adapter.decode_latents(z)
+        return tensor_to_frames(video[config.pad_frames:config.pad_frames + config.num_frames])
+
+    @staticmethod
+    def _lap(since: float) -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - since

@@ -1,0 +1,148 @@
+"""One noise schedule for every family: x_t = alpha_t * x_0 + sigma_t * eps.
+
+The guided sampler needs three things a diffusers scheduler does not offer together: the clean
+estimate x0_hat as a differentiable function of x_t, a step it can repeat (RePaint renoising
+goes back to the same t), and the forward transition q(x_t | x_{t-1}). We read the timesteps
+and the (alpha, sigma) tables from a first-order diffusers scheduler after ``set_timesteps``
+and write the update in closed form. The update equals ``scheduler.step`` of DDIM (eta = 0,
+variance-preserving), Euler (variance-exploding, EDM-style, SVD) and flow-matching Euler (Wan);
+tests/test_guidance_schedule.py checks this against diffusers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+ScheduleKind = Literal["vp", "ve", "flow"]
+Prediction = Literal["epsilon", "v_prediction", "flow"]
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """Per-step tables. Index i runs 0..N-1 over the steps; tables have N + 1 entries, the last
+    one being the clean end (alpha, sigma) = (final alpha, 0)."""
+
+    kind: ScheduleKind
+    prediction: Prediction
+    timesteps: torch.Tensor
+    """(N,) the values fed to the model as its timestep."""
+    alphas: torch.Tensor
+    """(N + 1,) float64 signal scale."""
+    sigmas: torch.Tensor
+    """(N + 1,) float64 noise scale."""
+
+    def __post_init__(self) -> None:
+        n = self.timesteps.shape[0]
+        if self.alphas.shape != (n + 1,) or self.sigmas.shape != (n + 1,):
+            raise ValueError("alphas and sigmas need one entry more than timesteps")
+        if self.prediction == "flow" and self.kind != "flow":
+            raise ValueError("flow prediction needs a flow schedule")
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    def _a(self, i: int) -> float:
+        return float(self.alphas[i])
+
+    def _s(self, i: int) -> float:
+        return float(self.sigmas[i])
+
+    def initial_noise_scale(self) -> float:
+        """Std of x_T: sqrt(alpha^2 + sigma^2) at the first step (1 for VP and flow at t = 1)."""
+        return self.unit_scale(0)
+
+    def unit_scale(self, i: int) -> float:
+        """r_i = sqrt(alpha^2 + sigma^2): x_t / r_i has unit variance (1 for VP)."""
+        return (self._a(i) ** 2 + self._s(i) ** 2) ** 0.5
+
+    def guidance_gain(self, i: int) -> float:
+        """Factor on s_t * grad_{x_t} so that eq. 11 acts in unit-variance coordinates.
+
+        With x = r x', a step of s_t along grad_{x'_t} moves x_{t-1} by r_{t-1} r_t s_t grad_{x_t}.
+        For variance-preserving schedules (the paper's setting) this is exactly 1; it makes the
+        same weight mean the same for flow (r <= 1) and variance-exploding (r >> 1) schedules.
+        """
+        return self.unit_scale(i) * self.unit_scale(i + 1)
+
+    def model_input(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """What the network sees: VE inputs are scaled to unit variance (EDM c_in)."""
+        if self.kind == "ve":
+            return x / (self._a(i) ** 2 + self._s(i) ** 2) ** 0.5
+        return x
+
+    def to_x0(self, model_output: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Clean estimate x0_hat(x_t) from the network output (eq. 10), differentiable."""
+        a, s = self._a(i), self._s(i)
+        if self.prediction == "epsilon":
+            return (x - s * model_output) / a
+        if self.prediction == "v_prediction":
+            r2 = a * a + s * s
+            return (a / r2) * x - (s / r2**0.5) * model_output
+        return x - s * model_output  # flow: v = eps - x0, x_t = (1 - s) x0 + s eps
+
+    def step(self, x0: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
+        """x_{t-1} from x_t and x0_hat: the deterministic first-order (DDIM / Euler) update."""
+        a, s = self._a(i), self._s(i)
+        a_prev, s_prev = self._a(i + 1), self._s(i + 1)
+        eps = (x - a * x0) / s
+        return a_prev * x0 + s_prev * eps
+
+    def renoise(self, x_prev: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Sample q(x_t | x_{t-1}): diffuse x_{t-1} back to step i (RePaint, paper eq. 2)."""
+        a, s = self._a(i), self._s(i)
+        a_prev, s_prev = self._a(i + 1), self._s(i + 1)
+        ratio = a / a_prev
+        std = max(s * s - ratio * ratio * s_prev * s_prev, 0.0) ** 0.5
+        noise = randn_like(x_prev, generator)
+        return ratio * x_prev + std * noise
+
+    def add_noise(self, x0: torch.Tensor, i: int, noise: torch.Tensor) -> torch.Tensor:
+        """Sample q(x_t | x_0) at step i with the given noise."""
+        return self._a(i) * x0 + self._s(i) * noise
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn on the generator's device."""
+    device = generator.device if generator is not None else x.device
+    noise = torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32)
+    return noise.to(device=x.device, dtype=x.dtype)
+
+
+def schedule_from_scheduler(
+    scheduler, num_inference_steps: int, prediction: Prediction | None = None
+) -> NoiseSchedule:
+    """Read a :class:`NoiseSchedule` from a first-order diffusers scheduler.
+
+    Supported: schedulers with ``alphas_cumprod`` and no sigmas (DDIM, CogVideoXDDIM; VP),
+    ``EulerDiscreteScheduler`` (VE sigmas) and ``FlowMatchEulerDiscreteScheduler`` (flow).
+    ``prediction`` defaults to the scheduler's ``prediction_type`` (``flow`` for flow matching).
+    """
+    scheduler.set_timesteps(num_inference_steps, device="cpu")
+    name = type(scheduler).__name__
+    timesteps = scheduler.timesteps.detach().to("cpu")
+    if name.startswith("FlowMatch"):
+        sigmas = scheduler.sigmas.detach().to("cpu", torch.float64)
+        return NoiseSchedule("flow", prediction or "flow", timesteps, 1.0 - sigmas, sigmas)
+    if name == "EulerDiscreteScheduler":
+        sigmas = scheduler.sigmas.detach().to("cpu", torch.float64)
+        return NoiseSchedule(
+            "ve", prediction or scheduler.config.prediction_type, timesteps,
+            torch.ones_like(sigmas), sigmas,
+        )
+    if hasattr(scheduler, "alphas_cumprod") and not hasattr(scheduler, "sigmas"):
+        acp = scheduler.alphas_cumprod.detach().to("cpu", torch.float64)
+        steps = timesteps.long()
+        final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64).reshape(1)
+        acp_steps = torch.cat([acp[steps], final])
+        return NoiseSchedule(
+            "vp", prediction or scheduler.config.prediction_type, timesteps,
+            acp_steps.sqrt(), (1.0 - acp_steps).sqrt(),
+        )
+    raise ValueError(
+        f"{name} is not a first-order scheduler the guided sampler can drive; "
+        "use DDIM, EulerDiscrete or FlowMatchEulerDiscrete (from_config of the model's one)"
+    )

@@ -1,0 +1,29 @@
+"""Image-to-video pipelines (CogVideoX-I2V, Wan I2V, SVD) loaded into their family adapter."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from .adapters import ADAPTERS, VideoFamilyAdapter
+from .inpaint import place_pipeline
+from .spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+def load_video_adapter(spec: ModelSpec) -> VideoFamilyAdapter:
+    """``from_pretrained`` the family's pipeline class (hub id or folder) and wrap it."""
+    adapter_cls = ADAPTERS[spec.family]
+    pipeline_cls = getattr(importlib.import_module("diffusers"), adapter_cls.pipeline_class_name)
+    device = spec.resolve_device()
+    logger.info("loading %s pipeline %s on %s", spec.family, spec.source, device)
+    kwargs = {"torch_dtype": spec.torch_dtype}
+    if spec.variant:
+        kwargs["variant"] = spec.variant
+    pipe = pipeline_cls.from_pretrained(spec.source, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    place_pipeline(pipe, spec.offload, device)
+    if spec.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
+        pipe.vae.enable_tiling()
+    return adapter_cls(pipe, **dict(spec.options))
