@@ -161,6 +161,7 @@ class SplatRenderer:
         if self.config.max_radius_px < self.config.min_disc_px:
             raise ValueError("max_radius_px must be >= min_disc_px")
         self._cache: tuple[tuple, DeviceCloud] | None = None
+        self._keys: torch.Tensor | None = None
         self._project = project_keys
         self._read_back = read_back
         if self.config.compile:
@@ -213,16 +214,21 @@ class SplatRenderer:
 
             return render_pytorch3d(self, source, poses, K, width, height, return_index)
         cloud = self.to_device(source)
-        parts = []
-        for start in range(0, len(poses), self.config.batch_size):
-            group = poses[start : start + self.config.batch_size]
-            parts.append(self._render_group(cloud, group, K, width, height))
-        return RenderOutput(
-            torch.cat([p[0] for p in parts]),
-            torch.cat([p[1] for p in parts]),
-            torch.cat([p[2] for p in parts]),
-            torch.cat([p[3] for p in parts]).long() if return_index else None,
+        b, dev = len(poses), self.device
+        out = RenderOutput(
+            torch.empty((b, height, width, 3), dtype=torch.uint8, device=dev),
+            torch.empty((b, height, width), dtype=torch.bool, device=dev),
+            torch.empty((b, height, width), dtype=torch.float32, device=dev),
+            torch.empty((b, height, width), dtype=torch.int64, device=dev) if return_index else None,
         )
+        step = self.config.batch_size
+        for start in range(0, b, step):
+            part = slice(start, start + step)
+            image, mask, depth, index = self._render_group(cloud, poses[part], K, width, height)
+            out.image[part], out.mask[part], out.depth[part] = image, mask, depth
+            if out.index is not None:
+                out.index[part] = index
+        return out
 
     def _render_group(
         self, cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray, width: int, height: int
@@ -230,7 +236,9 @@ class SplatRenderer:
         cfg = self.config
         b, n = len(poses), len(cloud)
         size = (height + 2) * (width + 2)
-        keys = torch.full((b * size,), _EMPTY_HI << 32 | n, dtype=torch.int64, device=self.device)
+        if self._keys is None or self._keys.numel() != b * size:
+            self._keys = torch.empty(b * size, dtype=torch.int64, device=self.device)
+        keys = self._keys.fill_(_EMPTY_HI << 32 | n)  # reused: no fresh pages per frame
         if n:
             # 1. project once per pose; 2. cull to the border / NaN keys; 3. pack keys
             P = torch.from_numpy(projection_matrices(poses, K)).to(self.device, torch.float32)
