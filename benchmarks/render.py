@@ -89,9 +89,14 @@ def main() -> None:
         poses = preset("backward", args.frames, median_depth=med)
         floor = scatter_floor(cloud, poses[args.frames // 2], K, size, args.repeats)
         entry = {"points": len(cloud), "scatter_floor_ms": floor * 1e3}
+        images = {}
         for label, cfg in configs.items():
-            ms = measure(SplatRenderer("cpu", cfg), cloud, poses, K, size, args.repeats)
+            renderer = SplatRenderer("cpu", cfg)
+            ms = measure(renderer, cloud, poses, K, size, args.repeats)
             entry[f"ms_per_frame_{label}"] = ms
+            images[label] = renderer.render(cloud, poses[-1], K, size, size).image
+        if "compiled" in images:
+            entry["compiled_matches_eager"] = bool(torch.equal(images["eager"], images["compiled"]))
         best = min(v for k, v in entry.items() if k.startswith("ms_per_frame_"))
         entry["ms_per_frame"] = best
         entry["vs_scatter_floor"] = best / (floor * 1e3)
