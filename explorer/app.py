@@ -213,11 +213,7 @@ class Explorer:
         if self.dynamics_job is not None:
             job_id = self.dynamics_job
             self.dynamics_job = None
-            if self.player.clip is not None and self.player.clip.job_id == job_id:
-                self.player.stop()
-            else:
-                self.player.queue = [c for c in self.player.queue if c.job_id != job_id]
-            self.session.cancel(job_id)
+            self.session.discard(job_id, self.player.discard(job_id))
             self._shown = None
             self.camera.locked = False
             self.session.status = "dynamics stopped"

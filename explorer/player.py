@@ -117,13 +117,17 @@ class ClipPlayer:
         if clip is not None:
             clip.done = True
 
-    def stop(self) -> str | None:
-        """Stop the current clip now (e.g. Space on a dynamics loop); returns its job id."""
-        if self.clip is None:
-            return None
-        job_id = self.clip.job_id
-        self._end_clip()
-        return job_id
+    def discard(self, job_id: str) -> int:
+        """Drop clip ``job_id`` now (playing or queued); returns how many of its frames
+        arrived but were never shown, whose credits the caller must still return."""
+        unshown = 0
+        if self.clip is not None and self.clip.job_id == job_id:
+            unshown = len(set(self.clip.frames) - self._consumed)
+            self._end_clip()
+        for clip in [c for c in self.queue if c.job_id == job_id]:
+            unshown += len(clip.frames)
+            self.queue.remove(clip)
+        return unshown
 
     def _find(self, job_id: str) -> Clip | None:
         if self.clip is not None and self.clip.job_id == job_id:

@@ -110,6 +110,7 @@ class ExplorerSession:
         self.frames_received = 0
         self._ids = itertools.count(1)
         self._pending_scene: str | None = None
+        self._discarded: set[str] = set()
 
     # --- requests ------------------------------------------------------------------------
 
@@ -169,9 +170,14 @@ class ExplorerSession:
         if job is not None and not job.done:
             self.client.send(Cancel(job_id=job_id))
 
-    def consumed(self, frames: int = 1) -> None:
-        """Frames the player has shown: the backend may send that many more."""
-        self.client.credit(frames)
+    def discard(self, job_id: str, unshown_frames: int) -> None:
+        """Stop wanting ``job_id``: cancel it, and return the credit of every frame of it
+        that was received but not shown, or that still arrives (frames already in flight),
+        so the backend's credit window never stays blocked by a clip nobody plays."""
+        self.cancel(job_id)
+        self._discarded.add(job_id)
+        self.jobs.pop(job_id, None)
+        self.consumed(unshown_frames)
 
     def _require_scene(self) -> SceneInfo:
         if self.scene is None:
@@ -229,13 +235,20 @@ class ExplorerSession:
             self.scene.loaded_points += len(xyz)
             self.scene.num_points = msg.total_points
             if msg.last:
-                self.status = f"{msg.total_points} points"
+                self.status = "scene ready: fly with W A S D, F1 for help"
 
     def _on_job_accepted(self, msg: JobAccepted, blobs) -> None:
+        if msg.job_id in self._discarded:
+            return
         job = self.jobs.setdefault(msg.job_id, JobInfo(msg.job_id, msg.kind, msg.num_frames))
         job.num_frames = msg.num_frames
         job.stage = "queued" if msg.queue_position else "running"
         self.player.begin(msg.job_id, msg.num_frames, job.fps, msg.kind == "dynamics")
+
+    def consumed(self, frames: int = 1) -> None:
+        """Frames the player has shown (or dropped): the backend may send that many more."""
+        if frames > 0:
+            self.client.credit(frames)
 
     def _on_progress(self, msg: Progress, blobs) -> None:
         job = self.jobs.get(msg.job_id)
@@ -247,6 +260,9 @@ class ExplorerSession:
 
     def _on_frame(self, msg: Frame, blobs) -> None:
         received_ns = time.perf_counter_ns()
+        if msg.job_id in self._discarded:
+            self.consumed(1)  # in flight when we stopped it: give the credit straight back
+            return
         image = decode_image(msg.image, blobs)
         frame = ClipFrame(msg.index, pose_array(msg.pose), k_array(msg.K), image,
                           arrived_at=self.clock(), received_ns=received_ns)

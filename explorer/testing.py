@@ -45,6 +45,7 @@ class FakeBackend:
         self.credits_granted = 0
         self.outbox: collections.deque = collections.deque()
         self.held_frames: collections.deque = collections.deque()
+        self.frames_delivered = 0
         self.hold = False
         """While True, frames are generated but kept back (to test buffering)."""
 
@@ -77,6 +78,7 @@ class FakeBackend:
             if is_frame and self.credits <= 0:
                 break
             self.credits -= int(is_frame)
+            self.frames_delivered += int(is_frame)
             self.outbox.append(self.held_frames.popleft())
         return self.outbox.popleft() if self.outbox else None
 

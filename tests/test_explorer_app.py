@@ -158,8 +158,12 @@ def test_space_sends_dynamics_with_arrows_and_loops_until_space(app):
     assert ex.camera.locked and shown.count(0) >= 2 and max(shown) == 5
     press(app, app.key.SPACE)
     assert app.backend.of_type(Cancel) and not ex.camera.locked
-    app.tick(DT)
+    for _ in range(5):
+        app.tick(DT)
     assert ex._shown is None
+    # Every frame that reached the explorer gave its credit back, shown or not, so a
+    # stopped loop never leaves the backend's credit window blocked.
+    assert app.backend.credits_granted == app.backend.frames_delivered
 
 
 def test_credits_bound_frames_in_flight(app):
@@ -173,7 +177,7 @@ def test_credits_bound_frames_in_flight(app):
     app.backend.hold = False
     run_until(app, lambda: not ex.session.jobs and not ex.player.active)
     credits = sum(m.frames for m, _ in app.backend.of_type(Credit))
-    assert credits == 12
+    assert credits == 12 == app.backend.frames_delivered
 
 
 def test_record_toggle_writes_constant_rate_mp4(app, tmp_path):
