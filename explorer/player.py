@@ -177,7 +177,7 @@ class ClipPlayer:
             self.shown_index = -1
             self._consumed = set()
             self.state = PlayerState.PLAYING
-        else:
+        elif self.state != PlayerState.STALLED:  # a stalled clip resumes at the frame's start
             self.position += dt
         return self._frame_at_position()
 

@@ -1,0 +1,142 @@
+"""Explorer logic without GL: camera, paths, player policy, and no torch in the import graph."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from explorer.camera import FlyCamera, MoveInput
+from explorer.paths import FlightPath, preset_path, resample_path
+from explorer.player import ClipFrame, ClipPlayer, PlayerSettings, PlayerState
+from protocol.camera import interpolate_pose, look_at
+
+
+def test_importing_the_explorer_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "import explorer.app, explorer.app_main, explorer.window, explorer.demo, "
+        "explorer.session, explorer.recorder, explorer.procedural_scene, explorer.testing\n"
+        "bad = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_camera_moves_by_speed_times_time_scaled_by_scene_depth():
+    for scale in (1.0, 10.0):
+        cam = FlyCamera(scene_scale=scale)
+        cam.settings.smoothing = 1e9  # no ramp: velocity follows the keys at once
+        for _ in range(50):
+            cam.update(0.02, MoveInput(forward=1.0))
+        assert cam.pose[2, 3] == pytest.approx(cam.settings.speed * scale * 1.0)
+        cam.update(0.5, MoveInput(right=1.0, fast=True))
+        assert cam.pose[0, 3] == pytest.approx(cam.settings.speed * scale * 4 * 0.5)
+
+
+def test_mouse_look_turns_right_and_down_without_roll():
+    cam = FlyCamera()
+    cam.look(100, 0)  # mouse right: forward turns to +x
+    assert cam.pose[0, 2] > 0.2
+    cam.look(0, 100)  # mouse down: forward turns to +y (down)
+    assert cam.pose[1, 2] > 0.2
+    assert abs(cam.pose[1, 0]) < 1e-9  # the right axis stays level (no roll)
+    cam.look(0, 1e5)  # pitch is clamped short of straight down
+    assert cam.pose[1, 2] < np.sin(np.radians(86))
+
+
+def test_locked_camera_ignores_input():
+    cam = FlyCamera(locked=True)
+    assert not cam.update(0.1, MoveInput(forward=1.0))
+    cam.look(100, 100)
+    np.testing.assert_array_equal(cam.pose, np.eye(4))
+
+
+def test_resampled_path_keeps_ends_and_spaces_evenly():
+    start, end = np.eye(4), look_at([1.0, 0.0, 3.0], [2.0, 0.0, 10.0])
+    # An uneven flight: dense at the start, sparse at the end.
+    ts = np.linspace(0, 1, 40) ** 3
+    path = FlightPath(start, min_step=0.0)
+    for t in ts[1:]:
+        path.record(interpolate_pose(start, end, float(t)))
+    out = path.resampled(16)
+    np.testing.assert_allclose(out[0], start, atol=1e-9)
+    np.testing.assert_allclose(out[-1], end, atol=1e-9)
+    steps = np.linalg.norm(np.diff(out[:, :3, 3], axis=0), axis=1)
+    assert steps.max() / steps.min() < 1.3
+    for R in out[:, :3, :3]:
+        np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-6)
+
+
+def test_empty_path_cannot_be_resampled():
+    with pytest.raises(ValueError, match="empty"):
+        FlightPath(np.eye(4)).resampled(8)
+    with pytest.raises(ValueError):
+        resample_path(np.stack([np.eye(4)] * 3), 1)
+
+
+@pytest.mark.parametrize("name", ["backward", "left", "right", "forward"])
+def test_presets_start_at_the_view_and_move_the_right_way(name):
+    poses = preset_path(name, np.eye(4), 24, scene_scale=4.0)
+    assert poses.shape == (24, 4, 4)
+    np.testing.assert_allclose(poses[0], np.eye(4), atol=1e-9)
+    end = poses[-1]
+    if name == "backward":
+        assert end[2, 3] < -1.0
+    elif name == "forward":
+        assert end[2, 3] > 1.0
+    elif name == "left":
+        assert end[0, 2] < -0.3  # the view direction turned to -x (left)
+    else:
+        assert end[0, 2] > 0.3
+
+
+def _frame(i: int, t: float) -> ClipFrame:
+    pose = np.eye(4)
+    pose[0, 3] = i
+    return ClipFrame(i, pose, np.eye(3), np.zeros((2, 2, 3), np.uint8), arrived_at=t)
+
+
+def test_player_waits_for_a_safe_buffer_at_a_slow_arrival_rate():
+    player = ClipPlayer(PlayerSettings(min_prebuffer=2, max_prebuffer=100))
+    # 48 frames at 24 fps, arriving at 12 fps: must buffer about half before starting.
+    for i in range(30):
+        player.add("j", _frame(i, i / 12.0), 48, 24.0, loop=False)
+        if player.ready_to_start(player.queue[0]):
+            break
+    assert 20 <= i + 1 <= 26  # (48 - b) / 12 <= 47 / 24  ->  b >= 24.5 - ~1
+
+
+def test_player_starts_at_once_when_frames_arrive_fast_enough():
+    player = ClipPlayer(PlayerSettings(min_prebuffer=2))
+    player.add("j", _frame(0, 0.0), 48, 24.0, loop=False)
+    assert not player.ready_to_start(player.queue[0])  # one frame: no rate yet
+    player.add("j", _frame(1, 0.02), 48, 24.0, loop=False)
+    assert player.ready_to_start(player.queue[0])
+
+
+def test_player_plays_at_clip_fps_stalls_on_gaps_and_ends():
+    player = ClipPlayer(PlayerSettings(min_prebuffer=1, max_prebuffer=1, fade_s=0))
+    for i in range(3):
+        player.add("j", _frame(i, 0.0), 5, 10.0, loop=False)
+    shown = [player.update(0.0, 0.0).frame.index]
+    for _ in range(6):  # 0.05 s steps at 10 fps: each frame twice
+        shown.append(player.update(0.05, 0.0).frame.index)
+    assert shown[:6] == [0, 0, 1, 1, 2, 2] and player.state == PlayerState.STALLED
+    player.add("j", _frame(3, 0.0), 5, 10.0, loop=False)
+    player.add("j", _frame(4, 0.0), 5, 10.0, loop=False)
+    player.finish("j")
+    got = [player.update(0.05, 0.0) for _ in range(6)]
+    assert [g.frame.index for g in got if g is not None and not g.ended][:3] == [3, 3, 4]
+    assert any(g is not None and g.ended for g in got) and not player.active
+
+
+def test_player_discard_reports_frames_never_shown():
+    player = ClipPlayer(PlayerSettings(min_prebuffer=1, max_prebuffer=1))
+    for i in range(4):
+        player.add("loop", _frame(i, 0.0), 4, 10.0, loop=True)
+    player.update(0.0, 0.0)
+    assert player.discard("loop") == 3 and not player.active
