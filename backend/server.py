@@ -72,7 +72,7 @@ class BackendConfig:
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 10.0
     keys: Path | None = None
-    jpeg_quality: int = 90
+    jpeg_quality: int = 95
     chunk_points: int = 65536
     """Points per PointsDelta message."""
     frames_ahead: int = 2

@@ -85,7 +85,7 @@ def _decode_header(header: memoryview) -> Message:
         text = str(exc)
         if "Invalid value" in text and "`$.type`" in text:
             raise UnknownType(f"unknown message type: {text}") from None
-        if "Expected `object`" in text and "`$`" not in text:
+        if text.endswith("at `$`") or "- at" not in text:
             raise BadMessage(f"header is not a message struct: {text}") from None
         raise BadValue(f"invalid message: {text}") from None
     except msgspec.DecodeError as exc:

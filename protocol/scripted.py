@@ -114,7 +114,7 @@ class ScriptedClient:
             depth_ref, buf = codec.array_blob(np.asarray(depth, np.float32), len(blobs))
             blobs.append(buf)
         self.client.send(OpenScene(
-            request_id=scene_id, scene_id=scene_id, image=img_ref, depth=depth_ref, text=text,
+            request_id=scene_id, scene_id=scene_id, image=img_ref, depth=depth_ref,
             K=None if K is None else codec.k_list(K), engine=engine, resume=resume,
             **({} if text is None else {"text": text})), blobs)
         deadline = time.monotonic() + self.timeout_s

@@ -79,6 +79,7 @@ class ClassicEngine(Engine):
         fov_x_deg: float = 60.0,
         capacity: int = 4_000_000,
         frames_per_batch: int = 4,
+        keyframe_every: int = 8,
     ):
         self.device = device
         self.depth_model_id = depth_model
@@ -87,6 +88,7 @@ class ClassicEngine(Engine):
         self.fov_x_deg = fov_x_deg
         self.capacity = capacity
         self.frames_per_batch = frames_per_batch
+        self.keyframe_every = keyframe_every
         self.renderer = SplatRenderer(device)
         self._depth_model = None
 
@@ -155,19 +157,26 @@ class ClassicEngine(Engine):
         poses = request.poses
         w, h = scene.size
         n = len(poses)
-        # 1. render the end view from the cloud and fill what it has never seen
-        yield Progress("end view", 0, 1, "filling the end view")
-        added = self._grow(scene, poses[-1])
-        yield Progress("end view", 1, 1)
-        # 2. render every frame from the merged cloud, streaming each as it is ready
-        for start in range(0, n, self.frames_per_batch):
+        # 1. the first frame is the current view, which growing cannot change: stream it now
+        first = self.renderer.render(scene.cloud, poses[:1], scene.K, w, h).numpy()
+        yield FrameOut(0, self._fill_gaps(first.image[0], first.mask[0]), poses[0])
+        # 2. fill what the end view has never seen, then the keyframes between (end first,
+        #    so nearer keyframes inpaint from what the end view added)
+        keys = [n - 1, *range(n - 1 - self.keyframe_every, 0, -self.keyframe_every)]
+        added = []
+        for i, k in enumerate(keys):
+            yield Progress("grow", i, len(keys), "filling unseen parts of the path")
+            added.append(self._grow(scene, poses[k]))
+        yield Progress("grow", len(keys), len(keys))
+        # 3. render the other frames from the merged cloud, streaming each as it is ready
+        for start in range(1, n, self.frames_per_batch):
             batch = poses[start : start + self.frames_per_batch]
             out = self.renderer.render(scene.cloud, batch, scene.K, w, h).numpy()
             for i, image in enumerate(out.image):
                 yield FrameOut(start + i, self._fill_gaps(image, out.mask[i]), poses[start + i])
         scene.pose = np.asarray(poses[-1], dtype=np.float64)
-        # 3. the points this clip added
-        yield PointsOut(added)
+        # 4. the points this clip added
+        yield PointsOut(PointCloud.concat(added))
 
     def _grow(self, scene: Scene, pose: np.ndarray) -> PointCloud:
         w, h = scene.size
