@@ -29,7 +29,7 @@ def configure_pyglet(headless: bool) -> None:
 class InputRouter:
     """pyglet event handlers -> explorer actions (pushed onto the window's handler stack)."""
 
-    def __init__(self, window, explorer, bindings: KeyBindings):
+    def __init__(self, window, explorer, bindings: KeyBindings, on_quit=None):
         from pyglet.window import mouse
 
         self.window = window
@@ -37,6 +37,7 @@ class InputRouter:
         self.symbols = bindings.symbol_map()
         self._mouse = mouse
         self._right_held = False
+        self.on_quit = on_quit or window.close
 
     def _scale(self) -> float:
         fb_w, _ = self.window.get_framebuffer_size()
@@ -49,7 +50,7 @@ class InputRouter:
     def on_key_press(self, symbol: int, modifiers: int):
         action = self.symbols.get(symbol)
         if action == "quit":
-            self.window.close()
+            self.on_quit()
             return True
         if action == "mouse_look":
             self.explorer.toggle_mouse_look()
@@ -131,11 +132,12 @@ class ExplorerWindow:
         fb = self.window.get_framebuffer_size()
         self.explorer = Explorer(self.ctx, fb, client, self.settings, self.bindings.help_lines,
                                  record_path=record_path)
-        self.input = InputRouter(self.window, self.explorer, self.bindings)
+        self.input = InputRouter(self.window, self.explorer, self.bindings, self.request_close)
         self.window.push_handlers(self.input)
         self.window.push_handlers(on_draw=self.on_draw, on_resize=self.on_resize,
                                   on_close=self.on_close)
         self.closed = False
+        self._window_closed = False
 
     # --- events --------------------------------------------------------------------------
 
@@ -150,8 +152,12 @@ class ExplorerWindow:
         return None
 
     def on_close(self):
+        self.request_close()
+        return True  # closed by close() once the loop has stopped
+
+    def request_close(self) -> None:
+        """Stop the loop at the next tick; the recording is finalised on the way out."""
         self.closed = True
-        self.explorer.shutdown()
 
     # --- frame ---------------------------------------------------------------------------
 
@@ -194,12 +200,17 @@ class ExplorerWindow:
             self.window.switch_to()
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.explorer.shutdown()
-            self.window.close()
-            if self.headless:
-                self.ctx.release()
+        """Finalise any recording, then close the window; safe to call twice."""
+        if self._window_closed:
+            return
+        self._window_closed = self.closed = True
+        self.explorer.shutdown()
+        error = self.ctx.error  # reading it clears GL's error flag before pyglet checks it
+        if error != "GL_NO_ERROR":
+            logger.debug("GL error pending at close: %s", error)
+        self.window.close()
+        if self.headless:
+            self.ctx.release()
 
 
 def pyglet_exit() -> None:
