@@ -191,7 +191,8 @@ def depth_model():
     torch.manual_seed(0)
     backbone = Dinov2Config(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=4,
                             num_attention_heads=2, intermediate_size=32,
-                            out_features=["stage1", "stage2", "stage3", "stage4"])
+                            out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False, apply_layernorm=True)
     config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16,
                                  patch_size=8, neck_hidden_sizes=[8, 8, 16, 16],
                                  fusion_hidden_size=16, head_hidden_size=8)
