@@ -58,7 +58,7 @@ def cogvideox_components(size: str = "tiny", sample_size: int = 4, sample_frames
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
-    heads, head_dim, layers = (2, 16, 1) if size == "tiny" else (4, 64, 4)
+    heads, head_dim, layers = (2, 16, 1) if size == "tiny" else (4, 64, 5)
     torch.manual_seed(0)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=heads, attention_head_dim=head_dim, in_channels=8, out_channels=4,
