@@ -40,7 +40,7 @@ def scatter_floor(cloud: PointCloud, pose: np.ndarray, K: np.ndarray, size: int,
     """Seconds of one bare scatter of the cloud's keys into a size x size buffer."""
     P = torch.from_numpy(projection_matrices(pose[None], K)).float()
     xyz_t = torch.from_numpy(np.ascontiguousarray(cloud.xyz.T))
-    slot, key, _ = project_keys(P, xyz_t, torch.from_numpy(cloud.radius), 1e-4, size, size)
+    slot, key, *_ = project_keys(P, xyz_t, torch.from_numpy(cloud.radius), 1e-4, size, size)
     slot, key = slot.view(-1), key.view(-1)
     keys = torch.zeros((size + 2) ** 2, dtype=torch.int64)
     values = torch.zeros((size + 2) ** 2, dtype=torch.float32)

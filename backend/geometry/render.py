@@ -113,13 +113,14 @@ def projection_matrices(poses: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 def project_keys(
     P: torch.Tensor, xyz_t: torch.Tensor, radius_f: torch.Tensor, near: float, width: int, height: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pixel slot, z-buffer key and screen radius of every point for every pose.
 
     ``P`` is B x 3 x 4 (``K [R|t]``), ``xyz_t`` 3 x N, ``radius_f`` N world radii times the
     focal length. Slots index a B x (H+2) x (W+2) buffer whose one-pixel border catches the
     off-screen points; points at or behind ``near`` get a NaN depth, whose key loses to the
-    empty key. Returns (slot int64 B x N, key int64 B x N, radius_px float32 B x N).
+    empty key. Returns (slot int64 B x N, key int64 B x N, radius_px float32 B x N, the
+    largest radius_px as a 0-d tensor).
     """
     b, n = P.shape[0], xyz_t.shape[1]
     x, y, z = xyz_t[:, None, :].unbind(0)  # each 1 x N
@@ -131,7 +132,8 @@ def project_keys(
     slot = v.long() * (width + 2) + u.long() + offset
     z_bits = torch.where(z > near, z, torch.nan).view(torch.int32).long()
     key = (z_bits << 32) | torch.arange(n, device=P.device)
-    return slot, key, radius_f * inv_z
+    r_px = radius_f * inv_z
+    return slot, key, r_px, r_px.max()
 
 
 def read_back(
@@ -243,12 +245,14 @@ class SplatRenderer:
             # 1. project once per pose; 2. cull to the border / NaN keys; 3. pack keys
             P = torch.from_numpy(projection_matrices(poses, K)).to(self.device, torch.float32)
             f = 0.5 * (K[0, 0] + K[1, 1])
-            slot, key, r_px = self._project(P, cloud.xyz_t, cloud.radius * f, cfg.near, width, height)
+            slot, key, r_px, r_max = self._project(
+                P, cloud.xyz_t, cloud.radius * f, cfg.near, width, height
+            )
             # 4. every point covers the pixel it falls in
             keys.scatter_reduce_(0, slot.view(-1), key.view(-1), "amin")
             # 5. points with a screen radius >= min_disc_px cover a disc
-            big = r_px >= cfg.min_disc_px
-            if bool(big.any()):
+            if float(r_max) >= cfg.min_disc_px:
+                big = r_px >= cfg.min_disc_px
                 self._splat_discs(keys, big, P, cloud, r_px, key, width, height)
         # 6. colour by the winning index, depth from the key's high word
         return self._read_back(keys.view(b, size), cloud.rgba, width, height)
