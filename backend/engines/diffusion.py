@@ -1,0 +1,369 @@
+"""The diffusion engine: DreamJourney (Pan et al., TMM 2025) on diffusers and transformers.
+
+- Open: depth from the depth model (relative disparity -> z-depth), else the client's depth,
+  else the horizon prior; lifted into the point store like the classic engine (which this
+  engine extends), hidden background layers included.
+- Transition (Stage I, paper sec. IV-A):
+  1. render the start view I_0 and the end view from the cloud;
+  2. ask the MLLM for the entities the end view should show, moving ones first (templates
+     when no endpoint answers, said in a Progress message);
+  3. fill the end view's holes with the inpainting pipeline, prompted by those entities;
+  4. estimate its depth, align it to the rendered depth over the visible pixels and merge the
+     unseen pixels into the cloud (streamed as PointsOut);
+  5. render the partial frames at the request's poses resampled to the model's frame count,
+     resized (with their visibility masks) to the model's size;
+  6. guided sampling with the prior video (one Progress per step, cancellable);
+  7. stream the decoded frames, mapped back to the request's poses and size;
+  8. lift the last frame's still unseen pixels into the cloud, move the scene's pose.
+- Dynamics (Stage II, sec. IV-B): the MLLM's three-step dynamics prompt (check the candidate
+  entities, describe their motion, write the prompt), then plain image-to-video (guidance mode
+  ``none``) from the rendered, filled view.
+
+Models come from a models TOML (``configs/models/<name>.toml`` or a path) through the shared
+:class:`~backend.models.ModelRegistry` cache, so each loads once and stays resident.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from backend.engines.base import (
+    DynamicsRequest,
+    EngineError,
+    Event,
+    FrameOut,
+    OpenRequest,
+    PointsOut,
+    Progress,
+    Scene,
+    TransitionRequest,
+)
+from backend.engines.classic import ClassicEngine, inpaint
+from backend.engines.depth_model import disparity_to_depth
+from backend.engines.diffusion_sampling import sample_with_progress
+from backend.engines.diffusion_video import resample_poses, resize_frames, resize_masks, time_indices
+from backend.geometry.cloud import PointCloud
+from backend.geometry.depth import align_depth
+from backend.geometry.unproject import unproject
+from backend.guidance import GuidanceConfig, GuidedVideoSampler, PriorVideo
+from backend.mllm import EntitiesResult, MLLMConfig, PromptAgent
+from backend.models import DepthPrediction, ModelCache, ModelRegistry, named_config
+
+log = logging.getLogger(__name__)
+
+
+def models_path(models: str | Path) -> Path:
+    """A models TOML: an existing path as is, else ``configs/models/<models>.toml``."""
+    path = Path(models).expanduser()
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"models config {path} does not exist")
+        return path
+    return named_config(str(models))
+
+
+def align_prediction(pred: DepthPrediction, reference: np.ndarray, known: np.ndarray,
+                     far_ratio: float = 50.0) -> np.ndarray:
+    """Z-depth from a depth model's output, aligned to ``reference`` over ``known``.
+
+    Disparity (affine-invariant inverse depth) is fitted to ``1 / reference``, depth to
+    ``reference`` (robust scale and shift, ``align_depth``). Pixels whose aligned disparity is
+    not positive come back NaN; depth is capped at ``far_ratio`` x the known median. Raises
+    ValueError when the fit fails or the scale is not positive (the model disagrees with the
+    scene).
+    """
+    ref = np.asarray(reference, np.float64)
+    values = np.asarray(pred.values, np.float64)
+    if pred.kind == "disparity":
+        target = np.where(known, 1.0 / np.maximum(ref, 1e-12), 0.0)
+        fit = align_depth(values, target, known)
+        if fit.scale <= 0:
+            raise ValueError(f"disparity aligns with a non-positive scale {fit.scale:.3g}")
+        disparity = fit.apply(values).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            depth = np.where(disparity > 0, 1.0 / disparity, np.nan)
+    else:
+        fit = align_depth(values, ref, known)
+        if fit.scale <= 0:
+            raise ValueError(f"depth aligns with a non-positive scale {fit.scale:.3g}")
+        depth = fit.apply(values).astype(np.float64)
+        depth[depth <= 0] = np.nan
+    log.debug("depth aligned: scale %.4g shift %.4g residual %.4g", fit.scale, fit.shift,
+              fit.residual)
+    cap = far_ratio * float(np.median(ref[known]))
+    return np.minimum(depth, cap).astype(np.float32)
+
+
+class DiffusionEngine(ClassicEngine):
+    """DreamJourney's two stages on a resident depth model, inpainter and video model."""
+
+    name = "diffusion"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        models: str | Path = "cogvideox",
+        mllm: dict | None = None,
+        guidance: dict | None = None,
+        inpaint_steps: int = 30,
+        inpaint_guidance: float = 7.5,
+        min_hole_fraction: float = 0.002,
+        preload: bool = False,
+        cache: ModelCache | None = None,
+        **classic_options,
+    ):
+        """
+        Args:
+            device: where the splat renderer runs (models go where their spec says).
+            models: a models config name (``cogvideox``, ``wan``, ``svd``) or a TOML path.
+            mllm: :class:`~backend.mllm.MLLMConfig` fields; None or no ``base_url``: templates.
+            guidance: :class:`~backend.guidance.GuidanceConfig` overrides, applied after the
+                video spec's ``[video.guidance]`` table.
+            inpaint_steps, inpaint_guidance: the end-view inpainting pipeline's settings.
+            min_hole_fraction: smaller holes (cracks) are filled with OpenCV, not the pipeline.
+            preload: load every model now instead of on first use.
+            cache: model cache (default: the process-wide one).
+            classic_options: the classic engine's options (layers, fov_x_deg, capacity, ...).
+        """
+        classic_options.pop("depth_model", None)  # the registry's depth model is used instead
+        super().__init__(device=device, **classic_options)
+        self.registry = ModelRegistry.from_toml(models_path(models), cache=cache)
+        if not self.registry.has("video"):
+            raise ValueError(f"models config {models!r} has no [video] model")
+        self.guidance = GuidanceConfig.from_mapping(
+            {**self.registry.guidance_overrides(), **(guidance or {})})
+        self.agent = PromptAgent(MLLMConfig(**(mllm or {})))
+        self.inpaint_steps = inpaint_steps
+        self.inpaint_guidance = inpaint_guidance
+        self.min_hole_fraction = min_hole_fraction
+        self._model_lock = threading.RLock()
+        self._entities: dict[str, EntitiesResult] = {}
+        """Stage I entities of each scene's last transition: Stage II's candidates."""
+        if preload:
+            for role in ("depth", "inpaint", "video"):
+                if self.registry.has(role):
+                    self.registry.get(role)
+
+    # -- models --
+
+    def _predict_depth(self, image: np.ndarray) -> DepthPrediction:
+        with self._model_lock:
+            return self.registry.depth()(image)
+
+    def estimate_depth(self, image: np.ndarray, K: np.ndarray,
+                       given: np.ndarray | None) -> tuple[np.ndarray, str]:
+        """The depth model's z-depth when one is configured, else the classic fallbacks."""
+        if not self.registry.has("depth"):
+            return super().estimate_depth(image, K, given)
+        pred = self._predict_depth(image)
+        if pred.kind == "disparity":
+            return disparity_to_depth(pred.values), "model"
+        if not np.all(np.isfinite(pred.values)) or pred.values.min() <= 0:
+            raise EngineError("the depth model returned non-positive depth")
+        return pred.values.astype(np.float32), "model"
+
+    def _loading(self) -> Iterator[Progress]:
+        """A Progress line while the video model loads the first time."""
+        if self.registry.spec("video") not in self.registry.cache:
+            yield Progress("load", 0, 1, f"loading the video model {self.registry.spec('video').source}")
+        self.registry.video()
+
+    def _clip_config(self, adapter, prompt: str | None, seed: int | None,
+                     negative: str = "", dynamics: bool = False) -> GuidanceConfig:
+        """The sampler's settings for one clip, checked against the video model's rules."""
+        cfg = self.guidance
+        height = cfg.height or adapter.default_size()[0]
+        width = cfg.width or adapter.default_size()[1]
+        cfg = cfg.replace(height=height, width=width, prompt=prompt or cfg.prompt,
+                          negative_prompt=negative or cfg.negative_prompt,
+                          seed=cfg.seed if seed is None else int(seed))
+        if dynamics:
+            cfg = cfg.replace(mode="none", num_frames=cfg.total_frames, pad_frames=0)
+        elif cfg.num_frames < 2:
+            raise EngineError(f"a transition needs the model to render at least 2 frames "
+                              f"(num_frames = {cfg.num_frames})")
+        try:
+            adapter.check_size(height, width)
+            adapter.check_num_frames(cfg.total_frames)
+        except ValueError as exc:
+            raise EngineError(f"video model settings: {exc}") from exc
+        return cfg
+
+    # -- views --
+
+    def _render(self, scene: Scene, poses: np.ndarray, batch: int = 8):
+        """Render ``poses`` at the scene's size in batches; numpy RenderOutput."""
+        w, h = scene.size
+        parts = [self.renderer.render(scene.cloud, poses[s:s + batch], scene.K, w, h).numpy()
+                 for s in range(0, len(poses), batch)]
+        if len(parts) == 1:
+            return parts[0]
+        out = parts[0]
+        for name in ("image", "mask", "depth"):
+            setattr(out, name, np.concatenate([getattr(p, name) for p in parts]))
+        return out
+
+    def _fill_holes(self, image: np.ndarray, hole: np.ndarray, prompt: str,
+                    negative: str, generator: torch.Generator) -> tuple[np.ndarray, str]:
+        """Fill ``hole`` with the inpainting pipeline (OpenCV for cracks or without one)."""
+        if not hole.any():
+            return image, "nothing to fill"
+        if not self.registry.has("inpaint") or hole.mean() < self.min_hole_fraction:
+            return inpaint(image, hole, self.inpaint_radius), "OpenCV"
+        with self._model_lock:
+            inpainter = self.registry.inpainter()
+            h, w = hole.shape
+            m = inpainter_multiple(inpainter.pipe)
+            sw, sh = max(m, round(w / m) * m), max(m, round(h / m) * m)
+            small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+            small_hole = cv2.resize(hole.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) > 0
+            out = inpainter(small, small_hole, prompt, negative_prompt=negative,
+                            num_inference_steps=self.inpaint_steps,
+                            guidance_scale=self.inpaint_guidance, generator=generator)
+        if (sw, sh) != (w, h):
+            out = cv2.resize(out, (w, h), interpolation=cv2.INTER_CUBIC)
+        return np.where(hole[..., None], out, image), "inpainting pipeline"
+
+    def _lift(self, scene: Scene, image: np.ndarray, pose: np.ndarray, view_depth: np.ndarray,
+              hole: np.ndarray) -> tuple[PointCloud, str]:
+        """Merge the pixels of ``image`` in ``hole`` into the cloud at aligned depth."""
+        if not hole.any():
+            return PointCloud.empty(), "nothing unseen"
+        known = ~hole & (view_depth > 0)
+        if not known.any():
+            raise EngineError("nothing of the scene is visible from this pose")
+        _, fallback = self._fill(image, view_depth, hole)  # background-leaning inpainted depth
+        how = "inpainted depth"
+        depth = fallback
+        if self.registry.has("depth"):
+            try:
+                aligned = align_prediction(self._predict_depth(image), view_depth, known)
+                ok = np.isfinite(aligned)
+                depth = np.where(hole & ok, aligned, fallback).astype(np.float32)
+                how = f"model depth aligned on {known.mean():.0%} of the view"
+            except ValueError as exc:
+                how = f"inpainted depth (alignment failed: {exc})"
+        added = scene.cloud.append(unproject(image, depth, scene.K, pose, mask=hole))
+        return added, how
+
+    def _inpaint_prompt(self, entities: EntitiesResult, scene: Scene) -> str:
+        parts = [entities.inpaint_prompt, scene.text.style]
+        return ", ".join(p.strip() for p in parts if p and p.strip())
+
+    # -- Stage I --
+
+    def transition(self, scene: Scene, request: TransitionRequest) -> Iterator[Event]:
+        poses = np.asarray(request.poses, dtype=np.float64)
+        if poses.ndim != 3 or poses.shape[1:] != (4, 4) or len(poses) < 2:
+            raise EngineError(f"a transition needs at least 2 poses (N x 4 x 4), got {poses.shape}")
+        n = len(poses)
+        w, h = scene.size
+        yield from self._loading()
+        adapter = self.registry.video()
+        cfg = self._clip_config(adapter, request.prompt, request.seed, scene.text.negative)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        # 1. the start view I_0 and the end view, rendered from the cloud
+        yield Progress("render", 0, 2, "rendering the start and end views")
+        ends = self._render(scene, poses[[0, -1]])
+        start = self._fill_gaps(ends.image[0], ends.mask[0])
+        end_hole = ~ends.mask[1]
+        # 2. the entities the end view should show (Y_N), moving ones first
+        yield Progress("prompt", 0, 1, "asking the MLLM what lies ahead")
+        entities = self.agent.entities(start, scene.text)
+        self._entities[scene.scene_id] = entities
+        names = ", ".join(e.name for e in entities.entities)
+        yield Progress("prompt", 1, 1, entities.message if entities.is_fallback
+                       else f"entities: {names}")
+        # 3. fill the end view's holes
+        yield Progress("inpaint", 0, 1, f"filling {end_hole.mean():.0%} of the end view")
+        prompt = self._inpaint_prompt(entities, scene)
+        end, filler = self._fill_holes(ends.image[1], end_hole, prompt, scene.text.negative, generator)
+        # 4. its unseen pixels into the cloud, at depth aligned to the rendered depth
+        added_end, how = self._lift(scene, end, poses[-1], ends.depth[1], end_hole)
+        yield Progress("inpaint", 1, 1, f"end view filled ({filler}), {how}")
+        if len(added_end):
+            yield PointsOut(added_end)
+        # 5. the prior video: partial renders along the path, at the model's size
+        yield Progress("render", 1, 2, f"rendering {cfg.num_frames} partial frames")
+        model_poses = resample_poses(poses, cfg.num_frames)
+        mid = self._render(scene, model_poses[1:-1]) if cfg.num_frames > 2 else None
+        frames = np.stack([start, *([] if mid is None else mid.image), end])
+        masks = np.concatenate([np.ones((1, h, w), np.float32),
+                                np.zeros((0, h, w), np.float32) if mid is None else mid.mask,
+                                np.ones((1, h, w), np.float32)])
+        prior = PriorVideo(resize_frames(frames, cfg.width, cfg.height),
+                           resize_masks(masks, cfg.width, cfg.height))
+        yield Progress("render", 2, 2, f"prior video: {masks[1:-1].mean():.0%} visible")
+        # 6. guided sampling, one Progress per step
+        sampler = GuidedVideoSampler(adapter)
+        out = yield from sample_with_progress(sampler, prior.frames[0], prior, cfg, generator,
+                                              self._model_lock)
+        # 7. stream the frames at the request's poses and size
+        video = resize_frames(out.frames, w, h)
+        for i, k in enumerate(time_indices(n, len(video))):
+            yield FrameOut(i, video[k], poses[i])
+        # 8. lift what the last frame shows and the cloud still misses
+        last = self._render(scene, poses[-1:])
+        added_last, _ = self._lift(scene, video[-1], poses[-1], last.depth[0], ~last.mask[0])
+        scene.pose = poses[-1].copy()
+        yield PointsOut(added_last)
+
+    # -- Stage II --
+
+    def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
+        if request.num_frames < 1:
+            raise EngineError(f"num_frames must be >= 1, got {request.num_frames}")
+        w, h = scene.size
+        pose = np.asarray(request.pose, dtype=np.float64)
+        yield from self._loading()
+        adapter = self.registry.video()
+        cfg = self._clip_config(adapter, None, request.seed, scene.text.negative, dynamics=True)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        # 1. the paused view, its holes filled
+        yield Progress("view", 0, 1, "rendering the paused view")
+        view = self._render(scene, pose[None])
+        hole = ~view.mask[0]
+        fill_prompt = ", ".join(p for p in (scene.text.content, scene.text.style) if p)
+        image, _ = self._fill_holes(view.image[0], hole, fill_prompt, scene.text.negative, generator)
+        yield Progress("view", 1, 1)
+        # 2. the dynamics prompt Y_D: check the entities, describe their motion, write it
+        if request.prompt:
+            prompt, note = request.prompt, "prompt from the request"
+        else:
+            candidates = self._entities.get(scene.scene_id)
+            if candidates is None:
+                yield Progress("prompt", 0, 2, "asking the MLLM which entities are in view")
+                candidates = self.agent.entities(image, scene.text)
+            yield Progress("prompt", 1, 2, "asking the MLLM how they move")
+            result = self.agent.dynamics_prompt(image, candidates, scene.text)
+            prompt = result.prompt
+            note = result.message if result.is_fallback else f"dynamics prompt: {prompt}"
+        yield Progress("prompt", 2, 2, note)
+        # 3. image-to-video with that prompt, no prior
+        cfg = cfg.replace(prompt=prompt)
+        small = resize_frames(image[None], cfg.width, cfg.height)[0]
+        sampler = GuidedVideoSampler(adapter)
+        out = yield from sample_with_progress(sampler, small, None, cfg, generator, self._model_lock)
+        # 4. stream the clip (the explorer loops it)
+        video = resize_frames(out.frames, w, h)
+        for t, k in enumerate(time_indices(request.num_frames, len(video))):
+            yield FrameOut(t, video[k], pose)
+
+    def open_scene(self, request: OpenRequest) -> tuple[Scene, PointCloud]:
+        self._entities.pop(request.scene_id, None)
+        return super().open_scene(request)
+
+
+def inpainter_multiple(pipe) -> int:
+    """Image sides the inpainting pipeline accepts are multiples of this (VAE x UNet levels)."""
+    vae = int(getattr(pipe, "vae_scale_factor", 8))
+    unet = getattr(pipe, "unet", None)
+    levels = len(unet.config.block_out_channels) - 1 if unet is not None else 0
+    return vae * 2**levels

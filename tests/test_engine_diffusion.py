@@ -1,0 +1,288 @@
+"""The diffusion engine (DreamJourney) on tiny random models, through a real Backend on loopback.
+
+Models are the tiny diffusers / transformers builds of backend.models.testing saved to a
+temporary folder and loaded by path; the MLLM is the local OpenAI-compatible test server of
+test_mllm_agent, talked to by the real openai client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from test_mllm_agent import DYNAMICS_REPLY, ENTITIES_REPLY, FakeChatServer
+
+from backend.engines.base import EngineError, OpenRequest, TransitionRequest
+from backend.engines.diffusion import DiffusionEngine, align_prediction
+from backend.engines.diffusion_video import resample_poses, resize_masks, time_indices
+from backend.guidance import DEFAULT_TRANSITION_PROMPT
+from backend.mllm import fallback_dynamics, fallback_entities
+from backend.models import DepthPrediction, testing
+from backend.server import Backend, BackendConfig
+from protocol import codec
+from protocol.messages import (
+    Cancel,
+    Frame,
+    JobDone,
+    JobFailed,
+    Progress,
+    SceneText,
+    Transition,
+)
+from protocol.scripted import ScriptedClient
+from protocol.trajectory import preset
+
+W, H = 48, 40  # scene size; the tiny CogVideoX runs at 32 x 32, so frames are resized both ways
+TEXT = SceneText(style="watercolour", content="gorge, river, bridge")
+FAST = {"num_inference_steps": 3, "renoise_rounds": 1, "early_stop": 0.34}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Tiny depth, inpaint and CogVideoX-I2V models saved once; a models TOML pointing at them."""
+    root = tmp_path_factory.mktemp("diffusion-models")
+    model, processor = testing.depth_model()
+    model.save_pretrained(root / "depth")
+    processor.save_pretrained(root / "depth")
+    testing.inpaint_pipeline().save_pretrained(root / "inpaint")
+    testing.cogvideox_pipeline().save_pretrained(root / "cogvideox")
+    video = (f'[video]\nfamily = "cogvideox"\nsource = "{root / "cogvideox"}"\ndevice = "cpu"\n'
+             '[video.guidance]\nnum_frames = 5\npad_frames = 2\nmax_sequence_length = 16\n')
+    full = root / "tiny.toml"
+    full.write_text(f'[depth]\nsource = "{root / "depth"}"\ndevice = "cpu"\n\n'
+                    f'[inpaint]\nsource = "{root / "inpaint"}"\ndevice = "cpu"\n\n' + video)
+    video_only = root / "video_only.toml"
+    video_only.write_text(video)
+    return {"full": full, "video_only": video_only}
+
+
+@pytest.fixture()
+def chat():
+    server = FakeChatServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def make_backend(tmp_path, models_toml, mllm=None, **guidance) -> Backend:
+    options = {"models": str(models_toml), "mllm": mllm, "guidance": {**FAST, **guidance},
+               "inpaint_steps": 2}
+    config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=tmp_path / "sessions",
+                           heartbeat_s=0.2, peer_timeout_s=5.0, engine="diffusion",
+                           engine_options={"diffusion": options})
+    return Backend(config)
+
+
+def scene_image(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    base = np.stack([xx * 5, yy * 6, (xx + yy) * 3], -1) % 256
+    return np.clip(base + rng.integers(-20, 20, (H, W, 3)), 0, 255).astype(np.uint8)
+
+
+class CallSpy:
+    """Wraps a callable, records the keyword arguments of every call, forwards attributes."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.calls: list[dict] = []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append({"args": args, **kwargs})
+        return self.fn(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.fn, name)
+
+
+def spy_models(backend: Backend, monkeypatch) -> tuple[CallSpy, CallSpy, CallSpy]:
+    """Spies on the video model's prompt encoder and network, and the inpainting pipeline."""
+    engine = backend.engine("diffusion")
+    adapter = engine.registry.video()
+    encode = CallSpy(adapter.encode_prompt)
+    predict = CallSpy(adapter.predict)
+    monkeypatch.setattr(adapter, "encode_prompt", encode)
+    monkeypatch.setattr(adapter, "predict", predict)
+    inpainter = engine.registry.inpainter()
+    pipe = CallSpy(inpainter.pipe)
+    monkeypatch.setattr(inpainter, "pipe", pipe)
+    return encode, predict, pipe
+
+
+def prompts(spy: CallSpy) -> list[str]:
+    return [c["args"][0] for c in spy.calls]
+
+
+def test_transition_then_dynamics_with_mllm(tmp_path, models, chat, monkeypatch):
+    chat.replies += [ENTITIES_REPLY, DYNAMICS_REPLY]
+    mllm = {"base_url": chat.base_url, "model": "test-vlm", "max_retries": 0}
+    with make_backend(tmp_path, models["full"], mllm) as backend:
+        encode, predict, pipe = spy_models(backend, monkeypatch)
+        with ScriptedClient(backend.address, credits=4) as client:
+            image = scene_image()
+            opened = client.open_scene(image, scene_id="gorge", text=TEXT)
+            assert opened.scene.engine == "diffusion" and opened.scene.width == W
+            poses = preset("backward", n_frames=7, median_depth=opened.scene.median_depth)
+            job = client.transition("gorge", poses)
+
+            # Stage I: 7 frames for 7 poses (the model made 5), decoded at the scene's size
+            assert isinstance(job.outcome, JobDone), job.outcome
+            assert len(job.frames) == 7 and job.outcome.num_frames == 7
+            assert all(f.shape == (H, W, 3) for f in job.frames)
+            for sent, got in zip(poses, job.poses, strict=True):
+                np.testing.assert_allclose(got, sent, atol=1e-5)
+            assert all(f.std() > 1 for f in job.frames)  # real decoded pixels
+            assert np.abs(job.frames[-1].astype(int) - job.frames[0]).mean() > 1
+            # one Progress per sampling step, the first ones guided
+            sample = [p for p in job.progress if p.stage == "sample"]
+            assert [p.step for p in sample] == [1, 2, 3] and "guided" in sample[0].message
+            # the MLLM saw the current view; its entities prompted the end-view inpainting
+            assert chat.sent_image(0)[0] == "image/png"
+            assert pipe.calls[0]["prompt"] == "River Gorge: waterfall, boat, heron, watercolour"
+            assert prompts(encode) == [DEFAULT_TRANSITION_PROMPT]
+            # the cloud grew by the end view's unseen pixels (and the last frame's)
+            assert job.points.count() > 0
+            assert job.points.total == opened.points.count() + job.points.count()
+            assert any(p.stage == "inpaint" and "aligned" in p.message for p in job.progress)
+
+            # Stage II at the end pose: the three-step prompt reaches the video model verbatim
+            steps_before = len(predict.calls)
+            dyn = client.dynamics("gorge", poses[-1], num_frames=6)
+            assert isinstance(dyn.outcome, JobDone), dyn.outcome
+            assert len(dyn.frames) == 6 and all(f.shape == (H, W, 3) for f in dyn.frames)
+            for got in dyn.poses:
+                np.testing.assert_allclose(got, poses[-1], atol=1e-5)
+            final = json.loads(DYNAMICS_REPLY.strip("`").removeprefix("json"))["prompt"]
+            assert prompts(encode)[-1] == final
+            assert any(p.stage == "prompt" and final in p.message for p in dyn.progress)
+            assert len(predict.calls) - steps_before == 3  # plain sampling: no guided rounds
+            # the Stage I entities were the candidates of the dynamics request
+            user_text = chat.requests[-1]["body"]["messages"][1]["content"][0]["text"]
+            assert "1. waterfall" in user_text and "2. boat" in user_text
+            assert len(chat.requests) == 2
+
+
+def test_no_mllm_endpoint_uses_templates(tmp_path, models, monkeypatch):
+    with make_backend(tmp_path, models["full"], mllm=None) as backend:
+        encode, _, pipe = spy_models(backend, monkeypatch)
+        with ScriptedClient(backend.address, credits=4) as client:
+            opened = client.open_scene(scene_image(1), scene_id="tpl", text=TEXT)
+            poses = preset("rotate_left", n_frames=5, median_depth=opened.scene.median_depth)
+            job = client.transition("tpl", poses)
+            assert isinstance(job.outcome, JobDone) and len(job.frames) == 5
+            said = [p.message for p in job.progress if p.stage == "prompt"]
+            assert any("no MLLM endpoint configured" in m and "template" in m for m in said)
+            entities = fallback_entities(TEXT, "")
+            assert pipe.calls[0]["prompt"] == f"{entities.inpaint_prompt}, watercolour"
+
+            dyn = client.dynamics("tpl", poses[-1], num_frames=4)
+            assert isinstance(dyn.outcome, JobDone) and len(dyn.frames) == 4
+            said = [p.message for p in dyn.progress if p.stage == "prompt"]
+            assert any("no MLLM endpoint configured" in m for m in said)
+            names = [e.name for e in entities.entities]
+            assert prompts(encode)[-1] == fallback_dynamics(TEXT, names, "").prompt
+
+
+def test_cancel_stops_sampling_midway(tmp_path, models, monkeypatch):
+    steps = 40
+    with make_backend(tmp_path, models["full"], num_inference_steps=steps,
+                      renoise_rounds=0) as backend:
+        _, predict, _ = spy_models(backend, monkeypatch)
+        with ScriptedClient(backend.address, credits=4) as client:
+            opened = client.open_scene(scene_image(2), scene_id="stop")
+            poses = preset("forward", n_frames=5, median_depth=opened.scene.median_depth)
+            ref, buf = codec.array_blob(poses.astype(np.float32), 0)
+            client.client.send(Transition(job_id="stop-job", scene_id="stop", poses=ref), [buf])
+            sampled, frames, outcome = [], 0, None
+            deadline = time.monotonic() + 60
+            while outcome is None and time.monotonic() < deadline:
+                ev = client.client.poll(timeout=1.0)
+                msg = getattr(ev, "msg", None)
+                if isinstance(msg, Progress) and msg.stage == "sample":
+                    if not sampled:
+                        client.client.send(Cancel(job_id="stop-job"))
+                    sampled.append(msg.step)
+                elif isinstance(msg, Frame):
+                    frames += 1
+                elif isinstance(msg, (JobDone, JobFailed)):
+                    outcome = msg
+            assert isinstance(outcome, JobFailed) and outcome.code == "cancelled"
+            assert frames == 0 and 1 <= len(sampled) < steps // 4
+            # the sampler was interrupted and joined before JobFailed: the model is idle
+            calls = len(predict.calls)
+            assert calls < steps // 4
+            time.sleep(0.3)
+            assert len(predict.calls) == calls
+            # and free for the next job
+            dyn = client.dynamics("stop", poses[0], num_frames=3, prompt="a river flows")
+            assert isinstance(dyn.outcome, JobDone) and len(dyn.frames) == 3
+
+
+# -- the engine without a server --
+
+
+@pytest.fixture(scope="module")
+def engine(models):
+    return DiffusionEngine(models=str(models["full"]), guidance=FAST, inpaint_steps=2)
+
+
+def test_open_scene_depth_sources(models, engine):
+    image = scene_image(3)
+    given = np.full((H, W), 3.0, np.float32)
+    scene, cloud = engine.open_scene(OpenRequest("d1", image, depth=given))
+    assert len(cloud) >= H * W and scene.engine == "diffusion"
+    assert scene.median_depth != pytest.approx(3.0)  # the depth model, not the client's map
+    no_depth = DiffusionEngine(models=str(models["video_only"]))
+    scene2, _ = no_depth.open_scene(OpenRequest("d2", image, depth=given))
+    assert scene2.median_depth == pytest.approx(3.0)
+    scene3, _ = no_depth.open_scene(OpenRequest("d3", image))  # horizon prior
+    assert scene3.median_depth > 0 and np.isfinite(scene3.median_depth)
+
+
+def test_bad_settings_are_engine_errors(models, engine):
+    scene, _ = engine.open_scene(OpenRequest("bad", scene_image(4)))
+    poses = preset("backward", n_frames=5, median_depth=scene.median_depth)
+    with pytest.raises(EngineError, match="at least 2 poses"):
+        list(engine.transition(scene, TransitionRequest(poses[:1])))
+    wrong_frames = DiffusionEngine(models=str(models["full"]), guidance={"num_frames": 4})
+    with pytest.raises(EngineError, match="cannot generate 8 frames.*nearest valid: 5 or 9"):
+        list(wrong_frames.transition(scene, TransitionRequest(poses)))
+    wrong_size = DiffusionEngine(models=str(models["full"]), guidance={"height": 24})
+    with pytest.raises(EngineError, match="multiples of 16"):
+        list(wrong_size.transition(scene, TransitionRequest(poses)))
+    with pytest.raises(ValueError, match="unknown guidance settings: steps"):
+        DiffusionEngine(models=str(models["full"]), guidance={"steps": 3})
+    with pytest.raises(FileNotFoundError, match="no model config 'sora'"):
+        DiffusionEngine(models="sora")
+
+
+def test_align_prediction_recovers_depth_in_holes():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(2.0, 20.0, (24, 32))
+    known = np.ones_like(truth, bool)
+    known[:, 20:] = False
+    reference = np.where(known, truth, 0.0)
+    disparity = DepthPrediction((0.5 / truth + 0.2).astype(np.float32), "disparity")
+    out = align_prediction(disparity, reference, known)
+    np.testing.assert_allclose(out[~known], truth[~known], rtol=1e-3)
+    depth = DepthPrediction((truth / 4 - 0.3).astype(np.float32), "depth")
+    np.testing.assert_allclose(align_prediction(depth, reference, known)[~known], truth[~known],
+                               rtol=1e-3)
+    with pytest.raises(ValueError, match="non-positive scale"):
+        align_prediction(DepthPrediction((-truth).astype(np.float32), "depth"), reference, known)
+
+
+def test_time_and_pose_resampling():
+    np.testing.assert_array_equal(time_indices(7, 5), [0, 1, 1, 2, 3, 3, 4])
+    np.testing.assert_array_equal(time_indices(3, 9), [0, 4, 8])
+    poses = preset("backward", n_frames=4, median_depth=1.0)
+    out = resample_poses(poses, 7)
+    assert out.shape == (7, 4, 4)
+    np.testing.assert_allclose(out[[0, 2, 4, 6]], poses, atol=1e-9)  # on the original times
+    np.testing.assert_allclose(out[1, :3, 3], (poses[0, :3, 3] + poses[1, :3, 3]) / 2, atol=1e-9)
+    masks = np.zeros((1, 4, 4), bool)
+    masks[0, :, :2] = True
+    np.testing.assert_allclose(resize_masks(masks, 2, 2)[0], [[1, 0], [1, 0]])
