@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 from test_mllm_agent import DYNAMICS_REPLY, ENTITIES_REPLY, FakeChatServer
 
-from backend.engines.base import EngineError, OpenRequest, TransitionRequest
+from backend.engines.base import (
+    DynamicsRequest,
+    EngineError,
+    FrameOut,
+    OpenRequest,
+    PointsOut,
+    TransitionRequest,
+)
 from backend.engines.diffusion import DiffusionEngine, align_prediction
 from backend.engines.diffusion_video import resample_poses, resize_masks, time_indices
 from backend.guidance import DEFAULT_TRANSITION_PROMPT
@@ -286,3 +293,26 @@ def test_time_and_pose_resampling():
     masks = np.zeros((1, 4, 4), bool)
     masks[0, :, :2] = True
     np.testing.assert_allclose(resize_masks(masks, 2, 2)[0], [[1, 0], [1, 0]])
+
+
+def test_wan_family_runs_both_stages(models, tmp_path):
+    """A flow-matching family (Wan 2.1 I2V) through both stages, engine called directly."""
+    testing.wan_pipeline().save_pretrained(tmp_path / "wan")
+    toml = tmp_path / "wan.toml"
+    toml.write_text(models["full"].read_text().split("[video]")[0]
+                    + f'[video]\nfamily = "wan"\nsource = "{tmp_path / "wan"}"\ndevice = "cpu"\n'
+                    '[video.guidance]\nnum_frames = 5\npad_frames = 2\nmax_sequence_length = 16\n'
+                    'height = 32\nwidth = 32\n')
+    wan = DiffusionEngine(models=str(toml), guidance=FAST, inpaint_steps=2)
+    scene, cloud = wan.open_scene(OpenRequest("wan", scene_image(5), text=TEXT))
+    poses = preset("rotate_right", n_frames=6, median_depth=scene.median_depth)
+    events = list(wan.transition(scene, TransitionRequest(poses)))
+    frames = [e for e in events if isinstance(e, FrameOut)]
+    assert [f.index for f in frames] == list(range(6))
+    assert all(f.image.shape == (H, W, 3) and f.image.std() > 1 for f in frames)
+    grown = sum(len(e.cloud) for e in events if isinstance(e, PointsOut))
+    assert grown > 0 and len(scene.cloud) == len(cloud) + grown
+    np.testing.assert_allclose(scene.pose, poses[-1])
+    clip = [e for e in wan.dynamics(scene, DynamicsRequest(poses[-1], num_frames=4))
+            if isinstance(e, FrameOut)]
+    assert len(clip) == 4 and clip[0].image.shape == (H, W, 3)
