@@ -44,6 +44,7 @@ from protocol.codec import Blob, decode, encode
 from protocol.limits import DEFAULT_LIMITS, Limits, ProtocolError
 from protocol.messages import (
     PROTOCOL_VERSION,
+    Cancel,
     Credit,
     Error,
     Frame,
@@ -451,7 +452,7 @@ class ServerEndpoint:
         self._chan.put((peer, msg.job_id if is_frame else None, encode(msg, blobs)))
 
     def discard_frames(self, peer: bytes, job_id: str) -> None:
-        """Drop the Frames of ``job_id`` still waiting for credit (the job was cancelled)."""
+        """Drop the Frames of ``job_id`` still waiting for credit (a Cancel does this too)."""
         self._chan.put((peer, job_id, None))
 
     def wait_writable(self, peer: bytes, max_pending: int = 2, timeout: float | None = None) -> bool:
@@ -571,6 +572,11 @@ class ServerEndpoint:
                 return
             peer.credits += msg.frames
             self._flush(peer_id, peer)
+        elif isinstance(msg, Cancel):
+            # Frames of a cancelled job still waiting for credit never go out, even if the
+            # credit the explorer sends right after its Cancel arrives first at the job.
+            self._discard(peer_id, peer, msg.job_id)
+            self._events.put(Incoming(msg, blobs, peer_id))
         else:
             self._events.put(Incoming(msg, blobs, peer_id))
 
@@ -600,15 +606,19 @@ class ServerEndpoint:
                     self._pending.pop(peer_id, None)
             return  # the peer left; its jobs are being cancelled
         if frames is None:
-            kept = collections.deque(item for item in peer.held if item[0] != frame_of)
-            dropped = len(peer.held) - len(kept)
+            self._discard(peer_id, peer, frame_of)
+        else:
+            peer.held.append((frame_of, frames))
+        self._flush(peer_id, peer)
+
+    def _discard(self, peer_id: bytes, peer: _Peer, job_id: str) -> None:
+        kept = collections.deque(item for item in peer.held if item[0] != job_id)
+        dropped = len(peer.held) - len(kept)
+        if dropped:
             peer.held = kept
             with self._cond:
                 self._pending[peer_id] -= dropped
                 self._cond.notify_all()
-        else:
-            peer.held.append((frame_of, frames))
-        self._flush(peer_id, peer)
 
     def _flush(self, peer_id: bytes, peer: _Peer) -> None:
         sent_frames = 0

@@ -23,6 +23,7 @@ through pytorch3d's ``PointsRasterizer`` (see ``render_pytorch3d``) where pytorc
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -162,8 +163,11 @@ class SplatRenderer:
             raise ValueError(f"batch_size must be >= 1, got {self.config.batch_size}")
         if self.config.max_radius_px < self.config.min_disc_px:
             raise ValueError("max_radius_px must be >= min_disc_px")
-        self._cache: tuple[tuple, DeviceCloud] | None = None
-        self._keys: torch.Tensor | None = None
+        # One renderer may serve several job threads: the upload cache is locked and holds
+        # its source (so an id is never reused while cached), the z-buffer is per thread.
+        self._cache: tuple[object, int, int, DeviceCloud] | None = None
+        self._cache_lock = threading.Lock()
+        self._local = threading.local()
         self._project = project_keys
         self._read_back = read_back
         if self.config.compile:
@@ -172,9 +176,12 @@ class SplatRenderer:
 
     def to_device(self, source: PointCloud | PointStore) -> DeviceCloud:
         """Upload a cloud (or the store's current cloud); reused while the source is unchanged."""
-        tag = (id(source), len(source), getattr(source, "version", None))
-        if self._cache is not None and self._cache[0] == tag:
-            return self._cache[1]
+        version = getattr(source, "version", None)
+        with self._cache_lock:
+            cached = self._cache
+        if (version is not None and cached is not None and cached[0] is source
+                and cached[1:3] == (len(source), version)):
+            return cached[3]
         cloud = _as_cloud(source)
         rgba = np.zeros((len(cloud) + 1, 4), np.uint8)
         rgba[:-1, :3] = cloud.rgb
@@ -184,7 +191,9 @@ class SplatRenderer:
             torch.from_numpy(rgba.view(np.int32).reshape(-1)).to(self.device),
             torch.from_numpy(cloud.radius).to(self.device),
         )
-        self._cache = (tag, dc)
+        if version is not None:  # only stores say when they change; plain clouds are not cached
+            with self._cache_lock:
+                self._cache = (source, len(source), version, dc)
         return dc
 
     @torch.no_grad()
@@ -238,9 +247,10 @@ class SplatRenderer:
         cfg = self.config
         b, n = len(poses), len(cloud)
         size = (height + 2) * (width + 2)
-        if self._keys is None or self._keys.numel() != b * size:
-            self._keys = torch.empty(b * size, dtype=torch.int64, device=self.device)
-        keys = self._keys.fill_(_EMPTY_HI << 32 | n)  # reused: no fresh pages per frame
+        buf = getattr(self._local, "keys", None)
+        if buf is None or buf.numel() != b * size:
+            buf = self._local.keys = torch.empty(b * size, dtype=torch.int64, device=self.device)
+        keys = buf.fill_(_EMPTY_HI << 32 | n)  # reused: no fresh pages per frame
         if n:
             # 1. project once per pose; 2. cull to the border / NaN keys; 3. pack keys
             P = torch.from_numpy(projection_matrices(poses, K)).to(self.device, torch.float32)
