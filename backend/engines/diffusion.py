@@ -60,9 +60,9 @@ log = logging.getLogger(__name__)
 
 
 def models_path(models: str | Path) -> Path:
-    """A models TOML: an existing path as is, else ``configs/models/<models>.toml``."""
+    """A models TOML: a ``.toml`` path or an existing file as is, else a shipped config name."""
     path = Path(models).expanduser()
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"models config {path} does not exist")
         return path
