@@ -179,8 +179,7 @@ class SplatRenderer:
         version = getattr(source, "version", None)
         with self._cache_lock:
             cached = self._cache
-        if (version is not None and cached is not None and cached[0] is source
-                and cached[1:3] == (len(source), version)):
+        if cached is not None and cached[0] is source and cached[1:3] == (len(source), version):
             return cached[3]
         cloud = _as_cloud(source)
         rgba = np.zeros((len(cloud) + 1, 4), np.uint8)
@@ -191,9 +190,8 @@ class SplatRenderer:
             torch.from_numpy(rgba.view(np.int32).reshape(-1)).to(self.device),
             torch.from_numpy(cloud.radius).to(self.device),
         )
-        if version is not None:  # only stores say when they change; plain clouds are not cached
-            with self._cache_lock:
-                self._cache = (source, len(source), version, dc)
+        with self._cache_lock:  # a PointCloud is immutable; a store bumps its version
+            self._cache = (source, len(source), version, dc)
         return dc
 
     @torch.no_grad()
