@@ -40,6 +40,13 @@ _HALF = 1 << (_BITS - 1)
 _LEVEL_OFFSET = 32  # levels -32..31 fit the 6 bits above the 3 x 19 cell bits
 
 
+def _merge_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union of two sorted key arrays with no key in both (new keys were checked unseen)."""
+    out = np.concatenate([a, b])
+    out.sort(kind="stable")  # timsort merges the two sorted runs in linear time
+    return out
+
+
 class PointStore:
     """Holds the scene cloud; see the module docstring for the policies."""
 
@@ -110,7 +117,7 @@ class PointStore:
             self._parts.append(delta)
             self._cloud = None
             new_keys = own[fresh]
-            self._keys = np.union1d(self._keys, new_keys[new_keys >= 0])
+            self._keys = _merge_sorted(self._keys, np.unique(new_keys[new_keys >= 0]))
             self.version += 1
         logger.debug("append: %d in, %d duplicate, %d added", len(cloud), int(dup.sum()), len(delta))
         return delta
