@@ -108,6 +108,7 @@ class PathRenderer:
             xyz = xyz[idx]
         self.count = len(xyz)
         if self.count:
+            self.vbo.orphan()  # never wait for last frame's draw of the old path
             self.vbo.write(xyz.tobytes())
 
     def draw(self, params: ViewParams, color=(1.0, 0.8, 0.1, 1.0)) -> None:
@@ -141,6 +142,9 @@ class OverlayRenderer:
 
     def _draw(self, vertices: np.ndarray, mode: int, color, texture=None) -> None:
         vertices = np.ascontiguousarray(vertices, dtype=np.float32)[: self.max_vertices]
+        # Fresh storage for every draw: writing into storage that a queued draw still reads
+        # would make the driver finish the frame so far first (llvmpipe flushes every tile).
+        self.vbo.orphan()
         self.vbo.write(vertices.tobytes())
         self.program["u_color"].value = tuple(float(c) for c in color)
         set_uniform(self.program, "u_use_texture", 1 if texture is not None else 0)

@@ -1,6 +1,6 @@
 #version 330
 // Round splat: keep the fragments inside the point's disc, discard the square's corners.
-in vec3 v_color;
+flat in vec3 v_color;
 out vec4 f_color;
 
 void main() {

@@ -10,7 +10,7 @@ in vec3 in_position;
 in vec3 in_color;         // normalised from uint8
 in float in_radius;       // world units
 
-out vec3 v_color;
+flat out vec3 v_color;  // one colour per splat: no interpolation setup
 
 void main() {
     vec4 eye = u_view * vec4(in_position, 1.0);
