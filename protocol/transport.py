@@ -195,6 +195,13 @@ class _Channel:
         self._tx.close()
 
 
+def _next_event(events: queue.SimpleQueue, timeout: float | None):
+    try:
+        return events.get_nowait() if timeout == 0 else events.get(timeout=timeout)
+    except queue.Empty:
+        return None
+
+
 def _send_error(sock: zmq.Socket, prefix: list, code: str, message: str, request_id=None) -> None:
     sock.send_multipart(prefix + encode(Error(code=code, message=message, request_id=request_id)))
 
@@ -272,12 +279,7 @@ class Client:
 
     def poll(self, timeout: float | None = 0.0) -> Incoming | PeerGone | None:
         """Next event, waiting up to ``timeout`` seconds (None waits forever, 0 never waits)."""
-        try:
-            if timeout == 0:
-                return self._events.get_nowait()
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return _next_event(self._events, timeout)
 
     def close(self) -> None:
         """Stop the I/O thread (it closes the socket it owns) and free the context."""
@@ -477,12 +479,7 @@ class ServerEndpoint:
 
     def poll(self, timeout: float | None = 0.0) -> Incoming | PeerGone | None:
         """Next application event (Incoming or PeerGone), waiting up to ``timeout`` seconds."""
-        try:
-            if timeout == 0:
-                return self._events.get_nowait()
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return _next_event(self._events, timeout)
 
     def close(self) -> None:
         self._stop.set()
