@@ -27,22 +27,17 @@ def disparity_to_depth(
 
 def load_local_depth_model(model_id: str, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray] | None:
     """A function image -> z-depth, or None (logged) when the weights are not on disk."""
-    try:
-        import torch
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
+    from backend.models.depth import DepthEstimator
+
+    try:
         processor = AutoImageProcessor.from_pretrained(model_id, local_files_only=True)
         model = AutoModelForDepthEstimation.from_pretrained(model_id, local_files_only=True)
     except (OSError, ValueError) as exc:
         log.warning("depth model %s is not on disk (%s); using the fallback depth", model_id, exc)
         return None
-    model = model.to(device).eval()
-
-    @torch.no_grad()
-    def predict(image: np.ndarray) -> np.ndarray:
-        inputs = processor(images=image, return_tensors="pt").to(device)
-        out = model(**inputs).predicted_depth  # 1 x h x w relative disparity
-        out = torch.nn.functional.interpolate(out[:, None], size=image.shape[:2], mode="bicubic")
-        return disparity_to_depth(out[0, 0].float().cpu().numpy())
-
-    return predict
+    torch_device = torch.device(device)
+    estimator = DepthEstimator(model.to(torch_device), processor, torch_device)
+    return lambda image: disparity_to_depth(estimator(image).values)
