@@ -34,6 +34,7 @@ from backend.engines.base import (
     TransitionRequest,
 )
 from backend.geometry.cloud import PointCloud
+from backend.geometry.store import PointStore
 from backend.session import SessionError, SessionStore
 from protocol import codec
 from protocol.camera import check_pose
@@ -249,16 +250,15 @@ class Backend:
 
     def _send_points(self, peer: bytes, scene_id: str, cloud: PointCloud, total: int,
                      job_id: str | None) -> None:
-        n = len(cloud)
-        step = self.config.chunk_points
-        starts = list(range(0, n, step)) or [0]
-        for chunk, start in enumerate(starts):
-            part = cloud.take(slice(start, start + step))
+        parts = list(PointStore.chunks(cloud, self.config.chunk_points))
+        sent = total - len(cloud)  # points the explorer already has before this delta
+        for chunk, part in enumerate(parts):
+            sent += len(part)
             refs = [codec.array_blob(a, i) for i, a in enumerate((part.xyz, part.rgb, part.radius))]
             self.endpoint.send(peer, PointsDelta(
-                scene_id=scene_id, chunk=chunk, last=chunk == len(starts) - 1, xyz=refs[0][0],
-                rgb=refs[1][0], radius=refs[2][0], total_points=total - n + min(n, start + step),
-                job_id=job_id), [r[1] for r in refs])
+                scene_id=scene_id, chunk=chunk, last=chunk == len(parts) - 1, xyz=refs[0][0],
+                rgb=refs[1][0], radius=refs[2][0], total_points=sent, job_id=job_id),
+                [r[1] for r in refs])
 
     # -- jobs --
 

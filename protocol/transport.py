@@ -365,6 +365,8 @@ class _Peer:
     last_seen: float
     held: collections.deque = field(default_factory=collections.deque)
     frames_sent: int = 0
+    cancelled: set = field(default_factory=set)
+    """Jobs the peer cancelled: their frames are dropped, even ones produced after the Cancel."""
 
 
 @dataclass
@@ -570,8 +572,9 @@ class ServerEndpoint:
             peer.credits += msg.frames
             self._flush(peer_id, peer)
         elif isinstance(msg, Cancel):
-            # Frames of a cancelled job still waiting for credit never go out, even if the
-            # credit the explorer sends right after its Cancel arrives first at the job.
+            # Frames of a cancelled job never go out once its Cancel is here: not those
+            # waiting for credit, nor those the job makes before it notices the Cancel.
+            peer.cancelled.add(msg.job_id)
             self._discard(peer_id, peer, msg.job_id)
             self._events.put(Incoming(msg, blobs, peer_id))
         else:
@@ -604,6 +607,8 @@ class ServerEndpoint:
             return  # the peer left; its jobs are being cancelled
         if frames is None:
             self._discard(peer_id, peer, frame_of)
+        elif frame_of is not None and frame_of in peer.cancelled:
+            self._release_pending(peer_id, 1)  # produced before the job saw its Cancel
         else:
             peer.held.append((frame_of, frames))
         self._flush(peer_id, peer)
@@ -613,9 +618,12 @@ class ServerEndpoint:
         dropped = len(peer.held) - len(kept)
         if dropped:
             peer.held = kept
-            with self._cond:
-                self._pending[peer_id] -= dropped
-                self._cond.notify_all()
+            self._release_pending(peer_id, dropped)
+
+    def _release_pending(self, peer_id: bytes, frames: int) -> None:
+        with self._cond:
+            self._pending[peer_id] -= frames
+            self._cond.notify_all()
 
     def _flush(self, peer_id: bytes, peer: _Peer) -> None:
         sent_frames = 0
@@ -632,6 +640,4 @@ class ServerEndpoint:
                 sent_frames += 1
         if sent_frames:
             self.stats.frames_sent += sent_frames
-            with self._cond:
-                self._pending[peer_id] -= sent_frames
-                self._cond.notify_all()
+            self._release_pending(peer_id, sent_frames)

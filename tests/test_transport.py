@@ -173,6 +173,20 @@ def test_discarded_frames_never_reach_the_wire(server):
         assert server.wait_writable(peer, max_pending=1, timeout=0.5)
 
 
+def test_frames_made_after_a_cancel_never_go_out(server):
+    with Client(server.address, credits=8) as client:
+        client.connect(timeout=3)
+        client.send(Cancel(job_id="j"))
+        ev = server.poll(timeout=3)
+        assert ev.msg == Cancel(job_id="j")
+        ref, blob = codec.encode_image(np.zeros((8, 8, 3), np.uint8))
+        server.send(ev.peer, frame_msg(0, ref), [blob])  # the job had not noticed yet
+        server.send(ev.peer, JobDone(job_id="other", num_frames=0))
+        assert client.poll(timeout=3).msg == JobDone(job_id="other", num_frames=0)
+        assert client.poll(timeout=0.3) is None
+        assert server.wait_writable(ev.peer, max_pending=1, timeout=0.5)
+
+
 def test_silent_client_is_declared_gone(server, raw):
     raw.send_multipart(codec.encode(Hello(protocol_version=PROTOCOL_VERSION)))
     assert isinstance(recv_msg(raw)[0], Welcome)
