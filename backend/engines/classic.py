@@ -38,7 +38,7 @@ from backend.geometry.depth import clean_depth_edges, horizon_depth
 from backend.geometry.layers import split_layers
 from backend.geometry.render import SplatRenderer
 from backend.geometry.store import PointStore
-from backend.geometry.unproject import unproject
+from backend.geometry.unproject import DEFAULT_PIXEL_RADIUS, unproject
 from protocol.camera import intrinsics
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class ClassicEngine(Engine):
         K = scene.K
         cam = np.stack([(pos[:, 0] - K[0, 2]) / K[0, 0] * z, (pos[:, 1] - K[1, 2]) / K[1, 1] * z, z], 1)
         world = cam @ pose[:3, :3].T + pose[:3, 3]
-        radius = (np.sqrt(0.5) * z / K[0, 0]).astype(np.float32)
+        radius = (DEFAULT_PIXEL_RADIUS * z / (0.5 * (K[0, 0] + K[1, 1]))).astype(np.float32)
         cloud = PointCloud(world.astype(np.float32), rgb, radius)
         out = self.renderer.render(cloud, pose[None], K, w, h).numpy()
         return out.image[0], out.mask[0]
