@@ -182,6 +182,13 @@ class SceneOpened(Message, tag="scene_opened"):
     """Median z-depth of the first view; speeds and presets scale with it."""
     num_points: int
     resumed: bool = False
+    depth_source: Literal["model", "given", "prior"] = "prior"
+    """Where the first view's depth came from: a depth model, the explorer's map, or the
+    horizon prior (a guess: flat ground and a far sky)."""
+    depth_note: str = ""
+    """One line for the HUD about the depth in use, e.g. how to get the model."""
+    points_budget: int = 0
+    """Most points the backend keeps for this scene (0 = unbounded)."""
 
 
 class PointsDelta(Message, tag="points_delta"):
@@ -218,6 +225,8 @@ class Transition(Message, tag="transition"):
     prompt: str | None = None
     """Overrides the engine's prompt for this clip."""
     seed: int | None = None
+    preset: str | None = None
+    """Sampler preset (``paper``, ``interactive``); None uses the engine's default."""
 
 
 class Dynamics(Message, tag="dynamics"):
@@ -240,6 +249,24 @@ class Cancel(Message, tag="cancel"):
     """Explorer -> backend: stop a job at its next step boundary."""
 
     job_id: str
+
+
+class Undo(Message, tag="undo"):
+    """Explorer -> backend: take back the scene's last transition (its clip and its points)."""
+
+    request_id: str
+    scene_id: str
+
+
+class Undone(Message, tag="undone"):
+    """Backend -> explorer: the last transition is gone; the cloud is its first
+    ``total_points`` points again (points are only ever appended, so a truncation)."""
+
+    request_id: str
+    scene_id: str
+    job_id: str | None
+    """The transition taken back; None when there was nothing to undo."""
+    total_points: int
 
 
 class JobAccepted(Message, tag="job_accepted"):
@@ -286,7 +313,10 @@ class JobDone(Message, tag="job_done"):
 
 class JobFailed(Message, tag="job_failed"):
     job_id: str
-    code: Literal["cancelled", "bad_request", "engine_error", "peer_gone", "internal"]
+    code: Literal[
+        "cancelled", "bad_request", "engine_error", "peer_gone", "internal", "busy",
+        "credit_timeout", "worker_lost",
+    ]
     message: str
 
 
@@ -303,6 +333,8 @@ AnyMessage = Union[  # noqa: UP007 - msgspec needs a real Union for the tagged d
     Transition,
     Dynamics,
     Cancel,
+    Undo,
+    Undone,
     JobAccepted,
     Progress,
     Frame,
