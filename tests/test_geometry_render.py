@@ -18,6 +18,7 @@ from backend.geometry import (
 from protocol.camera import intrinsics, project, rotation_about
 
 SCENES = Path(__file__).resolve().parents[2] / "shared" / "scenes"
+NEAREST = SplatConfig(antialias=False)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_shifted_pose_matches_analytic_projection(scene):
     pose = np.eye(4)
     pose[:3, :3] = rotation_about([0, 1, 0], 0.05)
     pose[:3, 3] = [0.1, 0.02, -0.3]  # backward: points shrink, no disc expansion
-    out = SplatRenderer("cpu").render(cloud, pose, K, w, h, return_index=True).numpy()
+    out = SplatRenderer("cpu", NEAREST).render(cloud, pose, K, w, h, return_index=True).numpy()
     zbuf, uv, z, ok = _nearest_per_pixel(cloud, pose, K, w, h)
     covered = np.isfinite(zbuf)
     assert 0.5 < covered.mean() < 1.0
@@ -104,7 +105,7 @@ def test_large_points_cover_discs_and_nearest_wins():
     xyz = np.array([[0.0, 0.0, 10.0], [0.0, 0.0, 5.0]], np.float32)
     rgb = np.array([[255, 0, 0], [0, 255, 0]], np.uint8)
     radius = np.array([3.0 * 10 / f, 1.5 * 5 / f], np.float32)
-    out = SplatRenderer("cpu").render(PointCloud(xyz, rgb, radius), np.eye(4), K, 64, 48).numpy()
+    out = SplatRenderer("cpu", NEAREST).render(PointCloud(xyz, rgb, radius), np.eye(4), K, 64, 48).numpy()
     cu, cv = K[0, 2], K[1, 2]
     ys, xs = np.mgrid[0:48, 0:64] + 0.5
     d2 = (xs - cu) ** 2 + (ys - cv) ** 2
@@ -176,3 +177,60 @@ def test_pytorch3d_adapter_agrees_with_native(scene):
     both = native.mask & p3d.mask
     assert both.sum() > 0.9 * native.mask.sum()
     assert (native.image[both] == p3d.image[both]).all(axis=-1).mean() > 0.95
+
+
+def test_antialiased_large_points_blend_front_edges_and_keep_the_disc_mask():
+    K = intrinsics(64, 48, 60.0)
+    f = K[0, 0]
+    xyz = np.array([[0.0, 0.0, 10.0], [0.0, 0.0, 5.0]], np.float32)
+    rgb = np.array([[255, 0, 0], [0, 255, 0]], np.uint8)
+    radius = np.array([3.0 * 10 / f, 1.5 * 5 / f], np.float32)
+    out = SplatRenderer("cpu").render(PointCloud(xyz, rgb, radius), np.eye(4), K, 64, 48).numpy()
+    ys, xs = np.mgrid[0:48, 0:64] + 0.5
+    d2 = (xs - K[0, 2]) ** 2 + (ys - K[1, 2]) ** 2
+    np.testing.assert_array_equal(out.mask[0], d2 <= 9.0)  # coverage is the disc, as before
+    img = out.image[0].astype(int)
+    # the near point wins its centre; its filter fades over the far one: a soft edge, no blue
+    assert img[d2 <= 0.5][:, 1].min() > 200
+    ring = (d2 <= 9.0) & (d2 > 2.25)
+    assert (img[ring][:, 0] + img[ring][:, 1] >= 250).all() and (img[..., 2] == 0).all()
+    assert img[ring][:, 0].max() - img[ring][:, 0].min() > 50  # red rises away from the centre
+    np.testing.assert_allclose(out.depth[0][d2 <= 2.25], 5.0)
+
+
+def _plane(size: int, colour_fn) -> tuple[PointCloud, np.ndarray]:
+    K = intrinsics(size, size, 60.0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    image = colour_fn(xx, yy).astype(np.uint8)
+    return unproject(image, np.full((size, size), 4.0, np.float32), K, np.eye(4)), K
+
+
+def test_magnified_plane_has_no_screen_door():
+    """Moving towards a plane (1.3x magnification): the nearest-point discs leave a grid of
+    gaps and repeated pixels, the filtered splats give a smooth, fully covered image."""
+    cloud, K = _plane(96, lambda x, y: np.stack([x * 2, y * 2, np.full_like(x, 128)], -1))
+    pose = np.eye(4)
+    pose[2, 3] = 4.0 * (1 - 1 / 1.3)
+    aa = SplatRenderer("cpu").render(cloud, pose, K, 96, 96).numpy()
+    inner = (slice(8, -8), slice(8, -8))
+    assert aa.mask[0][inner].all()
+    img = aa.image[0].astype(float)[inner]
+    # a linear ramp stays a ramp: second differences are rounding-sized everywhere
+    assert np.abs(np.diff(img[..., 0], 2, axis=1)).max() <= 2.0
+    assert np.abs(np.diff(img[..., 1], 2, axis=0)).max() <= 2.0
+    bare = SplatRenderer("cpu", NEAREST).render(cloud, pose, K, 96, 96).numpy()
+    rough = np.abs(np.diff(bare.image[0].astype(float)[inner][..., 0], 2, axis=1)).max()
+    assert rough >= 4.0  # the nearest-point render steps (the grid this replaces)
+
+
+def test_only_the_front_surface_is_blended():
+    """A blue plane behind a red one never shows through the red one's pixels."""
+    red, K = _plane(64, lambda x, y: np.stack([np.full_like(x, 255), 0 * x, 0 * x], -1))
+    blue = PointCloud(red.xyz * 2.0, np.tile(np.array([[0, 0, 255]], np.uint8), (len(red), 1)),
+                      red.radius * 2.0)
+    pose = np.eye(4)
+    pose[:3, 3] = [0.05, 0.03, 0.6]
+    out = SplatRenderer("cpu").render(PointCloud.concat([blue, red]), pose, K, 64, 64).numpy()
+    front = out.mask[0] & (np.abs(out.depth[0] - out.depth[0][32, 32]) < 0.5)
+    assert front.mean() > 0.5
+    assert (out.image[0][front][:, 2] == 0).all() and (out.image[0][front][:, 0] == 255).all()

@@ -1,9 +1,28 @@
-"""Z-buffered point splatting: a batch of poses -> images, visibility masks and depth.
+"""Anti-aliased point splatting: a batch of poses -> images, visibility masks and depth.
 
 ``SplatRenderer(device).render(cloud_or_store, poses, K, width, height) -> RenderOutput``
 
 The native renderer is plain torch, the same code on CPU and CUDA (the device is explicit).
-For a group of poses it:
+With ``antialias=True`` (the default) every point is a screen-space filter, not an opaque
+disc (EWA splatting, Zwicker et al., reduced to isotropic footprints):
+
+1. project every point once per pose; its screen radius is ``r_px = radius * f / z``;
+2. footprint: a point no larger than a pixel (``r_px < tent_radius_px``) is a tent of
+   half-width one pixel over the 2 x 2 pixel centres around it (bilinear splatting: the
+   minimum low-pass, so no splat is smaller than a pixel and a point at a pixel centre
+   gives that pixel alone); a larger one is a Gaussian of sigma ``max(sigma_scale * r_px,
+   min_sigma_px)`` over the pixels within ``ceil(2 sigma)`` (at most ``max_reach_px``);
+3. depth pre-pass: the nearest point's packed ``(z bits << 32) | index`` key is kept per
+   pixel (``scatter_reduce_(amin)``) over the pixels each footprint really covers (its own
+   pixel, or within its radius);
+4. weighted accumulation: every footprint tap within ``depth_tolerance`` (relative) of that
+   pixel's front depth adds ``(w, w r, w g, w b)`` (``index_add_``); farther taps are hidden;
+5. normalisation: colour = sum(w c) / sum(w); mask = the pre-pass covered the pixel; depth
+   and index = the front point's.
+
+So the front surface is blended, never the surfaces behind it, and a magnified or minified
+surface has no screen-door grid. ``antialias=False`` keeps the nearest-point z-buffer (every
+point an opaque disc), the steps below:
 
 1. projects every point once per pose with one batched matmul ``(K [R|t]) @ X``;
 2. culls points behind ``near`` or off-screen by sending them to a dump slot;
@@ -73,6 +92,19 @@ class SplatConfig:
     """Screen radii are clamped to this many pixels."""
     batch_size: int = 1
     """Poses projected and scattered together (more helps on a GPU, not on a CPU)."""
+    antialias: bool = True
+    """Filtered footprints blended within ``depth_tolerance`` (see the module docstring);
+    False: the nearest point's colour only."""
+    tent_radius_px: float = 0.75
+    """Points with a smaller screen radius are bilinear tents over 2 x 2 pixels."""
+    sigma_scale: float = 0.55
+    """Gaussian sigma of a larger point, in units of its screen radius."""
+    min_sigma_px: float = 0.42
+    """Smallest Gaussian sigma in pixels (the low-pass of a large point)."""
+    max_reach_px: int = 4
+    """Gaussian footprints reach at most this many pixels from their centre pixel."""
+    depth_tolerance: float = 0.04
+    """Taps at most this much (relative) behind a pixel's front depth are blended."""
     compile: bool = False
     """Fuse the per-point and per-pixel passes with ``torch.compile`` (needs a C++ compiler
     on CPU or triton on CUDA; the first render then takes ~20-30 s to compile)."""
@@ -88,9 +120,28 @@ class DeviceCloud:
     """N + 1 int32 packed RGBA; the extra last entry is the black of empty pixels."""
     radius: torch.Tensor
     """N float32 world radii."""
+    rgb1: torch.Tensor | None = None
+    """N x 4 float32 ``(1, r, g, b)``, colours in [0, 255] (for the anti-aliased blend)."""
 
     def __len__(self) -> int:
         return int(self.radius.shape[0])
+
+
+@dataclass(frozen=True)
+class Projected:
+    """The points of a group of poses that may reach the screen, one entry per (pose, point)."""
+
+    index: torch.Tensor
+    """Point index in the cloud (int64)."""
+    offset: torch.Tensor
+    """Start of the pose's bordered buffer (int64)."""
+    u: torch.Tensor
+    v: torch.Tensor
+    """Pixel coordinates (pixel centres at +0.5)."""
+    z: torch.Tensor
+    """Z-depth."""
+    r_px: torch.Tensor
+    """Screen radius in pixels."""
 
 
 def _as_cloud(source: PointCloud | PointStore) -> PointCloud:
@@ -189,6 +240,8 @@ class SplatRenderer:
             torch.from_numpy(np.ascontiguousarray(cloud.xyz.T)).to(self.device),
             torch.from_numpy(rgba.view(np.int32).reshape(-1)).to(self.device),
             torch.from_numpy(cloud.radius).to(self.device),
+            torch.from_numpy(np.concatenate([np.ones((len(cloud), 1), np.float32),
+                                             cloud.rgb.astype(np.float32)], 1)).to(self.device),
         )
         with self._cache_lock:  # a PointCloud is immutable; a store bumps its version
             self._cache = (source, len(source), version, dc)
@@ -249,6 +302,8 @@ class SplatRenderer:
         if buf is None or buf.numel() != b * size:
             buf = self._local.keys = torch.empty(b * size, dtype=torch.int64, device=self.device)
         keys = buf.fill_(_EMPTY_HI << 32 | n)  # reused: no fresh pages per frame
+        if n and cfg.antialias:
+            return self._render_filtered(keys, cloud, poses, K, width, height)
         if n:
             # 1. project once per pose; 2. cull to the border / NaN keys; 3. pack keys
             P = torch.from_numpy(projection_matrices(poses, K)).to(self.device, torch.float32)
@@ -306,6 +361,109 @@ class SplatRenderer:
             slot = torch.where(inside, slot, 0)
             bkey = key.view(-1)[flat[sel], None].expand_as(slot)
             keys.scatter_reduce_(0, slot.reshape(-1), bkey.reshape(-1), "amin")
+
+
+    def _render_filtered(
+        self, keys: torch.Tensor, cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray,
+        width: int, height: int,
+    ) -> tuple[torch.Tensor, ...]:
+        """Steps 1-5 of the module docstring; ``keys`` is the filled bordered key buffer."""
+        cfg, dev = self.config, self.device
+        b, n = len(poses), len(cloud)
+        size = (width + 2) * (height + 2)
+        # 1. project (B x N each); points behind the camera or far off-screen get no taps
+        P = torch.from_numpy(projection_matrices(poses, K)).to(dev, torch.float32)
+        x, y, z = cloud.xyz_t[:, None, :].unbind(0)
+        uz, vz, z = (x * P[:, r, 0:1] + y * P[:, r, 1:2] + z * P[:, r, 2:3] + P[:, r, 3:4] for r in range(3))
+        inv_z = 1.0 / z.clamp(min=cfg.near)
+        u, v = uz * inv_z, vz * inv_z
+        r_px = cloud.radius * (0.5 * (K[0, 0] + K[1, 1])) * inv_z
+        reach = cfg.max_reach_px + 1
+        ok = (z > cfg.near) & (u > -reach) & (u < width + reach) & (v > -reach) & (v < height + reach)
+        key = (z.view(torch.int32).long() << 32) | torch.arange(n, device=dev)
+        offset = torch.arange(b, device=dev)[:, None] * size
+        # 2. footprints (slots into the bordered buffers, weights); 3. depth pre-pass
+        small = ok & (r_px < cfg.tent_radius_px)
+        taps = [self._tent_taps(small, u, v, z, offset, key, keys, width, height)]
+        big = ok & ~small
+        if bool(big.any()):
+            taps += self._gauss_taps(big, u, v, z, r_px, offset, key, keys, width, height)
+        limit = (keys >> 32).to(torch.int32).view(torch.float32) * (1.0 + cfg.depth_tolerance)
+        # 4. weighted accumulation (one plane per channel) of the taps near the front surface
+        acc = torch.zeros((4, b * size), dtype=torch.float32, device=dev)
+        for point, zs, slot, weight in taps:
+            weight = weight * (zs[:, None] <= limit.take(slot))
+            flat_slot = slot.view(-1)
+            acc[0].index_add_(0, flat_slot, weight.view(-1))
+            for c in range(3):
+                values = weight * cloud.rgb1[:, c + 1].take(point)[:, None]
+                acc[c + 1].index_add_(0, flat_slot, values.view(-1))
+        # 5. normalise; depth and index are the front point's
+        acc = acc.view(4, b, height + 2, width + 2)[:, :, 1:-1, 1:-1]
+        inner = keys.view(b, height + 2, width + 2)[:, 1:-1, 1:-1]
+        depth = (inner >> 32).to(torch.int32).view(torch.float32)
+        mask = depth < math.inf
+        image = (acc[1:] / acc[:1].clamp(min=1e-12) + 0.5).permute(1, 2, 3, 0)
+        image = torch.where(mask[..., None], image.clamp(0, 255), 0.0).to(torch.uint8)
+        winner = (inner & 0xFFFFFFFF).to(torch.int32)
+        return image, mask, torch.where(mask, depth, 0.0), torch.where(mask, winner, -1)
+
+    def _tent_taps(self, sel: torch.Tensor, u: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
+                   offset: torch.Tensor, key: torch.Tensor, keys: torch.Tensor, width: int,
+                   height: int) -> tuple[torch.Tensor, ...]:
+        """Bilinear (tent) taps on the 2 x 2 pixel centres around every point (B x N).
+
+        Points not in ``sel`` get zero weights and no pre-pass; the one-pixel border takes
+        the taps just off-screen. The pre-pass covers the pixel each point falls in.
+        """
+        b, n = u.shape
+        cu, cv = u - 0.5, v - 0.5
+        x0, y0 = cu.floor(), cv.floor()
+        fx, fy = cu - x0, cv - y0
+        w2 = width + 2
+        base = (y0.long().clamp(-1, height - 1) + 1) * w2 + x0.long().clamp(-1, width - 1) + 1 + offset
+        onscreen = sel & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+        own = base + (fx >= 0.5).long() + (fy >= 0.5).long() * w2
+        keys.scatter_reduce_(0, torch.where(onscreen, own, 0).view(-1), key.view(-1), "amin")
+        slot = base.view(-1, 1) + torch.tensor([0, 1, w2, w2 + 1], device=self.device)
+        gx, gy = (1.0 - fx) * sel, (1.0 - fy) * sel
+        fx, fy = fx * sel, fy * sel
+        weight = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], -1).view(-1, 4)
+        point = torch.arange(n, device=self.device).repeat(b)
+        return point, z.view(-1), slot, weight
+
+    def _gauss_taps(self, sel: torch.Tensor, u: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
+                    r_px: torch.Tensor, offset: torch.Tensor, key: torch.Tensor, keys: torch.Tensor,
+                    width: int, height: int) -> list[tuple[torch.Tensor, ...]]:
+        """Gaussian taps of the selected points, grouped by how far their footprint reaches;
+        the pre-pass covers the pixels within each point's radius."""
+        cfg = self.config
+        n = u.shape[1]
+        flat = sel.view(-1).nonzero().squeeze(1)
+        radius = r_px.view(-1)[flat]
+        sigma = (cfg.sigma_scale * radius).clamp(min=cfg.min_sigma_px, max=cfg.max_reach_px / 2)
+        reach = torch.ceil(2.0 * sigma).long().clamp(1, cfg.max_reach_px)
+        cover_r2 = radius.clamp(min=0.71).square()
+        groups = []
+        for k in range(1, cfg.max_reach_px + 1):
+            pick = (reach == k).nonzero().squeeze(1)
+            if pick.numel() == 0:
+                continue
+            idx = flat[pick]
+            steps = torch.arange(-k, k + 1, device=self.device)
+            dy, dx = (t.reshape(1, -1) for t in torch.meshgrid(steps, steps, indexing="ij"))
+            cu, cv = u.view(-1)[idx, None], v.view(-1)[idx, None]
+            px, py = cu.floor().long() + dx, cv.floor().long() + dy
+            d2 = (px + 0.5 - cu).square() + (py + 0.5 - cv).square()
+            inside = (px >= 0) & (px < width) & (py >= 0) & (py < height)
+            base = offset.view(-1)[idx // n, None]
+            slot = torch.where(inside, (py + 1) * (width + 2) + px + 1 + base, 0)
+            cover = torch.where((d2 <= cover_r2[pick, None]) & inside, slot, 0)
+            keys.scatter_reduce_(0, cover.view(-1), key.view(-1)[idx, None].expand_as(cover).reshape(-1),
+                                 "amin")
+            weight = torch.exp(-0.5 * d2 / sigma[pick, None].square()) * inside
+            groups.append((idx % n, z.view(-1)[idx], slot, weight))
+        return groups
 
 
 def with_backend(renderer: SplatRenderer, backend: str) -> SplatRenderer:
