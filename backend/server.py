@@ -205,7 +205,7 @@ class Backend:
 
     def _open_scene(self, peer: bytes, msg: OpenScene, blobs: list[memoryview]) -> None:
         try:
-            scene, cloud, resumed = self._load_or_create(msg, blobs)
+            scene, cloud, resumed = self._load_or_create(msg, blobs, peer)
         except (ProtocolError, SessionError, EngineError, ValueError) as exc:
             code = getattr(exc, "code", "bad_value")
             self._error(peer, code, str(exc), msg.request_id)
@@ -220,10 +220,12 @@ class Backend:
         self.endpoint.send(peer, SceneOpened(
             request_id=msg.request_id, scene_id=scene.scene_id, engine=scene.engine, width=w,
             height=h, K=codec.k_list(scene.K), pose=codec.pose_list(scene.pose),
-            median_depth=scene.median_depth, num_points=len(cloud), resumed=resumed))
+            median_depth=scene.median_depth, num_points=len(cloud), resumed=resumed,
+            depth_source=scene.depth_source, depth_note=scene.depth_note,
+            points_budget=scene.points_budget))
         self._send_points(peer, scene.scene_id, cloud, total=len(scene.cloud), job_id=None)
 
-    def _load_or_create(self, msg: OpenScene, blobs) -> tuple[Scene, PointCloud, bool]:
+    def _load_or_create(self, msg: OpenScene, blobs, peer: bytes = b"") -> tuple[Scene, PointCloud, bool]:
         engine = self._engine_or_error(msg.engine)
         if msg.resume:
             return (*engine.resume_scene(msg.scene_id, self.sessions), True)
@@ -236,7 +238,11 @@ class Backend:
             if depth.shape != image.shape[:2]:
                 raise ValueError(f"depth is {depth.shape}, the image is {image.shape[:2]}")
         K = codec.k_array(msg.K) if msg.K is not None else None
-        request = OpenRequest(msg.scene_id, image, K, depth, msg.text)
+        def progress(p) -> None:  # e.g. the depth model's first download, under the request id
+            self.endpoint.send(peer, ProgressMsg(job_id=msg.request_id, stage=p.stage, step=p.step,
+                                                 total=p.total, message=p.message))
+
+        request = OpenRequest(msg.scene_id, image, K, depth, msg.text, progress=progress)
         scene, cloud = engine.open_scene(request)
         self.sessions.create(scene.scene_id, scene.image, scene.K, scene.text, engine.name,
                              scene.median_depth)

@@ -1,4 +1,8 @@
+import os
 from pathlib import Path
+
+# Tests never download: the classic engine's default depth model then falls back at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 

@@ -9,7 +9,7 @@ yield often (at least once per frame or sampling step) to be cancellable.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +37,12 @@ class Scene:
     engine: str = "classic"
     clips: list[dict] = field(default_factory=list)
     """Manifest entries of the clips made so far."""
+    depth_source: str = "prior"
+    """Where the first view's depth came from: "model", "given" or "prior"."""
+    depth_note: str = ""
+    """One line for the HUD about the depth in use."""
+    points_budget: int = 0
+    """Most points the scene's store keeps (0 = unbounded)."""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -52,6 +58,8 @@ class OpenRequest:
     depth: np.ndarray | None = None
     """H x W float32 z-depth sent by the client, used when the engine has no depth model."""
     text: SceneText = SceneText()
+    progress: Callable[[Progress], None] | None = None
+    """Called with Progress events while opening (e.g. a model's first download)."""
 
 
 @dataclass(frozen=True)

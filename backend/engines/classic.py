@@ -1,15 +1,19 @@
 """The classic engine: a journey with no weights and no GPU.
 
-- Depth: a transformers depth model when its weights are already on disk, else the depth map
-  the explorer sent, else the horizon prior.
+- Depth: a transformers depth model (Depth Anything V2 Small by default), fetched once into
+  the hub cache on first use with progress; when it cannot be had, the depth map the explorer
+  sent, else the horizon prior. The scene says which (``depth_source``) in one line for the
+  HUD (``depth_note``); ``depth_model = "none"`` forces the fallbacks.
 - Open: lift the first view into the cloud, then fill what the foreground hides with the
   layered depth (Make-It-4D): each background layer's occluded part is inpainted and lifted
   behind the foreground, so moving sideways reveals plausible background instead of holes.
-- Transition: render the end view, fill its holes (OpenCV inpainting, depth biased to the
-  background), lift the filled pixels into the cloud, then render every frame from the merged
-  cloud, so the clip is consistent by construction. Frames stream as they are rendered.
-- Dynamics: Eulerian flow (backend.animation) from drawn arrows or an automatic guess,
-  lifted to 3D and rendered from the current pose as a seamless loop.
+- Transition: render the end view, fill its holes (``geometry.fill.mirror_fill``: texture
+  mirrored from the background side, depth with it), lift the filled pixels into the cloud
+  (making room by level of detail when the point budget is reached), then render every frame
+  from the merged cloud with anti-aliased splats, so the clip is consistent by construction.
+  Frames stream as they are rendered; pinholes no splat reached are pull-push filled.
+- Dynamics: Eulerian flow (backend.animation) inside the region the drawn arrows segment
+  (or a sky/water guess), lifted to 3D and rendered from the current pose as a seamless loop.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from backend.engines.base import (
 )
 from backend.geometry.cloud import PointCloud
 from backend.geometry.depth import clean_depth_edges, horizon_depth
+from backend.geometry.fill import mirror_fill, pull_push
 from backend.geometry.layers import split_layers
 from backend.geometry.render import SplatRenderer
 from backend.geometry.store import PointStore
@@ -42,6 +47,10 @@ from backend.geometry.unproject import DEFAULT_PIXEL_RADIUS, unproject
 from protocol.camera import intrinsics
 
 log = logging.getLogger(__name__)
+
+DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+_GET_MODEL = (f"for real depth, run once online (it is fetched and cached) or "
+              f"`hf download {DEFAULT_DEPTH_MODEL}`")
 
 
 def inpaint(image: np.ndarray, hole: np.ndarray, radius: int, small_frac: float = 0.01) -> np.ndarray:
@@ -73,7 +82,7 @@ class ClassicEngine(Engine):
     def __init__(
         self,
         device: str = "cpu",
-        depth_model: str | None = None,
+        depth_model: str | None = DEFAULT_DEPTH_MODEL,
         inpaint_radius: int = 5,
         layers: int = 3,
         fov_x_deg: float = 60.0,
@@ -91,29 +100,46 @@ class ClassicEngine(Engine):
         self.keyframe_every = keyframe_every
         self.renderer = SplatRenderer(device)
         self._depth_model = None
+        self._depth_reason = ""
 
     # -- depth --
 
     def estimate_depth(
-        self, image: np.ndarray, K: np.ndarray, given: np.ndarray | None
+        self, image: np.ndarray, K: np.ndarray, given: np.ndarray | None, progress=None
     ) -> tuple[np.ndarray, str]:
-        """Z-depth for ``image`` and where it came from: model, client or horizon prior."""
-        model = self._load_depth_model()
+        """Z-depth for ``image`` and its source: "model", "given" (the client's) or "prior"."""
+        model = self._load_depth_model(progress)
         if model is not None:
             return model(image), "model"
         if given is not None:
             if not np.all(np.isfinite(given)) or given.min() <= 0:
                 raise EngineError("the depth map must be finite and positive everywhere")
-            return given.astype(np.float32), "client"
-        return horizon_depth(image, K), "horizon prior"
+            return given.astype(np.float32), "given"
+        return horizon_depth(image, K), "prior"
 
-    def _load_depth_model(self):
-        if self.depth_model_id is None:
+    def depth_note(self, source: str) -> str:
+        """One line for the HUD: which depth is in use and, without the model, how to get it."""
+        if source == "model":
+            return f"depth: {self.depth_model_id}"
+        if self.depth_model_id in (None, "", "none"):
+            why = 'depth_model = "none"'
+            return f"depth: {'your depth map' if source == 'given' else 'horizon prior (a guess)'} ({why})"
+        what = "your depth map" if source == "given" else "horizon prior (a guess: flat ground, far sky)"
+        return f"depth: {what}; model {self.depth_model_id} unavailable; {_GET_MODEL}"
+
+    def _load_depth_model(self, progress=None):
+        if self.depth_model_id in (None, "", "none"):
             return None
         if self._depth_model is None:
-            from backend.engines.depth_model import load_local_depth_model
+            from backend.engines.depth_model import load_depth_model
 
-            self._depth_model = load_local_depth_model(self.depth_model_id, self.device) or False
+            def report(done: int, total: int, message: str) -> None:
+                if progress is not None:
+                    progress(Progress("download", done, total, message))
+
+            result = load_depth_model(self.depth_model_id, self.device, report)
+            self._depth_model = result.predict or False
+            self._depth_reason = result.reason
         return self._depth_model or None
 
     # -- scenes --
@@ -122,14 +148,16 @@ class ClassicEngine(Engine):
         image = request.image
         h, w = image.shape[:2]
         K = request.K if request.K is not None else intrinsics(w, h, self.fov_x_deg)
-        depth, source = self.estimate_depth(image, K, request.depth)
-        log.info("scene %s: depth from %s", request.scene_id, source)
+        depth, source = self.estimate_depth(image, K, request.depth, request.progress)
+        note = self.depth_note(source)
+        log.info("scene %s: %s", request.scene_id, note)
         median = float(np.median(depth))
         store = PointStore(capacity=self.capacity)
         depth, keep = clean_depth_edges(depth, mode="push")  # same rays: the first view stays exact
         store.append(unproject(image, depth, K, np.eye(4), mask=keep))
         store.append(self._hidden_background(image, depth, K))
-        scene = Scene(request.scene_id, image, K, store, median, request.text, engine=self.name)
+        scene = Scene(request.scene_id, image, K, store, median, request.text, engine=self.name,
+                      depth_source=source, depth_note=note, points_budget=self.capacity)
         return scene, store.cloud()
 
     def _hidden_background(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray) -> PointCloud:
@@ -139,8 +167,8 @@ class ClassicEngine(Engine):
             hole = layer.occluded
             if not hole.any() or not layer.mask.any():
                 continue
-            colour = inpaint(layer.color, ~layer.mask, self.inpaint_radius)
-            parts.append(unproject(colour, layer.depth, K, np.eye(4), mask=hole))
+            filled = mirror_fill(layer.color, np.where(layer.mask, layer.depth, 0), ~layer.mask)
+            parts.append(unproject(filled.image, layer.depth, K, np.eye(4), mask=hole))
         return PointCloud.concat(parts)
 
     def resume_scene(self, scene_id: str, sessions) -> tuple[Scene, PointCloud]:
@@ -148,7 +176,8 @@ class ClassicEngine(Engine):
         store = PointStore.load(saved["cloud_path"], capacity=self.capacity)
         median = float(saved["median_depth"])
         scene = Scene(scene_id, saved["image"], np.asarray(saved["K"]), store, median, saved["text"],
-                      pose=np.asarray(saved["pose"]), engine=self.name)
+                      pose=np.asarray(saved["pose"]), engine=self.name, depth_source="given",
+                      depth_note="depth: as saved with the scene", points_budget=self.capacity)
         return scene, store.cloud()
 
     # -- transitions --
@@ -185,27 +214,27 @@ class ClassicEngine(Engine):
         if not hole.any():
             return PointCloud.empty()
         colour, depth = self._fill(view.image[0], view.depth[0], hole)
-        return scene.cloud.append(unproject(colour, depth, scene.K, pose, mask=hole))
+        new = unproject(colour, depth, scene.K, pose, mask=hole)
+        return scene.cloud.append_within_budget(new, pose[:3, 3], 0.5 * (scene.K[0, 0] + scene.K[1, 1]))
 
     def _fill(self, rgb: np.ndarray, depth: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Inpaint colour and depth inside ``hole``; depth leans to the background."""
+        """Fill colour and depth inside ``hole`` from the background side (mirror_fill)."""
         known = ~hole & (depth > 0)
         if not known.any():
             raise EngineError("nothing of the scene is visible from this pose")
-        colour = inpaint(rgb, hole, self.inpaint_radius)
-        seed = np.where(known, depth, 0).astype(np.float32)
-        far = cv2.dilate(seed, np.ones((9, 9), np.uint8))
-        filled = inpaint(seed, ~known, self.inpaint_radius)
-        depth_out = np.where(known, depth, np.maximum(filled, far)).astype(np.float32)
+        filled = mirror_fill(rgb, np.where(known, depth, 0), hole | ~known)
+        depth_out = np.where(known, depth, filled.depth).astype(np.float32)
         if np.any(depth_out[hole] <= 0):
             depth_out[hole & (depth_out <= 0)] = float(np.median(depth[known]))
-        return colour, depth_out
+        return filled.image, depth_out
 
     def _fill_gaps(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Cover the odd pixel no splat reached (sub-pixel cracks) from its neighbours."""
+        """Cover the pixels no splat reached from coarser averages (pull-push: no streaks)."""
         if mask.all():
             return image
-        return inpaint(image, ~mask, 3)
+        if not mask.any():
+            return image
+        return pull_push(image, mask)
 
     # -- dynamics --
 

@@ -1,18 +1,46 @@
-"""A monocular depth model (transformers) for the classic engine, only if already on disk.
+"""The classic engine's monocular depth model (transformers), fetched once on first use.
 
-The classic engine never downloads: ``local_files_only=True``. Depth Anything V2 and DPT
-predict relative inverse depth (disparity); it is turned into z-depth with the median at
-``median_depth`` world units, so scenes keep the scale the horizon prior would give.
+``load_depth_model(model_id, device, progress) -> DepthModelResult``
+
+- A folder path is loaded as it is (``from_pretrained(path)``).
+- A hub id is fetched with ``huggingface_hub.snapshot_download`` into the hub's own cache
+  (``HF_HOME`` / ``HF_HUB_CACHE``), so it downloads once and later runs load from disk;
+  ``progress(done, total, message)`` is called as its files arrive. ``HF_HUB_OFFLINE=1``
+  uses the cache only.
+- Anything that fails (offline and not cached, a broken download, an unknown id) gives no
+  model and one sentence saying why and how to get it; the engine then falls back.
+
+Depth Anything V2 and DPT predict relative inverse depth (disparity); it is turned into
+z-depth with the median at ``median_depth`` world units, the scale the horizon prior gives.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+_WEIGHT_FILES = ["*.json", "*.safetensors", "*.txt"]
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class DepthModelResult:
+    """A loaded depth model, or why there is none."""
+
+    predict: Callable[[np.ndarray], np.ndarray] | None
+    """H x W x 3 uint8 RGB -> H x W float32 z-depth; None when no model could be loaded."""
+    name: str
+    """The model id or folder."""
+    reason: str = ""
+    """Why ``predict`` is None (one sentence)."""
 
 
 def disparity_to_depth(
@@ -25,19 +53,56 @@ def disparity_to_depth(
     return (median_depth / d).astype(np.float32)
 
 
-def load_local_depth_model(model_id: str, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray] | None:
-    """A function image -> z-depth, or None (logged) when the weights are not on disk."""
+def _progress_bar(progress: ProgressFn | None, model_id: str):
+    """A tqdm stand-in that forwards snapshot_download's file counts to ``progress``."""
+    from tqdm.auto import tqdm
+
+    class _Bar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self._done = 0
+            self._report()
+
+        def update(self, n=1):
+            super().update(n)
+            self._done += n or 0
+            self._report()
+
+        def _report(self):
+            if progress is not None and self.total:
+                progress(int(self._done), int(self.total), f"fetching the depth model {model_id}")
+
+    return _Bar
+
+
+def fetch(model_id: str, progress: ProgressFn | None = None) -> str:
+    """A local folder holding ``model_id``'s weights: the folder itself, or the hub cache's
+    snapshot (downloaded now if it is not cached)."""
+    if Path(model_id).is_dir():
+        return model_id
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model_id, allow_patterns=_WEIGHT_FILES,
+                             tqdm_class=_progress_bar(progress, model_id))
+
+
+def load_depth_model(model_id: str, device: str = "cpu", progress: ProgressFn | None = None
+                     ) -> DepthModelResult:
+    """Fetch (once) and load a transformers depth model; see the module docstring."""
     import torch
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
     from backend.models.depth import DepthEstimator
 
     try:
-        processor = AutoImageProcessor.from_pretrained(model_id, local_files_only=True)
-        model = AutoModelForDepthEstimation.from_pretrained(model_id, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        log.warning("depth model %s is not on disk (%s); using the fallback depth", model_id, exc)
-        return None
+        folder = fetch(model_id, progress)
+        processor = AutoImageProcessor.from_pretrained(folder)
+        model = AutoModelForDepthEstimation.from_pretrained(folder)
+    except Exception as exc:  # offline, network, missing files, unknown id: all fall back
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("depth model %s unavailable: %s", model_id, reason)
+        return DepthModelResult(None, model_id, reason[:200])
     torch_device = torch.device(device)
     estimator = DepthEstimator(model.to(torch_device), processor, torch_device)
-    return lambda image: disparity_to_depth(estimator(image).values)
+    return DepthModelResult(lambda image: disparity_to_depth(estimator(image).values), model_id)

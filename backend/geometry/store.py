@@ -18,6 +18,11 @@
   points (clients apply deltas append-only). When an append does not fit, its new points are
   thinned evenly (every k-th point) to the room left, so a view is covered sparsely rather
   than cut off; when the store is full, appends add nothing. Both are logged.
+- Level of detail: ``append_within_budget(cloud, eye, focal)`` first makes room for the new
+  points by merging the far, small stored points into voxels (one averaged point per voxel,
+  the voxel edge growing with the distance from ``eye``, so a merged point covers about the
+  same on-screen area as the points it replaced), then appends: the world keeps growing at
+  the budget, losing detail only where it is far away. Merging keeps the points' order.
 - ``chunks(delta, chunk_size)`` splits a delta into pieces for ``PointsDelta`` messages.
 - ``save(path)`` / ``PointStore.load(path)`` write and read binary PLY (see ``ply``).
 """
@@ -45,6 +50,26 @@ def _merge_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.concatenate([a, b])
     out.sort(kind="stable")  # timsort merges the two sorted runs in linear time
     return out
+
+
+def _merge_voxels(cloud: PointCloud, keys: np.ndarray) -> PointCloud:
+    """One point per distinct key: mean position and colour, radius covering the voxel's
+    points; each merged point takes the place of its voxel's first point (order kept)."""
+    uniq, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True,
+                                             return_counts=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    slot = rank[inverse]
+    n = len(uniq)
+    w = counts[order].astype(np.float64)[:, None]
+    xyz = np.stack([np.bincount(slot, cloud.xyz[:, c], n) for c in range(3)], 1) / w
+    rgb = np.stack([np.bincount(slot, cloud.rgb[:, c], n) for c in range(3)], 1) / w
+    rgb = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+    spread = np.linalg.norm(cloud.xyz - xyz[slot].astype(np.float32), axis=1) + cloud.radius
+    radius = np.zeros(n, np.float32)
+    np.maximum.at(radius, slot, spread.astype(np.float32))
+    return PointCloud(xyz.astype(np.float32), rgb, radius)
 
 
 class PointStore:
@@ -121,6 +146,44 @@ class PointStore:
             self.version += 1
         logger.debug("append: %d in, %d duplicate, %d added", len(cloud), int(dup.sum()), len(delta))
         return delta
+
+    def append_within_budget(self, cloud: PointCloud, eye: np.ndarray, focal: float) -> PointCloud:
+        """``append`` after merging far, small points to leave room for ``cloud`` (module doc).
+
+        ``eye`` is the world position the new view is seen from, ``focal`` its focal length
+        in pixels.
+        """
+        need = len(self) + len(cloud) - self.capacity
+        if need > 0:
+            self.merge_far(eye, focal, target=max(self.capacity - len(cloud), self.capacity // 2))
+        return self.append(cloud)
+
+    def merge_far(self, eye: np.ndarray, focal: float, target: int, px: float = 1.0) -> int:
+        """Merge stored points into voxels of ``px`` * 2**k pixels' footprint at their distance
+        from ``eye`` (k = 0, 1, ... until at most ``target`` points remain); returns the count."""
+        cloud = self.cloud()
+        dist = np.linalg.norm(cloud.xyz.astype(np.float64) - np.asarray(eye, np.float64)[:3], axis=1)
+        size = px
+        while len(cloud) > target and size < 1024:
+            size *= 2.0
+            edge = np.maximum(size * dist / max(focal, 1e-6), 1e-9)
+            level = np.floor(np.log2(edge)).astype(np.int64)
+            small = cloud.radius < 0.5 * np.exp2(level)
+            if not small.any():
+                continue
+            keys = self._voxel_keys(cloud.xyz, level, np.exp2(level.astype(np.float64)))
+            keys = np.where(small & (keys >= 0), keys, -1 - np.arange(len(cloud)))  # big: alone
+            cloud = _merge_voxels(cloud, keys)
+            dist = np.linalg.norm(cloud.xyz.astype(np.float64) - np.asarray(eye, np.float64)[:3], axis=1)
+        if len(cloud) != len(self):
+            logger.info("point budget: merged %d far points into %d", len(self), len(cloud))
+            self._parts = [cloud]
+            self._cloud = cloud
+            level, edge = self._levels(cloud.radius)
+            keys = self._voxel_keys(cloud.xyz, level, edge)
+            self._keys = np.unique(keys[keys >= 0])
+            self.version += 1
+        return len(cloud)
 
     @staticmethod
     def chunks(delta: PointCloud, chunk_size: int = 65536) -> Iterator[PointCloud]:
