@@ -6,66 +6,23 @@ view moves. Each pixel's path is found by integrating ``M`` (Euler steps); a loo
 ``N - t`` steps (symmetric splatting), with weights ``1 - t/N`` and ``t/N``. Frame 0 and the
 frame after the last are both the still view, so the clip loops without a seam. The paths
 are lifted to 3D by keeping each pixel's depth, so the clip renders from any nearby pose.
+
+Motion stays where it belongs: :func:`motion_field` segments the moving region from the
+arrows (GrabCut seeded by the stroked pixels, the freeze brush as certain background, the
+components the strokes touch), interpolates the arrows' velocities inside it only and fades
+them to zero over a feather band *inside* its edge, so every pixel outside stays exactly
+still and particles slow down before they reach the edge (no seam, nothing dragged out).
+Without arrows the region is a sky/water guess, confined the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from protocol.messages import Arrow
-
-
-def field_from_arrows(
-    arrows: Sequence[Arrow], width: int, height: int, sigma_frac: float = 0.12,
-    frozen: np.ndarray | None = None,
-) -> np.ndarray:
-    """H x W x 2 motion field (du, dv px/frame) spread from sparse arrows.
-
-    Each arrow sets the velocity near its start with a Gaussian falloff of ``sigma_frac`` of
-    the image's smaller side; where arrows overlap their velocities are averaged. Pixels in
-    ``frozen`` (H x W bool) do not move.
-    """
-    field = np.zeros((height, width, 2), np.float32)
-    if not arrows:
-        return field
-    sigma = sigma_frac * min(width, height)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
-    weight_sum = np.zeros((height, width), np.float32)
-    for arrow in arrows:
-        if len(arrow.start) != 2 or len(arrow.vector) != 2:
-            raise ValueError("an arrow needs a 2D start and a 2D vector")
-        (u, v), (du, dv) = arrow.start, arrow.vector
-        w = np.exp(-((xx - u) ** 2 + (yy - v) ** 2) / (2 * sigma**2))
-        field[..., 0] += w * du
-        field[..., 1] += w * dv
-        weight_sum += w
-    field /= np.maximum(weight_sum, 1e-6)[..., None]
-    field *= np.clip(weight_sum / 0.5, 0, 1)[..., None]  # fade out far from every arrow
-    if frozen is not None:
-        field[frozen.astype(bool)] = 0
-    return field
-
-
-def guess_field(image: np.ndarray, depth: np.ndarray, speed_px: float = 0.6) -> np.ndarray:
-    """An automatic motion field: the sky drifts sideways, water flows towards the viewer.
-
-    Sky = the farthest pixels (depth within 5% of the maximum) in the upper half; water =
-    blue-dominant, smooth pixels in the lower half. Everything else stays still.
-    """
-    h, w = depth.shape
-    field = np.zeros((h, w, 2), np.float32)
-    rows = np.arange(h)[:, None]
-    sky = (depth >= 0.95 * depth.max()) & (rows < h // 2)
-    field[sky, 0] = speed_px
-    rgb = image.astype(np.float32)
-    blue = (rgb[..., 2] > rgb[..., 0] + 10) & (rgb[..., 2] > rgb[..., 1])
-    gy, gx = np.gradient(rgb.mean(axis=2))
-    smooth = np.hypot(gx, gy) < 8
-    water = blue & smooth & (rows >= h // 2) & ~sky
-    field[water, 1] = 0.5 * speed_px
-    return field
 
 
 def _sample(field: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -116,3 +73,127 @@ def blend(img_f: np.ndarray, mask_f: np.ndarray, img_b: np.ndarray, mask_b: np.n
     out = (img_f.astype(np.float32) * wf[..., None] + img_b.astype(np.float32) * wb[..., None])
     out = np.where(total[..., None] > 1e-6, out / np.maximum(total, 1e-6)[..., None], still)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _stroke_mask(arrows: Sequence[Arrow], width: int, height: int, scale: float, thickness: int,
+                 min_len_px: float = 12.0, frames: float = 8.0) -> np.ndarray:
+    """The stroked pixels: each arrow drawn from its start along its vector (at ``scale``)."""
+    mask = np.zeros((height, width), np.uint8)
+    for arrow in arrows:
+        if len(arrow.start) != 2 or len(arrow.vector) != 2:
+            raise ValueError("an arrow needs a 2D start and a 2D vector")
+        (u, v), (du, dv) = arrow.start, arrow.vector
+        norm = float(np.hypot(du, dv))
+        length = max(norm * frames, min_len_px)
+        end = (u + du / norm * length, v + dv / norm * length) if norm > 0 else (u, v)
+        p0 = (int(round(u * scale)), int(round(v * scale)))
+        p1 = (int(round(end[0] * scale)), int(round(end[1] * scale)))
+        cv2.line(mask, p0, p1, 1, thickness)
+    return mask.astype(bool)
+
+
+def segment_region(image: np.ndarray, arrows: Sequence[Arrow], frozen: np.ndarray | None = None,
+                   work_px: int = 192, iterations: int = 4) -> np.ndarray:
+    """H x W bool: the region the arrows point into (GrabCut seeded by the strokes).
+
+    Runs at ``work_px`` on the longer side; stroked pixels are certain foreground, frozen
+    pixels certain background, the rest probable background; only the components that the
+    strokes touch are kept, and frozen pixels never belong to it.
+    """
+    h, w = image.shape[:2]
+    if not arrows:
+        return np.zeros((h, w), bool)
+    scale = min(1.0, work_px / max(h, w))
+    sw, sh = max(8, int(round(w * scale))), max(8, int(round(h * scale)))
+    small = cv2.resize(np.ascontiguousarray(image), (sw, sh), interpolation=cv2.INTER_AREA)
+    strokes = _stroke_mask(arrows, sw, sh, sw / w, thickness=max(2, sw // 64))
+    gc = np.full((sh, sw), cv2.GC_PR_BGD, np.uint8)
+    grown = cv2.dilate(strokes.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    gc[grown] = cv2.GC_PR_FGD
+    gc[strokes] = cv2.GC_FGD
+    frozen_small = None
+    if frozen is not None:
+        frozen_small = cv2.resize(frozen.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
+        gc[frozen_small] = cv2.GC_BGD
+    if (gc == cv2.GC_PR_BGD).any() or (gc == cv2.GC_BGD).any():
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, iterations,
+                    cv2.GC_INIT_WITH_MASK)
+    region = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
+    region = cv2.morphologyEx(region.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    region |= strokes
+    count, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+    touched = np.unique(labels[strokes & region])
+    region = np.isin(labels, touched[touched > 0])
+    full = cv2.resize(region.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR) > 0
+    if frozen is not None:
+        full &= ~frozen.astype(bool)
+    return full
+
+
+def feather(region: np.ndarray, width_px: float = 8.0) -> np.ndarray:
+    """H x W float32 in [0, 1]: 0 outside ``region``, rising to 1 over ``width_px`` inside."""
+    if not region.any():
+        return np.zeros(region.shape, np.float32)
+    inside = cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, 5)
+    ramp = np.clip((inside - 0.5) / max(width_px, 1e-6), 0.0, 1.0)
+    return (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)  # smoothstep: no kink
+
+
+def interpolate_arrows(arrows: Sequence[Arrow], weight: np.ndarray, sigma_frac: float = 0.25
+                       ) -> np.ndarray:
+    """H x W x 2 field: the arrows' velocities blended by distance (normalised Gaussian
+    weights, so the whole region moves), times ``weight`` (0 outside the region)."""
+    h, w = weight.shape
+    field = np.zeros((h, w, 2), np.float32)
+    if not arrows:
+        return field
+    sigma = sigma_frac * min(w, h)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    logs = np.stack([-((xx - a.start[0]) ** 2 + (yy - a.start[1]) ** 2) / (2 * sigma**2)
+                     for a in arrows])
+    ws = np.exp(logs - logs.max(axis=0, keepdims=True))  # nearest arrow always has weight 1
+    ws /= ws.sum(axis=0, keepdims=True)
+    for wi, a in zip(ws, arrows, strict=True):
+        field[..., 0] += wi * float(a.vector[0])
+        field[..., 1] += wi * float(a.vector[1])
+    return field * weight[..., None]
+
+
+def guess_region(image: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sky, water) H x W bool guesses: far upper pixels connected to the top edge; blue,
+    smooth lower pixels in large components."""
+    h, w = depth.shape
+    rows = np.arange(h)[:, None]
+    sky = (depth >= 0.95 * depth.max()) & (rows < h // 2)
+    count, labels = cv2.connectedComponents(sky.astype(np.uint8))
+    top = np.unique(labels[0][sky[0]])
+    sky = np.isin(labels, top[top > 0])
+    rgb = image.astype(np.float32)
+    blue = (rgb[..., 2] > rgb[..., 0] + 10) & (rgb[..., 2] > rgb[..., 1])
+    gy, gx = np.gradient(cv2.GaussianBlur(rgb.mean(axis=2), (0, 0), 1.5))
+    smooth = np.hypot(gx, gy) < 6
+    water = blue & smooth & (rows >= h // 2) & ~sky
+    water = cv2.morphologyEx(water.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+    water = cv2.morphologyEx(water, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)) > 0
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(water.astype(np.uint8))
+    big = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= 0.005 * h * w)
+    water = np.isin(labels, big[big > 0])
+    return sky, water
+
+
+def motion_field(image: np.ndarray, depth: np.ndarray, arrows: Sequence[Arrow] = (),
+                 frozen: np.ndarray | None = None, feather_px: float = 8.0, speed_px: float = 0.6
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(H x W x 2 field in px/frame, H x W bool moving region); see the module docstring."""
+    frozen_b = None if frozen is None else frozen.astype(bool)
+    if arrows:
+        region = segment_region(image, arrows, frozen_b)
+        return interpolate_arrows(arrows, feather(region, feather_px)), region
+    sky, water = guess_region(image, depth)
+    if frozen_b is not None:
+        sky, water = sky & ~frozen_b, water & ~frozen_b
+    field = np.zeros(depth.shape + (2,), np.float32)
+    field[..., 0] = speed_px * feather(sky, feather_px)
+    field[..., 1] = 0.5 * speed_px * feather(water, feather_px)
+    return field, sky | water

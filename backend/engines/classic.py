@@ -246,12 +246,7 @@ class ClassicEngine(Engine):
         hole = ~view.mask[0]
         colour, depth = self._fill(view.image[0], view.depth[0], hole) if hole.any() else (
             view.image[0], view.depth[0])
-        if request.arrows:
-            field = animation.field_from_arrows(request.arrows, w, h, frozen=request.frozen)
-        else:
-            field = animation.guess_field(colour, depth)
-            if request.frozen is not None:
-                field[request.frozen] = 0
+        field, _ = animation.motion_field(colour, depth, request.arrows, request.frozen)
         yield Progress("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
         ys, xs = np.mgrid[0:h, 0:w]
         start = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1).astype(np.float32)
