@@ -89,6 +89,7 @@ class ClassicEngine(Engine):
         capacity: int = 4_000_000,
         frames_per_batch: int = 4,
         keyframe_every: int = 8,
+        gap_px: int = 6,
     ):
         self.device = device
         self.depth_model_id = depth_model
@@ -98,6 +99,7 @@ class ClassicEngine(Engine):
         self.capacity = capacity
         self.frames_per_batch = frames_per_batch
         self.keyframe_every = keyframe_every
+        self.gap_px = gap_px
         self.renderer = SplatRenderer(device)
         self._depth_model = None
         self._depth_reason = ""
@@ -218,11 +220,20 @@ class ClassicEngine(Engine):
         return scene.cloud.append_within_budget(new, pose[:3, 3], 0.5 * (scene.K[0, 0] + scene.K[1, 1]))
 
     def _fill(self, rgb: np.ndarray, depth: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Fill colour and depth inside ``hole`` from the background side (mirror_fill)."""
+        """Fill colour and depth inside ``hole``: gaps between magnified splats are
+        interpolated (pull-push), the rest was never seen and continues the background
+        (mirror_fill)."""
         known = ~hole & (depth > 0)
         if not known.any():
             raise EngineError("nothing of the scene is visible from this pose")
-        filled = mirror_fill(rgb, np.where(known, depth, 0), hole | ~known)
+        k = self.gap_px * 2 + 1
+        closed = cv2.morphologyEx(known.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((k, k), np.uint8)) > 0
+        gaps = closed & ~known
+        if gaps.any():
+            rgb = np.where(gaps[..., None], pull_push(rgb, known), rgb)
+            depth = np.where(gaps, pull_push(np.where(known, depth, 0).astype(np.float32), known), depth)
+            known = known | gaps
+        filled = mirror_fill(rgb, np.where(known, depth, 0), ~known)
         depth_out = np.where(known, depth, filled.depth).astype(np.float32)
         if np.any(depth_out[hole] <= 0):
             depth_out[hole & (depth_out <= 0)] = float(np.median(depth[known]))

@@ -1,7 +1,8 @@
 """Texture-preserving fills for what a view has never seen, and pull-push for pinholes.
 
 ``mirror_fill(image, depth, hole) -> Filled``: every hole pixel copies the pixel mirrored
-through its nearest *background* anchor (point reflection ``2 a - p``), with the mirror
+through its nearest *background* anchor (point reflection ``2 a - p``; beyond ``band_px``
+from the edge the reflection folds back and forth inside that band), with the mirror
 offsets smoothed so that whole patches of texture are copied coherently (a shift map with a
 smooth shift field). A straight hole edge becomes an exact mirror: texture, not the radial
 streaks of diffusion-based inpainting (Telea). Anchors are known pixels that are not the
@@ -64,7 +65,8 @@ def _anchors(depth: np.ndarray, known: np.ndarray, window: int, near_ratio: floa
 
 
 def mirror_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, rounds: int = 3,
-                smooth_px: float = 6.0, edge_window: int = 15, near_ratio: float = 0.85) -> Filled:
+                smooth_px: float = 6.0, edge_window: int = 15, near_ratio: float = 0.85,
+                band_px: float = 32.0) -> Filled:
     """Fill ``hole`` by smoothed point reflection through background anchors (module doc)."""
     hole = np.asarray(hole, bool)
     img = np.ascontiguousarray(image).copy()
@@ -87,7 +89,14 @@ def mirror_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, rounds: 
         ax = np.zeros(labels.max() + 1, np.float32)
         ay = np.zeros_like(ax)
         ax[labels[anchors]], ay[labels[anchors]] = xs[anchors], ys[anchors]
-        dx, dy = 2 * (ax[labels] - xs), 2 * (ay[labels] - ys)
+        # reflect inside a band: a pixel d from its anchor copies the one tri(d) past it, so a
+        # wide hole repeats the texture next to its edge instead of mirroring far content
+        ox, oy = ax[labels] - xs, ay[labels] - ys
+        d = np.hypot(ox, oy)
+        s = np.mod(d, 2 * band_px)
+        s = np.where(s > band_px, 2 * band_px - s, s)
+        scale = np.where(d > 0, (d + s) / np.maximum(d, 1e-6), 0.0)
+        dx, dy = ox * scale, oy * scale
         # smooth the shifts so neighbouring pixels copy neighbouring pixels (coherent patches)
         dx = cv2.GaussianBlur(dx, (0, 0), smooth_px)
         dy = cv2.GaussianBlur(dy, (0, 0), smooth_px)
