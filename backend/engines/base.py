@@ -107,13 +107,23 @@ class EngineError(RuntimeError):
 
 
 class Engine(ABC):
-    """Opens scenes and runs transitions and dynamics on them."""
+    """Opens scenes and runs transitions and dynamics on them.
+
+    These four methods are everything the server calls. The server runs them on its job
+    slots (backend.scheduler), so an engine whose generators run on remote workers only has to
+    implement this interface.
+    """
 
     name: str = "engine"
 
     @abstractmethod
     def open_scene(self, request: OpenRequest) -> tuple[Scene, PointCloud]:
         """Lift the first view into a scene; returns the scene and its initial cloud."""
+
+    @abstractmethod
+    def resume_scene(self, scene_id: str, sessions) -> tuple[Scene, PointCloud]:
+        """Reload a saved session (``sessions`` is a backend.session.SessionStore); returns
+        the scene at its last pose and its whole cloud."""
 
     @abstractmethod
     def transition(self, scene: Scene, request: TransitionRequest) -> Iterator[Event]:
