@@ -18,14 +18,14 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from protocol.errors import Busy
 
 log = logging.getLogger(__name__)
 
 
-class JobKind(str, Enum):
+class JobKind(StrEnum):
     """What a scheduled job does."""
 
     OPEN = "open"

@@ -149,9 +149,8 @@ def _check_refs(msg: Message, blobs: list[memoryview], limits: Limits) -> None:
             raise BadArray(f"poses must be N x 4 x 4 with N >= 2, got {shape}")
         if shape[0] > limits.max_trajectory_len:
             raise TooLarge(f"trajectory of {shape[0]} poses exceeds {limits.max_trajectory_len}")
-    elif isinstance(msg, Dynamics):
-        if not 1 <= msg.num_frames <= limits.max_trajectory_len:
-            raise BadValue(f"num_frames must be in [1, {limits.max_trajectory_len}]")
+    elif isinstance(msg, Dynamics) and not 1 <= msg.num_frames <= limits.max_trajectory_len:
+        raise BadValue(f"num_frames must be in [1, {limits.max_trajectory_len}]")
 
 
 def _expect_shape(name: str, ref: ArrayRef, shape: list[int], dtype: str) -> None:

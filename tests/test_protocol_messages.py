@@ -39,7 +39,8 @@ def _annotated(base, meta: msgspec.Meta) -> st.SearchStrategy:
     if base is str:
         return st.text(min_size=meta.min_length or 0, max_size=min(meta.max_length or 20, 20))
     inner = _strategy(typing.get_args(base)[0])
-    lo, hi = meta.min_length or 0, min(meta.max_length or 5, 5) if meta.min_length is None else meta.max_length
+    lo = meta.min_length or 0
+    hi = min(meta.max_length or 5, 5) if meta.min_length is None else meta.max_length
     strategy = st.lists(inner, min_size=lo, max_size=hi)
     return strategy.map(tuple) if typing.get_origin(base) is tuple else strategy
 
