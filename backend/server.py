@@ -252,9 +252,14 @@ class Backend:
             if holder is None and mine < cap:
                 self._open_ids[msg.scene_id] = (peer, client)
         if holder is not None:
-            code = "busy" if holder[1] == client else "forbidden"
-            self._error(peer, code, f"scene {msg.scene_id!r} is already open on another "
-                        "connection", msg.request_id)
+            if holder[1] != client:
+                self._error(peer, "forbidden", f"scene {msg.scene_id!r} belongs to another client",
+                            msg.request_id)
+            elif not msg.resume and self.sessions.exists(msg.scene_id):
+                self._error(peer, "scene_exists", f"a saved session {msg.scene_id!r} exists: "
+                            "resume it or pick another id", msg.request_id)
+            else:
+                self._error(peer, "busy", f"scene {msg.scene_id!r} is already open", msg.request_id)
             return
         if mine >= cap:
             self._error(peer, "busy", f"you have {mine} scenes open; the limit per client is "

@@ -331,7 +331,10 @@ class ServerEndpoint:
             else:
                 self._conns.pop(fd, None)
                 self._greeted.discard(fd)
-        # unreachable
+                gone = [pid for pid, p in self._peers.items() if p.fd == fd]
+                for peer_id in gone:  # the client closed its connection: gone now, not at timeout
+                    self._peers[peer_id].fd = -1  # closed already; never shut a reused fd
+                    self._drop(peer_id, "connection closed")
 
     def _shut(self, fd: int) -> None:
         """Shut the TCP connection ``fd`` down; ZeroMQ notices and closes it."""
