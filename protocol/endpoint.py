@@ -61,12 +61,22 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
+class _Conn:
+    """One TCP connection, as the socket monitor reported it."""
+
+    fd: int
+    accepted_at: float
+    greeted: bool = False
+    """A Hello came in on it."""
+
+
 @dataclass
 class _Peer:
     credits: int
     last_seen: float
     identity: str
-    fd: int = -1
+    conn: _Conn | None = None
     held: collections.deque = field(default_factory=collections.deque)
     frames_sent: int = 0
     cancelled: set = field(default_factory=set)
@@ -142,9 +152,8 @@ class ServerEndpoint:
         self._pending: collections.Counter = collections.Counter()
         self._queued: collections.Counter = collections.Counter()
         self._cond = threading.Condition()
-        self._conns: dict[int, float] = {}
-        """fd -> accept time of connections that have not said Hello yet."""
-        self._greeted: set[int] = set()
+        self._conns: dict[int, _Conn] = {}
+        """Open TCP connections by fd (a closed fd may be reused: compare _Conn objects)."""
         self._ctx = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -317,6 +326,7 @@ class ServerEndpoint:
         return frames
 
     def _on_monitor(self) -> None:
+        """Apply the socket monitor's accept/disconnect events, in order."""
         from zmq.utils.monitor import recv_monitor_message
 
         while True:
@@ -326,24 +336,24 @@ class ServerEndpoint:
                 return
             fd = int(ev["value"])
             if ev["event"] == zmq.EVENT_ACCEPTED:
-                self._conns[fd] = time.monotonic()
-                self._greeted.discard(fd)
-            else:
-                self._conns.pop(fd, None)
-                self._greeted.discard(fd)
-                gone = [pid for pid, p in self._peers.items() if p.fd == fd]
-                for peer_id in gone:  # the client closed its connection: gone now, not at timeout
-                    self._peers[peer_id].fd = -1  # closed already; never shut a reused fd
-                    self._drop(peer_id, "connection closed")
+                self._conns[fd] = _Conn(fd, time.monotonic())
+                continue
+            conn = self._conns.pop(fd, None)
+            if conn is None:
+                continue
+            gone = [pid for pid, p in self._peers.items() if p.conn is conn]
+            for peer_id in gone:  # the client closed its connection: gone now, not at timeout
+                self._peers[peer_id].conn = None  # closed already: nothing to shut
+                self._drop(peer_id, "connection closed")
 
-    def _shut(self, fd: int) -> None:
-        """Shut the TCP connection ``fd`` down; ZeroMQ notices and closes it."""
-        if fd < 0:
+    def _shut(self, conn: _Conn | None) -> None:
+        """Shut the TCP connection down; ZeroMQ notices and closes it."""
+        self._on_monitor()  # a stale fd may already belong to a newer connection
+        if conn is None or self._conns.get(conn.fd) is not conn:
             return
-        self._conns.pop(fd, None)
-        self._greeted.discard(fd)
+        del self._conns[conn.fd]
         try:
-            dup = socket.socket(fileno=os.dup(fd))
+            dup = socket.socket(fileno=os.dup(conn.fd))
         except OSError:
             return
         with contextlib.suppress(OSError):
@@ -353,12 +363,13 @@ class ServerEndpoint:
 
     def _sweep_connections(self, now: float) -> None:
         """Shut connections that never said Hello in time, and the oldest when too many wait."""
-        self._on_monitor()  # fresh fd events first: a stale fd may already be reused
-        waiting = sorted((t, fd) for fd, t in self._conns.items() if fd not in self._greeted)
+        self._on_monitor()
+        waiting = sorted((c for c in self._conns.values() if not c.greeted),
+                         key=lambda c: c.accepted_at)
         excess = max(0, len(waiting) - self.caps.max_pending_connections)
-        for i, (t, fd) in enumerate(waiting):
-            if i < excess or now - t > self.caps.hello_timeout_s:
-                self._shut(fd)
+        for i, conn in enumerate(waiting):
+            if i < excess or now - conn.accepted_at > self.caps.hello_timeout_s:
+                self._shut(conn)
 
     def _heartbeat(self, now: float, seq: int) -> None:
         ping = encode(Ping(seq=seq, sent_at=now))
@@ -375,7 +386,7 @@ class ServerEndpoint:
             self._pending.pop(peer_id, None)
             self._cond.notify_all()
         if peer is not None:
-            self._shut(peer.fd)
+            self._shut(peer.conn)
         self.stats.peers_gone += 1
         self._events.put(PeerGone(peer_id, reason))
 
@@ -449,6 +460,8 @@ class ServerEndpoint:
             self._error(peer_id, "bad_value", f"initial credits must be >= 1, got {hello.credits}")
             return
         identity, token = self._identity_of(hello, frame)
+        self._on_monitor()  # so the connection this Hello came on is known, not a stale fd's
+        conn = self._conns.get(_source_fd(frame))
         with self._cond:
             known = self._peers.get(peer_id)
             same = sum(1 for p in self._peers.values() if p.identity == identity)
@@ -459,14 +472,13 @@ class ServerEndpoint:
                            "client: close one first")
             else:
                 refusal = None
-                fd = _source_fd(frame)
                 self._peers[peer_id] = _Peer(credits=hello.credits, last_seen=time.monotonic(),
-                                             identity=identity, fd=fd)
+                                             identity=identity, conn=conn)
         if refusal is not None:
             self._error(peer_id, "busy", refusal)
             return
-        self._greeted.add(fd)
-        self._conns.pop(fd, None)
+        if conn is not None:
+            conn.greeted = True
         welcome = self._welcome if not token else _with_token(self._welcome, token)
         self._sock.send_multipart([peer_id, *encode(welcome)])
 

@@ -142,12 +142,12 @@ def hostile_sender(address: str, batch: list, result: dict) -> None:
         ctx.term()
 
 
-def never_credits(address: str, result: dict) -> None:
+def never_credits(address: str, result: dict, scene_id: str = "stingy") -> None:
     """Grants one frame of credit, asks for a 16-frame clip, and never grants more."""
     with Client(address, credits=1) as client:
         client.connect(timeout=10)
         img_ref, data = codec.encode_image(scene(2), "png")
-        client.send(OpenScene(request_id="o", scene_id="stingy", image=img_ref), [data])
+        client.send(OpenScene(request_id="o", scene_id=scene_id, image=img_ref), [data])
         t0 = time.monotonic()
         poses_ref, buf = None, None
         while time.monotonic() - t0 < 60:
@@ -158,7 +158,7 @@ def never_credits(address: str, result: dict) -> None:
             if isinstance(msg, SceneOpened):
                 poses = preset("forward", 16, msg.median_depth).astype(np.float32)
                 poses_ref, buf = codec.array_blob(poses, 0)
-                client.send(Transition(job_id="stuck", scene_id="stingy", poses=poses_ref), [buf])
+                client.send(Transition(job_id="stuck", scene_id=scene_id, poses=poses_ref), [buf])
                 t0 = time.monotonic()
             elif isinstance(msg, JobFailed):
                 result["failed"] = msg
@@ -166,19 +166,19 @@ def never_credits(address: str, result: dict) -> None:
                 return
 
 
-def flooder(address: str, result: dict) -> None:
+def flooder(address: str, result: dict, scene_id: str = "flood") -> None:
     """300 valid transitions as fast as possible on one connection."""
     ctx = zmq.Context()
     sock = raw_dealer(ctx, address)
     try:
         img_ref, data = codec.encode_image(scene(3), "png")
-        sock.send_multipart(codec.encode(OpenScene(request_id="o", scene_id="flood", image=img_ref), [data]))
+        sock.send_multipart(codec.encode(OpenScene(request_id="o", scene_id=scene_id, image=img_ref), [data]))
         while not isinstance(opened := next_msg(sock), SceneOpened):
             pass
         poses = preset("forward", 3, opened.median_depth).astype(np.float32)
         ref, buf = codec.array_blob(poses, 0)
         for i in range(300):
-            sock.send_multipart(codec.encode(Transition(job_id=f"f{i}", scene_id="flood", poses=ref), [buf]))
+            sock.send_multipart(codec.encode(Transition(job_id=f"f{i}", scene_id=scene_id, poses=ref), [buf]))
         ends = collections.Counter()
         answered = set()
         while len(answered) < 300:
