@@ -148,9 +148,11 @@ def _check_refs(msg: Message, blobs: list[memoryview], limits: Limits) -> None:
         if len(shape) != 3 or shape[1:] != [4, 4] or shape[0] < 2:
             raise BadArray(f"poses must be N x 4 x 4 with N >= 2, got {shape}")
         if shape[0] > limits.max_trajectory_len:
-            raise TooLarge(f"trajectory of {shape[0]} poses exceeds {limits.max_trajectory_len}")
+            raise TooLarge(f"trajectory of {shape[0]} poses exceeds this backend's limit of "
+                           f"{limits.max_trajectory_len} frames per clip")
     elif isinstance(msg, Dynamics) and not 1 <= msg.num_frames <= limits.max_trajectory_len:
-        raise BadValue(f"num_frames must be in [1, {limits.max_trajectory_len}]")
+        raise BadValue(f"num_frames must be in [1, {limits.max_trajectory_len}] (this backend's "
+                       "limit of frames per clip)")
 
 
 def _expect_shape(name: str, ref: ArrayRef, shape: list[int], dtype: str) -> None:
