@@ -336,12 +336,7 @@ class SessionStore:
         return removed
 
     def _prune(self, folder: Path, manifest: dict) -> list[str]:
-        keep = {"manifest.json", "input.png"}
-        if manifest.get("cloud"):
-            keep.add(manifest["cloud"])
-        for clip in manifest["clips"]:
-            keep.add(clip["file"])
-            keep.add(str(Path(clip["file"]).with_suffix(".json")))
+        keep = _referenced(manifest)
         removed = []
         for path in sorted(folder.rglob("*"), reverse=True):
             rel = str(path.relative_to(folder))
@@ -374,11 +369,19 @@ class SessionStore:
             except SessionError:
                 out.append(entry)
                 continue
-            keep = {"manifest.json", "input.png", manifest["cloud"]}
-            for clip in manifest["clips"]:
-                keep |= {clip["file"], str(Path(clip["file"]).with_suffix(".json"))}
+            keep = _referenced(manifest)
             out += [p for p in entry.rglob("*") if p.is_file() and str(p.relative_to(entry)) not in keep]
         return out
+
+
+def _referenced(manifest: dict) -> set[str]:
+    """Paths (relative to the session folder) that ``manifest`` names."""
+    keep = {"manifest.json", "input.png"}
+    if manifest.get("cloud"):
+        keep.add(manifest["cloud"])
+    for clip in manifest["clips"]:
+        keep |= {clip["file"], str(Path(clip["file"]).with_suffix(".json"))}
+    return keep
 
 
 def _remove(path: Path) -> None:
