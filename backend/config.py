@@ -46,6 +46,8 @@ class ConnectionsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     max_connections_per_client: int = 4
     max_waiting_requests_per_client: int = 64
     """Requests of one client received but not yet dispatched; more get ``busy``."""
+    max_messages_per_s: float = 2000.0
+    """Messages one connection may send per second; over it, it is disconnected."""
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -104,7 +106,8 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         c = self.connections
         return EndpointCaps(hello_timeout_s=c.hello_timeout_s, max_peers=c.max_clients,
                             max_connections_per_client=c.max_connections_per_client,
-                            max_queued_per_peer=c.max_waiting_requests_per_client)
+                            max_queued_per_peer=c.max_waiting_requests_per_client,
+                            max_messages_per_s=c.max_messages_per_s)
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> BackendConfig:

@@ -2,15 +2,17 @@
 side by side with the canary alone, in one run.
 
 The backend runs as its own process (as deployed). The canary flies short transitions
-(64x64, 4 frames) and times each request. Phases alternate: alone, under attack, alone.
-Under attack, other processes send refused messages of every kind (bit flips and splices of
+(64x64, 4 frames) and times each request.
+Phases alternate in rounds (alone, under attack, ...), so a shared machine's drift hits both
+alike. Under attack, other processes send refused messages of every kind (bit flips and splices of
 every message type, invalid UTF-8, deep nesting, image bombs, oversized multiparts,
 non-finite numbers, wrong tuple lengths, ...) as fast as the backend answers them, a client
 never grants frame credit, a client floods valid transitions, and 500 connections stay silent.
 
 Prints one JSON object as its last line: canary p50/p99 alone and under attack,
 ``canary_p99_ratio`` (goal <= 1.5), ``rss_growth_mb`` of the backend process (goal <= 200),
-and how many hostile messages were answered.
+and how many hostile messages were answered with an Error or dropped (a sender over
+``max_messages_per_s`` is shut out; it reconnects and goes on, as an attacker would).
 """
 
 from __future__ import annotations
@@ -65,33 +67,54 @@ def free_port() -> int:
 # -- hostile processes --------------------------------------------------------------------
 
 
-def hostile_sender(address: str, seed: int, stop, sent) -> None:
+def hostile_sender(address: str, seed: int, stop, active, sent, dropped) -> None:
+    """Refused messages in batches of 200, as fast as answered; reconnects when shut out."""
     import zmq
 
     from protocol.hostile import HostileMessages
     from protocol.limits import Limits
+    from protocol.messages import Error
     from tests.test_hostile import next_msg, raw_dealer
 
     batch = HostileMessages(Limits(max_message_bytes=512 << 10, max_image_pixels=262144),
                             seed=seed).batch(4000)
     ctx = zmq.Context()
-    sock = raw_dealer(ctx, address)
-    i = 0
+    sock, i = None, 0
     while not stop.is_set():
+        if not active.wait(0.1):
+            continue
+        if sock is None:
+            try:
+                sock = raw_dealer(ctx, address)
+            except (AssertionError, zmq.Again):
+                continue
+            sock.setsockopt(zmq.RCVTIMEO, 1000)
         chunk = [batch[(i + k) % len(batch)][1] for k in range(200)]
         i += 200
         for frames in chunk:
             sock.send_multipart(frames, copy=False)
-        for _ in chunk:
-            next_msg(sock)
+        got = 0
+        try:
+            while got < len(chunk):
+                msg = next_msg(sock)
+                got += 1
+                if isinstance(msg, Error) and "per second" in msg.message:
+                    raise zmq.Again()  # shut out: the rest of the batch is dropped
+        except zmq.Again:
+            sock.close()
+            sock = None
+            with dropped.get_lock():
+                dropped.value += len(chunk) - got
         with sent.get_lock():
-            sent.value += len(chunk)
-    sock.close()
+            sent.value += got
+    if sock is not None:
+        sock.close()
     ctx.term()
 
 
-def nuisances(address: str, stop) -> None:
-    """A never-crediting client, a flooding client and 500 silent connections, repeated."""
+def nuisances(address: str, stop, active) -> None:
+    """500 silent connections, and in each attack round a never-crediting client and a client
+    flooding 300 valid transitions."""
     import threading
 
     import zmq
@@ -108,7 +131,9 @@ def nuisances(address: str, stop) -> None:
         d.connect(address)
         dealers.append(d)
     n = 0
-    while not stop.is_set():
+    while not stop.is_set():  # one of each per attack round
+        if not active.wait(0.1):
+            continue
         threads = [threading.Thread(target=never_credits, args=(address, {}), kwargs={"scene_id": f"st{n}"}),
                    threading.Thread(target=flooder, args=(address, {}), kwargs={"scene_id": f"fl{n}"})]
         n += 1
@@ -116,6 +141,8 @@ def nuisances(address: str, stop) -> None:
             t.start()
         for t in threads:
             t.join()
+        while active.is_set() and not stop.is_set():
+            time.sleep(0.05)
     for s in silent:
         s.close()
     for d in dealers:
@@ -140,8 +167,9 @@ def canary_latencies(client, poses, count: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=80, help="canary requests per phase")
+    parser.add_argument("--requests", type=int, default=160, help="canary requests per phase")
     parser.add_argument("--senders", type=int, default=2, help="hostile sender processes")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating alone/attacked rounds")
     args = parser.parse_args()
     from protocol.scripted import ScriptedClient
     from protocol.trajectory import preset
@@ -156,31 +184,35 @@ def main() -> None:
     assert "listening" in server.stdout.readline()
     fork = mp.get_context("fork")
     try:
-        stop, sent = fork.Event(), fork.Value("q", 0)
+        stop, active, sent, dropped = fork.Event(), fork.Event(), fork.Value("q", 0), fork.Value("q", 0)
+        procs = [fork.Process(target=hostile_sender, args=(address, s, stop, active, sent, dropped))
+                 for s in range(args.senders)]
+        procs.append(fork.Process(target=nuisances, args=(address, stop, active)))
+        for p in procs:  # started before any client thread exists here (fork)
+            p.start()
         with ScriptedClient(address, credits=8) as client:
             opened = client.open_scene(scene(1), scene_id="canary")
             poses = preset("forward", 4, opened.scene.median_depth)
             canary_latencies(client, poses, 10)  # warm up
-            alone = canary_latencies(client, poses, args.requests // 2)
-            rss0 = rss_mb(server.pid)
-            procs = [fork.Process(target=hostile_sender, args=(address, s, stop, sent))
-                     for s in range(args.senders)]
-            procs.append(fork.Process(target=nuisances, args=(address, stop)))
-            for p in procs:
-                p.start()
-            time.sleep(2.0)  # the attack is in full swing
-            t0 = time.monotonic()
-            attacked, peak = [], rss0
-            for _ in range(args.requests):
-                attacked += canary_latencies(client, poses, 1)
-                peak = max(peak, rss_mb(server.pid))
-            attack_s = time.monotonic() - t0
+            alone, attacked, rss0, peak, attack_s = [], [], rss_mb(server.pid), 0.0, 0.0
+            per_round = max(1, args.requests // args.rounds)
+            for _ in range(args.rounds):
+                alone += canary_latencies(client, poses, per_round)
+                active.set()
+                time.sleep(1.5)  # the attack is in full swing
+                t0 = time.monotonic()
+                for _ in range(per_round):
+                    attacked += canary_latencies(client, poses, 1)
+                    peak = max(peak, rss_mb(server.pid))
+                attack_s += time.monotonic() - t0
+                active.clear()
+                time.sleep(1.0)  # the attack's last batches drain
             stop.set()
             for p in procs:
                 p.join(timeout=60)
-            alone += canary_latencies(client, poses, args.requests - args.requests // 2)
             alive = server.poll() is None
     finally:
+        stop.set()
         server.terminate()
         server.wait(timeout=30)
     p50a, p99a = np.percentile(alone, [50, 99]) * 1e3
@@ -193,11 +225,12 @@ def main() -> None:
         "canary_p50_ms_attacked": round(float(p50h), 2),
         "canary_p99_ms_attacked": round(float(p99h), 2),
         "hostile_messages_answered": int(sent.value),
+        "hostile_messages_dropped": int(dropped.value),
         "hostile_messages_per_s": round(sent.value / max(attack_s, 1e-9), 1),
         "backend_alive": alive,
         "cpu_cores": os.cpu_count(),
         "canary_p99_ratio": round(float(p99h / p99a), 3),
-        "rss_growth_mb": round(peak - rss0, 1),
+        "rss_growth_mb": round(max(peak - rss0, 0.0), 1),
     }
     print(json.dumps(result))
 

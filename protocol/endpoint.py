@@ -17,7 +17,8 @@ The I/O thread does the protocol's housekeeping so the application only sees its
   A message over ``max_message_bytes`` in one frame is refused by ZeroMQ itself (MAXMSGSIZE,
   the connection is dropped); over it in total, or with too many frames, gets ``too_large``.
 - Flooding: at most ``max_queued_per_peer`` of a peer's requests wait for the application;
-  beyond that the peer gets ``busy``.
+  beyond that the peer gets ``busy``. A connection sending more than ``max_messages_per_s``
+  gets one ``busy`` Error and is shut; what it had queued is dropped unread.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class EndpointStats:
     peers_gone: int = 0
     connections_shut: int = 0
     """Connections shut by the endpoint (no Hello in time, dropped peers, over the caps)."""
+    rate_limited: int = 0
+    """Connections shut for sending faster than ``max_messages_per_s``."""
     io_faults: int = 0
     """Exceptions caught in the I/O loop (each logged with the peer's id); 0 in a healthy run."""
 
@@ -111,6 +114,12 @@ class EndpointCaps:
     """A peer's requests waiting for the application; more are answered ``busy``."""
     max_pending_connections: int = 512
     """Connections not yet said Hello; beyond it the oldest are shut at once."""
+    max_messages_per_s: float = 2000.0
+    """Messages one connection may send per second (a burst of as many is allowed); a
+    connection over it gets one ``busy`` Error and is shut, and what it had queued is dropped
+    unread. An explorer sends a few dozen per second."""
+    first_burst: float = 64.0
+    """Messages a new connection may send at once before the rate applies."""
 
 
 class ServerEndpoint:
@@ -152,6 +161,10 @@ class ServerEndpoint:
         self._pending: collections.Counter = collections.Counter()
         self._queued: collections.Counter = collections.Counter()
         self._cond = threading.Condition()
+        self._buckets: dict[bytes, list[float]] = {}
+        """Routing id -> [tokens, last refill time]: the per-connection message budget."""
+        self._banned: dict[bytes, float] = {}
+        """Routing ids shut for flooding -> when; their queued messages are dropped unread."""
         self._conns: dict[int, _Conn] = {}
         """Open TCP connections by fd (a closed fd may be reused: compare _Conn objects)."""
         self._ctx = zmq.Context()
@@ -298,6 +311,8 @@ class ServerEndpoint:
             if frames is None:
                 continue
             peer_id = frames[0].bytes
+            if self._over_budget(peer_id, frames):
+                continue
             try:
                 self._on_message(peer_id, frames)
             except Exception as exc:
@@ -324,6 +339,38 @@ class ServerEndpoint:
                         f"{self.limits.max_blobs} blobs")
             return None
         return frames
+
+    def _over_budget(self, peer_id: bytes, frames: list) -> bool:
+        """True when ``peer_id`` is over its message rate (it is then shut, once)."""
+        if peer_id in self._banned:
+            return True
+        now = time.monotonic()
+        rate = self.caps.max_messages_per_s
+        bucket = self._buckets.get(peer_id)
+        if bucket is None:  # a new connection starts with a small burst, so reconnecting buys little
+            bucket = self._buckets[peer_id] = [min(rate, self.caps.first_burst), now]
+        bucket[0] = min(rate, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return False
+        self._banned[peer_id] = now
+        self.stats.rate_limited += 1
+        log.warning("peer %s sent more than %g messages/s: disconnecting it", peer_id.hex(), rate)
+        self._error(peer_id, "busy", f"more than {rate:g} messages per second: disconnected")
+        if peer_id in self._peers:
+            self._drop(peer_id, "over the message rate")
+        else:
+            self._on_monitor()
+            self._shut(self._conns.get(_source_fd(frames[1])) if len(frames) > 1 else None)
+        return True
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop rate buckets of quiet routing ids and old bans (routing ids are per connection)."""
+        for peer_id in [p for p, (_, t) in self._buckets.items() if now - t > 10.0]:
+            del self._buckets[peer_id]
+        for peer_id in [p for p, t in self._banned.items() if now - t > 60.0]:
+            del self._banned[peer_id]
 
     def _on_monitor(self) -> None:
         """Apply the socket monitor's accept/disconnect events, in order."""
@@ -379,6 +426,7 @@ class ServerEndpoint:
             else:
                 self._sock.send_multipart([peer_id, *ping])
         self._sweep_connections(now)
+        self._forget_idle(now)
 
     def _drop(self, peer_id: bytes, reason: str) -> None:
         with self._cond:

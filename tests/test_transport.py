@@ -40,8 +40,12 @@ from protocol.transport import (
 
 @pytest.fixture
 def server():
+    from protocol.endpoint import EndpointCaps
+
+    # no message rate limit: the malformed-message test answers 10,000 at full speed
     ep = ServerEndpoint("tcp://127.0.0.1:0", heartbeat_s=0.2, peer_timeout_s=1.0,
-                        limits=Limits(max_message_bytes=256 * 1024))
+                        limits=Limits(max_message_bytes=256 * 1024),
+                        caps=EndpointCaps(max_messages_per_s=1e9))
     yield ep
     ep.close()
 
@@ -357,3 +361,35 @@ def test_silent_connections_are_shut_after_the_hello_timeout():
         for s in silent:
             s.close()
         ctx.term()
+
+
+def test_a_connection_over_the_message_rate_is_shut_out():
+    from protocol.endpoint import EndpointCaps
+
+    caps = EndpointCaps(max_messages_per_s=500)
+    with ServerEndpoint("tcp://127.0.0.1:0", heartbeat_s=0.2, peer_timeout_s=5.0, caps=caps) as ep:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 3000)
+        sock.connect(ep.address)
+        sock.send_multipart(codec.encode(Hello(protocol_version=PROTOCOL_VERSION)))
+        assert isinstance(recv_msg(sock)[0], Welcome)
+        for _ in range(3000):
+            sock.send_multipart([b"garbage"])
+        codes = []
+        try:
+            while True:
+                msg = recv_msg(sock)[0]
+                codes.append(msg.code)
+                if "per second" in msg.message:
+                    break
+        except zmq.Again:
+            pass
+        assert codes[-1] == "busy" and len(codes) < 1000, (len(codes), codes[-3:])
+        assert ep.stats.rate_limited == 1
+        sock.close()
+        ctx.term()
+        with Client(ep.address) as client:  # everyone else is served
+            assert client.connect(timeout=3).protocol_version == PROTOCOL_VERSION
+        assert ep.alive()
