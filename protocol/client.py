@@ -141,7 +141,10 @@ class Client:
                         break
                     last_seen = time.monotonic()
                     gone = False
-                    self._on_message(frames)
+                    try:
+                        self._on_message(frames)
+                    except Exception:  # the I/O thread must outlive any one message
+                        log.exception("handling a message from the backend at %s failed", self.address)
             now = time.monotonic()
             if now >= next_ping:
                 self._send(encode(Ping(seq=next(seq), sent_at=now)))
