@@ -38,6 +38,7 @@ from backend.engines.base import (
     Progress,
     Scene,
     TransitionRequest,
+    WorkerLost,
 )
 from backend.geometry.cloud import PointCloud
 from backend.geometry.store import PointStore
@@ -431,6 +432,8 @@ class Backend:
         except _Stop as stop:
             self.endpoint.discard_frames(job.peer, job.job_id)
             outcome = JobFailed(job_id=job.job_id, code=stop.code, message=str(stop))
+        except WorkerLost as exc:
+            outcome = JobFailed(job_id=job.job_id, code="worker_lost", message=str(exc))
         except EngineError as exc:
             outcome = JobFailed(job_id=job.job_id, code="engine_error", message=str(exc))
         except Exception as exc:

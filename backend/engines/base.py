@@ -106,6 +106,11 @@ class EngineError(RuntimeError):
     """A run failed for a reason the person can act on; the message says which."""
 
 
+class WorkerLost(EngineError):
+    """The worker running a job died (an engine running on remote workers raises it); the
+    job fails with code ``worker_lost``."""
+
+
 class Engine(ABC):
     """Opens scenes and runs transitions and dynamics on them.
 
