@@ -77,7 +77,8 @@ class Job:
     scene: Scene
     msg: Transition | Dynamics
     blobs: list
-    engine: Engine
+    engine: str
+    """Name of the engine to run it (created on the job's slot if not resident yet)."""
     num_frames: int
     cancel: threading.Event = field(default_factory=threading.Event)
     accepted_at: float = field(default_factory=time.perf_counter)
@@ -373,7 +374,7 @@ class Backend:
             self._fail(peer, msg.job_id, "bad_request", f"{n} frames asked, at most {cap} per clip "
                        "(limits.max_frames)")
             return
-        job = Job(msg.job_id, peer, client, kind, scene, msg, blobs, self.engine(engine_name), n)
+        job = Job(msg.job_id, peer, client, kind, scene, msg, blobs, engine_name, n)
         with self._lock:
             self._jobs[(peer, job.job_id)] = job
         ticket = Ticket(client, _key(peer, job.job_id), partial(self._run_job, job),
@@ -456,7 +457,8 @@ class Backend:
         """Run the engine and stream its events; raises _Stop when the job ends early."""
         t0 = time.perf_counter()
         is_transition = job.kind is JobKind.TRANSITION
-        events = (job.engine.transition if is_transition else job.engine.dynamics)(job.scene, request)
+        engine = self.engine(job.engine)
+        events = (engine.transition if is_transition else engine.dynamics)(job.scene, request)
         writer = self.sessions.begin_clip(job.scene.scene_id, request.fps) if self.config.save_clips else None
         poses, first_frame_s, count = [], None, 0
         K = codec.k_list(job.scene.K)
