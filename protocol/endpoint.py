@@ -164,6 +164,8 @@ class ServerEndpoint:
         self._buckets: dict[bytes, list[float]] = {}
         """Routing id -> [tokens, last refill time]: the per-connection message budget."""
         self._banned: dict[bytes, float] = {}
+        self._shut_due: collections.deque = collections.deque()
+        """(when, routing id, connection) of peers to shut once their last Error is out."""
         """Routing ids shut for flooding -> when; their queued messages are dropped unread."""
         self._conns: dict[int, _Conn] = {}
         """Open TCP connections by fd (a closed fd may be reused: compare _Conn objects)."""
@@ -295,6 +297,7 @@ class ServerEndpoint:
                     for item in self._chan.drain():
                         self._on_outgoing(*item)
                 now = time.monotonic()
+                self._shut_overdue(now)
                 if now >= next_ping:
                     next_ping = now + self.heartbeat_s
                     self._heartbeat(now, next(seq))
@@ -358,12 +361,19 @@ class ServerEndpoint:
         self.stats.rate_limited += 1
         log.warning("peer %s sent more than %g messages/s: disconnecting it", peer_id.hex(), rate)
         self._error(peer_id, "busy", f"more than {rate:g} messages per second: disconnected")
-        if peer_id in self._peers:
-            self._drop(peer_id, "over the message rate")
-        else:
-            self._on_monitor()
-            self._shut(self._conns.get(_source_fd(frames[1])) if len(frames) > 1 else None)
+        self._on_monitor()
+        conn = self._conns.get(_source_fd(frames[1])) if len(frames) > 1 else None
+        # shut a moment later, so the busy Error reaches the peer before the connection ends
+        self._shut_due.append((now + 0.2, peer_id, conn))
         return True
+
+    def _shut_overdue(self, now: float) -> None:
+        while self._shut_due and self._shut_due[0][0] <= now:
+            _, peer_id, conn = self._shut_due.popleft()
+            if peer_id in self._peers:
+                self._drop(peer_id, "over the message rate")
+            else:
+                self._shut(conn)
 
     def _forget_idle(self, now: float) -> None:
         """Drop rate buckets of quiet routing ids and old bans (routing ids are per connection)."""
