@@ -167,7 +167,7 @@ def canary_latencies(client, poses, count: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=160, help="canary requests per phase")
+    parser.add_argument("--requests", type=int, default=240, help="canary requests per phase")
     parser.add_argument("--senders", type=int, default=2, help="hostile sender processes")
     parser.add_argument("--rounds", type=int, default=4, help="alternating alone/attacked rounds")
     args = parser.parse_args()

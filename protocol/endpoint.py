@@ -118,7 +118,7 @@ class EndpointCaps:
     """Messages one connection may send per second (a burst of as many is allowed); a
     connection over it gets one ``busy`` Error and is shut, and what it had queued is dropped
     unread. An explorer sends a few dozen per second."""
-    first_burst: float = 64.0
+    first_burst: float = 32.0
     """Messages a new connection may send at once before the rate applies."""
 
 
