@@ -229,6 +229,7 @@ def main() -> None:
         "hostile_messages_per_s": round(sent.value / max(attack_s, 1e-9), 1),
         "backend_alive": alive,
         "cpu_cores": os.cpu_count(),
+        "canary_p50_ratio": round(float(p50h / p50a), 3),
         "canary_p99_ratio": round(float(p99h / p99a), 3),
         "rss_growth_mb": round(max(peak - rss0, 0.0), 1),
     }
