@@ -2,14 +2,18 @@
 
 from .base import Conditioning, PromptEmbeds, VideoFamilyAdapter
 from .cogvideox import CogVideoXAdapter
+from .ltx import LTXAdapter
 from .svd import SVDAdapter
 from .wan import WanAdapter
+from .wan_vace import WanVACEAdapter
 
 ADAPTERS: dict[str, type[VideoFamilyAdapter]] = {
     CogVideoXAdapter.family: CogVideoXAdapter,
     WanAdapter.family: WanAdapter,
     SVDAdapter.family: SVDAdapter,
+    LTXAdapter.family: LTXAdapter,
+    WanVACEAdapter.family: WanVACEAdapter,
 }
 
-__all__ = ["ADAPTERS", "CogVideoXAdapter", "Conditioning", "PromptEmbeds", "SVDAdapter",
-           "VideoFamilyAdapter", "WanAdapter"]
+__all__ = ["ADAPTERS", "CogVideoXAdapter", "Conditioning", "LTXAdapter", "PromptEmbeds",
+           "SVDAdapter", "VideoFamilyAdapter", "WanAdapter", "WanVACEAdapter"]

@@ -28,6 +28,9 @@ class PromptEmbeds:
 
     positive: torch.Tensor | None
     negative: torch.Tensor | None = None
+    positive_mask: torch.Tensor | None = None
+    """Attention masks of the text tokens, for families that take them (LTX)."""
+    negative_mask: torch.Tensor | None = None
 
 
 @dataclass
