@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 TELEA_RADIUS = 5
 TELEA_PASSES = 3
 MASK_LATENT_CUT = 0.8

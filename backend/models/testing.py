@@ -86,8 +86,9 @@ def cogvideox_pipeline(**kwargs):
     return CogVideoXImageToVideoPipeline(**cogvideox_components(**kwargs))
 
 
-def wan_components() -> dict:
-    """Wan 2.1 I2V parts with the release's UniPC flow scheduler config."""
+def wan_components(flf2v: bool = False) -> dict:
+    """Wan 2.1 I2V parts with the release's UniPC flow scheduler config; ``flf2v``: the
+    first-last-frame transformer (a learned position embedding over two CLIP images)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
     torch.manual_seed(0)
@@ -98,6 +99,7 @@ def wan_components() -> dict:
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36,
         out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
         cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=4,
+        pos_embed_seq_len=2 * 65 if flf2v else None,  # two images of (32 / 4)^2 + 1 tokens
     )
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                         flow_shift=3.0, num_train_timesteps=1000)
@@ -107,10 +109,10 @@ def wan_components() -> dict:
             "image_encoder": image_encoder, "image_processor": image_processor}
 
 
-def wan_pipeline():
+def wan_pipeline(flf2v: bool = False):
     from diffusers import WanImageToVideoPipeline
 
-    return WanImageToVideoPipeline(**wan_components())
+    return WanImageToVideoPipeline(**wan_components(flf2v))
 
 
 def ltx_components() -> dict:
