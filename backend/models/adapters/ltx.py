@@ -74,25 +74,7 @@ class LTXAdapter(VideoFamilyAdapter):
         return FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
 
     def noise_schedule(self, num_inference_steps: int) -> NoiseSchedule:
-        """The pipeline's linear-quadratic sigmas (or the distilled timesteps), as set_timesteps
-        leaves them on the scheduler."""
-        from diffusers.pipelines.ltx.pipeline_ltx_condition import (
-            linear_quadratic_schedule,
-            retrieve_timesteps,
-        )
-
-        scheduler = self.sampling_scheduler()
-        if self.timesteps is not None:
-            if len(self.timesteps) != num_inference_steps:
-                raise ValueError(f"ltx: this checkpoint runs {len(self.timesteps)} steps "
-                                 f"(its distilled timesteps), got {num_inference_steps}")
-            timesteps = list(self.timesteps)
-        else:
-            timesteps = (linear_quadratic_schedule(num_inference_steps) * 1000).tolist()
-        retrieve_timesteps(scheduler, num_inference_steps, "cpu", timesteps)
-        sigmas = scheduler.sigmas.detach().to("cpu", torch.float64)
-        return NoiseSchedule("flow", "flow", scheduler.timesteps.detach().to("cpu"),
-                             1.0 - sigmas, sigmas)
+        return ltx_noise_schedule(self.sampling_scheduler(), num_inference_steps, self.timesteps)
 
     # ------------------------------------------------------------------ text
     def encode_prompt(self, prompt: str, negative_prompt: str, cfg: bool,
@@ -186,3 +168,24 @@ class LTXAdapter(VideoFamilyAdapter):
         s = float(timestep) / 1000.0
         first = (model_input[:, :1].float() - c["first"].to(model_input.device)) / s
         return torch.cat([first.to(velocity.dtype), velocity[:, 1:]], dim=1)
+
+
+def ltx_noise_schedule(scheduler, num_inference_steps: int,
+                       timesteps: tuple[float, ...] | None = None) -> NoiseSchedule:
+    """LTXConditionPipeline's schedule: linear-quadratic sigmas (or a distilled checkpoint's
+    fixed timesteps), as ``set_timesteps`` leaves them on a flow-matching Euler scheduler."""
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import (
+        linear_quadratic_schedule,
+        retrieve_timesteps,
+    )
+
+    if timesteps is not None:
+        if len(timesteps) != num_inference_steps:
+            raise ValueError(f"ltx: this checkpoint runs {len(timesteps)} steps (its distilled "
+                             f"timesteps), got {num_inference_steps}")
+        values = list(timesteps)
+    else:
+        values = (linear_quadratic_schedule(num_inference_steps) * 1000).tolist()
+    retrieve_timesteps(scheduler, num_inference_steps, "cpu", values)
+    sigmas = scheduler.sigmas.detach().to("cpu", torch.float64)
+    return NoiseSchedule("flow", "flow", scheduler.timesteps.detach().to("cpu"), 1.0 - sigmas, sigmas)
