@@ -294,7 +294,7 @@ class Backend:
             poses = np.asarray(codec.read_array(msg.poses, blobs), dtype=np.float64)
             for i, p in enumerate(poses):
                 check_pose(p, f"pose {i}")
-            return TransitionRequest(poses, msg.fps, msg.prompt, msg.seed), "transition"
+            return TransitionRequest(poses, msg.fps, msg.prompt, msg.seed, msg.preset), "transition"
         pose = check_pose(codec.pose_array(msg.pose))
         frozen = None
         if msg.frozen is not None:
