@@ -89,3 +89,25 @@ def test_vace_control_inputs_are_the_partial_render_and_its_holes():
     assert float(video[0, :, 1:-1, :, SIZE // 2:].abs().max()) == 0.0  # holes are mid grey
     expected_end = torch.full((3, SIZE, SIZE), 200 / 127.5 - 1.0)
     torch.testing.assert_close(video[0, :, -1], expected_end)
+
+
+def test_svd_per_frame_guidance_ramp_reaches_the_network(monkeypatch):
+    from backend.guidance import GuidanceConfig, GuidedVideoSampler
+    from backend.models import SVDAdapter
+
+    adapter = SVDAdapter(testing.svd_pipeline())
+    scales = []
+    predict = adapter.predict
+
+    def spy(x, t, cond, scale):
+        scales.append(scale)
+        return predict(x, t, cond, scale)
+
+    monkeypatch.setattr(adapter, "predict", spy)
+    cfg = GuidanceConfig(num_frames=4, pad_frames=0, num_inference_steps=2, mode="none",
+                         guidance_scale=3.0, frame_guidance_ramp=(1.0, 3.0), height=8, width=8)
+    image = prior_with_end(0).frames[0][:8, :8]
+    GuidedVideoSampler(adapter)(image, None, cfg)
+    assert len(scales) == 2
+    for scale in scales:
+        torch.testing.assert_close(scale.flatten(), torch.tensor([1.0, 5 / 3, 7 / 3, 3.0]))

@@ -145,3 +145,14 @@ def test_end_view_reaches_the_conditioning():
     prior, _ = make_prior(model)
     GuidedVideoSampler(model)(prior.frames[0], prior, config(renoise_rounds=0))
     np.testing.assert_array_equal(model.end_images[-1], prior.frames[-1])
+
+
+@pytest.mark.parametrize("mode", ["release", "blend", "none"])
+def test_forwards_per_clip_counts_what_the_sampler_calls(mode):
+    from backend.guidance.cost import forwards_per_clip
+
+    sigmas = (float("inf"), *SIGMAS[1:])
+    model = GaussianVideoModel("flow", "flow", sigmas)
+    cfg = config(mode=mode, renoise_rounds=3)
+    out, _ = run(model, cfg)
+    assert out.counters.model_evals == forwards_per_clip(model.noise_schedule(len(sigmas)), cfg)

@@ -92,7 +92,9 @@ class ModelSpec:
         if "source" not in table:
             raise ValueError(f"{role}: 'source' (hub id or local path) is required")
         values = dict(table)
-        values["options"] = tuple(sorted(dict(values.get("options", {})).items()))
+        values["options"] = tuple(sorted(
+            (k, tuple(v) if isinstance(v, list) else v)  # lists would make the spec unhashable
+            for k, v in dict(values.get("options", {})).items()))
         values["guidance"] = tuple(sorted(dict(values.get("guidance", {})).items()))
         return cls(role=role, **values)
 
