@@ -95,11 +95,11 @@ FAMILIES = ["cogvideox", "wan", "svd", "ltx", "wan-vace"]
 def test_guidance_pulls_the_clip_toward_the_prior(name):
     f = family(name)
     _, prior, plain = run(f, config_for(f, mode="none"))
-    _, _, dps = run(f, config_for(f, mode="release"))
+    _, _, guided = run(f, config_for(f, mode="release"))
     _, _, blend = run(f, config_for(f, mode="blend"))
-    z_p, m = dps.prior_latents, dps.latent_mask
+    z_p, m = guided.prior_latents, guided.latent_mask
     plain_err = masked_latent_error(plain.latents, z_p, m)
-    assert masked_latent_error(dps.latents, z_p, m) < f.latent_ratio * plain_err
+    assert masked_latent_error(guided.latents, z_p, m) < f.latent_ratio * plain_err
     assert masked_latent_error(blend.latents, z_p, m) < f.blend_ratio * plain_err
     # Decoded clip against the prior as the VAE reproduces it, over the visible pixels.
     with torch.no_grad():
@@ -111,8 +111,8 @@ def test_guidance_pulls_the_clip_toward_the_prior(name):
         return float((diff ** 2 * visible).sum() / visible.sum())
 
     if f.pixel_ratio is not None:
-        assert pixel_error(dps.frames) < f.pixel_ratio * pixel_error(plain.frames)
-    assert dps.frames.shape == (f.frames, f.size, f.size, 3) and dps.frames.dtype == np.uint8
+        assert pixel_error(guided.frames) < f.pixel_ratio * pixel_error(plain.frames)
+    assert guided.frames.shape == (f.frames, f.size, f.size, 3) and guided.frames.dtype == np.uint8
 
 
 def count_network_passes(module: torch.nn.Module) -> dict[str, int]:
