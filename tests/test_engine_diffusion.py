@@ -66,7 +66,7 @@ def models(tmp_path_factory):
     ltx = root / "ltx.toml"
     ltx.write_text(f'[video]\nfamily = "ltx"\nsource = "{root / "ltx"}"\ndevice = "cpu"\n'
                    '[video.guidance]\nnum_frames = 5\npad_frames = 2\nmax_sequence_length = 16\n'
-                   'num_inference_steps = 3\nrenoise_rounds = 1\nguidance_scale = 1.0\n'
+                   'num_inference_steps = 2\nrenoise_rounds = 1\nguidance_scale = 1.0\n'
                    'height = 32\nwidth = 32\n')
     return {"full": full, "video_only": video_only, "ltx": ltx}
 
@@ -80,9 +80,9 @@ def chat():
     server.httpd.server_close()
 
 
-def make_backend(tmp_path, models_toml, mllm=None, **guidance) -> Backend:
+def make_backend(tmp_path, models_toml, mllm=None, presets=None, **guidance) -> Backend:
     options = {"models": str(models_toml), "mllm": mllm, "guidance": {**FAST, **guidance},
-               "inpaint_steps": 2}
+               "inpaint_steps": 2, "presets": presets}
     config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=tmp_path / "sessions",
                            heartbeat_s=0.2, peer_timeout_s=5.0, engine="diffusion",
                            engine_options={"diffusion": options})
@@ -335,10 +335,10 @@ def test_transition_preset_picks_the_video_model_and_settings(models, monkeypatc
     frames = [e for e in events if isinstance(e, FrameOut)]
     assert len(frames) == 4 and all(f.image.shape == (H, W, 3) for f in frames)
     registry, guidance = engine._video_setup("fast")
-    assert registry.video().family == "ltx" and guidance.num_inference_steps == 3
+    assert registry.video().family == "ltx" and guidance.num_inference_steps == 2
     assert engine.registry.video().family == "cogvideox"  # the default stays the default
     sample = [e for e in events if getattr(e, "stage", "") == "sample"]
-    assert [e.total for e in sample] == [3, 3, 3]
+    assert [e.total for e in sample] == [2, 2]  # the preset's steps, not the engine's 3
     with pytest.raises(EngineError, match="preset 'sora'.*no model config 'sora'"):
         list(engine.transition(scene, TransitionRequest(poses, preset="sora")))
 
@@ -358,3 +358,20 @@ def test_letterbox_keeps_the_aspect_and_marks_padding_unseen():
     # squashing would have scaled x and y differently: the content keeps 48:40 to a pixel
     x, y, w, h = box.box
     assert abs(w / h - W / H) < 1 / h
+
+
+def test_preset_travels_from_the_transition_message(tmp_path, models):
+    presets = {"fast": str(models["ltx"])}
+    with (make_backend(tmp_path, models["full"], presets=presets) as backend,
+          ScriptedClient(backend.address, credits=4) as client):
+        opened = client.open_scene(scene_image(8), scene_id="p")
+        poses = preset("backward", n_frames=3, median_depth=opened.scene.median_depth)
+        job = client.transition("p", poses, preset="fast")
+        assert isinstance(job.outcome, JobDone), job.outcome
+        assert len(job.frames) == 3
+        sample = [p for p in job.progress if p.stage == "sample"]
+        assert [p.total for p in sample] == [2, 2]  # the preset's steps, not the default 3
+        default = client.transition("p", poses)
+        assert [p.total for p in default.progress if p.stage == "sample"] == [3, 3, 3]
+        bad = client.transition("p", poses, preset="sora")
+        assert isinstance(bad.outcome, JobFailed) and "preset 'sora'" in bad.outcome.message
