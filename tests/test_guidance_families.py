@@ -51,7 +51,11 @@ def test_end_view_reaches_the_network(build):
 
 
 def test_ltx_hard_conditions_the_first_frame_and_follows_its_frame_rule():
-    adapter = LTXAdapter(testing.ltx_pipeline())
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = testing.ltx_pipeline()
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # sigmas != timesteps / 1000
+    adapter = LTXAdapter(pipe)
     t = adapter.temporal_compression
     assert adapter.is_valid_num_frames(2 * t + 1) and not adapter.is_valid_num_frames(2 * t)
     with pytest.raises(ValueError, match=rf"{t}k\+1 frames"):
@@ -61,6 +65,7 @@ def test_ltx_hard_conditions_the_first_frame_and_follows_its_frame_rule():
     embeds = adapter.encode_prompt("a camera flyover", "", False, 16)
     cond = adapter.prepare_conditioning(image, FRAMES, SIZE, SIZE, embeds, False, None)
     schedule = adapter.noise_schedule(6)
+    assert abs(float(schedule.sigmas[3]) - float(schedule.timesteps[3]) / 1000) > 0.01
     x = torch.randn(adapter.latent_shape(FRAMES, SIZE, SIZE))
     for i in (1, 3):
         with torch.no_grad():

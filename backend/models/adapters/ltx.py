@@ -36,6 +36,7 @@ class LTXAdapter(VideoFamilyAdapter):
         self.timesteps = None if timesteps is None else tuple(float(t) for t in timesteps)
         self.frame_rate = frame_rate
         self.end_condition = end_condition
+        self._sigma_at: dict[float, float] = {}
         if self._patch != (1, 1):
             raise ValueError("ltx: only patch size 1 transformers (the released ones) are supported")
 
@@ -74,7 +75,11 @@ class LTXAdapter(VideoFamilyAdapter):
         return FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
 
     def noise_schedule(self, num_inference_steps: int) -> NoiseSchedule:
-        return ltx_noise_schedule(self.sampling_scheduler(), num_inference_steps, self.timesteps)
+        schedule = ltx_noise_schedule(self.sampling_scheduler(), num_inference_steps,
+                                      self.timesteps)
+        # Given timesteps are used as given while their sigmas may be shifted: keep the pairs.
+        self._sigma_at = {float(t): float(s) for t, s in zip(schedule.timesteps, schedule.sigmas)}
+        return schedule
 
     # ------------------------------------------------------------------ text
     def encode_prompt(self, prompt: str, negative_prompt: str, cfg: bool,
@@ -165,7 +170,7 @@ class LTXAdapter(VideoFamilyAdapter):
         velocity = -out[:, n_extra:]  # the pipeline steps with -noise_pred
         velocity = self.pipe._unpack_latents(velocity, frames, h, w).permute(0, 2, 1, 3, 4)
         # The first frame is not denoised: report its clean latents as the estimate there.
-        s = float(timestep) / 1000.0
+        s = self._sigma_at.get(float(timestep), float(timestep) / 1000.0)
         first = (model_input[:, :1].float() - c["first"].to(model_input.device)) / s
         return torch.cat([first.to(velocity.dtype), velocity[:, 1:]], dim=1)
 
