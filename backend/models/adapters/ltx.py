@@ -78,7 +78,8 @@ class LTXAdapter(VideoFamilyAdapter):
         schedule = ltx_noise_schedule(self.sampling_scheduler(), num_inference_steps,
                                       self.timesteps)
         # Given timesteps are used as given while their sigmas may be shifted: keep the pairs.
-        self._sigma_at = {float(t): float(s) for t, s in zip(schedule.timesteps, schedule.sigmas)}
+        pairs = zip(schedule.timesteps, schedule.sigmas[:-1], strict=True)
+        self._sigma_at = {float(t): float(s) for t, s in pairs}
         return schedule
 
     # ------------------------------------------------------------------ text
