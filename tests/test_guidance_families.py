@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from backend.guidance import PriorVideo
-from backend.models import LTXAdapter, WanAdapter, WanVACEAdapter, testing
+from backend.models import EasyAnimateAdapter, LTXAdapter, WanAdapter, WanVACEAdapter, testing
+from backend.models.adapters import PromptEmbeds
 
 SIZE, FRAMES = 32, 9
 
@@ -24,7 +25,10 @@ def prior_with_end(end_value: int) -> PriorVideo:
 
 def predict_with(adapter, prior: PriorVideo | None) -> torch.Tensor:
     """One CFG-free network call on fixed latents, conditioned on ``prior``'s end view."""
-    embeds = adapter.encode_prompt("a camera flyover", "", False, 16)
+    if adapter.family == "easyanimate":  # its Qwen2-VL text encoder is not built offline
+        embeds = PromptEmbeds(torch.ones(1, 8, 16))
+    else:
+        embeds = adapter.encode_prompt("a camera flyover", "", False, 16)
     first = prior_with_end(0).frames[0]
     cond = adapter.prepare_conditioning(first, FRAMES, SIZE, SIZE, embeds, False,
                                         torch.Generator().manual_seed(0), prior=prior)
@@ -39,7 +43,8 @@ def predict_with(adapter, prior: PriorVideo | None) -> torch.Tensor:
     lambda: LTXAdapter(testing.ltx_pipeline()),
     lambda: WanVACEAdapter(testing.wan_vace_pipeline()),
     lambda: WanAdapter(testing.wan_pipeline(flf2v=True), last_image=True),
-], ids=["ltx", "wan-vace", "wan-flf2v"])
+    lambda: EasyAnimateAdapter(testing.easyanimate_pipeline()),
+], ids=["ltx", "wan-vace", "wan-flf2v", "easyanimate"])
 def test_end_view_reaches_the_network(build):
     adapter = build()
     dark, light = predict_with(adapter, prior_with_end(10)), predict_with(adapter, prior_with_end(240))
@@ -116,3 +121,14 @@ def test_svd_per_frame_guidance_ramp_reaches_the_network(monkeypatch):
     assert len(scales) == 2
     for scale in scales:
         torch.testing.assert_close(scale.flatten(), torch.tensor([1.0, 5 / 3, 7 / 3, 3.0]))
+
+
+def test_easyanimate_inpaint_video_keeps_both_ends():
+    adapter = EasyAnimateAdapter(testing.easyanimate_pipeline())
+    prior = prior_with_end(200)
+    video, mask = adapter.inpaint_inputs(prior.frames[0], FRAMES, SIZE, SIZE, prior)
+    assert mask[0, 0, 0].max() == 0 and mask[0, 0, -1].max() == 0  # kept
+    assert mask[0, 0, 1:-1].min() == 1 and float(video[0, :, 1:-1].max()) == -1.0  # generated
+    torch.testing.assert_close(video[0, :, -1], torch.full((3, SIZE, SIZE), 200 / 127.5 - 1.0))
+    _, plain_mask = adapter.inpaint_inputs(prior.frames[0], FRAMES, SIZE, SIZE, None)
+    assert plain_mask[0, 0, -1].min() == 1  # without a prior only the first frame is given

@@ -1,4 +1,4 @@
-"""The guided sampler on tiny CogVideoX-I2V, Wan I2V and SVD models (real diffusers code)."""
+"""The guided sampler on tiny random models of every video family (real diffusers code)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from backend.guidance import GuidanceConfig, GuidedVideoSampler, PriorVideo, Sam
 from backend.guidance.frames import tensor_to_frames
 from backend.models import (
     CogVideoXAdapter,
+    EasyAnimateAdapter,
     LTXAdapter,
     SVDAdapter,
     WanAdapter,
     WanVACEAdapter,
     testing,
 )
+from backend.models.adapters import PromptEmbeds
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Family:
     pixel_ratio: float | None = 0.8
     """The same over the decoded visible pixels (None: this tiny VAE's decode says nothing)."""
     blend_ratio: float = 0.6
+    prompt_embeds: PromptEmbeds | None = None
+    """Given embeddings, for families whose text encoder cannot be built offline."""
 
 
 def _build(name: str) -> Family:
@@ -46,6 +50,11 @@ def _build(name: str) -> Family:
                       pixel_ratio=None, blend_ratio=0.9)
     if name == "wan-vace":
         return Family(WanVACEAdapter(testing.wan_vace_pipeline()), 5, 2, 32)
+    if name == "easyanimate":
+        gen = torch.Generator().manual_seed(0)
+        embeds = PromptEmbeds(torch.randn(1, 8, 16, generator=gen), torch.randn(1, 8, 16, generator=gen))
+        return Family(EasyAnimateAdapter(testing.easyanimate_pipeline()), 5, 2, 32,
+                      prompt_embeds=embeds)
     return Family(SVDAdapter(testing.svd_pipeline()), 4, 1, 8, latent_ratio=0.6, pixel_ratio=None)
 
 
@@ -79,6 +88,8 @@ def config_for(f: Family, **changes) -> GuidanceConfig:
 def run(f: Family, cfg: GuidanceConfig, seed: int = 0, **kwargs):
     prior = make_prior(f.frames, f.size)
     sampler = GuidedVideoSampler(f.adapter)
+    if f.prompt_embeds is not None:
+        kwargs.setdefault("prompt_embeds", f.prompt_embeds)
     out = sampler(prior.frames[0], prior, cfg, generator=torch.Generator().manual_seed(seed),
                   **kwargs)
     return sampler, prior, out
@@ -88,7 +99,7 @@ def masked_latent_error(latents, z_prior, mask) -> float:
     return float(((latents - z_prior) * mask).pow(2).sum())
 
 
-FAMILIES = ["cogvideox", "wan", "svd", "ltx", "wan-vace"]
+FAMILIES = ["cogvideox", "wan", "svd", "ltx", "wan-vace", "easyanimate"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -11,6 +11,7 @@ Typical use (the engine)::
 from .adapters import (
     ADAPTERS,
     CogVideoXAdapter,
+    EasyAnimateAdapter,
     LTXAdapter,
     SVDAdapter,
     VideoFamilyAdapter,
@@ -26,4 +27,4 @@ from .video import load_video_adapter
 __all__ = ["ADAPTERS", "CogVideoXAdapter", "DepthEstimator", "DepthPrediction", "Inpainter",
            "ModelCache", "ModelRegistry", "ModelSpec", "SVDAdapter", "VideoFamilyAdapter",
            "WanAdapter", "load_specs", "load_video_adapter", "named_config", "LTXAdapter",
-           "WanVACEAdapter"]
+           "WanVACEAdapter", "EasyAnimateAdapter"]

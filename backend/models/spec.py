@@ -3,7 +3,7 @@
 A file holds one table per role::
 
     [video]
-    family = "cogvideox"                  # cogvideox | wan | svd | ltx | wan-vace
+    family = "cogvideox"                  # cogvideox | wan | svd | ltx | wan-vace | easyanimate
     source = "THUDM/CogVideoX-5b-I2V"     # hub id or local folder
     dtype = "bfloat16"
     device = "auto"                       # auto: the accelerator if present, else cpu
@@ -27,7 +27,7 @@ import torch
 
 Role = Literal["depth", "inpaint", "video"]
 ROLES: tuple[str, ...] = ("depth", "inpaint", "video")
-VIDEO_FAMILIES: tuple[str, ...] = ("cogvideox", "wan", "svd", "ltx", "wan-vace")
+VIDEO_FAMILIES: tuple[str, ...] = ("cogvideox", "wan", "svd", "ltx", "wan-vace", "easyanimate")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -175,6 +175,36 @@ def wan_vace_pipeline():
     return WanVACEPipeline(**wan_vace_components())
 
 
+def easyanimate_components() -> dict:
+    """EasyAnimate InP parts (the diffusers test recipe with a 9-channel InP transformer:
+    latents, the resized mask and the masked video's latents). No text encoder: the Qwen2-VL
+    one cannot be built offline, so tests pass prompt embeddings (16 wide)."""
+    from diffusers import AutoencoderKLMagvit, EasyAnimateTransformer3DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(0)
+    transformer = EasyAnimateTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=9, out_channels=4,
+        time_embed_dim=2, text_embed_dim=16, num_layers=1, sample_width=16, sample_height=16,
+        patch_size=2,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLMagvit(
+        in_channels=3, out_channels=3,
+        down_block_types=("SpatialDownBlock3D",) + ("SpatialTemporalDownBlock3D",) * 3,
+        up_block_types=("SpatialUpBlock3D",) + ("SpatialTemporalUpBlock3D",) * 3,
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
+        norm_num_groups=2, spatial_group_norm=False,
+    )
+    return {"transformer": transformer, "vae": vae, "scheduler": FlowMatchEulerDiscreteScheduler(),
+            "text_encoder": None, "tokenizer": None}
+
+
+def easyanimate_pipeline():
+    from diffusers import EasyAnimateInpaintPipeline
+
+    return EasyAnimateInpaintPipeline(**easyanimate_components())
+
+
 def svd_components() -> dict:
     from diffusers import (
         AutoencoderKLTemporalDecoder,

@@ -2,6 +2,7 @@
 
 from .base import Conditioning, PromptEmbeds, VideoFamilyAdapter
 from .cogvideox import CogVideoXAdapter
+from .easyanimate import EasyAnimateAdapter
 from .ltx import LTXAdapter
 from .svd import SVDAdapter
 from .wan import WanAdapter
@@ -13,7 +14,9 @@ ADAPTERS: dict[str, type[VideoFamilyAdapter]] = {
     SVDAdapter.family: SVDAdapter,
     LTXAdapter.family: LTXAdapter,
     WanVACEAdapter.family: WanVACEAdapter,
+    EasyAnimateAdapter.family: EasyAnimateAdapter,
 }
 
-__all__ = ["ADAPTERS", "CogVideoXAdapter", "Conditioning", "LTXAdapter", "PromptEmbeds",
+__all__ = ["ADAPTERS", "CogVideoXAdapter", "Conditioning", "EasyAnimateAdapter", "LTXAdapter",
+           "PromptEmbeds",
            "SVDAdapter", "VideoFamilyAdapter", "WanAdapter", "WanVACEAdapter"]
