@@ -10,7 +10,8 @@ import pytest
 
 from explorer.camera import FlyCamera, MoveInput
 from explorer.paths import FlightPath, preset_path, resample_path
-from explorer.player import ClipFrame, ClipPlayer, PlayerSettings, PlayerState
+from explorer.player import ClipFrame, ClipPlayer, PlayerState
+from explorer.settings import PlayerSettings
 from protocol.camera import interpolate_pose, look_at
 
 
@@ -139,4 +140,6 @@ def test_player_discard_reports_frames_never_shown():
     for i in range(4):
         player.add("loop", _frame(i, 0.0), 4, 10.0, loop=True)
     player.update(0.0, 0.0)
-    assert player.discard("loop") == 3 and not player.active
+    assert player.take_credits() == 1  # frame 0 is on screen
+    player.discard("loop")
+    assert player.take_credits() == 3 and not player.active
