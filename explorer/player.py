@@ -14,6 +14,7 @@ waiting for credit that never comes.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -21,6 +22,8 @@ from enum import Enum
 import numpy as np
 
 from explorer.settings import PlayerSettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -104,6 +107,7 @@ class ClipPlayer:
         self.shown_index = -1
         self.stalls = 0
         self._consumed: set[int] = set()
+        self.started_at = 0.0
         self._passed = -1.0
         """Furthest point of the clip's timeline (frame index, unwrapped) the playhead reached."""
         self._clock = 0.0
@@ -216,6 +220,7 @@ class ClipPlayer:
                 self.state = PlayerState.BUFFERING if self.queue else PlayerState.IDLE
                 return None
             self.clip = self.queue.pop(0)
+            self.started_at = now
             self.position = 0.0
             self.shown_index = -1
             self._passed = -1.0
@@ -237,7 +242,7 @@ class ClipPlayer:
             index %= clip.num_frames
         if not clip.loop and index >= total and (clip.done or index >= clip.num_frames):
             last = clip.frames.get(max(clip.frames)) if clip.frames else None
-            self._end_clip()
+            self._end_clip(natural=True)
             return ShowFrame(last, new=False, alpha=0.0, ended=True) if last is not None else None
         if index not in clip.frames and clip.done:  # a gap nothing will fill: skip it
             gap = min(i for i in clip.frames if i > index) - index
@@ -275,10 +280,14 @@ class ClipPlayer:
         length = clip.expected() / clip.fps
         return float(np.clip(min(self.position, length - self.position) / fade, 0.0, 1.0)) ** 0.5
 
-    def _end_clip(self) -> None:
+    def _end_clip(self, natural: bool = False) -> None:
         if self.clip is not None:
             self._retire(self.clip)
             self.clips_ended += 1
+            clip = self.clip
+            end = "to its end" if natural else "until stopped"
+            logger.info("clip %s played %s: %d/%d frames received in %.2f s", clip.job_id, end,
+                        len(clip.frames), clip.num_frames, self._clock - self.started_at)
         self.clip = None
         self.state = PlayerState.FINISHED
         self.shown_index = -1

@@ -256,6 +256,7 @@ class ExplorerSession:
             if msg.last and msg.job_id is None:
                 self._opening_since = None
                 self.status = "scene ready: fly with W A S D, F1 for help"
+                logger.info("scene %s ready: %d points", msg.scene_id, msg.total_points)
 
     def _on_job_accepted(self, msg: JobAccepted, blobs) -> None:
         if msg.job_id in self._discarded:
@@ -281,6 +282,7 @@ class ExplorerSession:
         self.on_truncate(msg.total_points)
         self.scene.num_points = self.scene.loaded_points = msg.total_points
         self.undone.append(msg)
+        logger.info("undid %s: %d points left", msg.job_id, msg.total_points)
         self.status = f"undid {msg.job_id.split('-')[0]}: back to {msg.total_points:,} points"
 
     def _on_progress(self, msg: Progress, blobs) -> None:
