@@ -240,6 +240,8 @@ class Explorer:
         self.camera.locked = True
         if marks is not None:
             marks.clear()
+        logger.info("dynamics at the current view (%d arrows) for %s", len(arrows),
+                    self.session.scene.scene_id)
 
     def _marks(self):
         scene = self.session.scene

@@ -198,6 +198,7 @@ def run_demo(args: argparse.Namespace) -> int:
         photo = load_photo(args.image, settings.photo) if args.image else None
     except (InputError, SettingsError) as exc:
         return _fail(str(exc))
+    settings.record.keep_hud = True  # the demo shows what a person sees, help and bars too
     if photo is not None:
         image, depth, K, river = photo.image, None, None, None
     else:

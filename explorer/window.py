@@ -38,7 +38,8 @@ class Presenter:
         self._target = None
         self.last_ms = 0.0
 
-    def present(self, target) -> None:
+    def present(self, target, dst=None) -> None:
+        """Copy ``target``'s colour to ``dst`` (default: the window's framebuffer)."""
         if self._target is not target:
             if self._fbo is not None:
                 self._fbo.release()
@@ -46,7 +47,7 @@ class Presenter:
             self._fbo = self.ctx.framebuffer(color_attachments=[target.color])
             self._target = target
         t0 = time.perf_counter()
-        self.ctx.copy_framebuffer(self.ctx.screen, self._fbo)
+        self.ctx.copy_framebuffer(dst if dst is not None else self.ctx.screen, self._fbo)
         self.last_ms = (time.perf_counter() - t0) * 1000
 
 
