@@ -137,11 +137,15 @@ class Hud:
             self.overlay.rect(width - tex.width - 30, 12, 14, 14, (0.9, 0.1, 0.1, 1.0))
         self._draw_bars(state, width)
         if state.show_help and state.help_rows:
-            help_tex = self.text.table(state.help_rows, self.font_size)
+            room = height - 2 * line - 24  # above the status lines
+            for size in (self.font_size, 14, 12, 10):
+                help_tex = self.text.table(state.help_rows, size)
+                if help_tex.height <= room:
+                    break
             x = (width - help_tex.width) / 2
-            y = max(8.0, (height - help_tex.height) / 2)
-            self.overlay.rect(x - 12, y - 12, help_tex.width + 24, help_tex.height + 24,
-                              (0.0, 0.0, 0.0, 0.7))
+            y = max(8.0, (height - 2 * line - help_tex.height) / 2)
+            self.overlay.rect(x - 12, y - 8, help_tex.width + 24, help_tex.height + 16,
+                              (0.0, 0.0, 0.0, 0.8))
             self.overlay.image(help_tex, x, y, help_tex.width, help_tex.height)
 
     def _draw_bars(self, state: HudState, width: int) -> None:

@@ -12,7 +12,7 @@ from explorer.player import ClipPlayer, PlayerState
 from explorer.renderer import OverlayRenderer
 from explorer.session import ExplorerSession
 
-DEPTH_SOURCES = {"model": "depth model", "given": "given depth map", "prior": "horizon prior (a guess)"}
+DEPTH_SOURCES = {"model": "depth model", "given": "your depth map", "prior": "horizon guess"}
 
 
 class HudPresenter:
