@@ -301,6 +301,7 @@ class Explorer:
                                       looping=self.dynamics_job is not None and self.player.active)
         if ended:
             self.controls.flight.reset(self.camera.pose)
+            logger.info("rendering at %.1f fps", self.hud.fps)
         self.session.consumed(self.player.take_credits())
         # 3. flight
         if self.controls.update(dt, record=self.session.scene is not None):

@@ -3,6 +3,7 @@ estimate, and draws it unless hidden (F2)."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import moderngl
@@ -26,6 +27,7 @@ class HudPresenter:
         self.fps = 0.0
         self.frame_ms = 0.0
         self._last = time.perf_counter()
+        self._ticks = 0
 
     def toggle(self) -> None:
         self.visible = not self.visible
@@ -34,13 +36,15 @@ class HudPresenter:
         self.state.show_help = not self.state.show_help
 
     def tick(self) -> None:
-        """Once per frame: the fps estimate from wall time."""
+        """Once per frame: the fps estimate from wall time (averaged over about 0.5 s)."""
         now = time.perf_counter()
         dt, self._last = now - self._last, now
+        self._ticks += 1
+        if self._ticks < 2 or dt <= 0:  # the first interval is not a frame's
+            return
         self.frame_ms = dt * 1000
-        if dt > 0:
-            a = 0.1 if self.fps else 1.0
-            self.fps = (1 - a) * self.fps + a / dt
+        a = 1.0 if not self.fps else 1.0 - math.exp(-dt / 0.5)
+        self.fps = (1 - a) * self.fps + a / dt
 
     def draw(self, session: ExplorerSession, player: ClipPlayer, points: int, extra: list[str],
              recording: bool, size: tuple[int, int]) -> None:

@@ -293,7 +293,7 @@ def test_slow_renderer_plays_whole_clips_and_credits_every_frame(display, tmp_pa
                             r"([\d.]+) s", count=2, timeout=90)
         assert wait_for(lambda: server.credits_granted() == server.frames_sent == 96), \
             (server.credits_granted(), server.frames_sent)
-        fps = [float(m) for m in re.findall(r"(\d+\.\d) fps", app.log())]
+        fps = [float(m) for m in re.findall(r"rendering at ([\d.]+) fps", app.log())]
         assert app.quit() == 0
     finally:
         app.kill()
@@ -302,7 +302,7 @@ def test_slow_renderer_plays_whole_clips_and_credits_every_frame(display, tmp_pa
     assert all(e[1] == "48" for e in ends)
     # Played on the wall clock: a 2 s clip takes about 2 s even at a few frames a second.
     assert all(1.5 <= float(e[2]) <= 6.0 for e in ends), ends
-    assert not fps or max(fps) < 12
+    assert len(fps) == 2 and all(1.0 < f <= 8.0 for f in fps), fps  # a slow renderer indeed
 
 
 def test_a_killed_local_backend_is_restarted_and_the_scene_resumed(display, tmp_path):
