@@ -33,10 +33,9 @@ def test_every_received_frame_is_credited_once_and_every_clip_ends(
     player = ClipPlayer(PlayerSettings(min_prebuffer=min(2, prebuffer), max_prebuffer=prebuffer))
     # The backend: clips in order, one frame per gap, never more than `credits` unacknowledged.
     to_send = [(f"job-{c}", i, n, loop) for c, (n, loop) in enumerate(clips) for i in range(n)]
-    in_flight, sent, now, next_send, k = credits, 0, 0.0, 0.0, 0
+    in_flight, sent, now, next_send = credits, 0, 0.0, 0.0
     loops_started: dict[str, float] = {}
-    done: set[str] = set()
-    for _ in range(20000):
+    for k in range(20000):
         while sent < len(to_send) and in_flight > 0 and now >= next_send:
             job, i, n, loop = to_send[sent]
             player.add(job, frame(i, now), n, 24.0, loop)
@@ -44,9 +43,7 @@ def test_every_received_frame_is_credited_once_and_every_clip_ends(
             next_send = now + gaps[sent % len(gaps)]
             if i == n - 1:
                 player.finish(job)
-                done.add(job)
         dt = ticks[k % len(ticks)]
-        k += 1
         now += dt
         player.update(dt, now)
         in_flight += player.take_credits()
