@@ -290,7 +290,7 @@ class ExplorerSession:
         if job is None:
             return
         job.stage, job.step, job.total = msg.stage, msg.step, msg.total
-        if msg.message:
+        if msg.message and not job.frames_received:  # once it streams, playback is the news
             self.status = msg.message
 
     def _on_frame(self, msg: Frame, blobs) -> None:
