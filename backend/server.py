@@ -400,8 +400,13 @@ class Backend:
         """Take back the scene's last transition: its points, its pose, its clip entry."""
         with self._lock:
             scene = self._scenes.get((peer, msg.scene_id))
+            running = any(j.scene is scene for j in self._jobs.values())
         if scene is None:
             self._error(peer, "unknown_scene", f"no open scene {msg.scene_id!r}", msg.request_id)
+            return
+        if running:  # its points are still being appended
+            self._error(peer, "busy", "undo waits until the scene's jobs are done: cancel or "
+                        "wait for them", msg.request_id)
             return
         stack = self._undo_stack(peer, msg.scene_id)
         job_id = None
