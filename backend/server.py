@@ -51,6 +51,8 @@ from protocol.messages import (
     PointsDelta,
     SceneOpened,
     Transition,
+    Undo,
+    Undone,
 )
 from protocol.messages import Progress as ProgressMsg
 from protocol.transport import Incoming, PeerGone, ServerEndpoint, ServerKeys
@@ -115,6 +117,7 @@ class Backend:
         self.address = self.endpoint.address
         self._scenes: dict[tuple[bytes, str], Scene] = {}
         self._jobs: dict[str, Job] = {}
+        self._undo_stacks: dict[tuple[bytes, str], list] = {}
         self._lock = threading.Lock()
         workers = 1 if config.device.startswith("cuda") else max(1, config.cpu_jobs)
         self._job_pool = ThreadPoolExecutor(workers, thread_name_prefix="dj-job")
@@ -186,6 +189,8 @@ class Backend:
                 self._error(peer, "unknown_job", f"no running job {msg.job_id!r}", msg.job_id)
             else:
                 job.cancel.set()
+        elif isinstance(msg, Undo):
+            self._undo(peer, msg)
         else:
             self._error(peer, "bad_value", f"a backend does not accept {type(msg).__name__}")
 
@@ -308,8 +313,11 @@ class Backend:
         return request, "dynamics"
 
     def _run_job(self, job: Job) -> None:
+        before = (job.job_id, len(job.scene.cloud), job.scene.pose.copy())
         try:
             outcome = self._stream(job)
+            if job.kind == "transition" and isinstance(outcome, JobDone):
+                self._undo_stack(job.peer, job.scene.scene_id).append(before)
         except EngineError as exc:
             outcome = JobFailed(job_id=job.job_id, code="engine_error", message=str(exc))
         except Exception as exc:
@@ -380,3 +388,35 @@ class Backend:
             if not self.endpoint.is_connected(job.peer):
                 return False
         return False
+
+    # -- undo --
+
+    def _undo_stack(self, peer: bytes, scene_id: str) -> list[tuple[str, int, np.ndarray]]:
+        """(job id, points before it, pose before it) of each finished transition."""
+        with self._lock:
+            return self._undo_stacks.setdefault((peer, scene_id), [])
+
+    def _undo(self, peer: bytes, msg: Undo) -> None:
+        """Take back the scene's last transition: its points, its pose, its clip entry."""
+        with self._lock:
+            scene = self._scenes.get((peer, msg.scene_id))
+            running = any(j.scene is scene for j in self._jobs.values())
+        if scene is None:
+            self._error(peer, "unknown_scene", f"no open scene {msg.scene_id!r}", msg.request_id)
+            return
+        if running:  # its points are still being appended
+            self._error(peer, "busy", "undo waits until the scene's jobs are done: cancel or "
+                        "wait for them", msg.request_id)
+            return
+        stack = self._undo_stack(peer, msg.scene_id)
+        job_id = None
+        if stack:
+            job_id, count, pose = stack.pop()
+            scene.cloud.truncate(count)
+            scene.pose = pose
+            try:
+                self.sessions.record_undo(scene.scene_id, job_id, scene.cloud, pose)
+            except SessionError as exc:
+                log.warning("undo of %s not saved: %s", job_id, exc)
+        self.endpoint.send(peer, Undone(request_id=msg.request_id, scene_id=msg.scene_id,
+                                        job_id=job_id, total_points=len(scene.cloud)))

@@ -158,3 +158,16 @@ class SessionStore:
         manifest["cloud_path"] = folder / "cloud.ply"
         return manifest
 
+    def record_undo(self, scene_id: str, job_id: str, store, pose: np.ndarray) -> None:
+        """The last transition was undone: mark its clip ``undone`` (the file stays), save
+        the truncated cloud and the pose it returned to."""
+        folder = self.folder(scene_id)
+        manifest = self.manifest(scene_id)
+        for clip in reversed(manifest["clips"]):
+            if clip["kind"] == "transition" and not clip.get("undone"):
+                clip["undone"] = True
+                clip["undo_of"] = job_id
+                break
+        self.save_cloud(scene_id, store)
+        manifest["pose"] = np.asarray(pose).tolist()
+        atomic_write(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
