@@ -80,9 +80,8 @@ class WorkerPool:
         n = config.workers or gpus or max(1, cpu_jobs)
         resources = ({"num_gpus": config.gpus_per_worker, "num_cpus": 0} if gpus
                      else {"num_cpus": config.cpus_per_worker})
-        actor_cls = ray.remote(EngineWorker).options(
-            max_restarts=config.max_restarts, max_task_retries=0, concurrency_groups={"control": 2},
-            **resources)
+        actor_cls = ray.remote(concurrency_groups={"control": 2})(EngineWorker).options(
+            max_restarts=config.max_restarts, max_task_retries=0, **resources)
         self.slots = [
             Slot(i, f"worker-{i}", actor_cls.remote(
                 f"worker-{i}", device, engine_options or {}, dict(config.engine_classes),
