@@ -126,8 +126,12 @@ class Backend:
         if config.cluster:  # engines run on Ray workers: one job slot per worker
             from backend.cluster import start_pool
 
-            self._cluster = start_pool(config.cluster, config.cluster_options, config.device,
-                                       config.engine, config.engine_options, config.cpu_jobs)
+            try:
+                self._cluster = start_pool(config.cluster, config.cluster_options, config.device,
+                                           config.engine, config.engine_options, config.cpu_jobs)
+            except Exception:
+                self.endpoint.close()
+                raise
             workers = self._cluster.size
         self._job_pool = ThreadPoolExecutor(workers, thread_name_prefix="dj-job")
         self._open_pool = ThreadPoolExecutor(1, thread_name_prefix="dj-open")

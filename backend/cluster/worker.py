@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import ray
 
 from backend.engines import create_engine
-from backend.engines.base import Engine, EngineError, Event, OpenRequest, PointsOut, Scene
+from backend.engines.base import Engine, EngineError, Event, FrameOut, OpenRequest, PointsOut, Scene
 
 
 def _device_name(device: str) -> str:
@@ -95,7 +95,8 @@ class EngineWorker:
             scene = ray.get(scene_box[0])
         else:
             raise EngineError(f"{self.name} no longer holds scene {scene_id!r}; resubmit the job")
-        self._job = {"kind": kind, "scene_id": scene_id, "started": time.monotonic(), "events": 0}
+        self._job = {"kind": kind, "scene_id": scene_id, "started": time.monotonic(), "events": 0,
+                     "frames": 0}
         run = self.engine(engine).transition if kind == "transition" else self.engine(engine).dynamics
         context = ray.get_runtime_context()
         kept_as = token
@@ -107,6 +108,7 @@ class EngineWorker:
                 if isinstance(event, PointsOut) and token_out is not None:
                     kept_as = token_out  # the scene now is the grown version
                 self._job["events"] += 1
+                self._job["frames"] += isinstance(event, FrameOut)
                 yield event
             self.jobs_done += 1
             # 3. keep the scene resident under the version it now has
