@@ -264,3 +264,23 @@ def test_status_command_prints_the_workers(backend):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "Ray cluster auto" in out.stdout and "worker-0" in out.stdout and "worker-1" in out.stdout
+
+
+def test_a_job_past_the_deadline_is_reported_and_abandoned(cluster, tmp_path, caplog):
+    config = BackendConfig(
+        bind="tcp://127.0.0.1:0", sessions=tmp_path / "s", save_clips=False, cluster="auto",
+        cluster_options={"workers": 1, "cpus_per_worker": 0, "busy_deadline_s": 1.5, "status_log_s": 0,
+                         "engine_classes": {"classic": "backend.cluster.simulated:SleepEngine"}},
+        engine_options={"classic": {"frame_s": 0.4}})
+    with Backend(config) as b, ScriptedClient(b.address, timeout_s=60) as client:
+        client.open_scene(np.full((64, 64, 3), 90, np.uint8), scene_id="late")
+        t0 = time.monotonic()
+        job = client.transition("late", np.tile(np.eye(4), (20, 1, 1)))  # 8 s of frames
+        took = time.monotonic() - t0
+        assert isinstance(job.outcome, JobFailed) and job.outcome.code == "worker_lost"
+        assert "deadline" in job.outcome.message and took < 6.0, (job.outcome, took)
+        assert 1 <= len(job.frames) < 20
+        assert any("busy for more than" in r.getMessage() for r in caplog.records)
+        slot = b._cluster.slots[0]
+        wait_for(lambda: slot.state == "idle", what="the restart")
+        assert slot.restarts == 1
