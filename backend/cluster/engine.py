@@ -126,7 +126,7 @@ class ClusterEngine(Engine):
             except ray.exceptions.RayTaskError as exc:
                 self.pool.release(slot)
                 raise _unwrap(exc) from None
-            self.pool.release(slot, done=True)
+            self.pool.release(slot)
             return result
 
     # -- jobs (a streaming generator on a free worker) --

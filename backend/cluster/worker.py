@@ -13,6 +13,7 @@ result is kept under the token the front door gives the grown scene.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import socket
@@ -92,7 +93,7 @@ class EngineWorker:
         if resident and resident[0] == token:
             scene = resident[1]
         elif scene_box[0] is not None:
-            scene = ray.get(scene_box[0])
+            scene = copy.deepcopy(ray.get(scene_box[0]))  # own, writable arrays: the job grows them
         else:
             raise EngineError(f"{self.name} no longer holds scene {scene_id!r}; resubmit the job")
         self._job = {"kind": kind, "scene_id": scene_id, "started": time.monotonic(), "events": 0,
