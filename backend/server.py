@@ -128,7 +128,8 @@ class Backend:
 
             try:
                 self._cluster = start_pool(config.cluster, config.cluster_options, config.device,
-                                           config.engine, config.engine_options, config.cpu_jobs)
+                                           config.engine, config.engine_options, config.cpu_jobs,
+                                           backend=self)
             except Exception:
                 self.endpoint.close()
                 raise

@@ -8,6 +8,7 @@ while a job is running.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -265,9 +266,10 @@ def test_status_command_prints_the_workers(backend):
 
 
 def test_a_job_past_the_deadline_is_reported_and_abandoned(cluster, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="backend.cluster")
     config = BackendConfig(
         bind="tcp://127.0.0.1:0", sessions=tmp_path / "s", save_clips=False, cluster="auto",
-        cluster_options={"workers": 1, "cpus_per_worker": 0, "busy_deadline_s": 1.5, "status_log_s": 0,
+        cluster_options={"workers": 1, "cpus_per_worker": 0, "busy_deadline_s": 1.5, "status_log_s": 0.5,
                          "engine_classes": {"classic": "backend.cluster.simulated:SleepEngine"}},
         engine_options={"classic": {"frame_s": 0.4}})
     with Backend(config) as b, ScriptedClient(b.address, timeout_s=60) as client:
@@ -278,7 +280,10 @@ def test_a_job_past_the_deadline_is_reported_and_abandoned(cluster, tmp_path, ca
         assert isinstance(job.outcome, JobFailed) and job.outcome.code == "worker_lost"
         assert "deadline" in job.outcome.message and took < 6.0, (job.outcome, took)
         assert 1 <= len(job.frames) < 20
-        assert any("busy for more than" in r.getMessage() for r in caplog.records)
+        logged = [r.getMessage() for r in caplog.records]
+        assert any("busy for more than" in m for m in logged)
+        assert any(m.startswith("status: 1 workers (1 busy), 1 jobs running, 0 queued; explorers ")
+                   for m in logged), logged
         slot = b._cluster.slots[0]
         wait_for(lambda: slot.state == "idle", what="the restart")
         assert slot.restarts == 1

@@ -17,10 +17,21 @@ __all__ = ["ClusterConfig", "ClusterConfigError", "start_pool"]
 
 
 def start_pool(address: str, options: dict, device: str, default_engine: str,
-               engine_options: dict, cpu_jobs: int = 1):
-    """Connect to (or start) Ray and start the workers; a ready WorkerPool."""
+               engine_options: dict, cpu_jobs: int = 1, backend=None):
+    """Connect to (or start) Ray and start the workers; a ready WorkerPool.
+
+    With ``backend``, the pool's periodic log line is the backend's whole status (workers,
+    queues per explorer, jobs running), the numbers a Status message answers with.
+    """
     from backend.cluster.pool import WorkerPool
 
     config = ClusterConfig.from_dict(options)
+    report = None
+    if backend is not None:
+        from backend.cluster.status import status_line
+
+        def report() -> str:
+            return status_line(backend)
+
     return WorkerPool(address, config, device=device, default_engine=default_engine,
-                      engine_options=engine_options, cpu_jobs=cpu_jobs)
+                      engine_options=engine_options, cpu_jobs=cpu_jobs, report=report)

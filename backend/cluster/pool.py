@@ -70,8 +70,11 @@ class WorkerPool:
     """Starts ``workers`` EngineWorker actors and hands them out one job at a time."""
 
     def __init__(self, address: str, config: ClusterConfig, device: str = "cpu",
-                 default_engine: str = "classic", engine_options: dict | None = None, cpu_jobs: int = 1):
+                 default_engine: str = "classic", engine_options: dict | None = None, cpu_jobs: int = 1,
+                 report=None):
         self.ray = ray = connect(address)
+        self.report = report or self.summary
+        """The periodic log line (the backend's status when the backend gives one)."""
         self.address = address
         self.config = config
         from backend.cluster.worker import EngineWorker
@@ -163,10 +166,11 @@ class WorkerPool:
         while not self._closed.is_set():
             try:
                 info = ray.get(slot.actor.info.remote(), timeout=5.0)
-            except ray.exceptions.ActorDiedError:
-                break  # out of restarts
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                if time.monotonic() > deadline:
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                # a dying actor can answer "died" before Ray marks it restarting
+                out_of_restarts = (isinstance(exc, ray.exceptions.ActorDiedError)
+                                   and slot.restarts > self.config.max_restarts)
+                if out_of_restarts or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
                 continue
@@ -198,7 +202,10 @@ class WorkerPool:
                 self.ray.kill(slot.actor, no_restart=False)
             if self.config.status_log_s and now - last_log >= self.config.status_log_s:
                 last_log = now
-                log.info("cluster: %s", self.summary())
+                try:
+                    log.info("status: %s", self.report())
+                except Exception:  # a log line must not stop the monitor
+                    log.exception("status line failed")
 
     def summary(self) -> str:
         """One line: each worker's state and job."""

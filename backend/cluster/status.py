@@ -64,6 +64,19 @@ def _cluster_workers(pool, jobs) -> tuple[list[WorkerState], set[str]]:
     return workers, running
 
 
+def status_line(backend) -> str:
+    """The backend's status on one line, for its periodic log."""
+    reply = status_reply(backend, Status(request_id="log"))
+    states = [w.state for w in reply.workers]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("busy", "idle", "restarting", "lost")
+                       if states.count(s))
+    late = [w.name for w in reply.workers if w.overdue]
+    queues = "; ".join(f"{c.client}: {c.running} running {c.queued} queued" for c in reply.clients)
+    return (f"{len(reply.workers)} workers ({counts}){' overdue: ' + ', '.join(late) if late else ''}, "
+            f"{reply.jobs_running} jobs running, {reply.jobs_queued} queued"
+            f"{'; explorers ' + queues if queues else ''}")
+
+
 def format_status(reply: StatusReply) -> str:
     """A few lines for a terminal."""
     where = f"Ray cluster {reply.cluster}" if reply.cluster else "in-process"
