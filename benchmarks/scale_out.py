@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8, help="frames per transition")
     parser.add_argument("--frame-s", type=float, default=0.05, help="simulated GPU seconds per frame")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--latency-jobs", type=int, default=25)
+    parser.add_argument("--latency-jobs", type=int, default=50)
     args = parser.parse_args()
     ray.init(num_cpus=max(args.workers), include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False, configure_logging=False)
