@@ -47,17 +47,22 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sessions", help="folder for session folders (default ./sessions)")
     p.add_argument("--keys", help="CurveZMQ key folder made by `dreamjourney keys` (needed off loopback)")
     p.add_argument("--cpu-jobs", dest="cpu_jobs", type=int, help="jobs at once on the CPU")
+    p.add_argument("--cluster", help="run engines on Ray: auto (a local instance), HOST:PORT or ray://HOST:10001")
+    p.add_argument("--workers", type=int, help="Ray engine workers (default: one per GPU, else --cpu-jobs)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from backend.server import Backend
 
-    overrides = {k: getattr(args, k) for k in ("bind", "engine", "device", "sessions", "keys", "cpu_jobs")}
+    overrides = {k: getattr(args, k)
+                 for k in ("bind", "engine", "device", "sessions", "keys", "cpu_jobs", "cluster")}
     config = load_config(args.config, overrides)
+    if args.workers is not None:
+        config.cluster_options["workers"] = args.workers
     try:
         backend = Backend(config)
-    except (OSError, PermissionError, ValueError) as exc:
+    except (OSError, PermissionError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     done = threading.Event()

@@ -50,6 +50,7 @@ from protocol.messages import (
     OpenScene,
     PointsDelta,
     SceneOpened,
+    Status,
     Transition,
     Undo,
     Undone,
@@ -83,6 +84,10 @@ class BackendConfig:
     save_clips: bool = True
     engine_options: dict = field(default_factory=dict)
     """Per-engine keyword options, e.g. {"classic": {"depth_model": None}}."""
+    cluster: str | None = None
+    """Ray address to run the engines on (``auto`` = a local instance); None = in-process."""
+    cluster_options: dict = field(default_factory=dict)
+    """backend.cluster.ClusterConfig keys (workers, frames_ahead, busy_deadline_s, ...)."""
 
 
 @dataclass
@@ -120,6 +125,18 @@ class Backend:
         self._undo_stacks: dict[tuple[bytes, str], list] = {}
         self._lock = threading.Lock()
         workers = 1 if config.device.startswith("cuda") else max(1, config.cpu_jobs)
+        self._cluster = None
+        if config.cluster:  # engines run on Ray workers: one job slot per worker
+            from backend.cluster import start_pool
+
+            try:
+                self._cluster = start_pool(config.cluster, config.cluster_options, config.device,
+                                           config.engine, config.engine_options, config.cpu_jobs,
+                                           backend=self)
+            except Exception:
+                self.endpoint.close()
+                raise
+            workers = self._cluster.size
         self._job_pool = ThreadPoolExecutor(workers, thread_name_prefix="dj-job")
         self._open_pool = ThreadPoolExecutor(1, thread_name_prefix="dj-open")
         self._queued = itertools.count()
@@ -157,6 +174,8 @@ class Backend:
             self._thread.join()
         self._job_pool.shutdown(wait=True, cancel_futures=True)
         self._open_pool.shutdown(wait=True, cancel_futures=True)
+        if self._cluster is not None:
+            self._cluster.close()
         self.endpoint.close()
 
     def __enter__(self) -> Backend:
@@ -173,7 +192,8 @@ class Backend:
         with self._engine_lock:
             if name not in self._engines:
                 options = self.config.engine_options.get(name, {})
-                self._engines[name] = create_engine(name, device=self.config.device, **options)
+                self._engines[name] = (self._cluster.engine(name) if self._cluster else
+                                       create_engine(name, device=self.config.device, **options))
             return self._engines[name]
 
     def _dispatch(self, ev: Incoming) -> None:
@@ -191,6 +211,10 @@ class Backend:
                 job.cancel.set()
         elif isinstance(msg, Undo):
             self._undo(peer, msg)
+        elif isinstance(msg, Status):
+            from backend.cluster.status import status_reply
+
+            self.endpoint.send(peer, status_reply(self, msg))
         else:
             self._error(peer, "bad_value", f"a backend does not accept {type(msg).__name__}")
 
@@ -319,7 +343,8 @@ class Backend:
             if job.kind == "transition" and isinstance(outcome, JobDone):
                 self._undo_stack(job.peer, job.scene.scene_id).append(before)
         except EngineError as exc:
-            outcome = JobFailed(job_id=job.job_id, code="engine_error", message=str(exc))
+            code = getattr(exc, "code", "engine_error")  # the cluster's WorkerLost: worker_lost
+            outcome = JobFailed(job_id=job.job_id, code=code, message=str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.job_id)
             outcome = JobFailed(job_id=job.job_id, code="internal", message=f"{type(exc).__name__}: {exc}")

@@ -44,6 +44,7 @@ def _optional_subcommands() -> list[Callable[[argparse._SubParsersAction], None]
     for module, attr in (
         ("backend.serve_cli", "add_arguments"),
         ("explorer.app_main", "add_arguments"),
+        ("backend.cluster.status_cli", "add_arguments"),
     ):
         try:
             mod = __import__(module, fromlist=[attr])

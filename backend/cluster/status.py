@@ -1,0 +1,91 @@
+"""The Status answer: workers, queues per explorer, jobs running (in-process or on Ray)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from protocol.messages import ClientQueue, Status, StatusReply, WorkerState
+
+
+def status_reply(backend, msg: Status) -> StatusReply:
+    """What ``backend`` is doing now, as a StatusReply to ``msg``."""
+    pool = getattr(backend, "_cluster", None)
+    with backend._lock:
+        jobs = sorted(backend._jobs.values(), key=lambda j: j.accepted_at)
+    if pool is None:
+        workers, running = _local_workers(backend, jobs)
+    else:
+        workers, running = _cluster_workers(pool, jobs)
+    clients: dict[bytes, list[int]] = {}
+    for job in jobs:
+        counts = clients.setdefault(job.peer, [0, 0])
+        counts[0 if job.job_id in running else 1] += 1
+    return StatusReply(
+        request_id=msg.request_id, cluster=pool.address if pool else "", workers=workers,
+        clients=[ClientQueue(client=peer.hex(), running=r, queued=q) for peer, (r, q) in clients.items()],
+        jobs_running=len(running), jobs_queued=len(jobs) - len(running))
+
+
+def _local_workers(backend, jobs) -> tuple[list[WorkerState], set[str]]:
+    """The in-process job slots: the oldest jobs run (the job pool is first in, first out)."""
+    slots = backend._job_pool._max_workers
+    running = jobs[:slots]
+    now = time.perf_counter()
+    workers = []
+    for i in range(slots):
+        job = running[i] if i < len(running) else None
+        workers.append(WorkerState(
+            name=f"local-{i}", node=socket.gethostname(), device=backend.config.device,
+            engines=sorted(backend._engines), state="busy" if job else "idle",
+            job_kind=job.kind if job else None, scene_id=job.scene.scene_id if job else None,
+            busy_s=now - job.accepted_at if job else 0.0))
+    return workers, {j.job_id for j in running}
+
+
+def _cluster_workers(pool, jobs) -> tuple[list[WorkerState], set[str]]:
+    """The Ray workers; a job runs if a busy worker holds its scene and kind."""
+    now = time.monotonic()
+    workers, running = [], set()
+    with pool._cond:
+        slots = [(s, dict(s.job) if s.job else None) for s in pool.slots]
+    for slot, job in slots:
+        if job is not None:
+            match = next((j for j in jobs if j.scene is job.get("scene") and j.kind == job["kind"]
+                          and j.job_id not in running), None)
+            if match is not None:
+                running.add(match.job_id)
+        workers.append(WorkerState(
+            name=slot.name, node=str(slot.info.get("node", "?")), device=str(slot.info.get("device", "?")),
+            engines=list(slot.info.get("engines", [])), state=slot.state,
+            job_kind=job["kind"] if job else None, scene_id=job["scene_id"] if job else None,
+            busy_s=now - job["started"] if job else 0.0, overdue=slot.overdue,
+            jobs_done=slot.jobs_done, restarts=slot.restarts))
+    return workers, running
+
+
+def status_line(backend) -> str:
+    """The backend's status on one line, for its periodic log."""
+    reply = status_reply(backend, Status(request_id="log"))
+    states = [w.state for w in reply.workers]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("busy", "idle", "restarting", "lost")
+                       if states.count(s))
+    late = [w.name for w in reply.workers if w.overdue]
+    queues = "; ".join(f"{c.client}: {c.running} running {c.queued} queued" for c in reply.clients)
+    return (f"{len(reply.workers)} workers ({counts}){' overdue: ' + ', '.join(late) if late else ''}, "
+            f"{reply.jobs_running} jobs running, {reply.jobs_queued} queued"
+            f"{'; explorers ' + queues if queues else ''}")
+
+
+def format_status(reply: StatusReply) -> str:
+    """A few lines for a terminal."""
+    where = f"Ray cluster {reply.cluster}" if reply.cluster else "in-process"
+    lines = [f"backend ({where}): {reply.jobs_running} jobs running, {reply.jobs_queued} queued"]
+    for w in reply.workers:
+        job = f"  {w.job_kind} {w.scene_id} for {w.busy_s:.1f} s" if w.job_kind else ""
+        late = "  OVERDUE" if w.overdue else ""
+        lines.append(f"  {w.name:<10} {w.state:<10} {w.node} {w.device} [{', '.join(w.engines)}] "
+                     f"done {w.jobs_done} restarts {w.restarts}{job}{late}")
+    for c in reply.clients:
+        lines.append(f"  explorer {c.client}: {c.running} running, {c.queued} queued")
+    return "\n".join(lines)
