@@ -88,6 +88,12 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     engine_options: dict[str, dict[str, Any]] = msgspec.field(name="engines", default_factory=dict)
     """Per-engine keyword options (the ``[engines.NAME]`` tables)."""
+    cluster: str | None = None
+    """Ray address to run the engines on (``auto`` = a local instance); None = in-process.
+    With a cluster, ``scheduler.job_slots`` is the number of workers."""
+    cluster_options: dict[str, Any] = {}
+    """The ``[cluster_options]`` table: backend.cluster.ClusterConfig keys (workers,
+    frames_ahead, busy_deadline_s, ...), checked at start."""
 
     # -- derived --
 
@@ -161,6 +167,13 @@ def check_config(config: BackendConfig, source: str = "config") -> None:
                 raise ConfigError(f"{source}: {name}.{key} must be positive")
     for name in offered:
         check_engine_options(name, config.engine_options.get(name, {}), source)
+    if config.cluster is not None or config.cluster_options:
+        from backend.cluster.config import ClusterConfig, ClusterConfigError  # no Ray import
+
+        try:
+            ClusterConfig.from_dict(config.cluster_options)
+        except ClusterConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
 
 def check_engine_options(name: str, options: dict, source: str = "config") -> None:

@@ -58,6 +58,7 @@ class FairScheduler:
         self._turn: collections.deque[str] = collections.deque()
         """Clients with queued jobs, in the order they are served next."""
         self._running: collections.Counter = collections.Counter()
+        self._running_keys: set[str] = set()
         self._cond = threading.Condition()
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
@@ -102,6 +103,16 @@ class FairScheduler:
         """Jobs of ``client`` queued or running."""
         with self._cond:
             return len(self._queues.get(client, ())) + self._running[client]
+
+    def running_keys(self) -> set[str]:
+        """Keys of the jobs running now (on a slot, not queued)."""
+        with self._cond:
+            return set(self._running_keys)
+
+    def queued(self) -> dict[str, int]:
+        """Client -> jobs queued (not yet running)."""
+        with self._cond:
+            return {client: len(q) for client, q in self._queues.items() if q}
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads)
@@ -150,6 +161,7 @@ class FairScheduler:
                 if ticket is None:
                     return
                 self._running[ticket.client] += 1
+                self._running_keys.add(ticket.key)
             try:
                 ticket.run()
             except Exception:  # a job body must report its own failure; a bug must not kill a slot
@@ -158,6 +170,7 @@ class FairScheduler:
                 ticket.done.set()
                 with self._cond:
                     self._running[ticket.client] -= 1
+                    self._running_keys.discard(ticket.key)
                     if not self._running[ticket.client]:
                         del self._running[ticket.client]
                     self._cond.notify_all()

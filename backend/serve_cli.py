@@ -22,19 +22,23 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keys", help="CurveZMQ key folder made by `dreamjourney keys` (needed off loopback)")
     p.add_argument("--job-slots", "--cpu-jobs", dest="job_slots", type=int,
                    help="jobs running at once (scheduler.job_slots)")
+    p.add_argument("--cluster", help="run engines on Ray: auto (a local instance), HOST:PORT or ray://HOST:10001")
+    p.add_argument("--workers", type=int, help="Ray engine workers (default: one per GPU, else --job-slots)")
     p.set_defaults(func=run)
 
 
 def _overrides(args: argparse.Namespace, config) -> dict:
     import msgspec
 
-    out = {k: getattr(args, k) for k in ("bind", "engine", "device", "sessions", "keys")}
+    out = {k: getattr(args, k) for k in ("bind", "engine", "device", "sessions", "keys", "cluster")}
     if args.offer:
         out["offer"] = [name.strip() for name in args.offer.split(",") if name.strip()]
     elif args.engine:
         out["offer"] = [args.engine]  # the operator named one engine: offer only it
     if args.job_slots is not None:
         out["scheduler"] = msgspec.structs.replace(config.scheduler, job_slots=args.job_slots)
+    if args.workers is not None:
+        out["cluster_options"] = {**config.cluster_options, "workers": args.workers}
     return out
 
 
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         backend = Backend(config)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: Ray missing or not started
         print(f"error: {exc}", file=sys.stderr)
         return 2
     done = threading.Event()

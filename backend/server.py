@@ -57,7 +57,10 @@ from protocol.messages import (
     OpenScene,
     PointsDelta,
     SceneOpened,
+    Status,
     Transition,
+    Undo,
+    Undone,
 )
 from protocol.messages import Progress as ProgressMsg
 from protocol.transport import Incoming, PeerGone, ServerEndpoint, ServerKeys
@@ -120,9 +123,23 @@ class Backend:
         self._open_ids: dict[str, tuple[bytes, str]] = {}
         """Scene id -> (peer, identity) for scenes open or opening anywhere."""
         self._jobs: dict[tuple[bytes, str], Job] = {}
+        self._undo_stacks: dict[tuple[str, str], list[tuple[str, int, np.ndarray]]] = {}
+        """(client, scene id) -> (job id, points before it, pose before it) per finished transition."""
         self._lock = threading.Lock()
         sched = config.scheduler
         slots = config.job_slots()
+        self._cluster = None
+        if config.cluster:  # engines run on Ray workers: one job slot per worker
+            from backend.cluster import start_pool
+
+            try:
+                self._cluster = start_pool(config.cluster, config.cluster_options, config.device,
+                                           config.engine, config.engine_options, slots,
+                                           backend=self)
+            except BaseException:
+                self.endpoint.close()
+                raise
+            slots = self._cluster.size
         self._job_slots = FairScheduler(slots, sched.max_jobs_per_client, "dj-job", "jobs")
         self._open_slots = FairScheduler(sched.open_slots, sched.max_scenes_per_client,
                                          "dj-open", "scene openings")
@@ -170,6 +187,8 @@ class Backend:
             self._thread.join()
         self._job_slots.shutdown()
         self._open_slots.shutdown()
+        if self._cluster is not None:
+            self._cluster.close()
         self.endpoint.close()
 
     def __enter__(self) -> Backend:
@@ -188,7 +207,8 @@ class Backend:
         with self._engine_lock:
             if name not in self._engines:
                 options = self.config.engine_options.get(name, {})
-                self._engines[name] = create_engine(name, device=self.config.device, **options)
+                self._engines[name] = (self._cluster.engine(name) if self._cluster else
+                                       create_engine(name, device=self.config.device, **options))
             return self._engines[name]
 
     def _dispatch(self, ev: Incoming) -> None:
@@ -202,6 +222,12 @@ class Backend:
             self._submit_job(peer, client, msg, ev.blobs)
         elif isinstance(msg, Cancel):
             self._cancel(peer, client, msg.job_id)
+        elif isinstance(msg, Undo):
+            self._undo(peer, client, msg)
+        elif isinstance(msg, Status):
+            from backend.cluster.status import status_reply  # Ray only with --cluster
+
+            self.endpoint.send(peer, status_reply(self, msg))
         else:
             self._error(peer, "bad_value", f"a backend does not accept {type(msg).__name__}")
 
@@ -251,6 +277,10 @@ class Backend:
         with self._lock:
             holder = self._open_ids.get(msg.scene_id)
             mine = sum(1 for _, c in self._open_ids.values() if c == client)
+            if holder is not None and self._may_take_over(holder, client, msg):
+                self._scenes.pop((holder[0], msg.scene_id), None)
+                holder = None
+                mine -= 1
             if holder is None and mine < cap:
                 self._open_ids[msg.scene_id] = (peer, client)
         if holder is not None:
@@ -275,6 +305,15 @@ class Backend:
         except Busy as exc:
             self._release_scene(msg.scene_id, peer)
             self._error(peer, "busy", str(exc), msg.request_id)
+
+    def _may_take_over(self, holder: tuple[bytes, str], client: str, msg: OpenScene) -> bool:
+        """Whether ``client`` may resume its own scene that is open already (again, or from a
+        new connection before the old one timed out): only when it is open and idle.
+        Call with the lock held."""
+        peer, owner = holder
+        return (msg.resume and owner == client and (peer, msg.scene_id) in self._scenes
+                and not any(j.scene.scene_id == msg.scene_id and j.client == client
+                            for j in self._jobs.values()))
 
     def _release_scene(self, scene_id: str, peer: bytes) -> None:
         with self._lock:
@@ -406,7 +445,7 @@ class Backend:
             poses = np.asarray(codec.read_array(msg.poses, job.blobs), dtype=np.float64)
             for i, p in enumerate(poses):
                 check_pose(p, f"pose {i}")
-            return TransitionRequest(poses, msg.fps, msg.prompt, msg.seed)
+            return TransitionRequest(poses, msg.fps, msg.prompt, msg.seed, msg.preset)
         pose = check_pose(codec.pose_array(msg.pose))
         frozen = None
         if msg.frozen is not None:
@@ -422,6 +461,7 @@ class Backend:
 
     def _run_job(self, job: Job) -> None:
         """Job-slot body: validate, stream, save; always ends with JobDone or JobFailed."""
+        before = (job.job_id, len(job.scene.cloud), job.scene.pose.copy())
         try:
             if job.cancel.is_set():
                 raise _Stop(*self._why_stopped(job))
@@ -430,6 +470,8 @@ class Backend:
             except (ProtocolError, ValueError) as exc:  # check_pose raises ValueError on bad poses
                 raise _Stop("bad_request", str(exc)) from None
             outcome = self._stream(job, request)
+            if job.kind is JobKind.TRANSITION:
+                self._undo_stack(job.client, job.scene.scene_id).append(before)
         except _Stop as stop:
             self.endpoint.discard_frames(job.peer, job.job_id)
             outcome = JobFailed(job_id=job.job_id, code=stop.code, message=str(stop))
@@ -514,6 +556,52 @@ class Backend:
             if time.monotonic() - start > timeout:
                 raise _Stop("credit_timeout", f"no frame credit for {timeout:g} s "
                             "(scheduler.credit_timeout_s): the job was cancelled")
+
+
+    # -- undo --
+
+    def _undo_stack(self, client: str, scene_id: str) -> list[tuple[str, int, np.ndarray]]:
+        with self._lock:
+            return self._undo_stacks.setdefault((client, scene_id), [])
+
+    def _undo(self, peer: bytes, client: str, msg: Undo) -> None:
+        """Take back the scene's last transition: its points, its pose, its clip entry."""
+        with self._lock:
+            scene = self._scenes.get((peer, msg.scene_id))
+            running = any(j.scene is scene for j in self._jobs.values())
+        if scene is None:
+            self._error(peer, "unknown_scene", f"no open scene {msg.scene_id!r}", msg.request_id)
+            return
+        if running:  # its points are still being appended
+            self._error(peer, "busy", "undo waits until the scene's jobs are done: cancel or "
+                        "wait for them", msg.request_id)
+            return
+        stack = self._undo_stack(client, msg.scene_id)
+        job_id = None
+        if stack:
+            job_id, count, pose = stack.pop()
+            scene.cloud.truncate(count)
+            scene.pose = pose
+            try:
+                self.sessions.record_undo(scene.scene_id, job_id, scene.cloud, pose)
+            except SessionError as exc:
+                log.warning("undo of %s not saved: %s", job_id, exc)
+        self.endpoint.send(peer, Undone(request_id=msg.request_id, scene_id=msg.scene_id,
+                                        job_id=job_id, total_points=len(scene.cloud)))
+
+    def status(self) -> dict:
+        """Jobs per client now: ``{"slots": n, "jobs": [...]}``, each job a dict with
+        ``client``, ``job_id``, ``kind``, ``scene_id``, ``engine``, ``running`` and
+        ``age_s`` (seconds since it was accepted), oldest first."""
+        now = time.perf_counter()
+        with self._lock:
+            jobs = sorted(self._jobs.values(), key=lambda j: j.accepted_at)
+        running = self._job_slots.running_keys()
+        return {"slots": self._job_slots.slots, "engines": sorted(self._engines),
+                "jobs": [{"client": j.client, "job_id": j.job_id, "kind": j.kind.value,
+                          "scene_id": j.scene.scene_id, "engine": j.engine,
+                          "running": _key(j.peer, j.job_id) in running,
+                          "age_s": now - j.accepted_at} for j in jobs]}
 
 
 def _key(peer: bytes, job_id: str) -> str:

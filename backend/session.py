@@ -312,6 +312,21 @@ class SessionStore:
         manifest["cloud_path"] = folder / manifest["cloud"]
         return manifest
 
+    def record_undo(self, scene_id: str, job_id: str, store, pose: np.ndarray) -> None:
+        """The last transition was undone: mark its clip ``undone`` (the file stays), write
+        the truncated cloud under a new name, then the manifest naming it and the pose it
+        returned to (the same cloud-then-manifest order as a clip)."""
+        with self._scene_lock(scene_id):
+            manifest = self.manifest(scene_id)
+            for clip in reversed(manifest["clips"]):
+                if clip["kind"] == "transition" and not clip.get("undone"):
+                    clip["undone"] = True
+                    clip["undo_of"] = job_id
+                    break
+            manifest["cloud"] = self._write_cloud(scene_id, store)
+            manifest["pose"] = np.asarray(pose).tolist()
+            self._commit(scene_id, manifest)
+
     # -- recovery --
 
     def recover(self) -> list[str]:

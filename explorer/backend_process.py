@@ -7,7 +7,7 @@ import queue
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,12 @@ class LocalBackend:
 
     process: subprocess.Popen
     address: str
+    args: list[str] = field(default_factory=list)
+    """The extra ``serve`` arguments it was started with (a restart reuses them)."""
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:
@@ -55,7 +61,7 @@ def start_local_backend(extra_args: list[str] = (), timeout: float = 60.0) -> Lo
                     "(run `dreamjourney serve` yourself to see why)"
                 )
             if line.startswith(READY_LINE):
-                return LocalBackend(proc, line[len(READY_LINE):].strip())
+                return LocalBackend(proc, line[len(READY_LINE):].strip(), list(extra_args))
     except queue.Empty:
         proc.kill()
         raise RuntimeError(f"the local backend did not start within {timeout:.0f} s") from None
@@ -77,3 +83,68 @@ def connect(address: str, settings, keys_folder: str | None = None):
     logger.info("connected to %s (%s; engines: %s)", address, welcome.server,
                 ", ".join(welcome.engines))
     return client
+
+
+class BackendLink:
+    """The explorer's connection, kept alive.
+
+    With no address it starts a local ``dreamjourney serve`` (saving sessions under
+    ``session_folder``). :meth:`watch`, called every frame, notices a lost backend: it
+    restarts a local one that died, or reconnects to the remote address, on a background
+    thread with ``network.reconnect_s`` between attempts, then resumes the scene on the new
+    connection.
+    """
+
+    def __init__(self, settings, address: str | None = None, keys_folder: str | None = None,
+                 serve_args: list[str] = ()):
+        self.settings = settings
+        self.keys_folder = keys_folder
+        self.local: LocalBackend | None = None
+        if address is None:
+            self.local = start_local_backend(list(serve_args))
+            address = self.local.address
+        self.address = address
+        self.client = connect(address, settings, keys_folder)
+        self.reconnects = 0
+        self._thread: threading.Thread | None = None
+        self._fresh = None
+        self._closed = threading.Event()
+
+    def watch(self, session) -> None:
+        """Once per frame: start reconnecting when the session lost its peer; hand a new
+        connection to the session when one is ready."""
+        if self._fresh is not None:
+            old, self.client, self._fresh = self.client, self._fresh, None
+            self._thread = None
+            self.reconnects += 1
+            threading.Thread(target=old.close, daemon=True).start()
+            session.reattach(self.client)
+            session.status = "reconnected: resuming the scene..."
+            return
+        if session.peer_gone and self._thread is None:
+            session.status = "backend lost: " + ("restarting it..." if self.local else "reconnecting...")
+            self._thread = threading.Thread(target=self._reconnect, name="dj-reconnect", daemon=True)
+            self._thread.start()
+
+    def _reconnect(self) -> None:
+        while not self._closed.is_set():
+            try:
+                if self.local is not None and not self.local.alive:
+                    logger.warning("the local backend died (code %s): restarting it",
+                                   self.local.process.returncode)
+                    self.local = start_local_backend(self.local.args)
+                    self.address = self.local.address
+                self._fresh = connect(self.address, self.settings, self.keys_folder)
+                logger.info("reconnected to %s", self.address)
+                return
+            except Exception as exc:  # noqa: BLE001 - try again until closed
+                logger.warning("reconnecting to the backend failed: %s", exc)
+                self._closed.wait(self.settings.network.reconnect_s)
+
+    def close(self) -> None:
+        self._closed.set()
+        self.client.close()
+        if self._fresh is not None:
+            self._fresh.close()
+        if self.local is not None:
+            self.local.stop()

@@ -332,6 +332,57 @@ class JobFailed(Message, tag="job_failed"):
     message: str
 
 
+# --- operators ---------------------------------------------------------------------------
+
+
+class Status(Message, tag="status"):
+    """Operator -> backend: how busy is it? Answered by a StatusReply."""
+
+    request_id: str
+
+
+class WorkerState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One engine worker: an in-process job slot, or a Ray actor with ``--cluster``."""
+
+    name: str
+    node: str
+    """Host (IP) the worker runs on."""
+    device: str
+    """E.g. ``cpu`` or ``cuda:0 (NVIDIA H100)``."""
+    engines: list[str]
+    """Engines (and their models) resident in the worker."""
+    state: Literal["idle", "busy", "restarting", "lost"]
+    job_kind: str | None = None
+    scene_id: str | None = None
+    busy_s: float = 0.0
+    """Seconds the current job has run."""
+    overdue: bool = False
+    """Busy past the configured deadline."""
+    jobs_done: int = 0
+    restarts: int = 0
+
+
+class ClientQueue(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Jobs one explorer has accepted and not finished."""
+
+    client: str
+    """The explorer's connection id, hex."""
+    running: int
+    queued: int
+
+
+class StatusReply(Message, tag="status_reply"):
+    """Backend -> operator: workers, queues per explorer, jobs running."""
+
+    request_id: str
+    cluster: str
+    """Ray address the workers run on; empty for an in-process backend."""
+    workers: list[WorkerState]
+    clients: list[ClientQueue]
+    jobs_running: int
+    jobs_queued: int
+
+
 AnyMessage = Union[  # noqa: UP007 - msgspec needs a real Union for the tagged decoder
     Hello,
     Welcome,
@@ -352,6 +403,8 @@ AnyMessage = Union[  # noqa: UP007 - msgspec needs a real Union for the tagged d
     Frame,
     JobDone,
     JobFailed,
+    Status,
+    StatusReply,
 ]
 
 ALL_MESSAGES: tuple[type[Message], ...] = AnyMessage.__args__  # type: ignore[attr-defined]

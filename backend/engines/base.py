@@ -61,6 +61,8 @@ class TransitionRequest:
     fps: float = 24.0
     prompt: str | None = None
     seed: int | None = None
+    preset: str | None = None
+    """Sampler preset (``paper``, ``interactive``: a configs/models name); None: the default."""
 
 
 @dataclass(frozen=True)
