@@ -165,22 +165,41 @@ def check_config(config: BackendConfig, source: str = "config") -> None:
         for key in table.__struct_fields__:
             if getattr(table, key) <= 0:
                 raise ConfigError(f"{source}: {name}.{key} must be positive")
+    replaced = _cluster_engine_classes(config, source)
     for name in offered:
-        check_engine_options(name, config.engine_options.get(name, {}), source)
-    if config.cluster is not None or config.cluster_options:
-        from backend.cluster.config import ClusterConfig, ClusterConfigError  # no Ray import
+        check_engine_options(name, config.engine_options.get(name, {}), source, replaced.get(name))
 
+
+def _cluster_engine_classes(config: BackendConfig, source: str) -> dict[str, type]:
+    """``[cluster_options]`` checked (without importing Ray); the engine classes it puts in
+    place of the registry's on the workers."""
+    if config.cluster is None and not config.cluster_options:
+        return {}
+    import importlib
+
+    from backend.cluster.config import ClusterConfig, ClusterConfigError
+
+    try:
+        cluster = ClusterConfig.from_dict(config.cluster_options)
+    except ClusterConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    classes = {}
+    for name, target in cluster.engine_classes.items():
+        module, _, attr = target.partition(":")
         try:
-            ClusterConfig.from_dict(config.cluster_options)
-        except ClusterConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            classes[name] = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigError(f"{source}: cluster_options.engine_classes.{name} = {target!r}: "
+                              f"{exc}") from None
+    return classes
 
 
-def check_engine_options(name: str, options: dict, source: str = "config") -> None:
-    """``[engines.NAME]`` keys are parameters of the engine's constructor; models TOMLs load."""
+def check_engine_options(name: str, options: dict, source: str = "config", cls: type | None = None) -> None:
+    """``[engines.NAME]`` keys are parameters of the engine's constructor (``cls``, else the
+    registry's class); models TOMLs load."""
     from backend.engines import engine_class
 
-    cls = engine_class(name)
+    cls = cls or engine_class(name)
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         allowed = sorted(k for k in params if k not in ("self", "device"))

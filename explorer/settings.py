@@ -89,6 +89,10 @@ class NetworkSettings(_Section):
     connect_timeout_s: float = 20.0
     reconnect_s: float = 2.0
     """Wait between reconnection attempts after the backend is lost."""
+    identity_file: str = ""
+    """Where the loopback identity token is kept (mode 0600) so that a later run owns the
+    scenes an earlier one made; empty: ``$XDG_CONFIG_HOME/dreamjourney/identity``
+    (``~/.config`` without XDG_CONFIG_HOME)."""
 
 
 class RecordSettings(_Section):

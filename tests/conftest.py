@@ -1,6 +1,11 @@
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# explorers started by tests keep their loopback identity token here, never in ~/.config
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="dj-test-config-")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SCENES = SHARED / "scenes"

@@ -249,13 +249,13 @@ def test_scene_versions_follow_the_work(backend, scenes_dir):
         holder = next(s for s in backend._cluster.slots if "affinity" in s.holds)
         second = client.transition("affinity", preset("forward", 5, opened.scene.median_depth,
                                                       start=first.poses[-1]))
+        # the front door's scene (dropped once its explorer leaves) grew as the explorer's cloud did
+        scene = backend._scenes[next(k for k in backend._scenes if k[1] == "affinity")]
+        total = opened.points.count() + first.points.count() + second.points.count()
+        assert len(scene.cloud) == total
     assert isinstance(first.outcome, JobDone) and isinstance(second.outcome, JobDone)
     assert engine.versions.puts == puts + 1  # the first job's copy only
     assert "affinity" in holder.holds
-    # the front door's scene grew exactly as the explorer's cloud did
-    scene = backend._scenes[next(k for k in backend._scenes if k[1] == "affinity")]
-    total = opened.points.count() + first.points.count() + second.points.count()
-    assert len(scene.cloud) == total
 
 
 def test_status_command_prints_the_workers(backend):

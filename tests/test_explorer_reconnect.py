@@ -64,3 +64,40 @@ def test_remote_backend_lost_and_back_resumes_the_scene(tmp_path):
         assert link.reconnects == 1 and loaded > 0
     finally:
         link.close()
+
+
+def test_a_later_explorer_resumes_its_own_scene_by_its_saved_token(tmp_path):
+    """A fresh link (a new ``explore --resume`` run) presents the token the first one saved
+    (0600) and resumes its scene; one with another identity is refused. The backend restarts
+    in between, so ownership comes from the session folder."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    config = BackendConfig(bind=address, sessions=tmp_path / "sessions")
+    settings = ExplorerSettings.load()
+    settings.network.identity_file = str(tmp_path / "config" / "identity")
+    photo = np.zeros((64, 64, 3), np.uint8)
+    photo[:, :32] = 200
+
+    def open_with(settings, **kw) -> ExplorerSession:
+        link = BackendLink(settings, address)
+        links.append(link)
+        session = ExplorerSession(link.client, ClipPlayer(), lambda *a: None)
+        session.open_scene(photo if not kw else None, scene_id="mine", **kw)
+        pump_until(link, session, lambda: session.scene or session.errors, 30)
+        return session
+
+    links: list[BackendLink] = []
+    with Backend(config):
+        first = open_with(settings)
+        assert first.scene is not None and not first.scene.resumed
+    saved = tmp_path / "config" / "identity"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert saved.read_text().strip() == links[0].token
+    with Backend(config):
+        again = open_with(settings, resume=True)
+        assert again.scene is not None and again.scene.resumed
+        other = ExplorerSettings.load()
+        other.network.identity_file = str(tmp_path / "other" / "identity")
+        stranger = open_with(other, resume=True)
+        assert stranger.scene is None and "another client" in " ".join(stranger.errors)
+    for link in links:
+        link.close()

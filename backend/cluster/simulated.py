@@ -76,6 +76,13 @@ class SleepEngine(Engine):
         scene = Scene(request.scene_id, request.image, K, store, 4.0, request.text, engine=self.name)
         return scene, store.cloud()
 
+    def resume_scene(self, scene_id: str, sessions) -> tuple[Scene, PointCloud]:
+        saved = sessions.load(scene_id)
+        store = PointStore.load(saved["cloud_path"])
+        scene = Scene(scene_id, saved["image"], np.asarray(saved["K"]), store, float(saved["median_depth"]),
+                      saved["text"], pose=np.asarray(saved["pose"]), engine=self.name)
+        return scene, store.cloud()
+
     def _frames(self, poses: np.ndarray) -> Iterator[FrameOut]:
         base = np.full((self.size, self.size, 3), 96, np.uint8)
         for i, pose in enumerate(poses):
