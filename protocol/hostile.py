@@ -20,6 +20,7 @@ from protocol.messages import (
     ArrayRef,
     Arrow,
     Cancel,
+    ClientQueue,
     Credit,
     Dynamics,
     Error,
@@ -37,10 +38,13 @@ from protocol.messages import (
     Progress,
     SceneOpened,
     SceneText,
+    Status,
+    StatusReply,
     Transition,
     Undo,
     Undone,
     Welcome,
+    WorkerState,
 )
 
 _enc = msgspec.msgpack.Encoder()
@@ -80,6 +84,11 @@ def valid_messages() -> list[tuple[Message, list[bytes]]]:
         (Frame(job_id="j", index=0, num_frames=3, pose=EYE, K=K, image=img_ref, fps=24.0), [img]),
         (JobDone(job_id="j", num_frames=3, timings={"total": 1.0}), []),
         (JobFailed(job_id="j", code="busy", message="m"), []),
+        (Status(request_id="r"), []),
+        (StatusReply(request_id="r", cluster="", workers=[WorkerState(
+            name="local-0", node="h", device="cpu", engines=["classic"], state="idle")],
+            clients=[ClientQueue(client="token:ab", running=0, queued=0)], jobs_running=0,
+            jobs_queued=0), []),
     ]
     assert {type(m) for m, _ in out} == set(ALL_MESSAGES)
     return out

@@ -338,7 +338,7 @@ class JobFailed(Message, tag="job_failed"):
 class Status(Message, tag="status"):
     """Operator -> backend: how busy is it? Answered by a StatusReply."""
 
-    request_id: str
+    request_id: Id
 
 
 class WorkerState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -366,7 +366,7 @@ class ClientQueue(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Jobs one explorer has accepted and not finished."""
 
     client: str
-    """The explorer's connection id, hex."""
+    """The explorer's identity: ``curve:<public key>``, or ``token:<digest>`` on loopback."""
     running: int
     queued: int
 
