@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from backend.server import Backend, BackendConfig
+from backend.session import SessionStore
 from protocol import trajectory
 from protocol.scripted import ScriptedClient
 
@@ -37,3 +38,7 @@ def test_undo_drops_the_last_transition(tmp_path):
     manifest = json.loads((tmp_path / "undo-test" / "manifest.json").read_text())
     (clip,) = [c for c in manifest["clips"] if c["kind"] == "transition"]
     assert clip["undone"] is True and clip["undo_of"] == result.job_id
+    # the truncated cloud was committed as a new file; the clip stays; nothing is left over
+    assert (tmp_path / "undo-test" / manifest["cloud"]).is_file()
+    assert (tmp_path / "undo-test" / clip["file"]).is_file()
+    assert SessionStore(tmp_path).orphans() == []
