@@ -359,7 +359,7 @@ class SessionStore:
                 if rel == "clips":
                     continue
                 _remove(path)
-            elif rel not in keep:
+            elif rel not in keep and _ours(rel):
                 path.unlink(missing_ok=True)
             else:
                 continue
@@ -385,7 +385,8 @@ class SessionStore:
                 out.append(entry)
                 continue
             keep = _referenced(manifest)
-            out += [p for p in entry.rglob("*") if p.is_file() and str(p.relative_to(entry)) not in keep]
+            out += [p for p in entry.rglob("*") if p.is_file() and _ours(rel := str(p.relative_to(entry)))
+                    and rel not in keep]
         return out
 
 
@@ -397,6 +398,16 @@ def _referenced(manifest: dict) -> set[str]:
     for clip in manifest["clips"]:
         keep |= {clip["file"], str(Path(clip["file"]).with_suffix(".json"))}
     return keep
+
+
+_OURS = re.compile(r"(.*/)?\..*|clips/.*|cloud(-[0-9A-Za-z]+)?\.ply|manifest\.json|input\.png")
+
+
+def _ours(rel: str) -> bool:
+    """Whether the backend writes files at ``rel`` (hidden files, clouds, clips, the manifest):
+    recovery deletes those no manifest names. Other files in a session folder (the
+    explorer's copy of the full-size photo, ``original.<ext>``) are not the backend's to delete."""
+    return _OURS.fullmatch(rel) is not None
 
 
 def _remove(path: Path) -> None:

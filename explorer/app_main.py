@@ -11,6 +11,7 @@ import argparse
 import logging
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 from explorer.inputs import InputError
@@ -104,7 +105,7 @@ def _check_explore(args: argparse.Namespace):
 
 def run_explore(args: argparse.Namespace) -> int:
     """Open a window on ``args.image`` (or a resumed session) and run until it closes."""
-    from explorer.inputs import keep_original, session_name, window_size
+    from explorer.inputs import session_name, window_size
     from explorer.settings import SettingsError
 
     try:
@@ -141,8 +142,8 @@ def run_explore(args: argparse.Namespace) -> int:
         if photo is not None:
             logger.info("photo %s: %dx%d, sent at %dx%d", photo.path, *photo.original_size,
                         photo.image.shape[1], photo.image.shape[0])
+            session.on_opened = partial(_keep_original, photo.path, Path(settings.session.folder) / name)
             session.open_scene(photo.image, K=K, depth=depth, engine=args.engine, scene_id=name)
-            keep_original(photo.path, Path(settings.session.folder) / name)
         else:
             session.open_scene(None, engine=args.engine, scene_id=name, resume=True)
         if args.record_on_start:
@@ -155,6 +156,19 @@ def run_explore(args: argparse.Namespace) -> int:
             win.close()
         link.close()
     return 0
+
+
+def _keep_original(photo: Path, folder: Path, scene) -> None:
+    """Once the backend has made the session (a local backend's folder is this folder, and it
+    refuses one that exists), copy the original photo into it."""
+    from explorer.inputs import keep_original
+
+    if scene.resumed or (folder / f"original{photo.suffix.lower()}").exists():
+        return
+    try:
+        keep_original(photo, folder)
+    except OSError as exc:
+        logger.warning("could not keep the original photo in %s: %s", folder, exc)
 
 
 def run_sessions(args: argparse.Namespace) -> int:

@@ -99,6 +99,8 @@ class ExplorerSession:
         self.on_points = on_points
         self.on_truncate = on_truncate or (lambda n: None)
         """Called with a point count when the cloud must shrink to it (undo, resume)."""
+        self.on_opened: Callable[[SceneInfo], None] | None = None
+        """Called with the scene once SceneOpened arrives (new or resumed)."""
         self.undone: list[Undone] = []
         self.clock = clock
         self.scene: SceneInfo | None = None
@@ -244,6 +246,8 @@ class ExplorerSession:
         logger.info("scene %s %s (%s engine, %d points, depth: %s)", msg.scene_id, verb,
                     msg.engine, msg.num_points, msg.depth_source)
         self.status = f"scene {verb} ({msg.engine} engine), loading {msg.num_points} points"
+        if self.on_opened is not None:
+            self.on_opened(self.scene)
 
     def _on_points(self, msg: PointsDelta, blobs) -> None:
         xyz = read_array(msg.xyz, blobs)

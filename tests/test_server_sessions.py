@@ -37,6 +37,7 @@ def test_recovery_removes_everything_no_manifest_names(tmp_path):
     (tmp_path / "a" / "clips" / "0002.mp4").write_bytes(b"clip not in the manifest")
     (tmp_path / "a" / "cloud-deadbeef.ply").write_bytes(b"cloud ahead of its manifest")
     (tmp_path / "a" / ".manifest.json.x.part").write_bytes(b"{")
+    (tmp_path / "a" / "original.jpg").write_bytes(b"the explorer's full-size photo")
     assert len(sessions.orphans()) == 6
     removed = sessions.recover()
     assert len(removed) >= 6
@@ -45,6 +46,7 @@ def test_recovery_removes_everything_no_manifest_names(tmp_path):
     assert sessions.manifest("a") == manifest
     assert len(read_mp4(tmp_path / "a" / "clips" / "0001.mp4")) == 5
     assert len(PointStore.load(sessions.load("a")["cloud_path"]).cloud()) == 80
+    assert (tmp_path / "a" / "original.jpg").read_bytes() == b"the explorer's full-size photo"
 
 
 def test_a_saved_session_is_never_overwritten(tmp_path):
