@@ -557,7 +557,6 @@ class Backend:
                 raise _Stop("credit_timeout", f"no frame credit for {timeout:g} s "
                             "(scheduler.credit_timeout_s): the job was cancelled")
 
-
     # -- undo --
 
     def _undo_stack(self, client: str, scene_id: str) -> list[tuple[str, int, np.ndarray]]:

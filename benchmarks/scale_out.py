@@ -44,10 +44,10 @@ SIZE = 64
 def make_backend(workers: int, frame_s: float, sessions: str) -> Backend:
     """The front door on loopback; ``workers=0`` runs the engine in-process."""
     options = {"classic": {"frame_s": frame_s, "size": SIZE}}
-    config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=Path(sessions), save_clips=False,
-                           engine_options=options, cpu_jobs=max(1, workers))
-    if workers:
-        config = msgspec.structs.replace(config, cluster="auto", cluster_options={
+    config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=str(sessions), save_clips=False,
+                           cpu_jobs=max(1, workers))
+    if workers:  # the options are SleepEngine's, checked against it
+        config = msgspec.structs.replace(config, engine_options=options, cluster="auto", cluster_options={
             "workers": workers, "cpus_per_worker": 0.5, "status_log_s": 0,
             "engine_classes": {"classic": "backend.cluster.simulated:SleepEngine"}})
     backend = Backend(config)
