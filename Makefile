@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
 	  else $(BIN)/pip install -q torch==2.13.0; fi; \
 	fi
-	@$(BIN)/pip install -q -e ".[backend,dev]"
+	@$(BIN)/pip install -q -e ".[backend,cluster,dev]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

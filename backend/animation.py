@@ -17,7 +17,8 @@ Without arrows the region is a sky/water guess, confined the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -62,6 +63,41 @@ def loop_paths(field: np.ndarray, start: np.ndarray, num_frames: int) -> tuple[l
     backward = [backward_steps[num_frames - t] for t in range(num_frames)]
     alpha = np.arange(num_frames, dtype=np.float32) / num_frames
     return forward[:num_frames], backward, alpha
+
+
+def loop_frames(field: np.ndarray, start: np.ndarray, num_frames: int) -> Iterator[tuple]:
+    """``(t, forward[t], backward[t], alpha[t])`` of :func:`loop_paths`, one frame at a time.
+
+    Memory is O(sqrt(num_frames)) position arrays instead of 2 x num_frames: the backward
+    path is integrated once keeping every k-th step (k = sqrt(n)), and each stretch of k
+    steps is integrated again from its checkpoint when the frames reach it. The positions
+    are bitwise those of :func:`loop_paths`.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    n = num_frames
+    k = max(1, math.isqrt(n))
+    back_field = -field
+    checkpoints = {}
+    pos = start.astype(np.float32)
+    for step in range(n + 1):
+        if step % k == 0:
+            checkpoints[step] = pos
+        if step < n:
+            pos = pos + _sample(back_field, pos)
+    forward = start.astype(np.float32)
+    stretch: dict[int, np.ndarray] = {}
+    for t in range(n):
+        s = n - t  # backward[t] is ``start`` pushed s steps against the field
+        if s not in stretch:
+            base = (s // k) * k
+            p = checkpoints[base]
+            stretch = {base: p}
+            for step in range(base + 1, s + 1):
+                p = p + _sample(back_field, p)
+                stretch[step] = p
+        yield t, forward, stretch[s], t / n
+        forward = forward + _sample(field, forward)
 
 
 def blend(img_f: np.ndarray, mask_f: np.ndarray, img_b: np.ndarray, mask_b: np.ndarray,

@@ -10,6 +10,12 @@ All on one offscreen EGL context (Mesa llvmpipe here), side by side in one run:
 - ``frame_to_screen_ms``: from a Frame handed to the backend's socket to its first display
   (rendered and finished), at the live edge (the player is waiting for each frame), through
   the real transport on loopback (goal <= one frame interval of the clip).
+- ``present_ms``: the window copy, the target's colour alone blitted into a framebuffer with
+  the window's layout (RGBA8 colour + depth; on EGL there is no window, so a stand-in).
+- ``stall_free``: with a deliberately slow renderer (``debug.frame_sleep_s`` = 0.15 s, about
+  6 fps) on the wall clock, two queued 48-frame transitions both play to their end and the
+  credits granted equal the frames received (true/false; ``slow_clip_s`` gives the clips'
+  wall durations, 2 s each at 24 fps).
 
 Prints one JSON object as its last line.
 """
@@ -71,7 +77,7 @@ def make_cloud(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def new_explorer(ctx, client) -> Explorer:
     settings = ExplorerSettings.load()
-    ex = Explorer(ctx, SIZE, client, settings, help_lines=["benchmark"])
+    ex = Explorer(ctx, SIZE, client, settings, help_rows=[("F1", "benchmark")])
     w, h = SIZE
     ex.session.scene = SceneInfo("bench", w, h, intrinsics(w, h, 60.0), np.eye(4), 6.0, "none")
     ex.session.status = "benchmark"
@@ -172,7 +178,7 @@ def frame_to_screen(ctx, fps: float = 24.0, frames: int = 32) -> tuple[float, fl
     last = time.perf_counter()
     deadline = last + 60
     tick = 1.0 / ex.settings.window.target_fps  # paced like the app's clock, not a hot loop
-    while len(ex.stats.last_display_ns) < frames and time.perf_counter() < deadline:
+    while len(ex.clip_view.last_display_ns) < frames and time.perf_counter() < deadline:
         now = time.perf_counter()
         ex.step(now - last)
         last = now
@@ -183,11 +189,69 @@ def frame_to_screen(ctx, fps: float = 24.0, frames: int = 32) -> tuple[float, fl
     producer.join(5)
     client.close()
     server.close()
-    lat = [(ex.stats.last_display_ns[i] - sent_ns[i]) / 1e6 for i in range(frames)]
+    lat = [(ex.clip_view.last_display_ns[i] - sent_ns[i]) / 1e6 for i in range(frames)]
     log("frame_to_screen per frame (ms): " + " ".join(f"{x:.0f}" for x in lat))
     # The first frames wait on purpose (the player buffers before it starts); once it has
     # caught up with the stream, every frame is shown as soon as it can be: the live edge.
     return statistics.median(lat[frames // 2 :]), lat[0]
+
+
+def present_ms(ctx, ex: Explorer, copies: int = 30) -> float:
+    """Median ms of the colour-only window copy (a stand-in window framebuffer on EGL)."""
+    from explorer.window import Presenter
+
+    w, h = SIZE
+    window = ctx.framebuffer(color_attachments=[ctx.renderbuffer((w, h), 4)],
+                             depth_attachment=ctx.depth_renderbuffer((w, h)))
+    presenter = Presenter(ctx)
+
+    def copy():
+        presenter.present(ex.target, window)
+        ctx.finish()
+
+    ms = time_frames(copy, copies)
+    expected = ex.target.read_rgb()
+    got = np.frombuffer(window.read(components=3, alignment=1), np.uint8).reshape(h, w, 3)[::-1]
+    if not np.array_equal(got, expected):
+        raise RuntimeError("the window copy is not the rendered frame")
+    window.release()
+    return ms
+
+
+def slow_renderer(ctx) -> tuple[bool, list[float]]:
+    """Two queued transitions at about 6 fps on the wall clock: do both play to the end?"""
+    from explorer.testing import FakeBackend
+
+    settings = ExplorerSettings.load()
+    settings.debug.frame_sleep_s = 0.15
+    backend = FakeBackend(size=(160, 90), credits=settings.network.credits)
+    ex = Explorer(ctx, (320, 180), backend, settings)
+    ex.session.open_scene(np.zeros((90, 160, 3), np.uint8))
+    last = time.perf_counter()
+    deadline = last + 60
+    sent = False
+    starts: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    while len(ends) < 2 and time.perf_counter() < deadline:
+        now = time.perf_counter()
+        ex.step(now - last)
+        last = now
+        if not sent and ex.session.scene is not None:
+            ex.send_preset("backward")
+            ex.send_preset("forward")  # queued behind the first
+            sent = True
+        clip = ex.player.clip
+        if clip is not None:
+            starts.setdefault(clip.job_id, now)
+        for job in starts:
+            if job not in ends and (clip is None or clip.job_id != job):
+                ends[job] = now
+    credited = backend.credits_granted == backend.frames_delivered
+    played = ex.player.clips_ended == 2 and backend.frames_delivered == 96
+    durations = [round(ends[j] - starts[j], 2) for j in ends]
+    log(f"slow renderer: {backend.frames_delivered} frames delivered, "
+        f"{backend.credits_granted} credited, clips took {durations} s")
+    return bool(credited and played), durations
 
 
 def log(text: str) -> None:
@@ -210,6 +274,7 @@ def main() -> None:
             ratios[key] = round(explorer_ms / bare_ms, 3)
             ms[key] = {"explorer_ms": round(explorer_ms, 2), "bare_points_ms": round(bare_ms, 2)}
             if n == 1_000_000:
+                result["present_ms"] = round(present_ms(ctx, ex), 3)
                 off, on, dropped = recording_overhead(ctx, ex, Path(tmp))
                 result["recording_overhead"] = round(on / off, 3)
                 result["recording_ms"] = {"off": round(off, 2), "on": round(on, 2),
@@ -222,6 +287,7 @@ def main() -> None:
     result["frame_to_screen_ms"] = round(live, 2)
     result["clip_first_frame_ms"] = round(first, 2)
     result["clip_frame_interval_ms"] = round(1000 / fps, 2)
+    result["stall_free"], result["slow_clip_s"] = slow_renderer(ctx)
     print(json.dumps(result))
 
 

@@ -11,24 +11,31 @@ import argparse
 import logging
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
-import numpy as np
+from explorer.inputs import InputError
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explore", help="open a photo and fly into it (a window)")
-    p.add_argument("image", help="the photo to walk into (JPEG/PNG)")
+    p.add_argument("image", nargs="?", help="the photo to walk into (JPEG/PNG/...)")
     _common(p)
+    p.add_argument("--resume", metavar="SESSION",
+                   help="reopen a saved session (see `dreamjourney sessions`) instead of a photo")
     p.add_argument("--depth", help="z-depth map for the photo: .npy (H x W float) or 16-bit PNG "
                                    "in millimetres, used when the engine has no depth model")
     p.add_argument("--fov", type=float, default=None,
                    help="horizontal field of view of the photo in degrees (default: backend's)")
+    p.add_argument("--preset", help="sampler preset sent with transitions: paper or "
+                                    "interactive (default: settings paths.preset, else backend's)")
     p.add_argument("--record", metavar="PATH",
                    help="where R saves the recording (default recordings/journey-TIME.mp4)")
     p.add_argument("--record-on-start", action="store_true", help="start recording at once")
+    p.add_argument("--keep-hud", action="store_true",
+                   help="burn the HUD into recordings and screenshots")
     p.set_defaults(func=run_explore)
 
     d = sub.add_parser("demo", help="a scripted journey, headless, recorded to MP4")
@@ -37,6 +44,11 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default="journey.mp4", help="the MP4 to write (default journey.mp4)")
     _common(d)
     d.set_defaults(func=run_demo)
+
+    s = sub.add_parser("sessions", help="list saved sessions (for explore --resume)")
+    s.add_argument("--folder", help="sessions folder (default: settings session.folder)")
+    s.add_argument("--config", help="TOML replacing configs/explorer.toml")
+    s.set_defaults(func=run_sessions)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -49,61 +61,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default=None, help="window size WIDTHxHEIGHT")
 
 
-def _size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"error: --size must look like 1280x720, got {text!r}") from None
-    return w, h
+PRESETS = ("paper", "interactive")
 
 
-def load_image(path: str) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
-def load_depth(path: str, shape: tuple[int, int]) -> np.ndarray:
-    """A z-depth map from .npy (float) or a 16-bit PNG in millimetres; must match ``shape``."""
-    if path.endswith(".npy"):
-        depth = np.load(path).astype(np.float32)
-    else:
-        from PIL import Image
+def _link(args: argparse.Namespace, settings):
+    from explorer.backend_process import BackendLink
 
-        with Image.open(path) as im:
-            depth = np.asarray(im).astype(np.float32) / 1000.0
-    if depth.shape != shape:
-        raise SystemExit(f"error: depth map is {depth.shape[::-1]}, the photo is {shape[::-1]}")
-    return depth
-
-
-class _Connection:
-    """The client plus, when we started it, the local backend process."""
-
-    def __init__(self, args: argparse.Namespace, settings):
-        from explorer.backend_process import connect, start_local_backend
-
-        self.local = None
-        address = args.backend
-        if address is None:
-            extra = ["--engine", args.engine] if args.engine else []
-            self.local = start_local_backend(extra)
-            address = self.local.address
-        try:
-            self.client = connect(address, settings, args.keys)
-        except Exception:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        client = getattr(self, "client", None)
-        if client is not None:
-            client.close()
-        if self.local is not None:
-            self.local.stop()
+    serve = ["--sessions", settings.session.folder]
+    if args.engine:
+        serve += ["--engine", args.engine]
+    return BackendLink(settings, args.backend, args.keys, serve)
 
 
 def _sigterm_as_interrupt() -> None:
@@ -113,31 +85,67 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, _raise)
 
 
-def run_explore(args: argparse.Namespace) -> int:
-    """Open a window on ``args.image`` and run until it closes (or Ctrl-C)."""
+def _check_explore(args: argparse.Namespace):
+    """Every input of ``explore``, checked before a window or backend starts."""
+    from explorer.inputs import check_engine, check_fov, load_depth, load_photo, parse_size
     from explorer.settings import ExplorerSettings
+
+    settings = ExplorerSettings.load(args.config)
+    check_engine(args.engine)
+    check_fov(args.fov)
+    size = parse_size(args.size)
+    if args.preset is not None and args.preset not in PRESETS:
+        raise InputError(f"--preset {args.preset!r}: choose one of: {', '.join(PRESETS)}")
+    if (args.image is None) == (args.resume is None):
+        raise InputError("give a photo to explore, or --resume SESSION (not both)")
+    photo = load_photo(args.image, settings.photo) if args.image else None
+    depth = load_depth(args.depth, photo) if args.depth and photo else None
+    return settings, photo, depth, size
+
+
+def run_explore(args: argparse.Namespace) -> int:
+    """Open a window on ``args.image`` (or a resumed session) and run until it closes."""
+    from explorer.inputs import session_name, window_size
+    from explorer.settings import SettingsError
+
+    try:
+        settings, photo, depth, size = _check_explore(args)
+    except (InputError, SettingsError) as exc:
+        return _fail(str(exc))
+    if args.preset:
+        settings.paths.preset = args.preset
+    if args.keep_hud:
+        settings.record.keep_hud = True
     from explorer.window import configure_pyglet
 
     configure_pyglet(headless=False)
     from protocol.camera import intrinsics
 
-    settings = ExplorerSettings.load(args.config)
-    image = load_image(args.image)
-    depth = load_depth(args.depth, image.shape[:2]) if args.depth else None
-    K = intrinsics(image.shape[1], image.shape[0], args.fov) if args.fov else None
+    K = None
+    if photo is not None and args.fov:
+        K = intrinsics(photo.image.shape[1], photo.image.shape[0], args.fov)
+    if size is None and photo is not None and settings.window.fit_photo:
+        size = window_size(photo.original_size, settings.window.width)
     try:
         from explorer.window import ExplorerWindow
 
-        conn = _Connection(args, settings)
+        link = _link(args, settings)
     except Exception as exc:  # noqa: BLE001 - one sentence to the person, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     _sigterm_as_interrupt()
     win = None
+    name = args.resume or session_name(photo.path)
     try:
-        win = ExplorerWindow(conn.client, settings, record_path=args.record,
-                             size=_size(args.size), caption=f"DreamJourney - {args.image}")
-        win.explorer.session.open_scene(image, K=K, depth=depth, engine=args.engine)
+        win = ExplorerWindow(link.client, settings, record_path=args.record, size=size,
+                             caption=f"DreamJourney - {name}", link=link)
+        session = win.explorer.session
+        if photo is not None:
+            logger.info("photo %s: %dx%d, sent at %dx%d", photo.path, *photo.original_size,
+                        photo.image.shape[1], photo.image.shape[0])
+            session.on_opened = partial(_keep_original, photo.path, Path(settings.session.folder) / name)
+            session.open_scene(photo.image, K=K, depth=depth, engine=args.engine, scene_id=name)
+        else:
+            session.open_scene(None, engine=args.engine, scene_id=name, resume=True)
         if args.record_on_start:
             win.explorer.start_recording()
         win.run()
@@ -146,7 +154,42 @@ def run_explore(args: argparse.Namespace) -> int:
     finally:
         if win is not None:
             win.close()
-        conn.close()
+        link.close()
+    return 0
+
+
+def _keep_original(photo: Path, folder: Path, scene) -> None:
+    """Once the backend has made the session (a local backend's folder is this folder, and it
+    refuses one that exists), copy the original photo into it."""
+    from explorer.inputs import keep_original
+
+    if scene.resumed or (folder / f"original{photo.suffix.lower()}").exists():
+        return
+    try:
+        keep_original(photo, folder)
+    except OSError as exc:
+        logger.warning("could not keep the original photo in %s: %s", folder, exc)
+
+
+def run_sessions(args: argparse.Namespace) -> int:
+    """Print the saved sessions, newest first."""
+    import datetime
+
+    from explorer.inputs import list_sessions
+    from explorer.settings import ExplorerSettings, SettingsError
+
+    try:
+        folder = Path(args.folder or ExplorerSettings.load(args.config).session.folder)
+    except SettingsError as exc:
+        return _fail(str(exc))
+    sessions = list_sessions(folder)
+    if not sessions:
+        print(f"no sessions under {folder}")
+        return 0
+    for s in sessions:
+        when = datetime.datetime.fromtimestamp(s["modified"]).strftime("%Y-%m-%d %H:%M")
+        print(f"{s['name']:<48} {when}  {s['clips']:>3} clips  {s['engine']}")
+    print(f"resume one with: dreamjourney explore --resume NAME  (folder {folder})")
     return 0
 
 
@@ -157,28 +200,36 @@ def run_demo(args: argparse.Namespace) -> int:
 
     configure_pyglet(headless=True)
     from explorer.demo import DemoDriver, journey_script
+    from explorer.inputs import check_engine, load_photo, parse_size, session_name
     from explorer.procedural_scene import make_valley, river_flow
+    from explorer.settings import SettingsError
     from explorer.window import ExplorerWindow
 
-    settings = ExplorerSettings.load(args.config)
-    size = _size(args.size) or (640, 360)
-    if args.image:
-        image, depth, K, river = load_image(args.image), None, None, None
+    try:
+        settings = ExplorerSettings.load(args.config)
+        check_engine(args.engine)
+        size = parse_size(args.size) or (640, 360)
+        photo = load_photo(args.image, settings.photo) if args.image else None
+    except (InputError, SettingsError) as exc:
+        return _fail(str(exc))
+    settings.record.keep_hud = True  # the demo shows what a person sees, help and bars too
+    if photo is not None:
+        image, depth, K, river = photo.image, None, None, None
     else:
         scene = make_valley(*size)
         image, depth, K, river = scene.image, scene.depth, scene.K, river_flow()
     out = Path(args.out)
     out.unlink(missing_ok=True)
     try:
-        conn = _Connection(args, settings)
+        conn = _link(args, settings)
     except Exception as exc:  # noqa: BLE001
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     _sigterm_as_interrupt()
     win = None
     try:
         win = ExplorerWindow(conn.client, settings, visible=False, size=size, record_path=out)
-        win.explorer.session.open_scene(image, K=K, depth=depth, engine=args.engine)
+        name = session_name(Path(args.image or "valley"))
+        win.explorer.session.open_scene(image, K=K, depth=depth, engine=args.engine, scene_id=name)
         DemoDriver(win, journey_script(river), fps=settings.record.fps).run()
     except KeyboardInterrupt:
         logger.info("interrupted: finalising %s", out)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import re
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +23,12 @@ class LocalBackend:
 
     process: subprocess.Popen
     address: str
+    args: list[str] = field(default_factory=list)
+    """The extra ``serve`` arguments it was started with (a restart reuses them)."""
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:
@@ -55,20 +64,22 @@ def start_local_backend(extra_args: list[str] = (), timeout: float = 60.0) -> Lo
                     "(run `dreamjourney serve` yourself to see why)"
                 )
             if line.startswith(READY_LINE):
-                return LocalBackend(proc, line[len(READY_LINE):].strip())
+                return LocalBackend(proc, line[len(READY_LINE):].strip(), list(extra_args))
     except queue.Empty:
         proc.kill()
         raise RuntimeError(f"the local backend did not start within {timeout:.0f} s") from None
 
 
-def connect(address: str, settings, keys_folder: str | None = None):
-    """A connected :class:`protocol.transport.Client` (raises HandshakeError on failure)."""
+def connect(address: str, settings, keys_folder: str | None = None, token: str | None = None):
+    """A connected :class:`protocol.transport.Client` (raises HandshakeError on failure).
+
+    ``token`` is the loopback identity to present (None asks the backend for a new one)."""
     from protocol.transport import Client, ClientKeys
 
     keys = ClientKeys.from_folder(keys_folder) if keys_folder else None
     net = settings.network
     client = Client(address, credits=net.credits, heartbeat_s=net.heartbeat_s,
-                    peer_timeout_s=net.peer_timeout_s, keys=keys)
+                    peer_timeout_s=net.peer_timeout_s, keys=keys, token=token)
     try:
         welcome = client.connect(timeout=net.connect_timeout_s)
     except Exception:
@@ -77,3 +88,126 @@ def connect(address: str, settings, keys_folder: str | None = None):
     logger.info("connected to %s (%s; engines: %s)", address, welcome.server,
                 ", ".join(welcome.engines))
     return client
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+
+def identity_path(settings) -> Path:
+    """The file keeping the explorer's loopback identity token."""
+    if settings.network.identity_file:
+        return Path(settings.network.identity_file).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "dreamjourney" / "identity"
+
+
+def load_token(path: Path) -> str | None:
+    """The token saved in ``path``; None when there is none (or it is not a token)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text if _TOKEN.fullmatch(text) else None
+
+
+def save_token(path: Path, token: str) -> None:
+    """Keep ``token`` in ``path``, readable by this user only (0600)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.replace(part, path)
+    except OSError as exc:  # the scene still works; only a later run cannot resume it
+        logger.warning("cannot save the identity token to %s: %s", path, exc)
+
+
+def is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return address.startswith(("ipc://", "inproc://")) or host in ("localhost", "::1") \
+        or host.startswith("127.")
+
+
+class BackendLink:
+    """The explorer's connection, kept alive.
+
+    With no address it starts a local ``dreamjourney serve`` (saving sessions under
+    ``session_folder``). :meth:`watch`, called every frame, notices a lost backend: it
+    restarts a local one that died, or reconnects to the remote address, on a background
+    thread with ``network.reconnect_s`` between attempts, then resumes the scene on the new
+    connection.
+
+    On loopback a scene belongs to the identity token the backend's Welcome handed out: the
+    link presents it again on every reconnection, and keeps it in :func:`identity_path`
+    (0600) so that a later ``explore --resume`` owns the same sessions. Under CURVE the key
+    is the identity and no token is kept.
+    """
+
+    def __init__(self, settings, address: str | None = None, keys_folder: str | None = None,
+                 serve_args: list[str] = ()):
+        self.settings = settings
+        self.keys_folder = keys_folder
+        self.local: LocalBackend | None = None
+        if address is None:
+            self.local = start_local_backend(list(serve_args))
+            address = self.local.address
+        self.address = address
+        self._identity = identity_path(settings) if is_loopback(address) and not keys_folder else None
+        self.token = load_token(self._identity) if self._identity else None
+        self.client = connect(address, settings, keys_folder, self.token)
+        self._keep_token(self.client)
+        self.reconnects = 0
+        self._thread: threading.Thread | None = None
+        self._fresh = None
+        self._closed = threading.Event()
+
+    def watch(self, session) -> None:
+        """Once per frame: start reconnecting when the session lost its peer; hand a new
+        connection to the session when one is ready."""
+        if self._fresh is not None:
+            old, self.client, self._fresh = self.client, self._fresh, None
+            self._thread = None
+            self.reconnects += 1
+            threading.Thread(target=old.close, daemon=True).start()
+            session.reattach(self.client)
+            session.status = "reconnected: resuming the scene..."
+            return
+        if session.peer_gone and self._thread is None:
+            session.status = "backend lost: " + ("restarting it..." if self.local else "reconnecting...")
+            self._thread = threading.Thread(target=self._reconnect, name="dj-reconnect", daemon=True)
+            self._thread.start()
+
+    def _reconnect(self) -> None:
+        while not self._closed.is_set():
+            try:
+                if self.local is not None and not self.local.alive:
+                    logger.warning("the local backend died (code %s): restarting it",
+                                   self.local.process.returncode)
+                    self.local = start_local_backend(self.local.args)
+                    self.address = self.local.address
+                fresh = connect(self.address, self.settings, self.keys_folder, self.token)
+                self._keep_token(fresh)
+                self._fresh = fresh
+                logger.info("reconnected to %s", self.address)
+                return
+            except Exception as exc:  # noqa: BLE001 - try again until closed
+                logger.warning("reconnecting to the backend failed: %s", exc)
+                self._closed.wait(self.settings.network.reconnect_s)
+
+    def _keep_token(self, client) -> None:
+        """Remember the identity ``client`` was welcomed with (and save it when it is new)."""
+        token = client.token
+        if not token or token == self.token:
+            return
+        self.token = token
+        if self._identity is not None:
+            save_token(self._identity, token)
+
+    def close(self) -> None:
+        self._closed.set()
+        self.client.close()
+        if self._fresh is not None:
+            self._fresh.close()
+        if self.local is not None:
+            self.local.stop()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from explorer.settings import CameraSettings
 from protocol.camera import gl_projection, intrinsics, opencv_to_gl_view, rotation_about
 
 WORLD_UP = np.array([0.0, -1.0, 0.0])
@@ -29,24 +30,6 @@ class MoveInput:
 
 
 @dataclass
-class CameraSettings:
-    fov_x_deg: float = 60.0
-    speed: float = 0.25
-    """Median depths per second at the default speed multiplier."""
-    fast_factor: float = 4.0
-    look_sensitivity: float = 0.0025
-    """Radians per pixel of mouse motion."""
-    scroll_step: float = 1.2
-    """Speed multiplier per scroll notch."""
-    smoothing: float = 12.0
-    """1/s: how quickly velocity follows the keys (higher is snappier)."""
-    max_pitch_deg: float = 85.0
-    near_fraction: float = 0.01
-    far_fraction: float = 50.0
-    """Near/far planes in median depths."""
-
-
-@dataclass
 class FlyCamera:
     """An OpenCV pose plus the state needed to fly it.
 
@@ -56,6 +39,12 @@ class FlyCamera:
 
     settings: CameraSettings = field(default_factory=CameraSettings)
     pose: np.ndarray = field(default_factory=lambda: np.eye(4))
+    fov_x_deg: float = 60.0
+    """Horizontal field of view of the photo (of the window when no photo is fitted)."""
+    fit: tuple[int, int] | None = None
+    """The photo's (width, height): the view is letterboxed so the whole photo shows."""
+    extent: float = 0.0
+    """Farthest point's distance from the world origin; the far plane reaches past it."""
     scene_scale: float = 1.0
     """The scene's median depth; speeds and clip planes scale with it."""
     speed_multiplier: float = 1.0
@@ -116,11 +105,19 @@ class FlyCamera:
     # --- matrices ------------------------------------------------------------------------
 
     def K(self, width: int, height: int) -> np.ndarray:
-        return intrinsics(width, height, self.settings.fov_x_deg)
+        """Intrinsics for a ``width`` x ``height`` view: with ``fit`` set, the photo's field
+        of view scaled to fit entirely inside the view (letterboxed), centred."""
+        if self.fit is None:
+            return intrinsics(width, height, self.fov_x_deg)
+        pw, ph = self.fit
+        f = 0.5 * pw / np.tan(np.radians(self.fov_x_deg) / 2) * min(width / pw, height / ph)
+        return np.array([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]])
 
     def clip_planes(self) -> tuple[float, float]:
-        s = self.scene_scale
-        return self.settings.near_fraction * s, self.settings.far_fraction * s
+        """Near and far in world units: far covers the whole cloud from where we are."""
+        s, c = self.scene_scale, self.settings
+        reach = self.extent + float(np.linalg.norm(self.pose[:3, 3]))
+        return c.near_fraction * s, max(c.far_fraction * s, c.far_margin * reach)
 
     def view_matrix(self) -> np.ndarray:
         return opencv_to_gl_view(self.pose)

@@ -44,6 +44,7 @@ def _optional_subcommands() -> list[Callable[[argparse._SubParsersAction], None]
     for module, attr in (
         ("backend.serve_cli", "add_arguments"),
         ("explorer.app_main", "add_arguments"),
+        ("backend.cluster.status_cli", "add_arguments"),
     ):
         try:
             mod = __import__(module, fromlist=[attr])
@@ -55,12 +56,22 @@ def _optional_subcommands() -> list[Callable[[argparse._SubParsersAction], None]
     return adders
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dreamjourney")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dreamjourney",
         description="Walk into a photo: a live point cloud explorer with a generative backend.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_keys(sub)
     for add in _optional_subcommands():

@@ -34,12 +34,18 @@ class TextCache:
         return self._fonts[size]
 
     def get(self, text: str, size: int = 16) -> moderngl.Texture:
-        key = (text, size)
+        return self._cached((text, size), lambda: render_text(text, self.font(size)))
+
+    def table(self, rows: tuple[tuple[str, str], ...], size: int = 16) -> moderngl.Texture:
+        """A two-column table (keys, what they do), the second column aligned by pixels."""
+        return self._cached((rows, size), lambda: render_table(rows, self.font(size)))
+
+    def _cached(self, key, make) -> moderngl.Texture:
         tex = self._items.get(key)
         if tex is not None:
             self._items.move_to_end(key)
             return tex
-        tex = self.ctx.texture(*render_text(text, self.font(size)))
+        tex = self.ctx.texture(*make())
         tex.filter = moderngl.NEAREST, moderngl.NEAREST
         self._items[key] = tex
         while len(self._items) > self.capacity:
@@ -61,6 +67,30 @@ def render_text(text: str, font: ImageFont.ImageFont, pad: int = 4) -> tuple:
     return (w, h), 4, np.asarray(img).tobytes()
 
 
+def render_table(rows: tuple[tuple[str, str], ...], font: ImageFont.ImageFont, pad: int = 6,
+                 gap: int = 24) -> tuple:
+    """(size, components, bytes) of a two-column table: keys bold-ish yellow, text white."""
+    probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
+
+    def box(text: str) -> tuple[int, int]:
+        left, top, right, bottom = probe.textbbox((0, 0), text, font=font, stroke_width=1)
+        return right - left, bottom - top
+
+    key_w = max((box(k)[0] for k, _ in rows), default=0)
+    text_w = max((box(t)[0] for _, t in rows), default=0)
+    line_h = max((box(k + t)[1] for k, t in rows), default=0) + 6
+    w, h = 2 * pad + key_w + gap + text_w, 2 * pad + line_h * len(rows)
+    img = Image.new("RGBA", (max(1, w), max(1, h)), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    for i, (keys, does) in enumerate(rows):
+        y = pad + i * line_h
+        draw.text((pad, y), keys, font=font, fill=(255, 220, 90, 255), stroke_width=1,
+                  stroke_fill=(0, 0, 0, 255))
+        draw.text((pad + key_w + gap, y), does, font=font, fill=(255, 255, 255, 255),
+                  stroke_width=1, stroke_fill=(0, 0, 0, 255))
+    return img.size, 4, np.asarray(img).tobytes()
+
+
 @dataclass
 class JobBar:
     label: str
@@ -73,7 +103,8 @@ class HudState:
     fps: float = 0.0
     jobs: dict[str, JobBar] = field(default_factory=dict)
     show_help: bool = False
-    help_text: str = ""
+    help_rows: tuple[tuple[str, str], ...] = ()
+    """The F1 table: (keys, what they do) per row."""
     recording: bool = False
     extra: str = ""
     """A second line under the status (e.g. annotation mode)."""
@@ -105,12 +136,16 @@ class Hud:
         if state.recording:
             self.overlay.rect(width - tex.width - 30, 12, 14, 14, (0.9, 0.1, 0.1, 1.0))
         self._draw_bars(state, width)
-        if state.show_help and state.help_text:
-            help_tex = self.text.get(state.help_text, self.font_size)
+        if state.show_help and state.help_rows:
+            room = height - 2 * line - 24  # above the status lines
+            for size in (self.font_size, 14, 12, 10):
+                help_tex = self.text.table(state.help_rows, size)
+                if help_tex.height <= room:
+                    break
             x = (width - help_tex.width) / 2
-            y = max(8.0, (height - help_tex.height) / 2)
-            self.overlay.rect(x - 12, y - 12, help_tex.width + 24, help_tex.height + 24,
-                              (0.0, 0.0, 0.0, 0.7))
+            y = max(8.0, (height - 2 * line - help_tex.height) / 2)
+            self.overlay.rect(x - 12, y - 8, help_tex.width + 24, help_tex.height + 16,
+                              (0.0, 0.0, 0.0, 0.8))
             self.overlay.image(help_tex, x, y, help_tex.width, help_tex.height)
 
     def _draw_bars(self, state: HudState, width: int) -> None:

@@ -1,19 +1,29 @@
 """Clip playback: frames queue as they stream in and play at the clip's fps.
 
 The player is pure logic on the app clock (no GL, no sockets): ``add`` takes decoded frames,
-``update(dt)`` advances playback and reports which frame to show, and the caller grants one
-credit per frame the player consumes. A transition clip starts once enough frames are
-buffered to play through at the measured arrival rate, and ends on its last pose; a dynamics
-clip (``loop``) repeats until stopped.
+``update(dt)`` advances playback and reports which frame to show. A transition clip starts
+once enough frames are buffered to play through at the measured arrival rate, and ends on its
+last pose; a dynamics clip (``loop``) repeats until stopped.
+
+Credits are accounted per frame *received*: every frame that arrives is credited exactly
+once, when the playhead reaches or passes it (shown or skipped), when its clip ends or is
+dropped, or at once if its clip is already over. :meth:`ClipPlayer.take_credits` hands the
+count to the caller, who grants it on the wire, so no pacing of ticks can leave the backend
+waiting for credit that never comes.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
+
+from explorer.settings import PlayerSettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +58,8 @@ class Clip:
     frames: dict[int, ClipFrame] = field(default_factory=dict)
     done: bool = False
     """The backend finished (JobDone or JobFailed); no more frames will come."""
+    credited: set[int] = field(default_factory=set)
+    """Indices of frames whose credit has been handed out."""
 
     def contiguous(self) -> int:
         """How many frames from index 0 are present without a gap."""
@@ -57,16 +69,10 @@ class Clip:
         return n
 
     def expected(self) -> int:
-        return len(self.frames) if self.done else self.num_frames
-
-
-@dataclass
-class PlayerSettings:
-    min_prebuffer: int = 2
-    """Frames buffered before any clip may start (also the minimum for a rate estimate)."""
-    max_prebuffer: int = 8
-    """Start at the latest with this many frames (keep it <= the credit window)."""
-    fade_s: float = 0.15
+        """Frames the clip will have: all announced, or once done, up to the last received."""
+        if self.done:
+            return max(self.frames) + 1 if self.frames else 0
+        return self.num_frames
 
 
 @dataclass
@@ -75,7 +81,7 @@ class ShowFrame:
 
     frame: ClipFrame
     new: bool
-    """First time this frame is shown (upload it, grant a credit)."""
+    """First time this frame is shown (upload it)."""
     alpha: float
     ended: bool = False
     """The clip just ended on this frame: hand the camera back at its pose."""
@@ -86,6 +92,13 @@ class ClipPlayer:
 
     def __init__(self, settings: PlayerSettings | None = None):
         self.settings = settings or PlayerSettings()
+        self.credits_due = 0
+        """Frames finished with but not yet handed to :meth:`take_credits`."""
+        self.credits_total = 0
+        """Every credit ever handed out (tests compare it with frames received)."""
+        self.frames_received = 0
+        self.clips_ended = 0
+        self._over: set[str] = set()
         self.queue: list[Clip] = []
         self.clip: Clip | None = None
         self.state = PlayerState.IDLE
@@ -94,6 +107,9 @@ class ClipPlayer:
         self.shown_index = -1
         self.stalls = 0
         self._consumed: set[int] = set()
+        self.started_at = 0.0
+        self._passed = -1.0
+        """Furthest point of the clip's timeline (frame index, unwrapped) the playhead reached."""
         self._clock = 0.0
 
     # --- feeding -------------------------------------------------------------------------
@@ -104,12 +120,33 @@ class ClipPlayer:
             self.queue.append(Clip(job_id, num_frames, fps, loop))
 
     def add(self, job_id: str, frame: ClipFrame, num_frames: int, fps: float, loop: bool) -> None:
+        self.frames_received += 1
         clip = self._find(job_id)
+        if job_id in self._over or (clip is not None and frame.index in clip.frames):
+            self._credit(1)  # its clip is over, or a repeat: nobody will show it
+            return
         if clip is None:
             clip = Clip(job_id, num_frames, fps, loop)
             self.queue.append(clip)
         clip.num_frames, clip.fps, clip.loop = num_frames, fps, loop
         clip.frames[frame.index] = frame
+        if clip is self.clip and frame.index <= self._passed:
+            self._credit_frames(clip, frame.index)
+
+    def take_credits(self) -> int:
+        """Credits to grant now (frames received and finished with); resets the count."""
+        due, self.credits_due = self.credits_due, 0
+        return due
+
+    def _credit(self, n: int) -> None:
+        self.credits_due += n
+        self.credits_total += n
+
+    def _credit_frames(self, clip: Clip, upto: float) -> None:
+        """Credit every received frame of ``clip`` with index <= ``upto`` not yet credited."""
+        new = [i for i in clip.frames if i <= upto and i not in clip.credited]
+        clip.credited.update(new)
+        self._credit(len(new))
 
     def finish(self, job_id: str) -> None:
         """The backend will send no more frames for ``job_id``."""
@@ -117,17 +154,27 @@ class ClipPlayer:
         if clip is not None:
             clip.done = True
 
-    def discard(self, job_id: str) -> int:
-        """Drop clip ``job_id`` now (playing or queued); returns how many of its frames
-        arrived but were never shown, whose credits the caller must still return."""
-        unshown = 0
+    def discard(self, job_id: str) -> None:
+        """Drop clip ``job_id`` now (playing or queued); its frames, received or still to
+        come, are credited."""
         if self.clip is not None and self.clip.job_id == job_id:
-            unshown = len(set(self.clip.frames) - self._consumed)
             self._end_clip()
         for clip in [c for c in self.queue if c.job_id == job_id]:
-            unshown += len(clip.frames)
+            self._retire(clip)
             self.queue.remove(clip)
-        return unshown
+        self._over.add(job_id)
+
+    def discard_all(self) -> list[str]:
+        """Drop the playing clip and every queued one; their job ids."""
+        ids = ([self.clip.job_id] if self.clip is not None else []) + [c.job_id for c in self.queue]
+        for job_id in ids:
+            self.discard(job_id)
+        return ids
+
+    def _retire(self, clip: Clip) -> None:
+        """The clip is over: credit its frames that never were, and any still to come."""
+        self._credit_frames(clip, math.inf)
+        self._over.add(clip.job_id)
 
     def _find(self, job_id: str) -> Clip | None:
         if self.clip is not None and self.clip.job_id == job_id:
@@ -146,7 +193,7 @@ class ClipPlayer:
         have = clip.contiguous()
         total = clip.expected()
         if have == 0:
-            return False
+            return clip.done and bool(clip.frames)  # a gap nothing will fill: play what came
         if have >= total or have >= self.settings.max_prebuffer:
             return True
         if have < self.settings.min_prebuffer:
@@ -173,8 +220,10 @@ class ClipPlayer:
                 self.state = PlayerState.BUFFERING if self.queue else PlayerState.IDLE
                 return None
             self.clip = self.queue.pop(0)
+            self.started_at = now
             self.position = 0.0
             self.shown_index = -1
+            self._passed = -1.0
             self._consumed = set()
             self.state = PlayerState.PLAYING
         elif self.state != PlayerState.STALLED:  # a stalled clip resumes at the frame's start
@@ -185,30 +234,44 @@ class ClipPlayer:
         clip = self.clip
         assert clip is not None
         total = clip.expected()
-        index = int(math.floor(self.position * clip.fps + 1e-6))
+        linear = int(math.floor(self.position * clip.fps + 1e-6))
+        index = linear
         if clip.loop and clip.done and total > 0:
             index %= total
         elif clip.loop and index >= clip.num_frames:
             index %= clip.num_frames
         if not clip.loop and index >= total and (clip.done or index >= clip.num_frames):
             last = clip.frames.get(max(clip.frames)) if clip.frames else None
-            self._end_clip()
+            self._end_clip(natural=True)
             return ShowFrame(last, new=False, alpha=0.0, ended=True) if last is not None else None
+        if index not in clip.frames and clip.done:  # a gap nothing will fill: skip it
+            gap = min(i for i in clip.frames if i > index) - index
+            self.position += gap / clip.fps
+            index, linear = index + gap, linear + gap
         if index not in clip.frames:
             # Not here yet: hold the clock on the last shown frame.
             self.state = PlayerState.STALLED
             if self.shown_index >= 0:
                 self.stalls += 1
-            self.position = index / clip.fps
+            self.position = linear / clip.fps
+            self._pass(clip, linear - 1)
             index = self.shown_index
             if index < 0:
                 return None
         else:
             self.state = PlayerState.PLAYING
+            self._pass(clip, linear)
         new = index not in self._consumed
         self._consumed.add(index)
         self.shown_index = index
         return ShowFrame(clip.frames[index], new=new, alpha=self._alpha(clip))
+
+    def _pass(self, clip: Clip, linear: float) -> None:
+        """The playhead reached ``linear``: credit what it reached or skipped."""
+        if linear <= self._passed:
+            return
+        self._passed = linear
+        self._credit_frames(clip, math.inf if linear >= clip.num_frames else linear)
 
     def _alpha(self, clip: Clip) -> float:
         fade = self.settings.fade_s
@@ -217,10 +280,19 @@ class ClipPlayer:
         length = clip.expected() / clip.fps
         return float(np.clip(min(self.position, length - self.position) / fade, 0.0, 1.0)) ** 0.5
 
-    def _end_clip(self) -> None:
+    def _end_clip(self, natural: bool = False) -> None:
+        if self.clip is not None:
+            self._retire(self.clip)
+            self.clips_ended += 1
+            clip = self.clip
+            end = "to its end" if natural else "until stopped"
+            logger.info("clip %s played %s: %d/%d frames received in %.2f s", clip.job_id, end,
+                        len(clip.frames), clip.num_frames, self._clock - self.started_at)
         self.clip = None
         self.state = PlayerState.FINISHED
         self.shown_index = -1
 
     def _drop_empty_done(self) -> None:
-        self.queue = [c for c in self.queue if not (c.done and not c.frames)]
+        for clip in [c for c in self.queue if c.done and not c.frames]:
+            self._over.add(clip.job_id)
+            self.queue.remove(clip)

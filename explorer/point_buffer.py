@@ -39,7 +39,9 @@ class PointCloudBuffer:
         self.generation = 0
         self.bytes_uploaded = 0
         self.vbo = ctx.buffer(reserve=self.capacity * POINT_DTYPE.itemsize, dynamic=True)
-        self._extent = np.zeros(0, dtype=np.float32)
+        self.extent = 0.0
+        """Largest distance of any point from the world origin (sizes the far plane)."""
+        self._extents: list[tuple[int, float]] = []  # (count after an append, extent then)
 
     def append(self, xyz: np.ndarray, rgb: np.ndarray, radius: np.ndarray) -> None:
         """Add N points: xyz N x 3 float, rgb N x 3 uint8, radius N float (world units)."""
@@ -61,10 +63,21 @@ class PointCloudBuffer:
         self.vbo.write(packed.tobytes(), offset=self.count * POINT_DTYPE.itemsize)
         self.bytes_uploaded += packed.nbytes
         self.count += n
+        finite = xyz[np.isfinite(xyz).all(axis=1)]
+        if len(finite):
+            self.extent = max(self.extent, float(np.sqrt((finite.astype(np.float64) ** 2)
+                                                         .sum(axis=1).max())))
+        self._extents.append((self.count, self.extent))
+
+    def truncate(self, count: int) -> None:
+        """Keep only the first ``count`` points (an undone transition's points go)."""
+        self.count = max(0, min(int(count), self.count))
+        self._extents = [(c, e) for c, e in self._extents if c <= self.count]
+        self.extent = self._extents[-1][1] if self._extents else 0.0
 
     def clear(self) -> None:
         """Forget every point (a new scene); keeps the allocation."""
-        self.count = 0
+        self.truncate(0)
 
     def _reserve(self, needed: int) -> None:
         if needed <= self.capacity:

@@ -117,7 +117,10 @@ class VideoRecorder:
         import av
 
         try:
-            container = av.open(str(self.path), mode="w")
+            # Fragmented MP4: every keyframe closes a fragment, so a file cut off by a crash
+            # or a lost display still plays up to its last fragment.
+            container = av.open(str(self.path), mode="w", format="mp4",
+                                options={"movflags": "frag_keyframe+empty_moov+default_base_moof"})
         except Exception as exc:  # noqa: BLE001 - reported on the render thread
             self._error = exc
             self._drain()
@@ -126,7 +129,8 @@ class VideoRecorder:
             stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
             stream.width, stream.height = self.width, self.height
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(self.crf), "preset": self.preset}
+            stream.options = {"crf": str(self.crf), "preset": self.preset,
+                              "g": str(max(1, round(self.fps)))}  # a fragment a second
             stream.thread_count = 1
             frame = None
             stopping = False

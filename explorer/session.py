@@ -19,31 +19,21 @@ from typing import Any, Protocol
 import numpy as np
 
 from explorer.player import ClipFrame, ClipPlayer
-from protocol.codec import (
-    array_blob,
-    decode_image,
-    encode_image,
-    k_array,
-    k_list,
-    pose_array,
-    pose_list,
-    read_array,
-)
+from protocol import requests
+from protocol.codec import decode_image, k_array, pose_array, read_array
 from protocol.messages import (
     Arrow,
     Cancel,
-    Dynamics,
     Error,
     Frame,
     JobAccepted,
     JobDone,
     JobFailed,
-    OpenScene,
     PointsDelta,
     Progress,
     SceneOpened,
     SceneText,
-    Transition,
+    Undone,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,6 +46,7 @@ class ClientLike(Protocol):
 
 
 PointsSink = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+TruncateSink = Callable[[int], None]
 
 
 @dataclass
@@ -69,6 +60,10 @@ class SceneInfo:
     engine: str
     num_points: int = 0
     loaded_points: int = 0
+    depth_source: str = "prior"
+    depth_note: str = ""
+    points_budget: int = 0
+    resumed: bool = False
 
 
 @dataclass
@@ -97,10 +92,16 @@ class ExplorerSession:
     """Scene and job bookkeeping for one connection."""
 
     def __init__(self, client: ClientLike, player: ClipPlayer, on_points: PointsSink,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 on_truncate: TruncateSink | None = None):
         self.client = client
         self.player = player
         self.on_points = on_points
+        self.on_truncate = on_truncate or (lambda n: None)
+        """Called with a point count when the cloud must shrink to it (undo, resume)."""
+        self.on_opened: Callable[[SceneInfo], None] | None = None
+        """Called with the scene once SceneOpened arrives (new or resumed)."""
+        self.undone: list[Undone] = []
         self.clock = clock
         self.scene: SceneInfo | None = None
         self.jobs: dict[str, JobInfo] = {}
@@ -110,40 +111,45 @@ class ExplorerSession:
         self.frames_received = 0
         self._ids = itertools.count(1)
         self._pending_scene: str | None = None
+        self._opening_since: float | None = None
         self._discarded: set[str] = set()
+        self.credits_granted = 0
 
     # --- requests ------------------------------------------------------------------------
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}-{uuid.uuid4().hex[:6]}"
 
-    def open_scene(self, image: np.ndarray, K: np.ndarray | None = None,
+    def open_scene(self, image: np.ndarray | None, K: np.ndarray | None = None,
                    depth: np.ndarray | None = None, text: SceneText | None = None,
-                   engine: str | None = None) -> str:
-        """Send OpenScene for an H x W x 3 uint8 photo (optionally with its z-depth)."""
-        scene_id = self.new_id("scene")
-        ref, data = encode_image(image, "jpeg", index=0, quality=95)
-        blobs = [data]
-        depth_ref = None
-        if depth is not None:
-            depth_ref, arr = array_blob(np.array(depth, dtype=np.float32), index=1)
-            blobs.append(arr)
-        msg = OpenScene(
-            request_id=scene_id, scene_id=scene_id, image=ref,
-            K=k_list(K) if K is not None else None, depth=depth_ref,
-            text=text or SceneText(), engine=engine,
-        )
-        self.client.send(msg, blobs)
+                   engine: str | None = None, scene_id: str | None = None,
+                   resume: bool = False) -> str:
+        """Send OpenScene for an H x W x 3 uint8 photo (optionally with its z-depth), or
+        resume the saved scene ``scene_id``."""
+        scene_id = scene_id or self.new_id("scene")
+        self.client.send(*requests.open_scene(scene_id, image, K, depth, text, engine, resume))
         self._pending_scene = scene_id
-        self.status = "opening the scene..."
+        self._opening_since = time.monotonic()
+        self.status = "resuming the scene..." if resume else "opening the scene..."
         return scene_id
 
-    def send_transition(self, poses: np.ndarray, fps: float) -> str:
+    def opening_progress(self) -> tuple[str, float] | None:
+        """(label, fraction) while a scene opens or its cloud loads; None once it is ready."""
+        if self._opening_since is None:
+            return None
+        waited = time.monotonic() - self._opening_since
+        scene = self.scene
+        if scene is None or scene.scene_id != self._pending_scene:
+            return f"opening the scene ({waited:.0f} s)", 0.0
+        if scene.num_points:
+            return (f"loading points {scene.loaded_points:,}/{scene.num_points:,}",
+                    scene.loaded_points / scene.num_points)
+        return f"loading points ({waited:.0f} s)", 0.0
+
+    def send_transition(self, poses: np.ndarray, fps: float, preset: str | None = None) -> str:
         scene = self._require_scene()
         job_id = self.new_id("transition")
-        ref, arr = array_blob(np.array(poses, dtype=np.float32), index=0)
-        self.client.send(Transition(job_id=job_id, scene_id=scene.scene_id, poses=ref, fps=fps),
-                         [arr])
+        self.client.send(*requests.transition(job_id, scene.scene_id, poses, fps, preset))
         self.jobs[job_id] = JobInfo(job_id, "transition", len(poses), fps)
         self.status = f"transition of {len(poses)} frames requested"
         return job_id
@@ -152,32 +158,39 @@ class ExplorerSession:
                       num_frames: int, fps: float) -> str:
         scene = self._require_scene()
         job_id = self.new_id("dynamics")
-        blobs = []
-        frozen_ref = None
-        if frozen is not None and frozen.any():
-            # A copy: the transport sends zero-copy from another thread, after we return.
-            frozen_ref, arr = array_blob(np.array(frozen, dtype=np.uint8), index=0)
-            blobs.append(arr)
-        self.client.send(Dynamics(job_id=job_id, scene_id=scene.scene_id, pose=pose_list(pose),
-                                  num_frames=num_frames, fps=fps, arrows=list(arrows),
-                                  frozen=frozen_ref), blobs)
+        self.client.send(*requests.dynamics(job_id, scene.scene_id, pose, num_frames, fps,
+                                            arrows, frozen))
         self.jobs[job_id] = JobInfo(job_id, "dynamics", num_frames, fps)
         self.status = f"animating this view ({len(arrows)} arrows)"
         return job_id
+
+    def undo(self) -> str:
+        """Ask the backend to take back the scene's last transition."""
+        scene = self._require_scene()
+        request_id = self.new_id("undo")
+        self.client.send(*requests.undo(request_id, scene.scene_id))
+        self.status = "undoing the last transition..."
+        return request_id
+
+    def reattach(self, client: ClientLike) -> None:
+        """A new connection after the backend was lost: resume the scene on it."""
+        self.client = client
+        self.peer_gone = False
+        self._discarded.clear()
+        if self.scene is not None:
+            self.open_scene(None, scene_id=self.scene.scene_id, resume=True)
 
     def cancel(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
         if job is not None and not job.done:
             self.client.send(Cancel(job_id=job_id))
 
-    def discard(self, job_id: str, unshown_frames: int) -> None:
-        """Stop wanting ``job_id``: cancel it, and return the credit of every frame of it
-        that was received but not shown, or that still arrives (frames already in flight),
-        so the backend's credit window never stays blocked by a clip nobody plays."""
+    def discard(self, job_id: str) -> None:
+        """Stop wanting ``job_id``: cancel it; frames of it still in flight are credited as
+        they arrive (the player credits those it already had)."""
         self.cancel(job_id)
         self._discarded.add(job_id)
         self.jobs.pop(job_id, None)
-        self.consumed(unshown_frames)
 
     def _require_scene(self) -> SceneInfo:
         if self.scene is None:
@@ -219,12 +232,22 @@ class ExplorerSession:
             JobDone: self._on_job_done,
             JobFailed: self._on_job_failed,
             Error: self._on_error,
+            Undone: self._on_undone,
         }
 
     def _on_scene_opened(self, msg: SceneOpened, blobs) -> None:
+        if self.scene is not None and self.scene.scene_id == msg.scene_id:
+            self.on_truncate(0)  # resumed: the backend sends the whole cloud again
         self.scene = SceneInfo(msg.scene_id, msg.width, msg.height, k_array(msg.K),
-                               pose_array(msg.pose), msg.median_depth, msg.engine, msg.num_points)
-        self.status = f"scene open ({msg.engine} engine), loading {msg.num_points} points"
+                               pose_array(msg.pose), msg.median_depth, msg.engine, msg.num_points,
+                               depth_source=msg.depth_source, depth_note=msg.depth_note,
+                               points_budget=msg.points_budget, resumed=msg.resumed)
+        verb = "resumed" if msg.resumed else "open"
+        logger.info("scene %s %s (%s engine, %d points, depth: %s)", msg.scene_id, verb,
+                    msg.engine, msg.num_points, msg.depth_source)
+        self.status = f"scene {verb} ({msg.engine} engine), loading {msg.num_points} points"
+        if self.on_opened is not None:
+            self.on_opened(self.scene)
 
     def _on_points(self, msg: PointsDelta, blobs) -> None:
         xyz = read_array(msg.xyz, blobs)
@@ -234,8 +257,10 @@ class ExplorerSession:
         if self.scene is not None and msg.scene_id == self.scene.scene_id:
             self.scene.loaded_points += len(xyz)
             self.scene.num_points = msg.total_points
-            if msg.last:
+            if msg.last and msg.job_id is None:
+                self._opening_since = None
                 self.status = "scene ready: fly with W A S D, F1 for help"
+                logger.info("scene %s ready: %d points", msg.scene_id, msg.total_points)
 
     def _on_job_accepted(self, msg: JobAccepted, blobs) -> None:
         if msg.job_id in self._discarded:
@@ -246,16 +271,30 @@ class ExplorerSession:
         self.player.begin(msg.job_id, msg.num_frames, job.fps, msg.kind == "dynamics")
 
     def consumed(self, frames: int = 1) -> None:
-        """Frames the player has shown (or dropped): the backend may send that many more."""
+        """Frames received and finished with: the backend may send that many more."""
         if frames > 0:
-            self.client.credit(frames)
+            self.credits_granted += frames
+            if not self.peer_gone:
+                self.client.credit(frames)
+
+    def _on_undone(self, msg: Undone, blobs) -> None:
+        if self.scene is None or msg.scene_id != self.scene.scene_id:
+            return
+        if msg.job_id is None:
+            self.status = "nothing to undo"
+            return
+        self.on_truncate(msg.total_points)
+        self.scene.num_points = self.scene.loaded_points = msg.total_points
+        self.undone.append(msg)
+        logger.info("undid %s: %d points left", msg.job_id, msg.total_points)
+        self.status = f"undid {msg.job_id.split('-')[0]}: back to {msg.total_points:,} points"
 
     def _on_progress(self, msg: Progress, blobs) -> None:
         job = self.jobs.get(msg.job_id)
         if job is None:
             return
         job.stage, job.step, job.total = msg.stage, msg.step, msg.total
-        if msg.message:
+        if msg.message and not job.frames_received:  # once it streams, playback is the news
             self.status = msg.message
 
     def _on_frame(self, msg: Frame, blobs) -> None:
@@ -269,6 +308,8 @@ class ExplorerSession:
         self.player.add(msg.job_id, frame, msg.num_frames, msg.fps, msg.loop)
         self.frames_received += 1
         job = self.jobs.get(msg.job_id)
+        if job is not None and not job.frames_received:
+            self.status = f"{job.kind} streaming"
         if job is not None:
             job.frames_received = max(job.frames_received, msg.index + 1)
             job.num_frames = msg.num_frames
@@ -301,5 +342,6 @@ class ExplorerSession:
     def _on_peer_gone(self, reason: str) -> None:
         self.peer_gone = True
         self.status = f"backend gone: {reason}"
+        logger.warning("backend gone: %s", reason)
         for job_id in list(self.jobs):
             self._end_job(job_id)

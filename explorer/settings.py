@@ -1,120 +1,170 @@
-"""Explorer settings and key bindings, read from the TOML files in ``configs/``."""
+"""Explorer settings and key bindings: one typed object each, read from ``configs/``.
+
+``ExplorerSettings.load(path)`` decodes ``configs/explorer.toml`` (or ``path``) with msgspec
+into nested structs; a key missing from the file keeps its default, an unknown key or a
+value of the wrong type is a :class:`SettingsError` that names it. The camera, player and
+recorder take their section of this object as it is: there is no second copy of any field.
+"""
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 
-def _section(cls, data: dict[str, Any], name: str):
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown keys in [{name}]: {', '.join(sorted(unknown))}")
-    return cls(**data)
+class SettingsError(ValueError):
+    """A settings or key-bindings file cannot be used; the message names the key."""
 
 
-@dataclass
-class WindowSettings:
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class WindowSettings(_Section):
     width: int = 960
+    """Window width in pixels when no ``--size`` is given and ``fit_photo`` is off."""
     height: int = 540
+    fit_photo: bool = True
+    """Size the window to the photo's aspect (its width stays ``width``)."""
     target_fps: float = 60.0
     vsync: bool = False
-    background: list[float] = field(default_factory=lambda: [0.02, 0.02, 0.03])
+    background: list[float] = msgspec.field(default_factory=lambda: [0.02, 0.02, 0.03])
+    """Clear colour, RGB in [0, 1]."""
 
 
-@dataclass
-class CameraConfig:
+class CameraSettings(_Section):
     speed: float = 0.25
+    """Median depths per second at the default speed multiplier."""
     fast_factor: float = 4.0
     look_sensitivity: float = 0.0025
+    """Radians per pixel of mouse motion."""
     scroll_step: float = 1.2
+    """Speed multiplier per scroll notch."""
     smoothing: float = 12.0
+    """1/s: how quickly velocity follows the keys (higher is snappier)."""
+    max_pitch_deg: float = 85.0
+    near_fraction: float = 0.01
+    """Near plane in median depths."""
+    far_fraction: float = 50.0
+    """Smallest far plane in median depths; the cloud's own extent pushes it further."""
+    far_margin: float = 1.5
+    """The far plane is at least this many times the farthest point's distance."""
 
 
-@dataclass
-class PathSettings:
+class PathSettings(_Section):
     transition_frames: int = 48
     fps: float = 24.0
     smooth: int = 2
+    """Moving-average radius (poses) after resampling."""
+    preset: str | None = None
+    """Sampler preset sent with each transition (``paper``, ``interactive``); None: the
+    backend's default."""
 
 
-@dataclass
-class PlayerConfig:
+class PlayerSettings(_Section):
     min_prebuffer: int = 2
+    """Frames buffered before any clip may start (also the minimum for a rate estimate)."""
     max_prebuffer: int = 8
+    """Start at the latest with this many frames (keep it <= ``network.credits``)."""
+    fade_s: float = 0.15
     clip_alpha: float = 1.0
+    """Opacity of the clip drawn over the cloud."""
 
 
-@dataclass
-class DynamicsSettings:
+class DynamicsSettings(_Section):
     num_frames: int = 48
     fps: float = 24.0
     arrow_frames: int = 24
+    """A drag of L pixels moves L / arrow_frames pixels per frame."""
     brush_radius: int = 20
+    """Radius of the freeze brush in window pixels."""
 
 
-@dataclass
-class NetworkSettings:
+class NetworkSettings(_Section):
     credits: int = 8
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 5.0
     connect_timeout_s: float = 20.0
+    reconnect_s: float = 2.0
+    """Wait between reconnection attempts after the backend is lost."""
+    identity_file: str = ""
+    """Where the loopback identity token is kept (mode 0600) so that a later run owns the
+    scenes an earlier one made; empty: ``$XDG_CONFIG_HOME/dreamjourney/identity``
+    (``~/.config`` without XDG_CONFIG_HOME)."""
 
 
-@dataclass
-class RecordSettings:
+class RecordSettings(_Section):
     fps: float = 30.0
     queue_size: int = 8
     folder: str = "recordings"
     screenshot_folder: str = "screenshots"
+    keep_hud: bool = False
+    """Burn the HUD into recordings and screenshots (off: only the view is saved)."""
 
 
-@dataclass
-class ExplorerSettings:
-    window: WindowSettings = field(default_factory=WindowSettings)
-    camera: CameraConfig = field(default_factory=CameraConfig)
-    paths: PathSettings = field(default_factory=PathSettings)
-    player: PlayerConfig = field(default_factory=PlayerConfig)
-    dynamics: DynamicsSettings = field(default_factory=DynamicsSettings)
-    network: NetworkSettings = field(default_factory=NetworkSettings)
-    record: RecordSettings = field(default_factory=RecordSettings)
+class PhotoSettings(_Section):
+    working_size: int = 1024
+    """Longest side, in pixels, of the photo sent to the backend (larger photos are scaled
+    down; the original is kept in the session folder)."""
+    max_pixels: int = 200_000_000
+    """Photos with more pixels than this are refused before they are decoded."""
+
+
+class SessionSettings(_Section):
+    folder: str = "sessions"
+    """Session folders (the local backend saves here; ``dreamjourney sessions`` lists them)."""
+
+
+class DebugSettings(_Section):
+    frame_sleep_s: float = 0.0
+    """Sleep this long in every frame: a deliberately slow renderer, for tests."""
+
+
+class ExplorerSettings(_Section):
+    window: WindowSettings = msgspec.field(default_factory=WindowSettings)
+    camera: CameraSettings = msgspec.field(default_factory=CameraSettings)
+    paths: PathSettings = msgspec.field(default_factory=PathSettings)
+    player: PlayerSettings = msgspec.field(default_factory=PlayerSettings)
+    dynamics: DynamicsSettings = msgspec.field(default_factory=DynamicsSettings)
+    network: NetworkSettings = msgspec.field(default_factory=NetworkSettings)
+    record: RecordSettings = msgspec.field(default_factory=RecordSettings)
+    photo: PhotoSettings = msgspec.field(default_factory=PhotoSettings)
+    session: SessionSettings = msgspec.field(default_factory=SessionSettings)
+    debug: DebugSettings = msgspec.field(default_factory=DebugSettings)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ExplorerSettings:
         """``configs/explorer.toml`` (or ``path``); missing keys keep their defaults."""
-        data = _read_toml("explorer.toml", path)
-        sections = {f.name: f.type for f in fields(cls)}
-        unknown = set(data) - set(sections)
-        if unknown:
-            raise ValueError(f"unknown sections in explorer settings: {', '.join(sorted(unknown))}")
-        kwargs = {}
-        for f in fields(cls):
-            sub_cls = type(f.default_factory())
-            kwargs[f.name] = _section(sub_cls, data.get(f.name, {}), f.name)
-        return cls(**kwargs)
+        return _decode(_read("explorer.toml", path), cls, path or "configs/explorer.toml")
 
 
-@dataclass
-class KeyBindings:
-    actions: dict[str, list[str]]
-    """Action name -> pyglet key names."""
-    help_lines: list[str]
+class HelpRow(msgspec.Struct, array_like=True):
+    keys: str
+    does: str
+
+
+class HelpTable(msgspec.Struct, forbid_unknown_fields=True):
+    rows: list[HelpRow] = []
+    """Rows of the F1 table: (keys, what they do)."""
+
+
+class KeyBindings(msgspec.Struct, forbid_unknown_fields=True):
+    keys: dict[str, str | list[str]]
+    """Action name -> pyglet key name(s)."""
+    help: HelpTable = msgspec.field(default_factory=HelpTable)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> KeyBindings:
-        data = _read_toml("keys.toml", path)
-        actions = {
-            name: [value] if isinstance(value, str) else list(value)
-            for name, value in data.get("keys", {}).items()
-        }
-        return cls(actions, list(data.get("help", {}).get("lines", [])))
+        return _decode(_read("keys.toml", path), cls, path or "configs/keys.toml")
+
+    @property
+    def actions(self) -> dict[str, list[str]]:
+        return {a: [v] if isinstance(v, str) else list(v) for a, v in self.keys.items()}
 
     def symbol_map(self) -> dict[int, str]:
-        """pyglet key symbol -> action; raises ValueError naming an unknown key."""
+        """pyglet key symbol -> action; raises SettingsError naming an unknown key."""
         from pyglet.window import key
 
         out: dict[int, str] = {}
@@ -122,12 +172,24 @@ class KeyBindings:
             for name in names:
                 symbol = getattr(key, name.upper() if not name.startswith("_") else name, None)
                 if not isinstance(symbol, int):
-                    raise ValueError(f"key {name!r} for {action!r} is not a pyglet key name")
+                    raise SettingsError(f"key {name!r} for {action!r} is not a pyglet key name")
                 out[symbol] = action
         return out
 
 
-def _read_toml(name: str, path: str | Path | None) -> dict[str, Any]:
-    if path is not None:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    return tomllib.loads(resources.files("configs").joinpath(name).read_text(encoding="utf-8"))
+def _read(name: str, path: str | Path | None) -> bytes:
+    if path is None:
+        return resources.files("configs").joinpath(name).read_bytes()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _decode(data: bytes, cls, where):
+    try:
+        return msgspec.toml.decode(data, type=cls)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"{where}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise SettingsError(f"{where} is not valid TOML: {exc}") from None

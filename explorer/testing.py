@@ -131,3 +131,158 @@ class FakeBackend:
         if not loop:
             self.held_frames.append(Incoming(*decode(encode(JobDone(job_id=job_id,
                                                                     num_frames=len(poses))))))
+
+
+class PhotoServer:
+    """A test backend on a real socket (``ServerEndpoint``): it lifts the photo it receives
+    onto a plane at ``depth``, one point per pixel, so the first view reproduces the photo;
+    streams ``num_frames``-frame transitions under the explorer's credit (``frame_delay_s``
+    apart), each adding ``grow`` points; answers Cancel and Undo. Everything it got is kept
+    for the test to check. ``scene_fields`` are set on SceneOpened (depth source, budget)."""
+
+    def __init__(self, depth: float = 4.0, frame_delay_s: float = 0.0, grow: int = 500,
+                 scene_fields: dict | None = None):
+        import threading
+
+        from protocol.transport import ServerEndpoint
+
+        self.endpoint = ServerEndpoint("tcp://127.0.0.1:*", heartbeat_s=0.5, peer_timeout_s=5.0)
+        self.address = self.endpoint.address
+        self.depth = depth
+        self.frame_delay_s = frame_delay_s
+        self.grow = grow
+        self.scene_fields = scene_fields or {}
+        self.images: list[np.ndarray] = []
+        self.transitions: list[tuple[str, np.ndarray]] = []
+        self.finished: list[str] = []
+        self.cancels: list[str] = []
+        self.undos: list[str] = []
+        self.frames_sent = 0
+        self.peer: bytes | None = None
+        self._counts: list[int] = []  # points before each finished transition
+        self._points = 0
+        self._K = None
+        self._cancelled: set[str] = set()
+        self._job_thread: threading.Thread | None = None
+        """The last job's thread; the next one waits for it, like a GPU backend."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    # --- what the test reads ---------------------------------------------------------------
+
+    def credits_granted(self) -> int:
+        """Credit the explorer has granted on the wire beyond its initial window."""
+        with self.endpoint._cond:  # the endpoint's own peer record (test-only reading)
+            peer = self.endpoint._peers.get(self.peer)
+            if peer is None:
+                return -1
+            return peer.credits + peer.frames_sent - self.initial_credits
+
+    initial_credits = 8
+
+    # --- serving ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        import threading
+
+        from protocol.messages import Cancel, OpenScene, Transition, Undo
+
+        while not self._stop.is_set():
+            ev = self.endpoint.poll(0.05)
+            if not isinstance(ev, Incoming):
+                continue
+            self.peer = ev.peer
+            if isinstance(ev.msg, OpenScene):
+                self._open(ev.peer, ev.msg, ev.blobs)
+            elif isinstance(ev.msg, Transition):
+                poses = read_array(ev.msg.poses, ev.blobs).astype(np.float64)
+                self.transitions.append((ev.msg.job_id, poses))
+                self._job_thread = threading.Thread(
+                    target=self._stream, args=(ev.peer, ev.msg, poses, self._job_thread),
+                    daemon=True)
+                self._job_thread.start()
+            elif isinstance(ev.msg, Cancel):
+                self.cancels.append(ev.msg.job_id)
+                self._cancelled.add(ev.msg.job_id)
+            elif isinstance(ev.msg, Undo):
+                self._undo(ev.peer, ev.msg)
+
+    def _open(self, peer: bytes, msg, blobs) -> None:
+        from protocol.codec import decode_image
+
+        image = decode_image(msg.image, blobs)
+        self.images.append(image)
+        h, w = image.shape[:2]
+        K = intrinsics(w, h, 60.0)
+        self._K = K
+        self.endpoint.send(peer, SceneOpened(
+            request_id=msg.request_id, scene_id=msg.scene_id, engine="test", width=w, height=h,
+            K=k_list(K), pose=pose_list(np.eye(4)), median_depth=self.depth, num_points=w * h,
+            **self.scene_fields))
+        u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+        z = np.full((h, w), self.depth)
+        xyz = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], -1)
+        radius = np.full(w * h, 0.75 * self.depth / K[0, 0], np.float32)
+        self._send_points(peer, msg.scene_id, xyz.reshape(-1, 3), image.reshape(-1, 3), radius,
+                          None)
+
+    def _send_points(self, peer, scene_id, xyz, rgb, radius, job_id) -> None:
+        xr, xa = array_blob(np.ascontiguousarray(xyz, np.float32), 0)
+        cr, ca = array_blob(np.ascontiguousarray(rgb, np.uint8), 1)
+        rr, ra = array_blob(np.ascontiguousarray(radius, np.float32), 2)
+        self._points += len(xyz)
+        self.endpoint.send(peer, PointsDelta(scene_id=scene_id, chunk=0, last=True, xyz=xr,
+                                             rgb=cr, radius=rr, total_points=self._points,
+                                             job_id=job_id), [xa, ca, ra])
+
+    def _stream(self, peer: bytes, msg, poses: np.ndarray, previous) -> None:
+        import time
+
+        if previous is not None:
+            previous.join()
+        n = len(poses)
+        self.endpoint.send(peer, JobAccepted(job_id=msg.job_id, kind="transition", num_frames=n,
+                                             queue_position=0))
+        h, w = self.images[-1].shape[:2]
+        for i, pose in enumerate(poses):
+            while not self.endpoint.wait_writable(peer, 1, timeout=0.05):
+                if msg.job_id in self._cancelled or self._stop.is_set():
+                    break
+            if msg.job_id in self._cancelled or self._stop.is_set():
+                self.endpoint.send(peer, JobFailed(job_id=msg.job_id, code="cancelled",
+                                                   message="job stopped: cancelled"))
+                return
+            img = np.empty((h, w, 3), np.uint8)
+            img[:] = frame_color(i)
+            ref, data = encode_image(img, "jpeg", 0, quality=90)
+            self.endpoint.send(peer, Frame(job_id=msg.job_id, index=i, num_frames=n,
+                                           pose=pose_list(pose), K=k_list(self._K), image=ref,
+                                           fps=msg.fps), [data])
+            self.frames_sent += 1
+            time.sleep(self.frame_delay_s)
+        self._counts.append(self._points)
+        rng = np.random.default_rng(len(self._counts))
+        end = poses[-1]
+        local = np.c_[rng.uniform(-1, 1, (self.grow, 2)), np.full(self.grow, self.depth)]
+        xyz = local @ end[:3, :3].T + end[:3, 3]
+        self._send_points(peer, msg.scene_id, xyz, np.full((self.grow, 3), 255),
+                          np.full(self.grow, 0.02, np.float32), msg.job_id)
+        self.finished.append(msg.job_id)
+        self.endpoint.send(peer, JobDone(job_id=msg.job_id, num_frames=n))
+
+    def _undo(self, peer: bytes, msg) -> None:
+        from protocol.messages import Undone
+
+        job_id = None
+        if self._counts and self.finished:
+            job_id = self.finished.pop()
+            self._points = self._counts.pop()
+        self.undos.append(msg.request_id)
+        self.endpoint.send(peer, Undone(request_id=msg.request_id, scene_id=msg.scene_id,
+                                        job_id=job_id, total_points=self._points))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.endpoint.close()

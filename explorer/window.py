@@ -2,13 +2,16 @@
 
 Call :func:`configure_pyglet` before anything imports ``pyglet.window`` (headless EGL needs
 to be chosen first). The window draws nothing itself: each tick the :class:`Explorer`
-renders into its offscreen target, and ``on_draw`` copies that to the screen, so what is
-recorded is exactly what is shown.
+renders into its offscreen target, and :class:`Presenter` copies its colour (never its depth:
+the window's depth format may differ, and a blit across formats fails) to the screen.
+The loop runs on the wall clock; losing the X display finalises the recording before exit.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 from explorer.settings import ExplorerSettings, KeyBindings
 
@@ -24,6 +27,28 @@ def configure_pyglet(headless: bool) -> None:
     pyglet.options["headless"] = headless
     pyglet.options["shadow_window"] = False
     pyglet.options["vsync"] = False
+
+
+class Presenter:
+    """Copies the colour of an offscreen target to the window's framebuffer."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self._fbo = None
+        self._target = None
+        self.last_ms = 0.0
+
+    def present(self, target, dst=None) -> None:
+        """Copy ``target``'s colour to ``dst`` (default: the window's framebuffer)."""
+        if self._target is not target:
+            if self._fbo is not None:
+                self._fbo.release()
+            # A framebuffer over the target's colour texture alone: the blit copies colour.
+            self._fbo = self.ctx.framebuffer(color_attachments=[target.color])
+            self._target = target
+        t0 = time.perf_counter()
+        self.ctx.copy_framebuffer(dst if dst is not None else self.ctx.screen, self._fbo)
+        self.last_ms = (time.perf_counter() - t0) * 1000
 
 
 class InputRouter:
@@ -100,7 +125,7 @@ class ExplorerWindow:
     def __init__(self, client, settings: ExplorerSettings | None = None,
                  bindings: KeyBindings | None = None, *, visible: bool = True,
                  caption: str = "DreamJourney explorer", record_path=None,
-                 size: tuple[int, int] | None = None):
+                 size: tuple[int, int] | None = None, link=None):
         import moderngl
         import pyglet
 
@@ -130,8 +155,14 @@ class ExplorerWindow:
             self.window.switch_to()
             self.ctx = moderngl.create_context()
         fb = self.window.get_framebuffer_size()
-        self.explorer = Explorer(self.ctx, fb, client, self.settings, self.bindings.help_lines,
-                                 record_path=record_path)
+        rows = [(r.keys, r.does) for r in self.bindings.help.rows]
+        self.explorer = Explorer(self.ctx, fb, client, self.settings, rows, record_path=record_path)
+        self.presenter = Presenter(self.ctx)
+        self.link = link
+        """Optional :class:`~explorer.backend_process.BackendLink`: reconnects when lost."""
+        self._last_tick: float | None = None
+        if not self.headless:
+            self._finalise_if_display_lost()
         self.input = InputRouter(self.window, self.explorer, self.bindings, self.request_close)
         self.window.push_handlers(self.input)
         self.window.push_handlers(on_draw=self.on_draw, on_resize=self.on_resize,
@@ -165,12 +196,14 @@ class ExplorerWindow:
         """Copy the explorer's last rendered frame to the window's framebuffer."""
         if self.headless:
             return
-        self.ctx.copy_framebuffer(self.ctx.screen, self.explorer.target.fbo)
+        self.presenter.present(self.explorer.target)
 
     def tick(self, dt: float) -> None:
         """One frame: deliver queued input events, step the explorer, draw, flip."""
         self.window.dispatch_events()
         self.make_current()
+        if self.link is not None:
+            self.link.watch(self.explorer.session)
         self.explorer.step(dt)
         if not self.headless:  # flipping would make pyglet's own EGL context current
             self.window.dispatch_event("on_draw")
@@ -192,7 +225,25 @@ class ExplorerWindow:
         if self.closed:
             pyglet_exit()
             return
-        self.tick(min(dt, 0.1))
+        now = time.perf_counter()  # the wall clock: playback and recordings keep real time
+        wall = dt if self._last_tick is None else now - self._last_tick
+        self._last_tick = now
+        self.tick(wall)
+
+    def _finalise_if_display_lost(self) -> None:
+        """Xlib exits the process when the display connection dies; finalise first."""
+        from pyglet.libs.x11 import xlib
+
+        def on_io_error(display) -> int:
+            logger.error("lost the X display: finalising the recording and exiting")
+            try:
+                self.explorer.shutdown()
+            finally:
+                os._exit(3)
+            return 0  # pragma: no cover
+
+        self._io_handler = xlib.XIOErrorHandler(on_io_error)
+        xlib.XSetIOErrorHandler(self._io_handler)
 
     def make_current(self) -> None:
         """Make the explorer's GL context current (pyglet's event dispatch may switch it)."""

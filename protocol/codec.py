@@ -24,6 +24,7 @@ from protocol.limits import (
     BadMessage,
     BadValue,
     Limits,
+    ProtocolError,
     TooLarge,
     UnknownType,
 )
@@ -61,7 +62,20 @@ def encode(msg: Message, blobs: Sequence[Blob] = ()) -> list[Blob]:
 
 
 def decode(frames: Sequence[Blob], limits: Limits = DEFAULT_LIMITS) -> tuple[Message, list[memoryview]]:
-    """Decode and validate one multipart message; raises a ProtocolError subclass on bad input."""
+    """Decode and validate one multipart message.
+
+    Whatever the bytes, this raises only :class:`ProtocolError` subclasses: it is safe to call
+    on anything a peer sent, on a thread that must not die.
+    """
+    try:
+        return _decode(frames, limits)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # e.g. RecursionError, UnicodeDecodeError, overflow: still bad input
+        raise BadMessage(f"undecodable message ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _decode(frames: Sequence[Blob], limits: Limits) -> tuple[Message, list[memoryview]]:
     if not frames:
         raise BadMessage("empty message")
     total = sum(_nbytes(f) for f in frames)
@@ -78,7 +92,23 @@ def decode(frames: Sequence[Blob], limits: Limits = DEFAULT_LIMITS) -> tuple[Mes
     return msg, blobs
 
 
+def _tag_first(header: memoryview) -> bool:
+    """The header is a map whose first key is ``type`` (our encoder always writes it first).
+
+    With the tag first and every field typed, msgspec rejects a nested value at its first
+    wrong level, so nesting depth is bounded by the message types, never by the peer.
+    """
+    lead = header[:1].tobytes()
+    if not lead:
+        return False
+    b = lead[0]
+    skip = 1 if 0x80 <= b <= 0x8F else 3 if b == 0xDE else 5 if b == 0xDF else 0
+    return skip > 0 and header[skip : skip + 5].tobytes() == b"\xa4type"
+
+
 def _decode_header(header: memoryview) -> Message:
+    if not _tag_first(header):
+        raise BadMessage("header must be a msgpack map whose first key is 'type'")
     try:
         return _decoder.decode(header)
     except msgspec.ValidationError as exc:
@@ -118,12 +148,11 @@ def _check_refs(msg: Message, blobs: list[memoryview], limits: Limits) -> None:
         if len(shape) != 3 or shape[1:] != [4, 4] or shape[0] < 2:
             raise BadArray(f"poses must be N x 4 x 4 with N >= 2, got {shape}")
         if shape[0] > limits.max_trajectory_len:
-            raise TooLarge(f"trajectory of {shape[0]} poses exceeds {limits.max_trajectory_len}")
-    elif isinstance(msg, Dynamics):
-        if len(msg.pose) != 16:
-            raise BadValue(f"pose must have 16 floats, got {len(msg.pose)}")
-        if not 1 <= msg.num_frames <= limits.max_trajectory_len:
-            raise BadValue(f"num_frames must be in [1, {limits.max_trajectory_len}]")
+            raise TooLarge(f"trajectory of {shape[0]} poses exceeds this backend's limit of "
+                           f"{limits.max_trajectory_len} frames per clip")
+    elif isinstance(msg, Dynamics) and not 1 <= msg.num_frames <= limits.max_trajectory_len:
+        raise BadValue(f"num_frames must be in [1, {limits.max_trajectory_len}] (this backend's "
+                       "limit of frames per clip)")
 
 
 def _expect_shape(name: str, ref: ArrayRef, shape: list[int], dtype: str) -> None:
@@ -134,7 +163,9 @@ def _expect_shape(name: str, ref: ArrayRef, shape: list[int], dtype: str) -> Non
 def _check_array_ref(name: str, ref: ArrayRef, blob: memoryview, limits: Limits) -> None:
     if any(d < 0 for d in ref.shape):
         raise BadArray(f"{name}: negative dimension in shape {ref.shape}")
-    count = int(np.prod(ref.shape, dtype=np.int64)) if ref.shape else 1
+    count = 1
+    for d in ref.shape:  # Python ints: a [2**32, 2**32] shape cannot overflow
+        count *= int(d)
     if count > limits.max_array_elements:
         raise TooLarge(f"{name}: {count} elements exceed {limits.max_array_elements}")
     expected = count * np.dtype(ref.dtype).itemsize
@@ -145,6 +176,8 @@ def _check_array_ref(name: str, ref: ArrayRef, blob: memoryview, limits: Limits)
 
 
 def _check_image_ref(name: str, ref: ImageRef, blob: memoryview, limits: Limits) -> None:
+    if ref.codec != "raw" and blob.nbytes > 0:
+        check_image_header(ref, blob, limits)
     if ref.width <= 0 or ref.height <= 0:
         raise BadImage(f"{name}: image size must be positive, got {ref.width}x{ref.height}")
     if ref.width * ref.height > limits.max_image_pixels:
@@ -207,11 +240,51 @@ def encode_image(
     return ImageRef(blob=index, codec=codec, width=w, height=h), data
 
 
-def decode_image(ref: ImageRef, blobs: Sequence[memoryview]) -> np.ndarray:
-    """H x W x 3 uint8 RGB from a referenced blob; the decoded size must match the reference."""
+def image_header_size(codec: str, data: memoryview) -> tuple[int, int]:
+    """(width, height) read from a JPEG or PNG header, without decoding any pixels."""
+    raw = data[:24].tobytes() if codec == "png" else data
+    try:
+        if codec == "jpeg":
+            import simplejpeg
+
+            height, width, _, _ = simplejpeg.decode_jpeg_header(raw if data.contiguous else bytes(raw))
+            return int(width), int(height)
+        if codec == "png":
+            if raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
+                raise BadImage("not a PNG (no signature and IHDR chunk)")
+            return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+    except BadImage:
+        raise
+    except Exception as exc:
+        raise BadImage(f"cannot read the {codec} header: {exc}") from None
+    raise BadImage(f"unknown image codec {codec!r}")
+
+
+def check_image_header(ref: ImageRef, data: memoryview, limits: Limits = DEFAULT_LIMITS) -> None:
+    """The blob's own header agrees with the reference and is within the pixel limit.
+
+    Called before any decode: a 600-byte JPEG may claim 60000 x 60000 pixels.
+    """
+    width, height = image_header_size(ref.codec, data)
+    if width * height > limits.max_image_pixels:
+        raise TooLarge(f"image header says {width}x{height}, over the limit of "
+                       f"{limits.max_image_pixels} pixels")
+    if (width, height) != (ref.width, ref.height):
+        raise BadImage(f"image header says {width}x{height}, the reference {ref.width}x{ref.height}")
+
+
+def decode_image(ref: ImageRef, blobs: Sequence[memoryview], limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """H x W x 3 uint8 RGB from a referenced blob; the decoded size must match the reference.
+
+    The header is checked against the reference and ``limits`` before any pixel is decoded.
+    """
     if not 0 <= ref.blob < len(blobs):
         raise BadBlob(f"blob {ref.blob} out of range ({len(blobs)} blobs)")
     data = blobs[ref.blob]
+    if ref.width * ref.height > limits.max_image_pixels:
+        raise TooLarge(f"{ref.width}x{ref.height} exceeds {limits.max_image_pixels} pixels")
+    if ref.codec != "raw":
+        check_image_header(ref, data, limits)
     try:
         if ref.codec == "raw":
             img = np.frombuffer(data, dtype=np.uint8).reshape(ref.height, ref.width, 3)
@@ -223,10 +296,10 @@ def decode_image(ref: ImageRef, blobs: Sequence[memoryview]) -> np.ndarray:
             from PIL import Image
 
             with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > DEFAULT_LIMITS.max_image_pixels:
-                    raise BadImage("PNG too large")
+                if im.width * im.height > limits.max_image_pixels:
+                    raise TooLarge(f"PNG of {im.width}x{im.height} exceeds the pixel limit")
                 img = np.asarray(im.convert("RGB"))
-    except BadImage:
+    except ProtocolError:
         raise
     except Exception as exc:  # codec libraries raise many types for corrupt data
         raise BadImage(f"cannot decode {ref.codec} image: {exc}") from None

@@ -15,58 +15,79 @@ Conventions, as in DESIGN.md:
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 import msgspec
+from msgspec import Meta
+
+from protocol.errors import ErrorCode, JobFailCode
 
 PROTOCOL_VERSION = 1
 
-Pose = list[float]
+# Field types with their bounds, so the decoder itself rejects non-finite numbers (NaN fails
+# every bound), wrong tuple lengths, huge strings and out-of-range counts.
+Finite = Annotated[float, Meta(ge=-1e9, le=1e9)]
+"""Any finite float in +-1e9."""
+Fps = Annotated[float, Meta(gt=0.0, le=240.0)]
+"""Frames per second, in (0, 240]."""
+Id = Annotated[str, Meta(min_length=1, max_length=128)]
+"""A request, job or scene id: 1-128 characters."""
+Text = Annotated[str, Meta(max_length=4096)]
+"""A prompt or other free text, at most 4096 characters."""
+Name = Annotated[str, Meta(max_length=64)]
+Count = Annotated[int, Meta(ge=0, le=1 << 31)]
+BlobIndex = Annotated[int, Meta(ge=0, le=255)]
+Pixels = Annotated[int, Meta(ge=1, le=1 << 16)]
+
+Pose = Annotated[tuple[Finite, ...], Meta(min_length=16, max_length=16)]
 """Camera-to-world 4x4, OpenCV axes, 16 floats row-major."""
 
-Intrinsics = list[float]
+Intrinsics = Annotated[tuple[Finite, ...], Meta(min_length=9, max_length=9)]
 """Pinhole K, 3x3 row-major in pixels (9 floats)."""
+
+Vec2 = tuple[Finite, Finite]
+"""Two floats, e.g. (u, v) in pixels."""
 
 
 class ImageRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An image carried in a blob frame."""
 
-    blob: int
+    blob: BlobIndex
     """Index of the blob frame (0 = first frame after the header)."""
     codec: Literal["jpeg", "png", "raw"]
     """``raw`` is H x W x 3 uint8 RGB, row-major, no padding."""
-    width: int
+    width: Pixels
     """Pixels."""
-    height: int
+    height: Pixels
     """Pixels."""
 
 
 class ArrayRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A numpy array carried in a blob frame, C order, little-endian."""
 
-    blob: int
+    blob: BlobIndex
     """Index of the blob frame (0 = first frame after the header)."""
     dtype: Literal["float32", "float64", "uint8", "uint16", "int32"]
-    shape: list[int]
+    shape: Annotated[list[Count], Meta(max_length=4)]
     """The blob holds exactly prod(shape) * itemsize bytes."""
 
 
 class Arrow(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A motion hint drawn on the paused view (Make-It-4D Eulerian flow)."""
 
-    start: list[float]
+    start: Vec2
     """(u, v) pixel where the arrow starts, in the view's image (v down)."""
-    vector: list[float]
+    vector: Vec2
     """(du, dv) displacement in pixels per frame."""
 
 
 class SceneText(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Text prompts describing a scene (the scenes.toml fields)."""
 
-    style: str = ""
-    content: str = ""
-    negative: str = ""
-    background: str = ""
+    style: Text = ""
+    content: Text = ""
+    negative: Text = ""
+    background: Text = ""
 
 
 class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
@@ -79,12 +100,16 @@ class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
 class Hello(Message, tag="hello"):
     """Explorer -> backend, first message on a connection."""
 
-    protocol_version: int
+    protocol_version: Count
     """Must equal the backend's :data:`PROTOCOL_VERSION`, else an Error(version_mismatch)."""
-    client: str = "explorer"
+    client: Name = "explorer"
     """Free-form client name for logs."""
-    credits: int = 8
+    credits: Count = 8
     """Initial frame credit: frames the backend may send before the next Credit."""
+    token: Annotated[str, Meta(max_length=128)] | None = None
+    """On loopback, the identity token a previous Welcome handed out: the client owns the
+    scenes that token created. None asks for a new one. Ignored under CURVE, where the
+    client's public key is its identity."""
 
 
 class Welcome(Message, tag="welcome"):
@@ -99,50 +124,39 @@ class Welcome(Message, tag="welcome"):
     """Interval at which the backend pings; the peer is declared gone after a few missed."""
     max_message_bytes: int
     """Largest message (all frames together) the backend accepts."""
+    token: str = ""
+    """The client's identity token on loopback (echo of Hello.token, or a new random one);
+    keep it and send it in later Hellos to own the same scenes. Empty under CURVE."""
 
 
 class Ping(Message, tag="ping"):
     """Heartbeat, either direction. The other side answers with a Pong of the same seq."""
 
-    seq: int
-    sent_at: float
+    seq: Count
+    sent_at: Finite
     """Sender's monotonic clock, seconds; echoed back in the Pong."""
 
 
 class Pong(Message, tag="pong"):
-    seq: int
-    sent_at: float
+    seq: Count
+    sent_at: Finite
     """The Ping's ``sent_at``, unchanged."""
 
 
 class Credit(Message, tag="credit"):
     """Explorer -> backend: permission to send ``frames`` more Frame messages."""
 
-    frames: int
+    frames: Count
 
 
 class Error(Message, tag="error"):
     """Either direction: a message could not be handled. The connection stays usable."""
 
-    code: Literal[
-        "bad_message",
-        "unknown_type",
-        "too_large",
-        "bad_blob",
-        "bad_array",
-        "bad_image",
-        "bad_value",
-        "version_mismatch",
-        "handshake_required",
-        "unknown_scene",
-        "unknown_engine",
-        "unknown_job",
-        "busy",
-        "internal",
-    ]
+    code: ErrorCode
+    """See :mod:`protocol.errors` for what each code means."""
     message: str
     """One sentence a person can act on."""
-    request_id: str | None = None
+    request_id: Annotated[str, Meta(max_length=128)] | None = None
     """The request, job or scene id the error answers, when known."""
 
 
@@ -152,8 +166,8 @@ class Error(Message, tag="error"):
 class OpenScene(Message, tag="open_scene"):
     """Explorer -> backend: lift a photo into a scene (or resume a saved one)."""
 
-    request_id: str
-    scene_id: str
+    request_id: Id
+    scene_id: Id
     image: ImageRef | None = None
     """The photo; may be None only when ``resume`` is set."""
     K: Intrinsics | None = None
@@ -161,7 +175,7 @@ class OpenScene(Message, tag="open_scene"):
     depth: ArrayRef | None = None
     """Optional H x W float32 z-depth for the photo, used when the engine has no depth model."""
     text: SceneText = SceneText()
-    engine: str | None = None
+    engine: Name | None = None
     """Engine name; None picks the backend's default."""
     resume: bool = False
     """Reload the saved session named ``scene_id`` instead of starting from ``image``."""
@@ -216,46 +230,47 @@ class PointsDelta(Message, tag="points_delta"):
 class Transition(Message, tag="transition"):
     """Explorer -> backend: generate a clip along a camera path and grow the cloud."""
 
-    job_id: str
-    scene_id: str
+    job_id: Id
+    scene_id: Id
     poses: ArrayRef
     """N x 4 x 4 float32 camera-to-world poses, the first at the current view."""
-    fps: float = 24.0
-    engine: str | None = None
-    prompt: str | None = None
+    fps: Fps = 24.0
+    engine: Name | None = None
+    prompt: Text | None = None
     """Overrides the engine's prompt for this clip."""
-    seed: int | None = None
-    preset: str | None = None
+    seed: Count | None = None
+    preset: Name | None = None
     """Sampler preset (``paper``, ``interactive``); None uses the engine's default."""
 
 
 class Dynamics(Message, tag="dynamics"):
     """Explorer -> backend: animate the paused view (a looping clip at a fixed pose)."""
 
-    job_id: str
-    scene_id: str
+    job_id: Id
+    scene_id: Id
     pose: Pose
-    num_frames: int = 48
-    fps: float = 24.0
-    arrows: list[Arrow] = []
+    num_frames: Annotated[int, Meta(ge=1, le=1024)] = 48
+    """The backend's configured ``max_frames`` may be lower (answered with a clear error)."""
+    fps: Fps = 24.0
+    arrows: Annotated[list[Arrow], Meta(max_length=64)] = []
     frozen: ArrayRef | None = None
     """Optional H x W uint8 mask in the view's pixels; nonzero pixels stay still."""
-    engine: str | None = None
-    prompt: str | None = None
-    seed: int | None = None
+    engine: Name | None = None
+    prompt: Text | None = None
+    seed: Count | None = None
 
 
 class Cancel(Message, tag="cancel"):
     """Explorer -> backend: stop a job at its next step boundary."""
 
-    job_id: str
+    job_id: Id
 
 
 class Undo(Message, tag="undo"):
     """Explorer -> backend: take back the scene's last transition (its clip and its points)."""
 
-    request_id: str
-    scene_id: str
+    request_id: Id
+    scene_id: Id
 
 
 class Undone(Message, tag="undone"):
@@ -313,11 +328,59 @@ class JobDone(Message, tag="job_done"):
 
 class JobFailed(Message, tag="job_failed"):
     job_id: str
-    code: Literal[
-        "cancelled", "bad_request", "engine_error", "peer_gone", "internal", "busy",
-        "credit_timeout", "worker_lost",
-    ]
+    code: JobFailCode
     message: str
+
+
+# --- operators ---------------------------------------------------------------------------
+
+
+class Status(Message, tag="status"):
+    """Operator -> backend: how busy is it? Answered by a StatusReply."""
+
+    request_id: Id
+
+
+class WorkerState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One engine worker: an in-process job slot, or a Ray actor with ``--cluster``."""
+
+    name: str
+    node: str
+    """Host (IP) the worker runs on."""
+    device: str
+    """E.g. ``cpu`` or ``cuda:0 (NVIDIA H100)``."""
+    engines: list[str]
+    """Engines (and their models) resident in the worker."""
+    state: Literal["idle", "busy", "restarting", "lost"]
+    job_kind: str | None = None
+    scene_id: str | None = None
+    busy_s: float = 0.0
+    """Seconds the current job has run."""
+    overdue: bool = False
+    """Busy past the configured deadline."""
+    jobs_done: int = 0
+    restarts: int = 0
+
+
+class ClientQueue(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Jobs one explorer has accepted and not finished."""
+
+    client: str
+    """The explorer's identity: ``curve:<public key>``, or ``token:<digest>`` on loopback."""
+    running: int
+    queued: int
+
+
+class StatusReply(Message, tag="status_reply"):
+    """Backend -> operator: workers, queues per explorer, jobs running."""
+
+    request_id: str
+    cluster: str
+    """Ray address the workers run on; empty for an in-process backend."""
+    workers: list[WorkerState]
+    clients: list[ClientQueue]
+    jobs_running: int
+    jobs_queued: int
 
 
 AnyMessage = Union[  # noqa: UP007 - msgspec needs a real Union for the tagged decoder
@@ -340,6 +403,8 @@ AnyMessage = Union[  # noqa: UP007 - msgspec needs a real Union for the tagged d
     Frame,
     JobDone,
     JobFailed,
+    Status,
+    StatusReply,
 ]
 
 ALL_MESSAGES: tuple[type[Message], ...] = AnyMessage.__args__  # type: ignore[attr-defined]

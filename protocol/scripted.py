@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocol import codec
+from protocol import codec, requests
 from protocol.messages import (
     Arrow,
     Cancel,
@@ -23,12 +23,12 @@ from protocol.messages import (
     JobAccepted,
     JobDone,
     JobFailed,
-    OpenScene,
     PointsDelta,
     Progress,
     SceneOpened,
     SceneText,
     Transition,
+    Undone,
 )
 from protocol.transport import Client, Incoming, PeerGone
 
@@ -106,17 +106,7 @@ class ScriptedClient:
                    resume: bool = False) -> OpenResult:
         """Open (or resume) a scene and collect its whole initial cloud."""
         scene_id = scene_id or f"scene-{uuid.uuid4().hex[:8]}"
-        blobs, img_ref, depth_ref = [], None, None
-        if image is not None:
-            img_ref, data = codec.encode_image(image, "png", index=0)
-            blobs.append(data)
-        if depth is not None:
-            depth_ref, buf = codec.array_blob(np.asarray(depth, np.float32), len(blobs))
-            blobs.append(buf)
-        self.client.send(OpenScene(
-            request_id=scene_id, scene_id=scene_id, image=img_ref, depth=depth_ref,
-            K=None if K is None else codec.k_list(K), engine=engine, resume=resume,
-            **({} if text is None else {"text": text})), blobs)
+        self.client.send(*requests.open_scene(scene_id, image, K, depth, text, engine, resume))
         deadline = time.monotonic() + self.timeout_s
         opened, points = None, Points()
         while True:
@@ -130,22 +120,25 @@ class ScriptedClient:
 
     def transition(self, scene_id: str, poses: np.ndarray, fps: float = 24.0,
                    cancel_after: int | None = None, **extra) -> JobResult:
-        ref, buf = codec.array_blob(np.asarray(poses, np.float32), 0)
-        job_id = f"t-{uuid.uuid4().hex[:8]}"
-        msg = Transition(job_id=job_id, scene_id=scene_id, poses=ref, fps=fps, **extra)
-        return self.run(msg, [buf], cancel_after)
+        msg, blobs = requests.transition(f"t-{uuid.uuid4().hex[:8]}", scene_id, poses, fps, **extra)
+        return self.run(msg, blobs, cancel_after)
 
     def dynamics(self, scene_id: str, pose: np.ndarray, num_frames: int = 24,
                  arrows: list[Arrow] = (), frozen: np.ndarray | None = None,
                  cancel_after: int | None = None, **extra) -> JobResult:
-        blobs, frozen_ref = [], None
-        if frozen is not None:
-            frozen_ref, buf = codec.array_blob(frozen.astype(np.uint8), 0)
-            blobs.append(buf)
-        job_id = f"d-{uuid.uuid4().hex[:8]}"
-        msg = Dynamics(job_id=job_id, scene_id=scene_id, pose=codec.pose_list(pose),
-                       num_frames=num_frames, arrows=list(arrows), frozen=frozen_ref, **extra)
+        msg, blobs = requests.dynamics(f"d-{uuid.uuid4().hex[:8]}", scene_id, pose, num_frames,
+                                       arrows=arrows, frozen=frozen, **extra)
         return self.run(msg, blobs, cancel_after)
+
+    def undo(self, scene_id: str) -> Undone:
+        """Take back the scene's last transition; the backend's answer."""
+        msg, blobs = requests.undo(f"u-{uuid.uuid4().hex[:8]}", scene_id)
+        self.client.send(msg, blobs)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            ev = self._next(deadline)
+            if isinstance(ev.msg, Undone) and ev.msg.request_id == msg.request_id:
+                return ev.msg
 
     def run(self, msg: Transition | Dynamics, blobs: list, cancel_after: int | None = None) -> JobResult:
         """Send a job and collect everything up to its JobDone or JobFailed.

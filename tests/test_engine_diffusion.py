@@ -23,7 +23,7 @@ from backend.engines.base import (
     TransitionRequest,
 )
 from backend.engines.diffusion import DiffusionEngine, align_prediction
-from backend.engines.diffusion_video import resample_poses, resize_masks, time_indices
+from backend.engines.diffusion_video import Letterbox, resample_poses, resize_masks, time_indices
 from backend.guidance import DEFAULT_TRANSITION_PROMPT
 from backend.mllm import fallback_dynamics, fallback_entities
 from backend.models import DepthPrediction, testing
@@ -62,7 +62,13 @@ def models(tmp_path_factory):
                     f'[inpaint]\nsource = "{root / "inpaint"}"\ndevice = "cpu"\n\n' + video)
     video_only = root / "video_only.toml"
     video_only.write_text(video)
-    return {"full": full, "video_only": video_only}
+    testing.ltx_pipeline().save_pretrained(root / "ltx")
+    ltx = root / "ltx.toml"
+    ltx.write_text(f'[video]\nfamily = "ltx"\nsource = "{root / "ltx"}"\ndevice = "cpu"\n'
+                   '[video.guidance]\nnum_frames = 5\npad_frames = 2\nmax_sequence_length = 16\n'
+                   'num_inference_steps = 2\nrenoise_rounds = 1\nguidance_scale = 1.0\n'
+                   'height = 32\nwidth = 32\n')
+    return {"full": full, "video_only": video_only, "ltx": ltx}
 
 
 @pytest.fixture()
@@ -74,9 +80,9 @@ def chat():
     server.httpd.server_close()
 
 
-def make_backend(tmp_path, models_toml, mllm=None, **guidance) -> Backend:
+def make_backend(tmp_path, models_toml, mllm=None, presets=None, **guidance) -> Backend:
     options = {"models": str(models_toml), "mllm": mllm, "guidance": {**FAST, **guidance},
-               "inpaint_steps": 2}
+               "inpaint_steps": 2, "presets": presets}
     config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=tmp_path / "sessions",
                            heartbeat_s=0.2, peer_timeout_s=5.0, engine="diffusion",
                            engine_options={"diffusion": options})
@@ -143,9 +149,11 @@ def test_transition_then_dynamics_with_mllm(tmp_path, models, chat, monkeypatch)
                 np.testing.assert_allclose(got, sent, atol=1e-5)
             assert all(f.std() > 1 for f in job.frames)  # real decoded pixels
             assert np.abs(job.frames[-1].astype(int) - job.frames[0]).mean() > 1
-            # one Progress per sampling step, the first ones guided
+            # one Progress per sampling step; step 1 of CogVideoX's zero-terminal-SNR schedule
+            # (a_t = 0) cannot be guided, step 2 is
             sample = [p for p in job.progress if p.stage == "sample"]
-            assert [p.step for p in sample] == [1, 2, 3] and "guided" in sample[0].message
+            assert [p.step for p in sample] == [1, 2, 3] and "guided" in sample[1].message
+            assert "free" in sample[0].message
             # the MLLM saw the current view; its entities prompted the end-view inpainting
             assert chat.sent_image(0)[0] == "image/png"
             assert pipe.calls[0]["prompt"] == "River Gorge: waterfall, boat, heron, watercolour"
@@ -316,3 +324,54 @@ def test_wan_family_runs_both_stages(models, tmp_path):
     clip = [e for e in wan.dynamics(scene, DynamicsRequest(poses[-1], num_frames=4))
             if isinstance(e, FrameOut)]
     assert len(clip) == 4 and clip[0].image.shape == (H, W, 3)
+
+
+def test_transition_preset_picks_the_video_model_and_settings(models, monkeypatch):
+    engine = DiffusionEngine(models=str(models["full"]), guidance=FAST, inpaint_steps=2,
+                             presets={"fast": str(models["ltx"])})
+    scene, _ = engine.open_scene(OpenRequest("preset", scene_image(6)))
+    poses = preset("backward", n_frames=4, median_depth=scene.median_depth)
+    events = list(engine.transition(scene, TransitionRequest(poses, preset="fast")))
+    frames = [e for e in events if isinstance(e, FrameOut)]
+    assert len(frames) == 4 and all(f.image.shape == (H, W, 3) for f in frames)
+    registry, guidance = engine._video_setup("fast")
+    assert registry.video().family == "ltx" and guidance.num_inference_steps == 2
+    assert engine.registry.video().family == "cogvideox"  # the default stays the default
+    sample = [e for e in events if getattr(e, "stage", "") == "sample"]
+    assert [e.total for e in sample] == [2, 2]  # the preset's steps, not the engine's 3
+    with pytest.raises(EngineError, match="preset 'sora'.*no model config 'sora'"):
+        list(engine.transition(scene, TransitionRequest(poses, preset="sora")))
+
+
+def test_letterbox_keeps_the_aspect_and_marks_padding_unseen():
+    box = Letterbox.fit(48, 40, 32, 32)  # the scene is wider than the model's square
+    assert box.box == (0, 2, 32, 27)
+    frames = np.stack([scene_image(7)] * 2)
+    masks = np.ones((2, H, W), np.float32)
+    inside, m = box.frames_in(frames), box.masks_in(masks)
+    assert inside.shape == (2, 32, 32, 3) and m.shape == (2, 32, 32)
+    assert m[:, :2].max() == 0 and m[:, 29:].max() == 0 and m[:, 2:29].min() == 1
+    back = box.frames_out(inside)
+    assert back.shape == (2, H, W, 3)
+    err = np.abs(back.astype(int) - frames).mean()
+    assert err < 12, f"round trip through the model size lost too much ({err:.1f})"
+    # squashing would have scaled x and y differently: the content keeps 48:40 to a pixel
+    x, y, w, h = box.box
+    assert abs(w / h - W / H) < 1 / h
+
+
+def test_preset_travels_from_the_transition_message(tmp_path, models):
+    presets = {"fast": str(models["ltx"])}
+    with (make_backend(tmp_path, models["full"], presets=presets) as backend,
+          ScriptedClient(backend.address, credits=4) as client):
+        opened = client.open_scene(scene_image(8), scene_id="p")
+        poses = preset("backward", n_frames=3, median_depth=opened.scene.median_depth)
+        job = client.transition("p", poses, preset="fast")
+        assert isinstance(job.outcome, JobDone), job.outcome
+        assert len(job.frames) == 3
+        sample = [p for p in job.progress if p.stage == "sample"]
+        assert [p.total for p in sample] == [2, 2]  # the preset's steps, not the default 3
+        default = client.transition("p", poses)
+        assert [p.total for p in default.progress if p.stage == "sample"] == [3, 3, 3]
+        bad = client.transition("p", poses, preset="sora")
+        assert isinstance(bad.outcome, JobFailed) and "preset 'sora'" in bad.outcome.message

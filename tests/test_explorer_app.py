@@ -113,8 +113,8 @@ def test_clip_plays_aligned_then_hands_camera_back(app):
     seen = {}
     for _ in range(120):
         app.tick(DT)
-        if ex.player.active and ex._shown is not None:
-            idx = ex._shown.frame.index
+        if ex.player.active and ex.clip_view.shown is not None:
+            idx = ex.clip_view.shown.frame.index
             np.testing.assert_allclose(ex.camera.pose, poses[idx], atol=1e-5)
             seen[idx] = ex.target.read_rgb()[60, 80].astype(int)
         if seen and not ex.player.active and not ex.session.jobs:
@@ -153,14 +153,14 @@ def test_space_sends_dynamics_with_arrows_and_loops_until_space(app):
     shown = []
     for _ in range(40):
         app.tick(DT)
-        if ex._shown is not None:
-            shown.append(ex._shown.frame.index)
+        if ex.clip_view.shown is not None:
+            shown.append(ex.clip_view.shown.frame.index)
     assert ex.camera.locked and shown.count(0) >= 2 and max(shown) == 5
     press(app, app.key.SPACE)
     assert app.backend.of_type(Cancel) and not ex.camera.locked
     for _ in range(5):
         app.tick(DT)
-    assert ex._shown is None
+    assert ex.clip_view.shown is None
     # Every frame that reached the explorer gave its credit back, shown or not, so a
     # stopped loop never leaves the backend's credit window blocked.
     assert app.backend.credits_granted == app.backend.frames_delivered
@@ -210,4 +210,9 @@ def test_f12_writes_a_screenshot(app, tmp_path):
     thread.join()
     (shot,) = tmp_path.glob("*.png")
     img = np.asarray(Image.open(shot))
+    # The screenshot is the view without the HUD: the window (HUD on) differs from it, and
+    # with the HUD hidden (F2) the window shows exactly the screenshot.
+    assert (img != app.explorer.target.read_rgb()).any()
+    press(app, app.key.F2)
+    app.tick(DT)
     np.testing.assert_array_equal(img, app.explorer.target.read_rgb())

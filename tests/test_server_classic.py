@@ -175,7 +175,8 @@ def test_session_resumes_after_restart(tmp_path, scenes_dir):
         assert isinstance(job.outcome, JobDone)
         before = np.concatenate(opened.points.xyz + job.points.xyz)
         clip = job.outcome.clip
-    with Backend(config) as backend, ScriptedClient(backend.address) as client:
+        token = client.client.token  # the loopback identity that owns "village"
+    with Backend(config) as backend, ScriptedClient(backend.address, token=token) as client:
         resumed = client.open_scene(None, scene_id="village", resume=True)
         assert resumed.scene.resumed
         after = np.concatenate(resumed.points.xyz)

@@ -40,8 +40,12 @@ from protocol.transport import (
 
 @pytest.fixture
 def server():
+    from protocol.endpoint import EndpointCaps
+
+    # no message rate limit: the malformed-message test answers 10,000 at full speed
     ep = ServerEndpoint("tcp://127.0.0.1:0", heartbeat_s=0.2, peer_timeout_s=1.0,
-                        limits=Limits(max_message_bytes=256 * 1024))
+                        limits=Limits(max_message_bytes=256 * 1024),
+                        caps=EndpointCaps(max_messages_per_s=1e9))
     yield ep
     ep.close()
 
@@ -96,9 +100,9 @@ def test_version_mismatch_is_an_error_not_a_hang(server, raw):
 
 
 def test_client_reports_version_mismatch(server, monkeypatch):
-    import protocol.transport as transport
+    import protocol.client
 
-    monkeypatch.setattr(transport, "PROTOCOL_VERSION", PROTOCOL_VERSION + 7)
+    monkeypatch.setattr(protocol.client, "PROTOCOL_VERSION", PROTOCOL_VERSION + 7)
     with Client(server.address) as client, pytest.raises(HandshakeError, match="protocol version"):
         client.connect(timeout=3)
 
@@ -276,7 +280,8 @@ def _malformed(rng: np.random.Generator, kind: str) -> tuple[list[bytes], set[st
         ref = codec.ImageRef(blob=int(rng.integers(1, 9)), codec="jpeg", width=8, height=8)
         return codec.encode(OpenScene(request_id="r", scene_id="s", image=ref), [b"x"]), {"bad_blob"}
     if kind == "oversized":
-        return [good, b"\0" * (300 * 1024)], {"too_large"}
+        # over the limit in total, each frame under it (one frame over it is a drop: below)
+        return [good, b"\0" * (150 * 1024), b"\0" * (150 * 1024)], {"too_large"}
     if kind == "bad_array":
         ref = codec.ArrayRef(blob=0, dtype="float32", shape=[8, 4, 4])
         return codec.encode(Transition(job_id="j", scene_id="s", poses=ref), [b"\0" * 100]), {"bad_array"}
@@ -311,3 +316,80 @@ def test_ten_thousand_malformed_messages_then_a_normal_handshake(server, raw):
     assert seen_codes["bad_array"] == {"bad_array"}
     with Client(server.address) as client:
         assert client.connect(timeout=3).protocol_version == PROTOCOL_VERSION
+
+
+def test_one_frame_over_the_limit_drops_the_connection_not_the_server(server, raw):
+    raw.send_multipart(codec.encode(Hello(protocol_version=PROTOCOL_VERSION)))
+    assert isinstance(recv_msg(raw)[0], Welcome)
+    raw.send_multipart([codec.encode(Cancel(job_id="x"))[0], b"\0" * (300 * 1024)])
+    deadline = time.monotonic() + 5
+    while server.stats.peers_gone == 0 and time.monotonic() < deadline:
+        ev = server.poll(timeout=0.2)
+        if isinstance(ev, PeerGone):
+            break
+    with Client(server.address) as client:
+        assert client.connect(timeout=3).protocol_version == PROTOCOL_VERSION
+    assert server.alive()
+
+
+def test_secret_key_files_are_private(tmp_path):
+    import stat
+
+    paths = make_keys(tmp_path / "k")
+    for name in ("server_secret", "client_secret"):
+        assert stat.S_IMODE(paths[name].stat().st_mode) == 0o600
+    assert stat.S_IMODE(paths["server_public"].stat().st_mode) == 0o644
+
+
+def test_silent_connections_are_shut_after_the_hello_timeout():
+    from protocol.endpoint import EndpointCaps
+
+    caps = EndpointCaps(hello_timeout_s=0.5)
+    with ServerEndpoint("tcp://127.0.0.1:0", heartbeat_s=0.2, peer_timeout_s=1.0, caps=caps) as ep:
+        ctx = zmq.Context()
+        silent = [ctx.socket(zmq.DEALER) for _ in range(5)]
+        for s in silent:
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RECONNECT_IVL, 60_000)  # stay away once shut
+            s.connect(ep.address)
+        deadline = time.monotonic() + 10
+        while ep.stats.connections_shut < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ep.stats.connections_shut >= 5
+        with Client(ep.address) as client:  # a well-behaved client is not affected
+            assert client.connect(timeout=3).protocol_version == PROTOCOL_VERSION
+        for s in silent:
+            s.close()
+        ctx.term()
+
+
+def test_a_connection_over_the_message_rate_is_shut_out():
+    from protocol.endpoint import EndpointCaps
+
+    caps = EndpointCaps(max_messages_per_s=500)
+    with ServerEndpoint("tcp://127.0.0.1:0", heartbeat_s=0.2, peer_timeout_s=5.0, caps=caps) as ep:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 3000)
+        sock.connect(ep.address)
+        sock.send_multipart(codec.encode(Hello(protocol_version=PROTOCOL_VERSION)))
+        assert isinstance(recv_msg(sock)[0], Welcome)
+        for _ in range(3000):
+            sock.send_multipart([b"garbage"])
+        codes = []
+        try:
+            while True:
+                msg = recv_msg(sock)[0]
+                codes.append(msg.code)
+                if "per second" in msg.message:
+                    break
+        except zmq.Again:
+            pass
+        assert codes[-1] == "busy" and len(codes) < 1000, (len(codes), codes[-3:])
+        assert ep.stats.rate_limited == 1
+        sock.close()
+        ctx.term()
+        with Client(ep.address) as client:  # everyone else is served
+            assert client.connect(timeout=3).protocol_version == PROTOCOL_VERSION
+        assert ep.alive()

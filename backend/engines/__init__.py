@@ -25,9 +25,14 @@ def engine_names() -> list[str]:
     return names
 
 
-def create_engine(name: str, **options) -> Engine:
-    """A new engine called ``name``; ``options`` go to its constructor."""
+def engine_class(name: str) -> type[Engine]:
+    """The class of the engine called ``name`` (imports its module)."""
     if name not in _ENGINES or name not in engine_names():
         raise ValueError(f"unknown engine {name!r}; available: {', '.join(engine_names())}")
     module, cls = _ENGINES[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**options)
+    return getattr(importlib.import_module(module), cls)
+
+
+def create_engine(name: str, **options) -> Engine:
+    """A new engine called ``name``; ``options`` go to its constructor."""
+    return engine_class(name)(**options)

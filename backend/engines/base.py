@@ -69,6 +69,8 @@ class TransitionRequest:
     fps: float = 24.0
     prompt: str | None = None
     seed: int | None = None
+    preset: str | None = None
+    """Sampler preset (``paper``, ``interactive``: a configs/models name); None: the default."""
 
 
 @dataclass(frozen=True)
@@ -114,14 +116,29 @@ class EngineError(RuntimeError):
     """A run failed for a reason the person can act on; the message says which."""
 
 
+class WorkerLost(EngineError):
+    """The worker running a job died (an engine running on remote workers raises it); the
+    job fails with code ``worker_lost``."""
+
+
 class Engine(ABC):
-    """Opens scenes and runs transitions and dynamics on them."""
+    """Opens scenes and runs transitions and dynamics on them.
+
+    These four methods are everything the server calls. The server runs them on its job
+    slots (backend.scheduler), so an engine whose generators run on remote workers only has to
+    implement this interface.
+    """
 
     name: str = "engine"
 
     @abstractmethod
     def open_scene(self, request: OpenRequest) -> tuple[Scene, PointCloud]:
         """Lift the first view into a scene; returns the scene and its initial cloud."""
+
+    @abstractmethod
+    def resume_scene(self, scene_id: str, sessions) -> tuple[Scene, PointCloud]:
+        """Reload a saved session (``sessions`` is a backend.session.SessionStore); returns
+        the scene at its last pose and its whole cloud."""
 
     @abstractmethod
     def transition(self, scene: Scene, request: TransitionRequest) -> Iterator[Event]:

@@ -261,13 +261,13 @@ class ClassicEngine(Engine):
         yield Progress("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
         ys, xs = np.mgrid[0:h, 0:w]
         start = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1).astype(np.float32)
-        forward, backward, alpha = animation.loop_paths(field, start, n)
         z = depth.reshape(-1)
         rgb = colour.reshape(-1, 3)
-        for t in range(n):
-            img_f, m_f = self._render_moved(scene, request.pose, forward[t], z, rgb)
-            img_b, m_b = self._render_moved(scene, request.pose, backward[t], z, rgb)
-            frame = animation.blend(img_f, m_f, img_b, m_b, float(alpha[t]), colour)
+        # one frame's positions at a time: memory does not grow with num_frames
+        for t, forward, backward, alpha in animation.loop_frames(field, start, n):
+            img_f, m_f = self._render_moved(scene, request.pose, forward, z, rgb)
+            img_b, m_b = self._render_moved(scene, request.pose, backward, z, rgb)
+            frame = animation.blend(img_f, m_f, img_b, m_b, float(alpha), colour)
             yield FrameOut(t, frame, request.pose)
 
     def _render_moved(self, scene: Scene, pose: np.ndarray, pos: np.ndarray, z: np.ndarray,

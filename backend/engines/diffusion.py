@@ -1,8 +1,8 @@
 """The diffusion engine: DreamJourney (Pan et al., TMM 2025) on diffusers and transformers.
 
 - Open: depth from the depth model (relative disparity -> z-depth), else the client's depth,
-  else the horizon prior; lifted into the point store like the classic engine (which this
-  engine extends), hidden background layers included.
+  else the horizon prior; lifted into the point store by a composed classic engine (its
+  public API only), hidden background layers included.
 - Transition (Stage I, paper sec. IV-A):
   1. render the start view I_0 and the end view from the cloud;
   2. ask the MLLM for the entities the end view should show, moving ones first (templates
@@ -11,20 +11,23 @@
   4. estimate its depth, align it to the rendered depth over the visible pixels and merge the
      unseen pixels into the cloud (streamed as PointsOut);
   5. render the partial frames at the request's poses resampled to the model's frame count,
-     resized (with their visibility masks) to the model's size;
+     fitted to the model's size without squashing (scaled, the rest padded and marked unseen);
   6. guided sampling with the prior video (one Progress per step, cancellable);
-  7. stream the decoded frames, mapped back to the request's poses and size;
+  7. stream the decoded frames, the padding cropped off, at the request's poses and size;
   8. lift the last frame's still unseen pixels into the cloud, move the scene's pose.
 - Dynamics (Stage II, sec. IV-B): the MLLM's three-step dynamics prompt (check the candidate
   entities, describe their motion, write the prompt), then plain image-to-video (guidance mode
   ``none``) from the rendered, filled view.
 
 Models come from a models TOML (``configs/models/<name>.toml`` or a path) through the shared
-:class:`~backend.models.ModelRegistry` cache, so each loads once and stays resident.
+:class:`~backend.models.ModelRegistry` cache, so each loads once and stays resident. A
+transition may name a preset (``paper``, ``interactive`` or any models config): its video model
+and guidance settings replace the default ones for that clip.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Iterator
@@ -36,6 +39,7 @@ import torch
 
 from backend.engines.base import (
     DynamicsRequest,
+    Engine,
     EngineError,
     Event,
     FrameOut,
@@ -48,13 +52,20 @@ from backend.engines.base import (
 from backend.engines.classic import ClassicEngine, inpaint
 from backend.engines.depth_model import disparity_to_depth
 from backend.engines.diffusion_sampling import sample_with_progress
-from backend.engines.diffusion_video import resample_poses, resize_frames, resize_masks, time_indices
+from backend.engines.diffusion_video import (
+    Letterbox,
+    background_depth,
+    fill_cracks,
+    resample_poses,
+    time_indices,
+)
 from backend.geometry.cloud import PointCloud
 from backend.geometry.depth import align_depth
 from backend.geometry.unproject import unproject
 from backend.guidance import GuidanceConfig, GuidedVideoSampler, PriorVideo
 from backend.mllm import EntitiesResult, MLLMConfig, PromptAgent
 from backend.models import DepthPrediction, ModelCache, ModelRegistry, named_config
+from protocol.camera import intrinsics
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +112,7 @@ def align_prediction(pred: DepthPrediction, reference: np.ndarray, known: np.nda
     return np.minimum(depth, cap).astype(np.float32)
 
 
-class DiffusionEngine(ClassicEngine):
+class DiffusionEngine(Engine):
     """DreamJourney's two stages on a resident depth model, inpainter and video model."""
 
     name = "diffusion"
@@ -117,6 +128,7 @@ class DiffusionEngine(ClassicEngine):
         min_hole_fraction: float = 0.002,
         preload: bool = False,
         cache: ModelCache | None = None,
+        presets: dict[str, str] | None = None,
         **classic_options,
     ):
         """
@@ -130,10 +142,14 @@ class DiffusionEngine(ClassicEngine):
             min_hole_fraction: smaller holes (cracks) are filled with OpenCV, not the pipeline.
             preload: load every model now instead of on first use.
             cache: model cache (default: the process-wide one).
+            presets: preset name -> models TOML path, for names that are not
+                ``configs/models/<name>.toml`` (``paper`` and ``interactive`` are).
             classic_options: the classic engine's options (layers, fov_x_deg, capacity, ...).
         """
         classic_options.pop("depth_model", None)  # the registry's depth model is used instead
-        super().__init__(device=device, **classic_options)
+        self.geometry = ClassicEngine(device=device, **classic_options)
+        """Scene opening and point-cloud rendering (public API only)."""
+        self.renderer = self.geometry.renderer
         self.registry = ModelRegistry.from_toml(models_path(models), cache=cache)
         if not self.registry.has("video"):
             raise ValueError(f"models config {models!r} has no [video] model")
@@ -144,6 +160,8 @@ class DiffusionEngine(ClassicEngine):
         self.inpaint_guidance = inpaint_guidance
         self.min_hole_fraction = min_hole_fraction
         self._model_lock = threading.RLock()
+        self.preset_paths = dict(presets or {})
+        self._presets: dict[str, tuple[ModelRegistry, GuidanceConfig]] = {}
         self._entities: dict[str, EntitiesResult] = {}
         """Stage I entities of each scene's last transition: Stage II's candidates."""
         if preload:
@@ -161,7 +179,7 @@ class DiffusionEngine(ClassicEngine):
                        given: np.ndarray | None) -> tuple[np.ndarray, str]:
         """The depth model's z-depth when one is configured, else the classic fallbacks."""
         if not self.registry.has("depth"):
-            return super().estimate_depth(image, K, given)
+            return self.geometry.estimate_depth(image, K, given)
         pred = self._predict_depth(image)
         if pred.kind == "disparity":
             return disparity_to_depth(pred.values), "model"
@@ -169,16 +187,34 @@ class DiffusionEngine(ClassicEngine):
             raise EngineError("the depth model returned non-positive depth")
         return pred.values.astype(np.float32), "model"
 
-    def _loading(self) -> Iterator[Progress]:
+    def _video_setup(self, preset: str | None) -> tuple[ModelRegistry, GuidanceConfig]:
+        """The video registry and guidance of a preset (None: the engine's own)."""
+        if preset is None:
+            return self.registry, self.guidance
+        if preset not in self._presets:
+            try:
+                path = self.preset_paths.get(preset) or named_config(preset)
+                registry = ModelRegistry.from_toml(path, cache=self.registry.cache)
+                guidance = GuidanceConfig.from_mapping(registry.guidance_overrides())
+            except (FileNotFoundError, ValueError) as exc:
+                raise EngineError(f"preset {preset!r}: {exc}") from exc
+            if not registry.has("video"):
+                raise EngineError(f"preset {preset!r} has no [video] model")
+            self._presets[preset] = (registry, guidance)
+        return self._presets[preset]
+
+    def _loading(self, registry: ModelRegistry | None = None) -> Iterator[Progress]:
         """A Progress line while the video model loads the first time."""
-        if self.registry.spec("video") not in self.registry.cache:
-            yield Progress("load", 0, 1, f"loading the video model {self.registry.spec('video').source}")
-        self.registry.video()
+        registry = registry or self.registry
+        if registry.spec("video") not in registry.cache:
+            yield Progress("load", 0, 1, f"loading the video model {registry.spec('video').source}")
+        registry.video()
 
     def _clip_config(self, adapter, prompt: str | None, seed: int | None,
-                     negative: str = "", dynamics: bool = False) -> GuidanceConfig:
+                     negative: str = "", dynamics: bool = False,
+                     guidance: GuidanceConfig | None = None) -> GuidanceConfig:
         """The sampler's settings for one clip, checked against the video model's rules."""
-        cfg = self.guidance
+        cfg = guidance or self.guidance
         height = cfg.height or adapter.default_size()[0]
         width = cfg.width or adapter.default_size()[1]
         cfg = cfg.replace(height=height, width=width, prompt=prompt or cfg.prompt,
@@ -216,7 +252,7 @@ class DiffusionEngine(ClassicEngine):
         if not hole.any():
             return image, "nothing to fill"
         if not self.registry.has("inpaint") or hole.mean() < self.min_hole_fraction:
-            return inpaint(image, hole, self.inpaint_radius), "OpenCV"
+            return inpaint(image, hole, self.geometry.inpaint_radius), "OpenCV"
         with self._model_lock:
             inpainter = self.registry.inpainter()
             h, w = hole.shape
@@ -239,7 +275,7 @@ class DiffusionEngine(ClassicEngine):
         known = ~hole & (view_depth > 0)
         if not known.any():
             raise EngineError("nothing of the scene is visible from this pose")
-        _, fallback = self._fill(image, view_depth, hole)  # background-leaning inpainted depth
+        fallback = background_depth(view_depth, hole, self.geometry.inpaint_radius)
         how = "inpainted depth"
         depth = fallback
         if self.registry.has("depth"):
@@ -265,14 +301,16 @@ class DiffusionEngine(ClassicEngine):
             raise EngineError(f"a transition needs at least 2 poses (N x 4 x 4), got {poses.shape}")
         n = len(poses)
         w, h = scene.size
-        yield from self._loading()
-        adapter = self.registry.video()
-        cfg = self._clip_config(adapter, request.prompt, request.seed, scene.text.negative)
+        registry, guidance = self._video_setup(request.preset)
+        yield from self._loading(registry)
+        adapter = registry.video()
+        cfg = self._clip_config(adapter, request.prompt, request.seed, scene.text.negative,
+                                guidance=guidance)
         generator = torch.Generator().manual_seed(cfg.seed)
         # 1. the start view I_0 and the end view, rendered from the cloud
         yield Progress("render", 0, 2, "rendering the start and end views")
         ends = self._render(scene, poses[[0, -1]])
-        start = self._fill_gaps(ends.image[0], ends.mask[0])
+        start = fill_cracks(ends.image[0], ends.mask[0])
         end_hole = ~ends.mask[1]
         # 2. the entities the end view should show (Y_N), moving ones first
         yield Progress("prompt", 0, 1, "asking the MLLM what lies ahead")
@@ -298,15 +336,15 @@ class DiffusionEngine(ClassicEngine):
         masks = np.concatenate([np.ones((1, h, w), np.float32),
                                 np.zeros((0, h, w), np.float32) if mid is None else mid.mask,
                                 np.ones((1, h, w), np.float32)])
-        prior = PriorVideo(resize_frames(frames, cfg.width, cfg.height),
-                           resize_masks(masks, cfg.width, cfg.height))
+        box = Letterbox.fit(w, h, cfg.width, cfg.height)
+        prior = PriorVideo(box.frames_in(frames), box.masks_in(masks))
         yield Progress("render", 2, 2, f"prior video: {masks[1:-1].mean():.0%} visible")
         # 6. guided sampling, one Progress per step
         sampler = GuidedVideoSampler(adapter)
         out = yield from sample_with_progress(sampler, prior.frames[0], prior, cfg, generator,
                                               self._model_lock)
         # 7. stream the frames at the request's poses and size
-        video = resize_frames(out.frames, w, h)
+        video = box.frames_out(out.frames)
         for i, k in enumerate(time_indices(n, len(video))):
             yield FrameOut(i, video[k], poses[i])
         # 8. lift what the last frame shows and the cloud still misses
@@ -348,17 +386,31 @@ class DiffusionEngine(ClassicEngine):
         yield Progress("prompt", 2, 2, note)
         # 3. image-to-video with that prompt, no prior
         cfg = cfg.replace(prompt=prompt)
-        small = resize_frames(image[None], cfg.width, cfg.height)[0]
+        box = Letterbox.fit(w, h, cfg.width, cfg.height)
+        small = box.frames_in(image[None])[0]
         sampler = GuidedVideoSampler(adapter)
         out = yield from sample_with_progress(sampler, small, None, cfg, generator, self._model_lock)
         # 4. stream the clip (the explorer loops it)
-        video = resize_frames(out.frames, w, h)
+        video = box.frames_out(out.frames)
         for t, k in enumerate(time_indices(request.num_frames, len(video))):
             yield FrameOut(t, video[k], pose)
 
     def open_scene(self, request: OpenRequest) -> tuple[Scene, PointCloud]:
+        """The classic engine's scene lifting, on the depth model's depth when there is one."""
         self._entities.pop(request.scene_id, None)
-        return super().open_scene(request)
+        if self.registry.has("depth"):
+            h, w = request.image.shape[:2]
+            K = request.K if request.K is not None else intrinsics(w, h, self.geometry.fov_x_deg)
+            depth, _ = self.estimate_depth(request.image, K, request.depth)
+            request = dataclasses.replace(request, depth=depth)
+        scene, cloud = self.geometry.open_scene(request)
+        scene.engine = self.name
+        return scene, cloud
+
+    def resume_scene(self, scene_id: str, sessions) -> tuple[Scene, PointCloud]:
+        scene, cloud = self.geometry.resume_scene(scene_id, sessions)
+        scene.engine = self.name
+        return scene, cloud
 
 
 def inpainter_multiple(pipe) -> int:

@@ -9,14 +9,20 @@ number of poses at the scene's size. These functions carry poses, frames and mas
 - ``time_indices(n_out, n_in)``: for each of ``n_out`` evenly spaced output times, the nearest
   of ``n_in`` evenly spaced input frames (both ends map to both ends).
 - ``resize_frames`` / ``resize_masks``: images and visibility masks to another size (masks
-  become area fractions in [0, 1], what the guided sampler's latent masks average anyway).
+  become area fractions in [0, 1]).
+- ``Letterbox``: the scene's frames into the model's size without squashing (scaled to fit,
+  the rest padded by reflection and marked unseen, so the model fills it), and back (crop).
+- ``background_depth`` / ``fill_cracks``: depth and colour fills used when lifting new pixels.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
+from backend.engines.classic import inpaint
 from protocol.camera import interpolate_pose
 
 
@@ -63,3 +69,65 @@ def resize_masks(masks: np.ndarray, width: int, height: int) -> np.ndarray:
     if m.shape[1:3] == (height, width):
         return m
     return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in m])
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a scene-sized frame sits inside the model's frame: scaled to fit, centred."""
+
+    src: tuple[int, int]
+    """(width, height) of the scene's frames."""
+    dst: tuple[int, int]
+    """(width, height) of the model's frames."""
+    box: tuple[int, int, int, int]
+    """(x, y, width, height) of the content inside the model's frame."""
+
+    @classmethod
+    def fit(cls, width: int, height: int, dst_width: int, dst_height: int) -> Letterbox:
+        scale = min(dst_width / width, dst_height / height)
+        w = min(dst_width, max(1, round(width * scale)))
+        h = min(dst_height, max(1, round(height * scale)))
+        return cls((width, height), (dst_width, dst_height),
+                   ((dst_width - w) // 2, (dst_height - h) // 2, w, h))
+
+    def _pads(self) -> tuple[int, int, int, int]:
+        x, y, w, h = self.box
+        return y, self.dst[1] - y - h, x, self.dst[0] - x - w
+
+    def frames_in(self, frames: np.ndarray) -> np.ndarray:
+        """T x H x W x 3 scene frames -> model frames (padding reflects the content)."""
+        _, _, w, h = self.box
+        top, bottom, left, right = self._pads()
+        small = resize_frames(frames, w, h)
+        return np.stack([cv2.copyMakeBorder(f, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+                         for f in small])
+
+    def masks_in(self, masks: np.ndarray) -> np.ndarray:
+        """T x H x W visibility -> model size; the padding is unseen (0)."""
+        _, _, w, h = self.box
+        top, bottom, left, right = self._pads()
+        small = resize_masks(masks, w, h)
+        return np.pad(small, ((0, 0), (top, bottom), (left, right)))
+
+    def frames_out(self, frames: np.ndarray) -> np.ndarray:
+        """Model frames -> scene-sized frames (the padding cropped off)."""
+        x, y, w, h = self.box
+        return resize_frames(np.asarray(frames)[:, y:y + h, x:x + w], *self.src)
+
+
+def background_depth(depth: np.ndarray, hole: np.ndarray, radius: int) -> np.ndarray:
+    """Depth with ``hole`` filled from its surroundings, leaning to the farther side."""
+    known = ~hole & (depth > 0)
+    if not known.any():
+        raise ValueError("no known depth to fill from")
+    seed = np.where(known, depth, 0).astype(np.float32)
+    farthest = cv2.dilate(seed, np.ones((9, 9), np.uint8))
+    smooth = inpaint(seed, ~known, radius)
+    out = np.where(known, depth, np.maximum(smooth, farthest)).astype(np.float32)
+    out[~known & (out <= 0)] = float(np.median(depth[known]))
+    return out
+
+
+def fill_cracks(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Cover the odd pixel no splat reached (``mask`` False) from its neighbours."""
+    return image if mask.all() else inpaint(image, ~mask, 3)

@@ -214,3 +214,16 @@ class PointStore:
         store._keys = np.unique(keys[keys >= 0])
         store.version = 1
         return store
+
+    def truncate(self, count: int) -> None:
+        """Keep only the first ``count`` points (undo of the appends after them); the
+        de-duplication index is rebuilt from what is kept."""
+        if count >= len(self):
+            return
+        kept = self.cloud().take(slice(0, max(0, int(count))))
+        self._parts = [kept]
+        self._cloud = kept
+        level, edge = self._levels(kept.radius)
+        keys = self._voxel_keys(kept.xyz, level, edge)
+        self._keys = np.unique(keys[keys >= 0])
+        self.version += 1

@@ -1,4 +1,4 @@
-"""Settings of the guided video sampler (DreamJourney Stage I, paper eq. 9-11)."""
+"""Settings of the guided video sampler (DreamJourney Stage I, as the authors' release runs it)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-DEFAULT_TRANSITION_PROMPT = "a camera flyover, cruising steadily across the scene"
-"""The fixed Stage I prompt of the paper (sec. IV-A)."""
+DEFAULT_TRANSITION_PROMPT = ("A fast camera flyover, cruising steadily across the scene. Clean motion, "
+                             "flowing without jitters, moving fluidly through the air.")
+"""The Stage I prompt of the authors' release (EasyAnimate inference script)."""
+DEFAULT_NEGATIVE_PROMPT = (
+    "The video has blurry area. The video is not of a high quality, it has a low resolution, "
+    "and the audio quality is not clear. Strange motion trajectory, a poor composition and "
+    "deformed video, low resolution, duplicate and ugly, strange body structure, long and "
+    "strange neck, bad teeth, bad eyes, bad limbs, bad hands, rotating camera, blurry camera, "
+    "shaking camera. Deformation, low-resolution, blurry, ugly, distortion.")
+"""The release's negative prompt."""
 
-GuidanceMode = Literal["dps", "blend", "none"]
+GuidanceMode = Literal["release", "blend", "none"]
+MODES: tuple[str, ...] = ("release", "blend", "none")
 
 
 @dataclass(frozen=True)
 class GuidanceConfig:
     """Everything the sampler needs besides the model and the inputs. Frozen: use ``replace``.
 
-    Defaults follow the paper and its code: 48 frames + 4 padded views at each end, 25 steps,
-    classifier-free guidance 7, guidance weight 0.025, no guidance in the last 20% of steps,
-    15 RePaint renoise rounds per guided step.
+    Defaults follow the authors' release (the ``paper`` preset): 48 frames + 4 padded views at
+    each end, 25 steps, classifier-free guidance 7, lr 0.025, no guidance in the last 20% of
+    steps, 15 renoise rounds per guided step.
     """
 
     num_frames: int = 48
@@ -29,18 +38,21 @@ class GuidanceConfig:
     num_inference_steps: int = 25
     guidance_scale: float = 7.0
     """Classifier-free guidance scale; <= 1 runs the conditional branch only."""
-    mode: GuidanceMode = "dps"
-    """``dps``: gradient of the masked prior loss (eq. 11). ``blend``: paste the noised prior
-    into x_t over the mask, no gradient. ``none``: plain image-to-video (Stage II)."""
-    guidance_weight: float = 0.025
-    """s_t of eq. 11 (constant over steps)."""
+    mode: GuidanceMode = "release"
+    """``release``: before each step move x_t down the normalised gradient of the masked prior
+    loss on x0_hat, the model output held constant (no backward through the network).
+    ``blend``: paste the noised prior into x_t over the mask. ``none``: plain image-to-video
+    (Stage II)."""
+    lr: float = 0.025
+    """Release mode: x_t moves by ``lr * sqrt(a_t * s_t) * g / std(g)`` (the release's
+    ``lr * sigma**0.5`` in VE coordinates)."""
     early_stop: float = 0.2
     """Fraction of the last steps that run without the prior (paper: 20%)."""
     renoise_rounds: int = 15
-    """RePaint resampling: times x_{t-1} is diffused back to x_t and the step redone, per
-    guided step. Each round costs one more model evaluation (with gradient in ``dps``)."""
+    """Times x_{t-1} is diffused back to x_t and (guide, step) redone, per guided step. A round
+    costs two model evaluations in ``release`` mode (guide, step), one in ``blend``."""
     prompt: str = DEFAULT_TRANSITION_PROMPT
-    negative_prompt: str = ""
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     max_sequence_length: int | None = None
     """Text tokens; None uses the family's default (CogVideoX 226, Wan 512)."""
     height: int | None = None
@@ -52,8 +64,9 @@ class GuidanceConfig:
     """Decode a low-resolution preview of the clean estimate every k steps (0: never)."""
     preview_downscale: int = 2
     """Spatial factor the latents are pooled by before a preview decode."""
-    gradient_checkpointing: bool = True
-    """Recompute activations in the backward pass of ``dps`` (memory for time)."""
+    frame_guidance_ramp: tuple[float, float] | None = None
+    """SVD-style per-frame classifier-free guidance, linear from the first to the last frame
+    (e.g. (1.0, 3.0)); None uses ``guidance_scale`` for every frame."""
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -66,8 +79,12 @@ class GuidanceConfig:
             raise ValueError(f"early_stop must be in [0, 1], got {self.early_stop}")
         if self.renoise_rounds < 0:
             raise ValueError(f"renoise_rounds must be >= 0, got {self.renoise_rounds}")
-        if self.mode not in ("dps", "blend", "none"):
-            raise ValueError(f"mode must be 'dps', 'blend' or 'none', got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.lr < 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+        if self.frame_guidance_ramp is not None and len(self.frame_guidance_ramp) != 2:
+            raise ValueError("frame_guidance_ramp must be (first, last)")
         if self.preview_every < 0 or self.preview_downscale < 1:
             raise ValueError("preview_every must be >= 0 and preview_downscale >= 1")
 
@@ -94,4 +111,7 @@ class GuidanceConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown guidance settings: {', '.join(unknown)}")
-        return cls(**dict(values))
+        values = dict(values)
+        if values.get("frame_guidance_ramp") is not None:
+            values["frame_guidance_ramp"] = tuple(float(v) for v in values["frame_guidance_ramp"])
+        return cls(**values)

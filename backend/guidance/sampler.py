@@ -1,7 +1,8 @@
 """The guided video sampler: one denoising loop over an adapter's components.
 
-Stage I (transition): the prior video steers sampling (``dps`` gradient guidance, paper eq. 11,
-or the cheaper ``blend``), with RePaint renoising, early stopping and view padding.
+Stage I (transition): the prior video steers sampling as the authors' release does it
+(``release``: a normalised gradient step on x_t before each denoising step, the network output
+held constant; or the cheaper ``blend``), with renoise rounds, early stopping and view padding.
 Stage II (dynamics): the same loop with ``mode="none"`` is plain image-to-video.
 """
 
@@ -37,11 +38,13 @@ class SamplingInterrupted(RuntimeError):
 @dataclass
 class SamplerCounters:
     model_evals: int = 0
-    """Network calls (a CFG pair counts once)."""
-    gradient_evals: int = 0
-    """Network calls with a backward pass (``dps``)."""
+    """Network calls (a CFG pair counts once): guide and step calls together."""
+    guidance_evals: int = 0
+    """Network calls of the guide phase (release mode: one per round)."""
     guided_steps: int = 0
-    """Steps that applied the prior (before the early stop)."""
+    """Steps that applied the prior (before the early stop, where a_t * s_t > 0)."""
+    unguidable_steps: int = 0
+    """Steps before the early stop skipped because a_t * s_t = 0 (x0_hat is uninformative)."""
     renoise_rounds: int = 0
     """Times x_{t-1} was diffused back to x_t, over the whole run."""
     previews: int = 0
@@ -140,7 +143,7 @@ class GuidedVideoSampler:
     ) -> GuidedSampleOutput:
         """Sample a clip that starts at ``image`` (H x W x 3 uint8, model size).
 
-        With ``config.mode`` ``dps`` or ``blend``, ``prior`` holds ``config.num_frames`` rendered
+        With ``config.mode`` ``release`` or ``blend``, ``prior`` holds ``config.num_frames`` rendered
         frames and masks (I_0 first, I_N last); the output has the same frame count.
         ``prompt_embeds`` skips the text encoder (``config.prompt`` is then unused).
         """
@@ -160,16 +163,17 @@ class GuidedVideoSampler:
         if prompt_embeds is None:
             prompt_embeds = adapter.encode_prompt(config.prompt, config.negative_prompt, cfg,
                                                   config.max_sequence_length)
+        padded = None if config.mode == "none" else prior.padded(config.pad_frames)
         cond = adapter.prepare_conditioning(image, total, height, width, prompt_embeds, cfg,
-                                            generator)
+                                            generator, prior=padded)
+        scale = self._guidance_scale(config, adapter.latent_frames(total))
         timings.conditioning_s = self._lap(start)
 
-        # 2. Encode the padded prior once; masks onto the latent grid
+        # 2. Encode the padded prior once (holes Telea-filled); binary masks on the latent grid
         z_prior = mask = None
-        if config.mode != "none":
+        if padded is not None:
             t0 = time.perf_counter()
-            padded = prior.padded(config.pad_frames)
-            z_prior = adapter.encode_video(video_to_tensor(padded.frames, adapter.device,
+            z_prior = adapter.encode_video(video_to_tensor(padded.filled(), adapter.device,
                                                            torch.float32))
             groups = adapter.latent_frame_groups(total)
             mask = latent_masks(padded.masks, groups, adapter.spatial_compression, adapter.device)
@@ -181,16 +185,15 @@ class GuidedVideoSampler:
         shape = adapter.latent_shape(total, height, width)
         x = randn_like(torch.empty(shape, device=adapter.device), generator)
         x = x * schedule.initial_noise_scale()
-        if config.mode == "dps":
-            adapter.set_gradient_checkpointing(config.gradient_checkpointing)
 
-        # 4. Denoising loop
+        # 4. Denoising loop: guided steps until the early stop, except where a_t * s_t = 0
         t_loop = time.perf_counter()
         n_guided = config.guided_steps
         for i, t in enumerate(schedule.timesteps):
             t_step = time.perf_counter()
-            guided = i < n_guided
-            x, x0, loss = self._denoise_step(x, i, t, schedule, cond, config, guided,
+            guided = i < n_guided and schedule.guidance_step(i) > 0.0
+            counters.unguidable_steps += int(i < n_guided and not guided)
+            x, x0, loss = self._denoise_step(x, i, t, schedule, cond, config, scale, guided,
                                              z_prior, mask, generator, counters)
             if guided:
                 counters.guided_steps += 1
@@ -216,56 +219,44 @@ class GuidedVideoSampler:
         )
 
     # ------------------------------------------------------------------ one step
+    @staticmethod
+    def _guidance_scale(config: GuidanceConfig, latent_frames: int) -> float | torch.Tensor:
+        """CFG scale: one number, or SVD's per-frame ramp over the latent frames."""
+        if config.frame_guidance_ramp is None:
+            return config.guidance_scale
+        first, last = config.frame_guidance_ramp
+        return torch.linspace(first, last, latent_frames).view(1, latent_frames, 1, 1, 1)
+
     def _denoise_step(self, x: torch.Tensor, i: int, t: torch.Tensor, schedule: NoiseSchedule,
-                      cond: Conditioning, config: GuidanceConfig, guided: bool,
-                      z_prior: torch.Tensor | None, mask: torch.Tensor | None,
+                      cond: Conditioning, config: GuidanceConfig, scale: float | torch.Tensor,
+                      guided: bool, z_prior: torch.Tensor | None, mask: torch.Tensor | None,
                       generator: torch.Generator, counters: SamplerCounters):
-        """x_t -> x_{t-1}, with the prior and RePaint rounds when ``guided``."""
+        """x_t -> x_{t-1}; when ``guided``, 1 + R rounds of (renoise, guide, step) as the
+        release loops them (no renoise before the first round)."""
         rounds = 1 + (config.renoise_rounds if guided else 0)
         x_prev = x0 = loss = None
         for r in range(rounds):
             if self._interrupt:
                 raise SamplingInterrupted(f"interrupted at step {i}")
-            # 1. RePaint: diffuse the previous round's x_{t-1} back to x_t
+            # 1. Renoise: diffuse the previous round's x_{t-1} back to x_t
             if r > 0:
                 x = schedule.renoise(x_prev, i, generator)
                 counters.renoise_rounds += 1
-            # 2. Blend mode: the noised prior replaces x_t where it is visible
+            # 2. Guide: blend pastes the noised prior; release moves x_t down the prior loss
             if guided and config.mode == "blend":
                 noised = schedule.add_noise(z_prior, i, randn_like(z_prior, generator))
                 x = mask * noised + (1.0 - mask) * x
-            # 3. Predict x0_hat and step; gradient guidance in dps mode (eq. 10-11)
-            if guided and config.mode == "dps":
-                x_prev, x0, loss = self._dps_update(x, i, t, schedule, cond, config,
-                                                    z_prior, mask)
-                counters.gradient_evals += 1
-            else:
-                out = self.adapter.predict(schedule.model_input(x, i), t, cond,
-                                           config.guidance_scale)
-                x0 = schedule.to_x0(out, x, i)
-                x_prev = schedule.step(x0, x, i)
+            elif guided and config.mode == "release":
+                out = self.adapter.predict(schedule.model_input(x, i), t, cond, scale)
+                counters.model_evals += 1
+                counters.guidance_evals += 1
+                x, loss = release_guidance(x, out, schedule, i, z_prior, mask, config.lr)
+            # 3. Step from the model's output on the (moved) x_t
+            out = self.adapter.predict(schedule.model_input(x, i), t, cond, scale)
             counters.model_evals += 1
+            x0 = schedule.to_x0(out, x, i)
+            x_prev = schedule.step(x0, x, i)
         return x_prev, x0, loss
-
-    def _dps_update(self, x: torch.Tensor, i: int, t: torch.Tensor, schedule: NoiseSchedule,
-                    cond: Conditioning, config: GuidanceConfig, z_prior: torch.Tensor,
-                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """x_{t-1} = step(x_t) - s_t * grad_{x_t} ||(x0_hat(x_t) - z^p) * m||^2.
-
-        The gradient is taken in unit-variance coordinates (``NoiseSchedule.guidance_gain``,
-        exactly eq. 11 for variance-preserving models).
-        """
-        x_in = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = self.adapter.predict(schedule.model_input(x_in, i), t, cond,
-                                       config.guidance_scale)
-            x0 = schedule.to_x0(out, x_in, i)
-            loss = ((x0 - z_prior) * mask).pow(2).sum()
-            (grad,) = torch.autograd.grad(loss, x_in)
-        x0 = x0.detach()
-        weight = config.guidance_weight * schedule.guidance_gain(i)
-        x_prev = schedule.step(x0, x, i) - weight * grad
-        return x_prev, x0, float(loss.detach())
 
     # ------------------------------------------------------------------ callback / preview
     def _run_callback(self, callback: StepCallback, names: Sequence[str], i: int,
@@ -298,3 +289,27 @@ class GuidedVideoSampler:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return time.perf_counter() - since
+
+
+def release_guidance(x: torch.Tensor, model_output: torch.Tensor, schedule: NoiseSchedule,
+                     i: int, z_prior: torch.Tensor, mask: torch.Tensor,
+                     lr: float) -> tuple[torch.Tensor, float]:
+    """The release's prior step (``step_Interp_PriorPS``) in the schedule's coordinates.
+
+    The network output is a constant, so x0_hat depends on x_t through its direct term only:
+    L = sum(m * (x0_hat - z^p)^2) / sum(m), g = dL/dx_t, and
+    x_t <- x_t - lr * sqrt(a_t * s_t) * g / std(g). Returns the moved x_t and L.
+    """
+    step = schedule.guidance_step(i)
+    visible = mask.sum()
+    if step == 0.0 or float(visible) == 0.0:
+        return x, 0.0
+    x_in = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        x0 = schedule.to_x0(model_output.detach(), x_in, i)
+        loss = (mask * (x0 - z_prior).pow(2)).sum() / visible
+        (grad,) = torch.autograd.grad(loss, x_in)
+    std = grad.std()
+    if not torch.isfinite(std) or float(std) == 0.0:
+        return x, float(loss)
+    return x - (lr * step) * grad / std, float(loss)

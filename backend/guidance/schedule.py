@@ -1,8 +1,9 @@
 """One noise schedule for every family: x_t = alpha_t * x_0 + sigma_t * eps.
 
-The guided sampler needs three things a diffusers scheduler does not offer together: the clean
+The guided sampler needs four things a diffusers scheduler does not offer together: the clean
 estimate x0_hat as a differentiable function of x_t, a step it can repeat (RePaint renoising
-goes back to the same t), and the forward transition q(x_t | x_{t-1}). We read the timesteps
+goes back to the same t), the forward transition q(x_t | x_{t-1}) and the release's guidance
+step size sqrt(a_t * s_t). We read the timesteps
 and the (alpha, sigma) tables from a first-order diffusers scheduler after ``set_timesteps``
 and write the update in closed form. The update equals ``scheduler.step`` of DDIM (eta = 0,
 variance-preserving), Euler (variance-exploding, EDM-style, SVD) and flow-matching Euler (Wan);
@@ -59,14 +60,11 @@ class NoiseSchedule:
         """r_i = sqrt(alpha^2 + sigma^2): x_t / r_i has unit variance (1 for VP)."""
         return (self._a(i) ** 2 + self._s(i) ** 2) ** 0.5
 
-    def guidance_gain(self, i: int) -> float:
-        """Factor on s_t * grad_{x_t} so that eq. 11 acts in unit-variance coordinates.
-
-        With x = r x', a step of s_t along grad_{x'_t} moves x_{t-1} by r_{t-1} r_t s_t grad_{x_t}.
-        For variance-preserving schedules (the paper's setting) this is exactly 1; it makes the
-        same weight mean the same for flow (r <= 1) and variance-exploding (r >> 1) schedules.
-        """
-        return self.unit_scale(i) * self.unit_scale(i + 1)
+    def guidance_step(self, i: int) -> float:
+        """sqrt(a_t * s_t): the release's ``sigma**0.5`` move in VE coordinates x / a_t, carried
+        to x_t (a move d on x / a_t is a_t * d on x_t, and sigma_VE = s_t / a_t). Zero where
+        x0_hat carries no information about x_t (a_t = 0) or nothing is left to guide."""
+        return max(self._a(i) * self._s(i), 0.0) ** 0.5
 
     def model_input(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """What the network sees: VE inputs are scaled to unit variance (EDM c_in)."""

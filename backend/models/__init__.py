@@ -8,7 +8,16 @@ Typical use (the engine)::
     adapter = registry.video()                      # VideoFamilyAdapter, loaded once
 """
 
-from .adapters import ADAPTERS, CogVideoXAdapter, SVDAdapter, VideoFamilyAdapter, WanAdapter
+from .adapters import (
+    ADAPTERS,
+    CogVideoXAdapter,
+    EasyAnimateAdapter,
+    LTXAdapter,
+    SVDAdapter,
+    VideoFamilyAdapter,
+    WanAdapter,
+    WanVACEAdapter,
+)
 from .depth import DepthEstimator, DepthPrediction
 from .inpaint import Inpainter
 from .registry import ModelCache, ModelRegistry
@@ -17,4 +26,5 @@ from .video import load_video_adapter
 
 __all__ = ["ADAPTERS", "CogVideoXAdapter", "DepthEstimator", "DepthPrediction", "Inpainter",
            "ModelCache", "ModelRegistry", "ModelSpec", "SVDAdapter", "VideoFamilyAdapter",
-           "WanAdapter", "load_specs", "load_video_adapter", "named_config"]
+           "WanAdapter", "load_specs", "load_video_adapter", "named_config", "LTXAdapter",
+           "WanVACEAdapter", "EasyAnimateAdapter"]

@@ -3,7 +3,7 @@
 A file holds one table per role::
 
     [video]
-    family = "cogvideox"                  # cogvideox | wan | svd
+    family = "cogvideox"                  # cogvideox | wan | svd | ltx | wan-vace | easyanimate
     source = "THUDM/CogVideoX-5b-I2V"     # hub id or local folder
     dtype = "bfloat16"
     device = "auto"                       # auto: the accelerator if present, else cpu
@@ -27,7 +27,7 @@ import torch
 
 Role = Literal["depth", "inpaint", "video"]
 ROLES: tuple[str, ...] = ("depth", "inpaint", "video")
-VIDEO_FAMILIES: tuple[str, ...] = ("cogvideox", "wan", "svd")
+VIDEO_FAMILIES: tuple[str, ...] = ("cogvideox", "wan", "svd", "ltx", "wan-vace", "easyanimate")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -92,7 +92,9 @@ class ModelSpec:
         if "source" not in table:
             raise ValueError(f"{role}: 'source' (hub id or local path) is required")
         values = dict(table)
-        values["options"] = tuple(sorted(dict(values.get("options", {})).items()))
+        values["options"] = tuple(sorted(
+            (k, tuple(v) if isinstance(v, list) else v)  # lists would make the spec unhashable
+            for k, v in dict(values.get("options", {})).items()))
         values["guidance"] = tuple(sorted(dict(values.get("guidance", {})).items()))
         return cls(role=role, **values)
 

@@ -86,8 +86,9 @@ def cogvideox_pipeline(**kwargs):
     return CogVideoXImageToVideoPipeline(**cogvideox_components(**kwargs))
 
 
-def wan_components() -> dict:
-    """Wan 2.1 I2V parts with the release's UniPC flow scheduler config."""
+def wan_components(flf2v: bool = False) -> dict:
+    """Wan 2.1 I2V parts with the release's UniPC flow scheduler config; ``flf2v``: the
+    first-last-frame transformer (a learned position embedding over two CLIP images)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
     torch.manual_seed(0)
@@ -98,6 +99,7 @@ def wan_components() -> dict:
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36,
         out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
         cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=4,
+        pos_embed_seq_len=2 * 65 if flf2v else None,  # two images of (32 / 4)^2 + 1 tokens
     )
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                         flow_shift=3.0, num_train_timesteps=1000)
@@ -107,10 +109,100 @@ def wan_components() -> dict:
             "image_encoder": image_encoder, "image_processor": image_processor}
 
 
-def wan_pipeline():
+def wan_pipeline(flf2v: bool = False):
     from diffusers import WanImageToVideoPipeline
 
-    return WanImageToVideoPipeline(**wan_components())
+    return WanImageToVideoPipeline(**wan_components(flf2v))
+
+
+def ltx_components() -> dict:
+    """LTX-Video parts (the diffusers LTXConditionPipeline test recipe: 4x spatial and 4x
+    temporal compression instead of the released 32x / 8x)."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
+        attention_head_dim=8, cross_attention_dim=32, num_layers=1, caption_channels=32,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False, False, False, False, False),
+        upsample_residual=(False, False, False, False), upsample_factor=(1, 1, 1, 1),
+        timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True,
+        decoder_causal=False,
+    )
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    return {"transformer": transformer, "vae": vae, "scheduler": FlowMatchEulerDiscreteScheduler(),
+            "text_encoder": tiny_t5(), "tokenizer": tiny_tokenizer()}
+
+
+def ltx_pipeline():
+    from diffusers import LTXConditionPipeline
+
+    return LTXConditionPipeline(**ltx_components())
+
+
+def wan_vace_components() -> dict:
+    """Wan-VACE parts (the diffusers WanVACEPipeline test recipe), UniPC flow scheduler."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    torch.manual_seed(0)
+    transformer = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+        out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=3,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        vace_layers=[0, 2], vace_in_channels=96,
+    )
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        flow_shift=3.0, num_train_timesteps=1000)
+    return {"transformer": transformer, "vae": vae, "scheduler": scheduler,
+            "text_encoder": tiny_t5(), "tokenizer": tiny_tokenizer()}
+
+
+def wan_vace_pipeline():
+    from diffusers import WanVACEPipeline
+
+    return WanVACEPipeline(**wan_vace_components())
+
+
+def easyanimate_components() -> dict:
+    """EasyAnimate InP parts (the diffusers test recipe with a 9-channel InP transformer:
+    latents, the resized mask and the masked video's latents). No text encoder: the Qwen2-VL
+    one cannot be built offline, so tests pass prompt embeddings (16 wide)."""
+    from diffusers import AutoencoderKLMagvit, EasyAnimateTransformer3DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(0)
+    transformer = EasyAnimateTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=9, out_channels=4,
+        time_embed_dim=2, text_embed_dim=16, num_layers=1, sample_width=16, sample_height=16,
+        patch_size=2,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLMagvit(
+        in_channels=3, out_channels=3,
+        down_block_types=("SpatialDownBlock3D",) + ("SpatialTemporalDownBlock3D",) * 3,
+        up_block_types=("SpatialUpBlock3D",) + ("SpatialTemporalUpBlock3D",) * 3,
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
+        norm_num_groups=2, spatial_group_norm=False,
+    )
+    return {"transformer": transformer, "vae": vae, "scheduler": FlowMatchEulerDiscreteScheduler(),
+            "text_encoder": None, "tokenizer": None}
+
+
+def easyanimate_pipeline():
+    from diffusers import EasyAnimateInpaintPipeline
+
+    return EasyAnimateInpaintPipeline(**easyanimate_components())
 
 
 def svd_components() -> dict:

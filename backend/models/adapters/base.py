@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from backend.guidance.prior import PriorVideo
 from backend.guidance.schedule import NoiseSchedule, schedule_from_scheduler
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,9 @@ class PromptEmbeds:
 
     positive: torch.Tensor | None
     negative: torch.Tensor | None = None
+    positive_mask: torch.Tensor | None = None
+    """Attention masks of the text tokens, for families that take them (LTX)."""
+    negative_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -150,11 +154,18 @@ class VideoFamilyAdapter(ABC):
         return PromptEmbeds(positive, negative if cfg else None)
 
     # ------------------------------------------------------------------ conditioning
+    supports_end_image: ClassVar[bool] = False
+    """Whether the network can be conditioned on the last frame too (FLF2V, LTX, VACE)."""
+
     @abstractmethod
     def prepare_conditioning(self, image: np.ndarray, num_frames: int, height: int, width: int,
-                             prompt: PromptEmbeds, cfg: bool,
-                             generator: torch.Generator | None) -> Conditioning:
-        """Image (H x W x 3 uint8, already model size) and text into network inputs."""
+                             prompt: PromptEmbeds, cfg: bool, generator: torch.Generator | None,
+                             prior: PriorVideo | None = None) -> Conditioning:
+        """Image (H x W x 3 uint8, already model size) and text into network inputs.
+
+        ``prior`` is the padded prior video of a transition (None for plain image-to-video):
+        families that take an end frame or a partial video (VACE) condition on it.
+        """
 
     @abstractmethod
     def forward(self, model_input: torch.Tensor, timestep: torch.Tensor,
@@ -162,14 +173,19 @@ class VideoFamilyAdapter(ABC):
         """One network call on canonical latents (batch 2 under CFG); canonical output."""
 
     def predict(self, model_input: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
-                guidance_scale: float) -> torch.Tensor:
-        """Network output for canonical ``model_input`` (batch 1), CFG applied, float32."""
+                guidance_scale: float | torch.Tensor) -> torch.Tensor:
+        """Network output for canonical ``model_input`` (batch 1), CFG applied, float32.
+
+        ``guidance_scale`` may be a tensor broadcasting over (1, F', C, h, w) (per-frame CFG).
+        """
         x = model_input.to(self.dtype)
         if cond.cfg:
             x = torch.cat([x, x])
         out = self.forward(x, timestep, cond).float()
         if cond.cfg:
             uncond, text = out.chunk(2)
+            if isinstance(guidance_scale, torch.Tensor):
+                guidance_scale = guidance_scale.to(out.device)
             out = uncond + guidance_scale * (text - uncond)
         return out
 
@@ -195,12 +211,3 @@ class VideoFamilyAdapter(ABC):
     def _networks(self) -> list[torch.nn.Module]:
         names = ("transformer", "unet", "vae", "text_encoder", "image_encoder")
         return [m for n in names if isinstance(m := getattr(self.pipe, n, None), torch.nn.Module)]
-
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        net = self.denoiser
-        if not getattr(net, "_supports_gradient_checkpointing", False):
-            return
-        if enabled:
-            net.enable_gradient_checkpointing()
-        else:
-            net.disable_gradient_checkpointing()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from backend.guidance.frames import image_to_tensor
+from backend.guidance.prior import PriorVideo
 
 from .base import Conditioning, PromptEmbeds, VideoFamilyAdapter
 
@@ -99,8 +100,8 @@ class CogVideoXAdapter(VideoFamilyAdapter):
         return latents * factor
 
     def prepare_conditioning(self, image: np.ndarray, num_frames: int, height: int, width: int,
-                             prompt: PromptEmbeds, cfg: bool,
-                             generator: torch.Generator | None) -> Conditioning:
+                             prompt: PromptEmbeds, cfg: bool, generator: torch.Generator | None,
+                             prior: PriorVideo | None = None) -> Conditioning:
         device = self.device
         pixels = image_to_tensor(image, device, self.vae.dtype).unsqueeze(2)  # B C 1 H W
         dist = self.vae.encode(pixels).latent_dist

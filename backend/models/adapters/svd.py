@@ -15,6 +15,7 @@ import PIL.Image
 import torch
 
 from backend.guidance.frames import image_to_tensor
+from backend.guidance.prior import PriorVideo
 
 from .base import Conditioning, PromptEmbeds, VideoFamilyAdapter
 
@@ -64,8 +65,8 @@ class SVDAdapter(VideoFamilyAdapter):
         return PromptEmbeds(None, None)
 
     def prepare_conditioning(self, image: np.ndarray, num_frames: int, height: int, width: int,
-                             prompt: PromptEmbeds, cfg: bool,
-                             generator: torch.Generator | None) -> Conditioning:
+                             prompt: PromptEmbeds, cfg: bool, generator: torch.Generator | None,
+                             prior: PriorVideo | None = None) -> Conditioning:
         device = self.device
         embeds = self.pipe._encode_image(PIL.Image.fromarray(image), device, 1, cfg)
         pixels = image_to_tensor(image, device, torch.float32)

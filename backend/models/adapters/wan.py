@@ -5,7 +5,9 @@ permute to canonical (B, F', C, h, w). F' = (F - 1) / 4 + 1, 8x spatial, 1x2x2 p
 Parameterisation: flow matching (the network predicts eps - x0), shift from the scheduler
 config (UniPC's ``flow_shift`` in the release). Conditioning: a video of the first frame then
 zeros, VAE-encoded, with a 4-channel first-frame mask, concatenated on channels; CLIP image
-hidden states; UMT5 text.
+hidden states; UMT5 text. With ``last_image`` (the FLF2V checkpoints,
+Wan-AI/Wan2.1-FLF2V-14B-720P-Diffusers) the end view I_N fills the last frame of that video,
+its mask and a second CLIP embedding, as diffusers' ``last_image`` does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from backend.guidance.frames import image_to_tensor
+from backend.guidance.prior import PriorVideo
 
 from .base import Conditioning, PromptEmbeds, VideoFamilyAdapter
 
@@ -23,8 +26,9 @@ class WanAdapter(VideoFamilyAdapter):
     pipeline_class_name = "WanImageToVideoPipeline"
     default_max_sequence_length = 512
 
-    def __init__(self, pipe) -> None:
+    def __init__(self, pipe, last_image: bool = False) -> None:
         super().__init__(pipe)
+        self.last_image = last_image
         if pipe.config.get("expand_timesteps", False):
             raise ValueError("wan: Wan 2.2 TI2V (expand_timesteps) is not supported by this adapter")
         if getattr(pipe, "transformer_2", None) is not None:
@@ -76,21 +80,27 @@ class WanAdapter(VideoFamilyAdapter):
         return (z - mean) / std
 
     def prepare_conditioning(self, image: np.ndarray, num_frames: int, height: int, width: int,
-                             prompt: PromptEmbeds, cfg: bool,
-                             generator: torch.Generator | None) -> Conditioning:
+                             prompt: PromptEmbeds, cfg: bool, generator: torch.Generator | None,
+                             prior: PriorVideo | None = None) -> Conditioning:
         device = self.device
+        end = prior.frames[-1] if (self.last_image and prior is not None) else None
         first = image_to_tensor(image, device, torch.float32).unsqueeze(2)  # 1 3 1 H W
-        video = torch.cat([first, first.new_zeros(1, 3, num_frames - 1, height, width)], dim=2)
-        latent_condition = self._encode_native(video)
+        middle = first.new_zeros(1, 3, num_frames - 1 - (end is not None), height, width)
+        parts = [first, middle] + ([] if end is None else
+                                   [image_to_tensor(end, device, torch.float32).unsqueeze(2)])
+        latent_condition = self._encode_native(torch.cat(parts, dim=2))
         frames, h, w = latent_condition.shape[2:]
         t = self.temporal_compression
         mask = torch.zeros(1, 1, num_frames + t - 1, h, w, device=device)
         mask[:, :, :t] = 1.0  # the first pixel frame, repeated to fill the first latent frame
+        if end is not None:
+            mask[:, :, -1] = 1.0
         mask = mask.view(1, frames, t, h, w).transpose(1, 2)
         condition = torch.cat([mask, latent_condition], dim=1).to(self.dtype)
         image_embeds = None
         if self.denoiser.config.image_dim is not None:
-            image_embeds = self.pipe.encode_image(image, device).to(self.dtype)
+            images = image if end is None else [image, end]
+            image_embeds = self.pipe.encode_image(images, device).to(self.dtype)
         text = prompt.positive
         if cfg:
             condition = torch.cat([condition, condition])

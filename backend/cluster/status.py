@@ -1,0 +1,81 @@
+"""The Status answer: workers, queues per explorer, jobs running (in-process or on Ray)."""
+
+from __future__ import annotations
+
+import collections
+import socket
+import time
+
+from protocol.messages import ClientQueue, Status, StatusReply, WorkerState
+
+
+def status_reply(backend, msg: Status) -> StatusReply:
+    """What ``backend`` is doing now (its :meth:`~backend.server.Backend.status`), as a
+    StatusReply to ``msg``."""
+    pool = getattr(backend, "_cluster", None)
+    now = backend.status()
+    jobs = now["jobs"]
+    running = [j for j in jobs if j["running"]]
+    if pool is None:
+        workers = _local_workers(backend, now["slots"], now["engines"], running)
+    else:
+        workers = _cluster_workers(pool)
+    clients: dict[str, collections.Counter] = {}
+    for job in jobs:
+        counts = clients.setdefault(job["client"], collections.Counter())
+        counts["running" if job["running"] else "queued"] += 1
+    return StatusReply(
+        request_id=msg.request_id, cluster=pool.address if pool else "", workers=workers,
+        clients=[ClientQueue(client=c, running=n["running"], queued=n["queued"]) for c, n in clients.items()],
+        jobs_running=len(running), jobs_queued=len(jobs) - len(running))
+
+
+def _local_workers(backend, slots: int, engines: list[str], running: list[dict]) -> list[WorkerState]:
+    """The in-process job slots, the running jobs on the first ones."""
+    workers = []
+    for i in range(slots):
+        job = running[i] if i < len(running) else None
+        workers.append(WorkerState(
+            name=f"local-{i}", node=socket.gethostname(), device=backend.config.device,
+            engines=engines, state="busy" if job else "idle",
+            job_kind=job["kind"] if job else None, scene_id=job["scene_id"] if job else None,
+            busy_s=job["age_s"] if job else 0.0))
+    return workers
+
+
+def _cluster_workers(pool) -> list[WorkerState]:
+    """The Ray workers, as the pool sees them."""
+    now = time.monotonic()
+    return [WorkerState(
+        name=slot.name, node=str(slot.info.get("node", "?")), device=str(slot.info.get("device", "?")),
+        engines=list(slot.info.get("engines", [])), state=slot.state,
+        job_kind=job["kind"] if job else None, scene_id=job["scene_id"] if job else None,
+        busy_s=now - job["started"] if job else 0.0, overdue=slot.overdue,
+        jobs_done=slot.jobs_done, restarts=slot.restarts) for slot, job in pool.snapshot()]
+
+
+def status_line(backend) -> str:
+    """The backend's status on one line, for its periodic log."""
+    reply = status_reply(backend, Status(request_id="log"))
+    states = [w.state for w in reply.workers]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("busy", "idle", "restarting", "lost")
+                       if states.count(s))
+    late = [w.name for w in reply.workers if w.overdue]
+    queues = "; ".join(f"{c.client}: {c.running} running {c.queued} queued" for c in reply.clients)
+    return (f"{len(reply.workers)} workers ({counts}){' overdue: ' + ', '.join(late) if late else ''}, "
+            f"{reply.jobs_running} jobs running, {reply.jobs_queued} queued"
+            f"{'; explorers ' + queues if queues else ''}")
+
+
+def format_status(reply: StatusReply) -> str:
+    """A few lines for a terminal."""
+    where = f"Ray cluster {reply.cluster}" if reply.cluster else "in-process"
+    lines = [f"backend ({where}): {reply.jobs_running} jobs running, {reply.jobs_queued} queued"]
+    for w in reply.workers:
+        job = f"  {w.job_kind} {w.scene_id} for {w.busy_s:.1f} s" if w.job_kind else ""
+        late = "  OVERDUE" if w.overdue else ""
+        lines.append(f"  {w.name:<10} {w.state:<10} {w.node} {w.device} [{', '.join(w.engines)}] "
+                     f"done {w.jobs_done} restarts {w.restarts}{job}{late}")
+    for c in reply.clients:
+        lines.append(f"  explorer {c.client}: {c.running} running, {c.queued} queued")
+    return "\n".join(lines)

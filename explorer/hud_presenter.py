@@ -1,0 +1,96 @@
+"""The HUD presenter: turns the explorer's state into the HUD's lines and bars, keeps the fps
+estimate, and draws it unless hidden (F2)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import moderngl
+
+from explorer.hud import Hud, HudState, JobBar
+from explorer.player import ClipPlayer, PlayerState
+from explorer.renderer import OverlayRenderer
+from explorer.session import ExplorerSession
+
+DEPTH_SOURCES = {"model": "depth model", "given": "your depth map", "prior": "horizon guess"}
+
+
+class HudPresenter:
+    """Status, job bars, fps and the help table; ``visible`` toggled by a key."""
+
+    def __init__(self, ctx: moderngl.Context, overlay: OverlayRenderer,
+                 help_rows: list[tuple[str, str]] | None = None):
+        self.hud = Hud(ctx, overlay)
+        self.state = HudState(help_rows=tuple(tuple(r) for r in help_rows or ()))
+        self.visible = True
+        self.fps = 0.0
+        self.frame_ms = 0.0
+        self._last = time.perf_counter()
+        self._ticks = 0
+
+    def toggle(self) -> None:
+        self.visible = not self.visible
+
+    def toggle_help(self) -> None:
+        self.state.show_help = not self.state.show_help
+
+    def tick(self) -> None:
+        """Once per frame: the fps estimate from wall time (averaged over about 0.5 s)."""
+        now = time.perf_counter()
+        dt, self._last = now - self._last, now
+        self._ticks += 1
+        if self._ticks < 2 or dt <= 0:  # the first interval is not a frame's
+            return
+        self.frame_ms = dt * 1000
+        a = 1.0 if not self.fps else 1.0 - math.exp(-dt / 0.5)
+        self.fps = (1 - a) * self.fps + a / dt
+
+    def draw(self, session: ExplorerSession, player: ClipPlayer, points: int, extra: list[str],
+             recording: bool, size: tuple[int, int]) -> None:
+        if not self.visible:
+            return
+        st = self.state
+        st.status = "  |  ".join([session.status, *self._scene_lines(session, points)])
+        st.extra = "  |  ".join(self._player_lines(player) + extra)
+        st.recording = recording
+        st.fps = self.fps
+        st.jobs = self._bars(session)
+        self.hud.draw(st, *size)
+
+    @staticmethod
+    def _scene_lines(session: ExplorerSession, points: int) -> list[str]:
+        scene = session.scene
+        if scene is None:
+            return ["no scene yet"]
+        budget = f" of {scene.points_budget:,} max" if scene.points_budget else ""
+        full = " (full: the world stops growing)" if (
+            scene.points_budget and points >= scene.points_budget) else ""
+        depth = f"depth: {DEPTH_SOURCES.get(scene.depth_source, scene.depth_source)}"
+        if scene.depth_note:
+            depth += f" ({scene.depth_note})"
+        return [f"{points:,} points{budget}{full}", depth]
+
+    @staticmethod
+    def _player_lines(player: ClipPlayer) -> list[str]:
+        if player.active:
+            clip = player.clip
+            waiting = " (waiting for frames)" if player.state == PlayerState.STALLED else ""
+            return [f"playing {clip.job_id.split('-')[0]} frame {player.shown_index + 1}/"
+                    f"{clip.expected()}{waiting}"]
+        if player.state == PlayerState.BUFFERING:
+            return ["buffering the clip..."]
+        return []
+
+    @staticmethod
+    def _bars(session: ExplorerSession) -> dict[str, JobBar]:
+        bars = {}
+        opening = session.opening_progress()
+        if opening is not None:
+            label, fraction = opening
+            bars["open"] = JobBar(label, fraction)
+        for job in session.jobs.values():
+            label = (f"{job.kind} {job.stage} {job.step}/{job.total}" if not job.frames_received
+                     else f"{job.kind} frames {job.frames_received}/{job.num_frames}")
+            bars[job.job_id] = JobBar(label, job.fraction)
+        return bars

@@ -1,0 +1,182 @@
+"""The explorer side of the connection: one DEALER socket on one I/O thread."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+
+import zmq
+
+from protocol.channel import Channel, next_event
+from protocol.codec import Blob, decode, encode
+from protocol.events import Incoming, PeerGone
+from protocol.keys import ClientKeys
+from protocol.limits import DEFAULT_LIMITS, Limits, ProtocolError
+from protocol.messages import PROTOCOL_VERSION, Credit, Error, Hello, Message, Ping, Pong, Welcome
+
+log = logging.getLogger(__name__)
+
+
+class HandshakeError(ConnectionError):
+    """The backend did not complete the Hello/Welcome handshake."""
+
+
+class Client:
+    """Explorer side of the connection (DEALER). Every method is safe from any thread.
+
+    ``token`` is the loopback identity a previous :attr:`welcome` handed out (``welcome.token``):
+    pass it to own the scenes it created. None asks the backend for a new one.
+    """
+
+    def __init__(
+        self,
+        address: str = "tcp://127.0.0.1:5555",
+        *,
+        credits: int = 8,
+        heartbeat_s: float = 1.0,
+        peer_timeout_s: float = 5.0,
+        keys: ClientKeys | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        name: str = "explorer",
+        token: str | None = None,
+    ):
+        if credits < 1:
+            raise ValueError(f"credits must be >= 1, got {credits}")
+        if peer_timeout_s <= heartbeat_s:
+            raise ValueError("peer_timeout_s must be longer than heartbeat_s")
+        self.address = address
+        self.initial_credits = credits
+        self.heartbeat_s = heartbeat_s
+        self.peer_timeout_s = peer_timeout_s
+        self.limits = limits
+        self.name = name
+        self.token = token
+        self.welcome: Welcome | None = None
+        self.rtt_s: float | None = None
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._handshake: queue.SimpleQueue = queue.SimpleQueue()
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            pub, sec, server_pub = keys.load()
+            self._sock.curve_publickey, self._sock.curve_secretkey = pub, sec
+            self._sock.curve_serverkey = server_pub
+        self._sock.connect(address)
+        self._chan = Channel()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dj-client-io", daemon=True)
+        self._thread.start()
+
+    # -- public API --
+
+    def connect(self, timeout: float = 5.0) -> Welcome:
+        """Say Hello and wait for Welcome; raises HandshakeError with the reason."""
+        self.send(Hello(protocol_version=PROTOCOL_VERSION, client=self.name,
+                        credits=self.initial_credits, token=self.token))
+        try:
+            reply = self._handshake.get(timeout=timeout)
+        except queue.Empty:
+            raise HandshakeError(
+                f"no answer from the backend at {self.address} within {timeout:.1f} s "
+                "(is `dreamjourney serve` running there, and are the keys right?)"
+            ) from None
+        if isinstance(reply, Error):
+            raise HandshakeError(f"backend refused the connection: {reply.message} [{reply.code}]")
+        self.welcome = reply
+        if reply.token:
+            self.token = reply.token
+        return reply
+
+    def send(self, msg: Message, blobs: list[Blob] | tuple = ()) -> None:
+        """Queue a message for the I/O thread; returns at once."""
+        self._chan.put(encode(msg, blobs))
+
+    def credit(self, frames: int) -> None:
+        """Allow the backend to send ``frames`` more Frame messages."""
+        if frames > 0:
+            self.send(Credit(frames=frames))
+
+    def poll(self, timeout: float | None = 0.0) -> Incoming | PeerGone | None:
+        """Next event, waiting up to ``timeout`` seconds (None waits forever, 0 never waits)."""
+        return next_event(self._events, timeout)
+
+    def close(self) -> None:
+        """Stop the I/O thread (it closes the socket it owns) and free the context."""
+        self._stop.set()
+        self._thread.join()
+        self._chan.close()
+        self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- I/O thread --
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._chan.fileno(), zmq.POLLIN)
+        seq = itertools.count()
+        last_seen = time.monotonic()
+        next_ping = time.monotonic() + self.heartbeat_s
+        gone = False
+        while not self._stop.is_set():
+            now = time.monotonic()
+            ready = dict(poller.poll(timeout=max(0.0, min(next_ping - now, 0.1)) * 1000))
+            if self._chan.fileno() in ready:
+                for frames in self._chan.drain():
+                    self._send(frames)
+            if self._sock in ready:
+                for _ in range(256):
+                    try:
+                        frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    last_seen = time.monotonic()
+                    gone = False
+                    try:
+                        self._on_message(frames)
+                    except Exception:  # the I/O thread must outlive any one message
+                        log.exception("handling a message from the backend at %s failed", self.address)
+            now = time.monotonic()
+            if now >= next_ping:
+                self._send(encode(Ping(seq=next(seq), sent_at=now)))
+                next_ping = now + self.heartbeat_s
+            if not gone and now - last_seen > self.peer_timeout_s:
+                gone = True
+                reason = f"no message from the backend for {self.peer_timeout_s:.1f} s"
+                self._events.put(PeerGone(None, reason))
+        self._sock.close(linger=0)
+
+    def _send(self, frames: list) -> None:
+        # Never block the I/O thread: with no backend connected a DEALER send would wait forever.
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.warning("backend at %s not reachable; a message was dropped", self.address)
+
+    def _on_message(self, frames: list) -> None:
+        try:
+            msg, blobs = decode(frames, self.limits)
+        except ProtocolError as exc:
+            log.warning("dropping a bad message from the backend: %s", exc)
+            return
+        if isinstance(msg, Ping):
+            self._send(encode(Pong(seq=msg.seq, sent_at=msg.sent_at)))
+        elif isinstance(msg, Pong):
+            self.rtt_s = time.monotonic() - msg.sent_at
+        elif isinstance(msg, Welcome) or (
+            isinstance(msg, Error)
+            and msg.code in ("version_mismatch", "handshake_required", "busy")
+            and self.welcome is None
+        ):
+            self._handshake.put(msg)
+        else:
+            self._events.put(Incoming(msg, blobs, None))

@@ -1,0 +1,603 @@
+"""The backend side of the connection: one ROUTER socket on one I/O thread, many explorers.
+
+The I/O thread does the protocol's housekeeping so the application only sees its messages:
+
+- Handshake: a client's first message is Hello; the answer is Welcome (with the client's
+  identity token on loopback), or an Error (``version_mismatch``, ``busy`` when a connection
+  cap is reached). Requests before Hello get ``handshake_required``. Connections that have not
+  said Hello within ``hello_timeout_s`` are shut down.
+- Identity: under CURVE a client is its public key (ZAP's User-Id); on loopback it is the
+  token the first Welcome handed out (a client may present it again in a later Hello).
+- Heartbeats (Paranoid Pirate): Ping every ``heartbeat_s``, answer Pings; a peer silent for
+  ``peer_timeout_s`` is dropped (a :class:`PeerGone` event) and its connection shut down.
+- Credits: Frames to a peer never exceed the credit it granted; they wait, in order with
+  everything sent after them, until credit arrives (:meth:`ServerEndpoint.wait_writable`).
+- Bad input: anything undecodable is answered with an Error naming the problem; nothing a
+  peer sends can end the I/O thread (every step is guarded and logged with the peer's id).
+  A message over ``max_message_bytes`` in one frame is refused by ZeroMQ itself (MAXMSGSIZE,
+  the connection is dropped); over it in total, or with too many frames, gets ``too_large``.
+- Flooding: at most ``max_queued_per_peer`` of a peer's requests wait for the application;
+  beyond that the peer gets ``busy``. A connection sending more than ``max_messages_per_s``
+  gets one ``busy`` Error and is shut; what it had queued is dropped unread.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from protocol.channel import Channel, next_event
+from protocol.codec import Blob, decode, encode
+from protocol.errors import ErrorCode
+from protocol.events import Incoming, PeerGone
+from protocol.keys import ServerKeys
+from protocol.limits import DEFAULT_LIMITS, Limits, ProtocolError
+from protocol.loopback import check_bind
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Credit,
+    Error,
+    Frame,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Welcome,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Conn:
+    """One TCP connection, as the socket monitor reported it."""
+
+    fd: int
+    accepted_at: float
+    greeted: bool = False
+    """A Hello came in on it."""
+
+
+@dataclass
+class _Peer:
+    credits: int
+    last_seen: float
+    identity: str
+    conn: _Conn | None = None
+    held: collections.deque = field(default_factory=collections.deque)
+    frames_sent: int = 0
+    cancelled: set = field(default_factory=set)
+    """Jobs the peer cancelled: their frames are dropped, even ones produced after the Cancel."""
+
+
+@dataclass
+class EndpointStats:
+    """Counters, for tests and logs."""
+
+    errors_sent: int = 0
+    frames_sent: int = 0
+    messages_received: int = 0
+    peers_gone: int = 0
+    connections_shut: int = 0
+    """Connections shut by the endpoint (no Hello in time, dropped peers, over the caps)."""
+    rate_limited: int = 0
+    """Connections shut for sending faster than ``max_messages_per_s``."""
+    io_faults: int = 0
+    """Exceptions caught in the I/O loop (each logged with the peer's id); 0 in a healthy run."""
+
+
+@dataclass(frozen=True)
+class EndpointCaps:
+    """Bounds on connections and queued requests, so one client cannot take everything."""
+
+    hello_timeout_s: float = 5.0
+    """A connection that has not said Hello by then is shut."""
+    max_peers: int = 256
+    """Handshaken clients at once, all identities together."""
+    max_connections_per_client: int = 4
+    """Handshaken connections of one identity at once."""
+    max_queued_per_peer: int = 64
+    """A peer's requests waiting for the application; more are answered ``busy``."""
+    max_pending_connections: int = 512
+    """Connections not yet said Hello; beyond it the oldest are shut at once."""
+    max_messages_per_s: float = 2000.0
+    """Messages one connection may send per second (a burst of as many is allowed); a
+    connection over it gets one ``busy`` Error and is shut, and what it had queued is dropped
+    unread. An explorer sends a few dozen per second."""
+    first_burst: float = 32.0
+    """Messages a new connection may send at once before the rate applies."""
+
+
+class ServerEndpoint:
+    """Backend side of the connection (ROUTER), serving many explorers at once."""
+
+    def __init__(
+        self,
+        address: str = "tcp://127.0.0.1:5555",
+        *,
+        engines: list[str] | tuple[str, ...] = ("classic",),
+        default_engine: str | None = None,
+        name: str = "dreamjourney-backend",
+        heartbeat_s: float = 1.0,
+        peer_timeout_s: float = 5.0,
+        keys: ServerKeys | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        caps: EndpointCaps = EndpointCaps(),
+    ):
+        check_bind(address, keys is not None)
+        if peer_timeout_s <= heartbeat_s:
+            raise ValueError("peer_timeout_s must be longer than heartbeat_s")
+        self.limits = limits
+        self.caps = caps
+        self.heartbeat_s = heartbeat_s
+        self.peer_timeout_s = peer_timeout_s
+        self.protocol_version = PROTOCOL_VERSION
+        self.stats = EndpointStats()
+        self.curve = keys is not None
+        self._welcome = Welcome(
+            protocol_version=PROTOCOL_VERSION,
+            server=name,
+            engines=list(engines),
+            default_engine=default_engine or engines[0],
+            heartbeat_s=heartbeat_s,
+            max_message_bytes=limits.max_message_bytes,
+        )
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._peers: dict[bytes, _Peer] = {}
+        self._pending: collections.Counter = collections.Counter()
+        self._queued: collections.Counter = collections.Counter()
+        self._cond = threading.Condition()
+        self._buckets: dict[bytes, list[float]] = {}
+        """Routing id -> [tokens, last refill time]: the per-connection message budget."""
+        self._banned: dict[bytes, float] = {}
+        self._shut_due: collections.deque = collections.deque()
+        """(when, routing id, connection) of peers to shut once their last Error is out."""
+        """Routing ids shut for flooding -> when; their queued messages are dropped unread."""
+        self._conns: dict[int, _Conn] = {}
+        """Open TCP connections by fd (a closed fd may be reused: compare _Conn objects)."""
+        self._ctx = zmq.Context()
+        self._auth: ThreadAuthenticator | None = None
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
+        self._sock.setsockopt(zmq.HANDSHAKE_IVL, int(caps.hello_timeout_s * 1000))
+        self._sock.setsockopt(zmq.RCVHWM, 64)
+        if keys is not None:
+            self._auth = ThreadAuthenticator(self._ctx)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=str(keys.authorized_dir))
+            try:
+                self._sock.curve_publickey, self._sock.curve_secretkey = keys.load()
+            except ValueError:
+                self._teardown()
+                raise
+            self._sock.curve_server = True
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        try:
+            self._sock.bind(address)
+        except zmq.ZMQError as exc:
+            self._teardown()
+            raise OSError(f"cannot bind {address}: {exc}") from None
+        self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._chan = Channel()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dj-server-io", daemon=True)
+        self._thread.start()
+
+    # -- public API --
+
+    def send(self, peer: bytes, msg: Message, blobs: list[Blob] | tuple = ()) -> None:
+        """Queue a message to ``peer``; Frames wait for the peer's credit, in order."""
+        is_frame = isinstance(msg, Frame)
+        if is_frame:
+            with self._cond:
+                self._pending[peer] += 1
+        self._chan.put((peer, msg.job_id if is_frame else None, encode(msg, blobs)))
+
+    def error(self, peer: bytes, code: ErrorCode, message: str, request_id: str | None = None) -> None:
+        """Send ``Error(code, message)`` to ``peer`` (from any thread)."""
+        self.send(peer, Error(code=code, message=message, request_id=request_id))
+
+    def discard_frames(self, peer: bytes, job_id: str) -> None:
+        """Drop the Frames of ``job_id`` still waiting for credit (a Cancel does this too)."""
+        self._chan.put((peer, job_id, None))
+
+    def wait_writable(self, peer: bytes, max_pending: int = 2, timeout: float | None = None) -> bool:
+        """Block while ``max_pending`` or more Frames to ``peer`` wait for credit.
+
+        Returns False on timeout or when the peer is gone, True when there is room.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending[peer] >= max_pending:
+                if peer not in self._peers:
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left if left is not None else 0.5)
+            return peer in self._peers
+
+    def is_connected(self, peer: bytes) -> bool:
+        with self._cond:
+            return peer in self._peers
+
+    def identity(self, peer: bytes) -> str | None:
+        """Who ``peer`` is: ``curve:<public key>`` or ``token:<digest>``; None once gone."""
+        with self._cond:
+            p = self._peers.get(peer)
+            return p.identity if p is not None else None
+
+    def poll(self, timeout: float | None = 0.0) -> Incoming | PeerGone | None:
+        """Next application event (Incoming or PeerGone), waiting up to ``timeout`` seconds."""
+        ev = next_event(self._events, timeout)
+        if isinstance(ev, Incoming):
+            with self._cond:
+                self._queued[ev.peer] -= 1
+        return ev
+
+    def alive(self) -> bool:
+        """True while the I/O thread runs."""
+        return self._thread.is_alive()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._chan.close()
+        self._teardown()
+
+    def __enter__(self) -> ServerEndpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _teardown(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.disable_monitor()
+        if getattr(self, "_monitor", None) is not None:
+            self._monitor.close(linger=0)
+        self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
+
+    # -- I/O thread --
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        poller.register(self._chan.fileno(), zmq.POLLIN)
+        seq = itertools.count()
+        next_ping = time.monotonic() + self.heartbeat_s
+        while not self._stop.is_set():
+            try:
+                ready = dict(poller.poll(timeout=100))
+                if self._monitor in ready:
+                    self._on_monitor()
+                if self._sock in ready:
+                    self._receive_some()
+                if self._chan.fileno() in ready:
+                    for item in self._chan.drain():
+                        self._on_outgoing(*item)
+                now = time.monotonic()
+                self._shut_overdue(now)
+                if now >= next_ping:
+                    next_ping = now + self.heartbeat_s
+                    self._heartbeat(now, next(seq))
+            except Exception:  # the I/O thread must outlive any single fault
+                self.stats.io_faults += 1
+                log.exception("transport I/O loop fault (continuing)")
+
+    def _receive_some(self) -> None:
+        for _ in range(256):
+            try:
+                frames = self._recv_bounded()
+            except zmq.Again:
+                return
+            if frames is None:
+                continue
+            peer_id = frames[0].bytes
+            if self._over_budget(peer_id, frames):
+                continue
+            try:
+                self._on_message(peer_id, frames)
+            except Exception as exc:
+                self.stats.io_faults += 1
+                log.exception("handling a message from peer %s failed", peer_id.hex())
+                self._error(peer_id, "internal", f"the backend failed on this message: {type(exc).__name__}")
+
+    def _recv_bounded(self) -> list | None:
+        """One multipart message, or None when it broke the frame or byte limits (answered)."""
+        frames = [self._sock.recv(zmq.NOBLOCK, copy=False)]
+        total, too_many = 0, False
+        while frames[-1].more:
+            part = self._sock.recv(copy=False)
+            total += len(part)
+            if len(frames) > self.limits.max_blobs + 1 or total > self.limits.max_message_bytes:
+                too_many = True  # keep draining the parts, but keep none of them
+                frames = frames[:1] + [part]
+            else:
+                frames.append(part)
+        if too_many:
+            self.stats.messages_received += 1
+            self._error(frames[0].bytes, "too_large",
+                        f"message over {self.limits.max_message_bytes} bytes or "
+                        f"{self.limits.max_blobs} blobs")
+            return None
+        return frames
+
+    def _over_budget(self, peer_id: bytes, frames: list) -> bool:
+        """True when ``peer_id`` is over its message rate (it is then shut, once)."""
+        if peer_id in self._banned:
+            return True
+        now = time.monotonic()
+        rate = self.caps.max_messages_per_s
+        bucket = self._buckets.get(peer_id)
+        if bucket is None:  # a new connection starts with a small burst, so reconnecting buys little
+            bucket = self._buckets[peer_id] = [min(rate, self.caps.first_burst), now]
+        bucket[0] = min(rate, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return False
+        self._banned[peer_id] = now
+        self.stats.rate_limited += 1
+        log.warning("peer %s sent more than %g messages/s: disconnecting it", peer_id.hex(), rate)
+        self._error(peer_id, "busy", f"more than {rate:g} messages per second: disconnected")
+        self._on_monitor()
+        conn = self._conns.get(_source_fd(frames[1])) if len(frames) > 1 else None
+        # shut a moment later, so the busy Error reaches the peer before the connection ends
+        self._shut_due.append((now + 0.2, peer_id, conn))
+        return True
+
+    def _shut_overdue(self, now: float) -> None:
+        while self._shut_due and self._shut_due[0][0] <= now:
+            _, peer_id, conn = self._shut_due.popleft()
+            if peer_id in self._peers:
+                self._drop(peer_id, "over the message rate")
+            else:
+                self._shut(conn)
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop rate buckets of quiet routing ids and old bans (routing ids are per connection)."""
+        for peer_id in [p for p, (_, t) in self._buckets.items() if now - t > 10.0]:
+            del self._buckets[peer_id]
+        for peer_id in [p for p, t in self._banned.items() if now - t > 60.0]:
+            del self._banned[peer_id]
+
+    def _on_monitor(self) -> None:
+        """Apply the socket monitor's accept/disconnect events, in order."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                ev = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            fd = int(ev["value"])
+            if ev["event"] == zmq.EVENT_ACCEPTED:
+                self._conns[fd] = _Conn(fd, time.monotonic())
+                continue
+            conn = self._conns.pop(fd, None)
+            if conn is None:
+                continue
+            gone = [pid for pid, p in self._peers.items() if p.conn is conn]
+            for peer_id in gone:  # the client closed its connection: gone now, not at timeout
+                self._peers[peer_id].conn = None  # closed already: nothing to shut
+                self._drop(peer_id, "connection closed")
+
+    def _shut(self, conn: _Conn | None) -> None:
+        """Shut the TCP connection down; ZeroMQ notices and closes it."""
+        self._on_monitor()  # a stale fd may already belong to a newer connection
+        if conn is None or self._conns.get(conn.fd) is not conn:
+            return
+        del self._conns[conn.fd]
+        try:
+            dup = socket.socket(fileno=os.dup(conn.fd))
+        except OSError:
+            return
+        with contextlib.suppress(OSError):
+            dup.shutdown(socket.SHUT_RDWR)
+        dup.close()
+        self.stats.connections_shut += 1
+
+    def _sweep_connections(self, now: float) -> None:
+        """Shut connections that never said Hello in time, and the oldest when too many wait."""
+        self._on_monitor()
+        waiting = sorted((c for c in self._conns.values() if not c.greeted),
+                         key=lambda c: c.accepted_at)
+        excess = max(0, len(waiting) - self.caps.max_pending_connections)
+        for i, conn in enumerate(waiting):
+            if i < excess or now - conn.accepted_at > self.caps.hello_timeout_s:
+                self._shut(conn)
+
+    def _heartbeat(self, now: float, seq: int) -> None:
+        ping = encode(Ping(seq=seq, sent_at=now))
+        for peer_id, peer in list(self._peers.items()):
+            if now - peer.last_seen > self.peer_timeout_s:
+                self._drop(peer_id, f"no message for {self.peer_timeout_s:.1f} s")
+            else:
+                self._sock.send_multipart([peer_id, *ping])
+        self._sweep_connections(now)
+        self._forget_idle(now)
+
+    def _drop(self, peer_id: bytes, reason: str) -> None:
+        with self._cond:
+            peer = self._peers.pop(peer_id, None)
+            self._pending.pop(peer_id, None)
+            self._cond.notify_all()
+        if peer is not None:
+            self._shut(peer.conn)
+        self.stats.peers_gone += 1
+        self._events.put(PeerGone(peer_id, reason))
+
+    def _error(self, peer_id: bytes, code: ErrorCode, message: str, request_id: str | None = None) -> None:
+        self.stats.errors_sent += 1
+        self._sock.send_multipart([peer_id, *encode(Error(code=code, message=message,
+                                                          request_id=request_id))])
+
+    def _deliver(self, peer_id: bytes, msg: Message, blobs: list) -> None:
+        with self._cond:
+            if self._queued[peer_id] >= self.caps.max_queued_per_peer:
+                full = True
+            else:
+                full = False
+                self._queued[peer_id] += 1
+        if full:
+            self._error(peer_id, "busy", f"more than {self.caps.max_queued_per_peer} of your "
+                        "requests are waiting: slow down", getattr(msg, "job_id", None))
+            return
+        self._events.put(Incoming(msg, blobs, peer_id))
+
+    def _on_message(self, peer_id: bytes, frames: list) -> None:
+        self.stats.messages_received += 1
+        peer = self._peers.get(peer_id)
+        if peer is not None:
+            peer.last_seen = time.monotonic()
+        try:
+            msg, blobs = decode(frames[1:], self.limits)
+        except ProtocolError as exc:
+            self._error(peer_id, exc.code, str(exc), exc.request_id)
+            return
+        if isinstance(msg, Hello):
+            self._on_hello(peer_id, msg, frames[1])
+        elif isinstance(msg, Ping):
+            self._sock.send_multipart([peer_id, *encode(Pong(seq=msg.seq, sent_at=msg.sent_at))])
+        elif isinstance(msg, Pong):
+            pass
+        elif peer is None:
+            self._error(peer_id, "handshake_required", "send Hello before anything else")
+        elif isinstance(msg, Credit):
+            peer.credits += msg.frames
+            self._flush(peer_id, peer)
+        elif isinstance(msg, Cancel):
+            # Frames of a cancelled job never go out once its Cancel is here: not those
+            # waiting for credit, nor those the job makes before it notices the Cancel.
+            if len(peer.cancelled) > 4096:
+                peer.cancelled.clear()
+            peer.cancelled.add(msg.job_id)
+            self._discard(peer_id, peer, msg.job_id)
+            self._deliver(peer_id, msg, blobs)
+        else:
+            self._deliver(peer_id, msg, blobs)
+
+    def _identity_of(self, hello: Hello, frame) -> tuple[str, str]:
+        """(identity, token to hand back) of a Hello's sender."""
+        if self.curve:
+            return f"curve:{frame.get('User-Id')}", ""
+        token = hello.token or secrets.token_urlsafe(24)
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32], token
+
+    def _on_hello(self, peer_id: bytes, hello: Hello, frame) -> None:
+        if hello.protocol_version != self.protocol_version:
+            self._error(
+                peer_id,
+                "version_mismatch",
+                f"this backend speaks protocol version {self.protocol_version}, the explorer "
+                f"speaks {hello.protocol_version}: update one of them",
+            )
+            return
+        if hello.credits < 1:
+            self._error(peer_id, "bad_value", f"initial credits must be >= 1, got {hello.credits}")
+            return
+        identity, token = self._identity_of(hello, frame)
+        self._on_monitor()  # so the connection this Hello came on is known, not a stale fd's
+        conn = self._conns.get(_source_fd(frame))
+        with self._cond:
+            known = self._peers.get(peer_id)
+            same = sum(1 for p in self._peers.values() if p.identity == identity)
+            if known is None and len(self._peers) >= self.caps.max_peers:
+                refusal = f"the backend serves at most {self.caps.max_peers} clients at once"
+            elif known is None and same >= self.caps.max_connections_per_client:
+                refusal = (f"at most {self.caps.max_connections_per_client} connections per "
+                           "client: close one first")
+            else:
+                refusal = None
+                self._peers[peer_id] = _Peer(credits=hello.credits, last_seen=time.monotonic(),
+                                             identity=identity, conn=conn)
+        if refusal is not None:
+            self._error(peer_id, "busy", refusal)
+            return
+        if conn is not None:
+            conn.greeted = True
+        welcome = self._welcome if not token else _with_token(self._welcome, token)
+        self._sock.send_multipart([peer_id, *encode(welcome)])
+
+    def _on_outgoing(self, peer_id: bytes, frame_of: str | None, frames: list | None) -> None:
+        """``frame_of`` is the job id of a Frame (None for other messages); ``frames`` None
+        asks to discard that job's held frames."""
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            if frame_of is not None:
+                with self._cond:
+                    self._pending.pop(peer_id, None)
+            if frames is not None and frame_of is None:
+                self._sock.send_multipart([peer_id, *frames], copy=False)  # e.g. an Error
+            return
+        if frames is None:
+            self._discard(peer_id, peer, frame_of)
+        elif frame_of is not None and frame_of in peer.cancelled:
+            self._release_pending(peer_id, 1)  # produced before the job saw its Cancel
+        else:
+            peer.held.append((frame_of, frames))
+        self._flush(peer_id, peer)
+
+    def _discard(self, peer_id: bytes, peer: _Peer, job_id: str) -> None:
+        kept = collections.deque(item for item in peer.held if item[0] != job_id)
+        dropped = len(peer.held) - len(kept)
+        if dropped:
+            peer.held = kept
+            self._release_pending(peer_id, dropped)
+
+    def _release_pending(self, peer_id: bytes, frames: int) -> None:
+        with self._cond:
+            self._pending[peer_id] -= frames
+            self._cond.notify_all()
+
+    def _flush(self, peer_id: bytes, peer: _Peer) -> None:
+        sent_frames = 0
+        while peer.held:
+            frame_of, frames = peer.held[0]
+            is_frame = frame_of is not None
+            if is_frame and peer.credits <= 0:
+                break
+            peer.held.popleft()
+            self._sock.send_multipart([peer_id, *frames], copy=False)
+            if is_frame:
+                peer.credits -= 1
+                peer.frames_sent += 1
+                sent_frames += 1
+        if sent_frames:
+            self.stats.frames_sent += sent_frames
+            self._release_pending(peer_id, sent_frames)
+
+
+def _source_fd(frame) -> int:
+    """The TCP connection's file descriptor a message came in on (-1 when unknown)."""
+    try:
+        return int(frame.get(zmq.SRCFD))
+    except (zmq.ZMQError, AttributeError, TypeError, ValueError):
+        return -1
+
+
+def _with_token(welcome: Welcome, token: str) -> Welcome:
+    import msgspec
+
+    return msgspec.structs.replace(welcome, token=token)

@@ -1,0 +1,119 @@
+"""SIGKILL `dreamjourney serve` at random moments while scenes open and clips save; after
+every restart each session resumes completely (manifest, cloud and clips agree) or is absent,
+and no orphan file remains."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.session import SessionStore, read_mp4
+from protocol import codec
+from protocol.messages import JobDone, OpenScene, SceneOpened, Transition
+from protocol.scripted import ScriptedClient
+from protocol.trajectory import preset
+from tests.test_hostile import scene
+
+ROUNDS = 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(address: str, sessions: Path) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("dreamjourney")
+    proc = subprocess.Popen([str(exe), "serve", "--bind", address, "--sessions", str(sessions)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    assert "listening" in line, line
+    return proc
+
+
+def ply_vertices(path: Path) -> int:
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.decode("ascii", "replace").strip()
+            if line.startswith("element vertex"):
+                return int(line.split()[2])
+            if line == "end_header":
+                break
+    raise AssertionError(f"{path} has no vertex count")
+
+
+def check_sessions(address: str, sessions: Path, token: str) -> int:
+    """Every saved session resumes and agrees with its files; returns how many there are."""
+    store = SessionStore(sessions)
+    assert store.orphans() == [], store.orphans()
+    names = sorted(p.name for p in sessions.iterdir()) if sessions.is_dir() else []
+    with ScriptedClient(address, token=token, timeout_s=60) as client:
+        for name in names:
+            manifest = json.loads((sessions / name / "manifest.json").read_text())
+            opened = client.open_scene(None, scene_id=name, resume=True)
+            cloud = sessions / name / manifest["cloud"]
+            assert opened.scene.num_points == ply_vertices(cloud) == opened.points.count()
+            for clip in manifest["clips"]:
+                frames = read_mp4(sessions / name / clip["file"])
+                assert len(frames) == clip["num_frames"], (name, clip)
+                meta = json.loads((sessions / name / clip["file"]).with_suffix(".json").read_text())
+                assert len(meta["poses"]) == clip["num_frames"]
+            if manifest["clips"]:
+                np.testing.assert_allclose(np.array(opened.scene.pose).reshape(4, 4),
+                                           np.array(manifest["pose"]), atol=1e-6)
+    return len(names)
+
+
+@pytest.mark.slow
+def test_sigkill_during_open_and_save_leaves_whole_sessions_or_none(tmp_path):
+    rng = np.random.default_rng(3)
+    sessions = tmp_path / "sessions"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    token = None
+    seen, stages = [], []
+    for i in range(ROUNDS):
+        proc = start_server(address, sessions)
+        try:
+            if token is None:
+                with ScriptedClient(address) as probe:
+                    token = probe.client.token
+            seen.append(check_sessions(address, sessions, token))
+            # open a scene, fly a clip at once (it waits behind the open), kill at a random moment
+            kill_at = float(rng.uniform(0.0, 0.7))  # open ~0.1 s, clip ~0.4 s here
+            with ScriptedClient(address, token=token, credits=64) as client:
+                img_ref, data = codec.encode_image(scene(i, 256), "png")
+                poses = preset("forward", 24, 1.0).astype(np.float32)
+                ref, buf = codec.array_blob(poses, 0)
+                t0 = time.monotonic()
+                client.client.send(OpenScene(request_id="o", scene_id=f"s{i}", image=img_ref), [data])
+                while (left := kill_at - (time.monotonic() - t0)) > 0:
+                    ev = client.client.poll(timeout=left)
+                    if ev is not None and isinstance(ev.msg, SceneOpened):
+                        client.client.send(Transition(job_id="t", scene_id=f"s{i}", poses=ref), [buf])
+                        stages.append(f"open {time.monotonic() - t0:.2f}s")
+                    elif ev is not None and isinstance(ev.msg, JobDone):
+                        stages.append(f"clip {time.monotonic() - t0:.2f}s")
+                os.kill(proc.pid, signal.SIGKILL)
+                stages.append(f"kill {kill_at:.2f}s")
+        finally:
+            proc.kill()
+            proc.wait()
+    proc = start_server(address, sessions)
+    try:
+        seen.append(check_sessions(address, sessions, token))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    clips = [len(json.loads((p / "manifest.json").read_text())["clips"]) for p in sessions.iterdir()]
+    print(f"\nsessions after each restart: {seen}; clips per saved session: {clips}; {stages}")
+    assert seen[-1] >= 1, seen

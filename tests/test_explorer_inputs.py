@@ -1,0 +1,112 @@
+"""Bad inputs to `dreamjourney explore`: one line on stderr, exit code 2, no traceback, and no
+window or backend started (DISPLAY points nowhere, so starting either would fail louder)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from explorer.camera import FlyCamera
+from explorer.inputs import list_sessions, session_name
+from explorer.settings import ExplorerSettings, SettingsError
+
+SCENE = "/work/shared/scenes/03_ancient.jpg"
+
+
+def explore(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DISPLAY=":9999")
+    return subprocess.run([sys.executable, "-m", "explorer.cli", "explore", *args], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "notes.jpg").write_text("this is not a photo\n")
+    data = Path(SCENE).read_bytes()
+    (d / "cut.jpg").write_bytes(data[: len(data) // 3])
+    (d / "folder.jpg").mkdir()
+    return d
+
+
+@pytest.mark.parametrize("args, says", [
+    (["{d}/notes.jpg"], "not an image"),
+    (["{d}/missing.jpg"], "no such file"),
+    (["{d}/cut.jpg"], "cannot be read"),
+    (["{d}/folder.jpg"], "is a folder"),
+    ([SCENE, "--fov", "-10"], "between 1 and 170 degrees"),
+    ([SCENE, "--size", "0x0"], "between 64 and 8192"),
+    ([SCENE, "--size", "20000x20000"], "between 64 and 8192"),
+    ([SCENE, "--size", "big"], "must look like 1280x720"),
+    ([SCENE, "--engine", "bogus"], "choose one of: classic, diffusion"),
+    ([SCENE, "--preset", "fastest"], "choose one of: paper, interactive"),
+    ([], "give a photo to explore, or --resume SESSION"),
+    ([SCENE, "--config", "{d}/nothing.toml"], "cannot read"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(bad_files, tmp_path, args, says):
+    out = explore(tmp_path, *(a.format(d=bad_files) for a in args))
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_unknown_settings_key_is_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[camera]\nspeeed = 1.0\n")
+    with pytest.raises(SettingsError, match="unknown field `speeed` - at `\\$.camera`"):
+        ExplorerSettings.load(bad)
+    bad.write_text("[recrod]\nfps = 1\n")
+    with pytest.raises(SettingsError, match="recrod"):
+        ExplorerSettings.load(bad)
+
+
+def test_version_and_sessions_listing(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "explorer.cli", "--version"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("dreamjourney ")
+    name = session_name(Path("/photos/My Temple.JPG"), now=0)
+    assert name.startswith("My-Temple-19700101-") or name.startswith("My-Temple-1970")
+    folder = tmp_path / "sessions" / name
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(
+        '{"version": 1, "engine": "classic", "clips": [{"kind": "transition"}, '
+        '{"kind": "transition", "undone": true}]}')
+    (sessions,) = list_sessions(tmp_path / "sessions")
+    assert sessions["name"] == name and sessions["clips"] == 1
+    out = subprocess.run([sys.executable, "-m", "explorer.cli", "sessions", "--folder",
+                          str(tmp_path / "sessions")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and name in out.stdout and "1 clips" in out.stdout
+
+
+def test_far_plane_reaches_past_the_cloud_and_the_whole_photo_fits():
+    cam = FlyCamera(scene_scale=1.0)
+    cam.extent = 115.0  # the horizon prior puts the sky up to 115 median depths away
+    near, far = cam.clip_planes()
+    assert near == pytest.approx(0.01) and far >= 115.0 * 1.5
+    # A square photo in a 3:2 window: all of it shows, centred (letterboxed).
+    cam.fov_x_deg, cam.fit = 60.0, (512, 512)
+    K = cam.K(480, 320)
+    t = np.tan(np.radians(30))  # the photo's edges: 30 degrees either side (it is square)
+    corners = K @ np.array([[-t, -t, 1], [t, t, 1]]).T
+    xs, ys = corners[0] / corners[2], corners[1] / corners[2]
+    assert xs[0] == pytest.approx(80) and xs[1] == pytest.approx(400)
+    assert ys[0] == pytest.approx(0) and ys[1] == pytest.approx(320)
+
+
+def test_big_photo_is_scaled_to_the_working_size(tmp_path):
+    from explorer.inputs import load_photo
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (8000, 6000), (30, 120, 200)).save(path, quality=70)
+    settings = ExplorerSettings.load()
+    photo = load_photo(path, settings.photo)
+    assert photo.image.shape == (768, 1024, 3) and photo.original_size == (8000, 6000)
+    settings.photo.working_size = 640
+    assert load_photo(path, settings.photo).image.shape == (480, 640, 3)
