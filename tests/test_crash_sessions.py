@@ -32,9 +32,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_config(folder: Path) -> Path:
+    """The shipped backend config with the horizon prior for depth: the kill window below
+    targets opening and saving, which loading a depth model would push past it."""
+    text = (Path(__file__).resolve().parents[1] / "configs" / "backend.toml").read_text()
+    assert "[engines.classic]\n" in text
+    path = folder / "backend.toml"
+    path.write_text(text.replace("[engines.classic]\n", '[engines.classic]\ndepth_model = "none"\n'))
+    return path
+
+
 def start_server(address: str, sessions: Path) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("dreamjourney")
-    proc = subprocess.Popen([str(exe), "serve", "--bind", address, "--sessions", str(sessions)],
+    config = server_config(sessions.parent)
+    proc = subprocess.Popen([str(exe), "serve", "--bind", address, "--sessions", str(sessions),
+                             "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     assert "listening" in line, line
