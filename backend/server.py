@@ -123,7 +123,7 @@ class Backend:
         self._open_ids: dict[str, tuple[bytes, str]] = {}
         """Scene id -> (peer, identity) for scenes open or opening anywhere."""
         self._jobs: dict[tuple[bytes, str], Job] = {}
-        self._undo_stacks: dict[tuple[str, str], list[tuple[str, int, np.ndarray]]] = {}
+        self._undo_stacks: dict[tuple[str, str], list[tuple[str, int, np.ndarray, int]]] = {}
         """(client, scene id) -> (job id, points before it, pose before it) per finished transition."""
         self._lock = threading.Lock()
         sched = config.scheduler
@@ -468,7 +468,7 @@ class Backend:
 
     def _run_job(self, job: Job) -> None:
         """Job-slot body: validate, stream, save; always ends with JobDone or JobFailed."""
-        before = (job.job_id, len(job.scene.cloud), job.scene.pose.copy())
+        before = (job.job_id, len(job.scene.cloud), job.scene.pose.copy(), job.scene.cloud.merges)
         try:
             if job.cancel.is_set():
                 raise _Stop(*self._why_stopped(job))
@@ -566,7 +566,7 @@ class Backend:
 
     # -- undo --
 
-    def _undo_stack(self, client: str, scene_id: str) -> list[tuple[str, int, np.ndarray]]:
+    def _undo_stack(self, client: str, scene_id: str) -> list[tuple[str, int, np.ndarray, int]]:
         with self._lock:
             return self._undo_stacks.setdefault((client, scene_id), [])
 
@@ -583,9 +583,14 @@ class Backend:
                         "wait for them", msg.request_id)
             return
         stack = self._undo_stack(client, msg.scene_id)
+        if stack and stack[-1][3] != scene.cloud.merges:
+            stack.clear()  # truncating a cloud the budget has rewritten would cut the wrong points
+            self._error(peer, "bad_value", "the point budget merged far points since that "
+                        "transition, so it can no longer be undone", msg.request_id)
+            return
         job_id = None
         if stack:
-            job_id, count, pose = stack.pop()
+            job_id, count, pose, _ = stack.pop()
             scene.cloud.truncate(count)
             scene.pose = pose
             try:

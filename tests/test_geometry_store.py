@@ -121,3 +121,18 @@ def test_store_save_and_load_round_trip(tmp_path):
     np.testing.assert_array_equal(a.rgb, b.rgb)
     np.testing.assert_array_equal(a.radius, b.radius)
     assert len(loaded.append(unproject(image, depth, K, np.eye(4)))) == 0  # index rebuilt
+
+
+def test_at_the_budget_far_points_merge_and_the_world_still_grows():
+    image, depth, K = view(0)
+    store = PointStore(capacity=4_000)
+    store.append(unproject(image, depth, K, np.eye(4, dtype=np.float32)))
+    assert len(store) > 0.75 * store.capacity  # near the budget
+    pose = np.eye(4, dtype=np.float32)
+    pose[:3, 3] = [0.0, 0.0, -1.5]  # a step back: new points around the old view
+    image2, depth2, _ = view(1)
+    new = unproject(image2, depth2, K, pose).take(slice(0, 1500))
+    delta = store.append_within_budget(new, pose[:3, 3], float(K[0, 0]))
+    assert len(delta) > 0.5 * len(new), (len(delta), len(new))
+    assert store.merges == 1 and len(store) <= store.capacity
+    assert len(store) > len(delta)  # the old view survives, merged, not evicted

@@ -87,6 +87,8 @@ class PointStore:
         self._parts: list[PointCloud] = []
         self._cloud: PointCloud | None = PointCloud.empty()
         self._keys = np.zeros(0, np.int64)  # sorted voxel keys of the stored points
+        self.merges = 0
+        """How many times the budget rewrote the cloud (merge_far): undo cannot cross one."""
 
     def __len__(self) -> int:
         return sum(len(p) for p in self._parts)
@@ -183,6 +185,7 @@ class PointStore:
             keys = self._voxel_keys(cloud.xyz, level, edge)
             self._keys = np.unique(keys[keys >= 0])
             self.version += 1
+            self.merges += 1
         return len(cloud)
 
     @staticmethod
