@@ -38,6 +38,7 @@ def server_config(folder: Path) -> Path:
     text = (Path(__file__).resolve().parents[1] / "configs" / "backend.toml").read_text()
     assert "[engines.classic]\n" in text
     path = folder / "backend.toml"
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("depth_model"))
     path.write_text(text.replace("[engines.classic]\n", '[engines.classic]\ndepth_model = "none"\n'))
     return path
 

@@ -12,6 +12,7 @@ event costs nothing visible: the job is re-queued on the next free worker.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -106,7 +107,9 @@ class ClusterEngine(Engine):
     # -- scenes (one call on a free worker) --
 
     def open_scene(self, request: OpenRequest):
-        return self._call("open_scene", request.scene_id, request)
+        # The progress callback belongs to the front door (it holds its sockets and locks) and
+        # cannot travel; a worker's first model download is reported in its own log instead.
+        return self._call("open_scene", request.scene_id, dataclasses.replace(request, progress=None))
 
     def resume_scene(self, scene_id: str, sessions):
         """Resume on a worker; the session folder must be visible there (shared disk)."""
