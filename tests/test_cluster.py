@@ -55,7 +55,8 @@ def backend(cluster, tmp_path_factory):
         peer_timeout_s=3.0, cluster="auto",
         cluster_options={"workers": 2, "status_log_s": 0, "max_restarts": 4,
                          "engine_classes": {"classic": "backend.cluster.simulated:PacedEngine"}},
-        engine_options={"classic": {"start_s": START_S, "frame_s": FRAME_S}})
+        # the horizon prior: these tests are about scheduling, not about loading a depth model
+        engine_options={"classic": {"start_s": START_S, "frame_s": FRAME_S, "depth_model": "none"}})
     with Backend(config) as b:
         yield b
 
