@@ -179,12 +179,7 @@ class PointStore:
             dist = np.linalg.norm(cloud.xyz.astype(np.float64) - np.asarray(eye, np.float64)[:3], axis=1)
         if len(cloud) != len(self):
             logger.info("point budget: merged %d far points into %d", len(self), len(cloud))
-            self._parts = [cloud]
-            self._cloud = cloud
-            level, edge = self._levels(cloud.radius)
-            keys = self._voxel_keys(cloud.xyz, level, edge)
-            self._keys = np.unique(keys[keys >= 0])
-            self.version += 1
+            self._replace(cloud)
             self.merges += 1
         return len(cloud)
 
@@ -210,12 +205,7 @@ class PointStore:
         cloud = read_ply(path)
         if len(cloud) > capacity:
             raise ValueError(f"{path} has {len(cloud)} points, over the capacity {capacity}")
-        store._parts = [cloud]
-        store._cloud = cloud
-        level, edge = store._levels(cloud.radius)
-        keys = store._voxel_keys(cloud.xyz, level, edge)
-        store._keys = np.unique(keys[keys >= 0])
-        store.version = 1
+        store._replace(cloud)
         return store
 
     def truncate(self, count: int) -> None:
@@ -223,10 +213,13 @@ class PointStore:
         de-duplication index is rebuilt from what is kept."""
         if count >= len(self):
             return
-        kept = self.cloud().take(slice(0, max(0, int(count))))
-        self._parts = [kept]
-        self._cloud = kept
-        level, edge = self._levels(kept.radius)
-        keys = self._voxel_keys(kept.xyz, level, edge)
+        self._replace(self.cloud().take(slice(0, max(0, int(count)))))
+
+    def _replace(self, cloud: PointCloud) -> None:
+        """Hold exactly ``cloud``, with the de-duplication index rebuilt from it."""
+        self._parts = [cloud]
+        self._cloud = cloud
+        level, edge = self._levels(cloud.radius)
+        keys = self._voxel_keys(cloud.xyz, level, edge)
         self._keys = np.unique(keys[keys >= 0])
         self.version += 1
