@@ -117,19 +117,9 @@ def nuisances(address: str, stop, active) -> None:
     flooding 300 valid transitions."""
     import threading
 
-    import zmq
+    from tests.test_hostile import flooder, never_credits, silent_connections
 
-    from tests.test_hostile import flooder, never_credits
-
-    port = int(address.rsplit(":", 1)[1])
-    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(400)]
-    ctx = zmq.Context()
-    dealers = []
-    for _ in range(100):
-        d = ctx.socket(zmq.DEALER)
-        d.setsockopt(zmq.LINGER, 0)
-        d.connect(address)
-        dealers.append(d)
+    silent, ctx, dealers = silent_connections(address)
     n = 0
     while not stop.is_set():  # one of each per attack round
         if not active.wait(0.1):

@@ -72,6 +72,24 @@ def raw_dealer(ctx: zmq.Context, address: str, hello: bool = True) -> zmq.Socket
     return sock
 
 
+def silent_connections(address: str, reconnect_ivl_ms: int | None = None):
+    """400 bare TCP connections (no ZMTP greeting) and 100 DEALERs that never say Hello;
+    returns (tcp sockets, zmq context, dealers). ``reconnect_ivl_ms`` None keeps ZeroMQ's
+    default, so a DEALER the server shuts comes back as a new silent connection."""
+    port = int(address.rsplit(":", 1)[1])
+    tcp = [socket.create_connection(("127.0.0.1", port)) for _ in range(400)]
+    ctx = zmq.Context()
+    dealers = []
+    for _ in range(100):
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        if reconnect_ivl_ms is not None:
+            d.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl_ms)
+        d.connect(address)
+        dealers.append(d)
+    return tcp, ctx, dealers
+
+
 def next_msg(sock: zmq.Socket):
     while True:
         msg, _ = codec.decode(sock.recv_multipart())
@@ -223,7 +241,6 @@ def oversized_frames(address: str, limit: int, n: int) -> int:
 @pytest.mark.slow
 def test_hostile_clients_cannot_stop_starve_or_bloat_the_backend(backend):
     address = backend.address
-    port = int(address.rsplit(":", 1)[1])
     limits = backend.limits
     messages = HostileMessages(limits, seed=7).batch(N_HOSTILE)
     kinds = collections.Counter(k for k, _ in messages)
@@ -246,15 +263,7 @@ def test_hostile_clients_cannot_stop_starve_or_bloat_the_backend(backend):
     threading.Thread(target=sample, daemon=True).start()
 
     # 500 silent connections: 400 bare TCP (no ZMTP greeting), 100 DEALERs that never say Hello
-    silent_tcp = [socket.create_connection(("127.0.0.1", port)) for _ in range(400)]
-    silent_ctx = zmq.Context()
-    silent_zmq = []
-    for _ in range(100):
-        s = silent_ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RECONNECT_IVL, 600_000)
-        s.connect(address)
-        silent_zmq.append(s)
+    silent_tcp, silent_ctx, silent_zmq = silent_connections(address, reconnect_ivl_ms=600_000)
 
     results = [dict() for _ in range(SENDERS)]
     stingy, flood = {}, {}
