@@ -352,7 +352,8 @@ class ServerEndpoint:
                 except Exception as exc:
                     self.stats.io_faults += 1
                     log.exception("handling a message from peer %s failed", peer_id.hex())
-                    self._error(peer_id, "internal", f"the backend failed on this message: {type(exc).__name__}")
+                    self._error(peer_id, "internal",
+                                f"the backend failed on this message: {type(exc).__name__}")
             if peer_id in self._over_refusals:
                 self._over_refusals.discard(peer_id)
                 self.stats.refusal_limited += 1
