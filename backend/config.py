@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -93,6 +93,9 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     frames_ahead: int = 2
     """Frames a job may queue beyond the client's credit before it waits."""
     save_clips: bool = True
+    status_shows: Literal["own", "all"] = "own"
+    """What a Status answer tells a client of others' jobs: ``own`` names only the asker's
+    (others are ``other-N``, their scenes hidden); ``all`` names everyone (a trusted team)."""
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     connections: ConnectionsConfig = msgspec.field(default_factory=ConnectionsConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
