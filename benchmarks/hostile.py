@@ -70,27 +70,42 @@ def free_port() -> int:
 # -- hostile processes --------------------------------------------------------------------
 
 
+def hostile_batch(seed: int) -> list:
+    """4000 refused messages of every kind (as ``HostileMessages.batch`` makes them)."""
+    from protocol.hostile import HostileMessages
+    from protocol.limits import Limits
+
+    return HostileMessages(Limits(max_message_bytes=512 << 10, max_image_pixels=262144),
+                           seed=seed).batch(4000)
+
+
+def connect(ctx, address: str):
+    """A DEALER that said Hello and was welcomed, or None (refused or timed out)."""
+    import zmq
+
+    from tests.test_hostile import raw_dealer
+
+    try:
+        return raw_dealer(ctx, address)
+    except (AssertionError, zmq.Again):
+        return None
+
+
 def hostile_sender(address: str, seed: int, stop, active, sent, dropped) -> None:
     """Refused messages in batches of 200, as fast as answered; reconnects when shut out."""
     import zmq
 
-    from protocol.hostile import HostileMessages
-    from protocol.limits import Limits
     from protocol.messages import Error
-    from tests.test_hostile import next_msg, raw_dealer
+    from tests.test_hostile import next_msg
 
-    batch = HostileMessages(Limits(max_message_bytes=512 << 10, max_image_pixels=262144),
-                            seed=seed).batch(4000)
+    batch = hostile_batch(seed)
     ctx = zmq.Context()
     sock, i = None, 0
     while not stop.is_set():
         if not active.wait(0.1):
             continue
-        if sock is None:
-            try:
-                sock = raw_dealer(ctx, address)
-            except (AssertionError, zmq.Again):
-                continue
+        if sock is None and (sock := connect(ctx, address)) is None:
+            continue
             sock.setsockopt(zmq.RCVTIMEO, 1000)
         chunk = [batch[(i + k) % len(batch)][1] for k in range(200)]
         i += 200
@@ -121,23 +136,16 @@ def hostile_sprayer(address: str, seed: int, rate: float, stop, active, sprayed)
     import zmq
 
     from protocol import codec
-    from protocol.hostile import HostileMessages
-    from protocol.limits import Limits
     from protocol.messages import Error
-    from tests.test_hostile import raw_dealer
 
-    batch = HostileMessages(Limits(max_message_bytes=512 << 10, max_image_pixels=262144),
-                            seed=seed).batch(4000)
+    batch = hostile_batch(seed)
     ctx = zmq.Context()
     sock, i, t_next = None, 0, time.monotonic()
     while not stop.is_set():
         if not active.wait(0.1):
             continue
-        if sock is None:
-            try:
-                sock = raw_dealer(ctx, address)
-            except (AssertionError, zmq.Again):
-                continue
+        if sock is None and (sock := connect(ctx, address)) is None:
+            continue
             sock.setsockopt(zmq.SNDTIMEO, 0)
         t_next = max(t_next + 0.01, time.monotonic() - 0.1)
         time.sleep(max(0.0, t_next - time.monotonic()))
