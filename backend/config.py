@@ -10,10 +10,11 @@ from __future__ import annotations
 import inspect
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from protocol.admission import AdmissionCaps
 from protocol.endpoint import EndpointCaps
 from protocol.limits import Limits
 
@@ -48,6 +49,15 @@ class ConnectionsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     """Requests of one client received but not yet dispatched; more get ``busy``."""
     max_messages_per_s: float = 2000.0
     """Messages one connection may send per second; over it, it is disconnected."""
+    max_refused_per_s: float = 5.0
+    """Messages of one connection answered with an Error per second (20 at once); over it,
+    it is disconnected."""
+    new_clients_per_s: float = 10.0
+    """Hellos per second from clients not seen before, all together (20 at once); more wait."""
+    reconnects_per_client_per_s: float = 1.0
+    """Hellos per second from one known client (4 at once); more wait."""
+    max_waiting_hellos: int = 64
+    """Hellos waiting for those rates; beyond it a Hello gets ``busy``."""
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -83,6 +93,9 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     frames_ahead: int = 2
     """Frames a job may queue beyond the client's credit before it waits."""
     save_clips: bool = True
+    status_shows: Literal["own", "all"] = "own"
+    """What a Status answer tells a client of others' jobs: ``own`` names only the asker's
+    (others are ``other-N``, their scenes hidden); ``all`` names everyone (a trusted team)."""
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     connections: ConnectionsConfig = msgspec.field(default_factory=ConnectionsConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
@@ -113,7 +126,12 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return EndpointCaps(hello_timeout_s=c.hello_timeout_s, max_peers=c.max_clients,
                             max_connections_per_client=c.max_connections_per_client,
                             max_queued_per_peer=c.max_waiting_requests_per_client,
-                            max_messages_per_s=c.max_messages_per_s)
+                            max_messages_per_s=c.max_messages_per_s,
+                            max_refusals_per_s=c.max_refused_per_s,
+                            admission=AdmissionCaps(new_per_s=c.new_clients_per_s,
+                                                    new_burst=2 * c.new_clients_per_s,
+                                                    per_client_per_s=c.reconnects_per_client_per_s,
+                                                    max_waiting=c.max_waiting_hellos))
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> BackendConfig:

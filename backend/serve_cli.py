@@ -24,6 +24,8 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
                    help="jobs running at once (scheduler.job_slots)")
     p.add_argument("--cluster", help="run engines on Ray: auto (a local instance), HOST:PORT or ray://HOST:10001")
     p.add_argument("--workers", type=int, help="Ray engine workers (default: one per GPU, else --job-slots)")
+    p.add_argument("--parent-pid", type=int,
+                   help="shut down when this process ends (the explorer that started this backend)")
     p.set_defaults(func=run)
 
 
@@ -64,9 +66,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"dreamjourney backend listening on {backend.address}", flush=True)
     try:
         while not done.wait(0.5):
-            pass
+            if args.parent_pid and not _alive(args.parent_pid):
+                log.warning("parent process %d ended: shutting down", args.parent_pid)
+                break
     except KeyboardInterrupt:
         pass
     log.info("shutting down")
     backend.stop()
     return 0
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` is our parent (a dead parent's orphans are re-parented)."""
+    import os
+
+    return os.getppid() == pid

@@ -227,7 +227,8 @@ class Backend:
         elif isinstance(msg, Status):
             from backend.cluster.status import status_reply  # Ray only with --cluster
 
-            self.endpoint.send(peer, status_reply(self, msg))
+            self.endpoint.send(peer, status_reply(
+                self, msg, asker=None if self.config.status_shows == "all" else client))
         else:
             self._error(peer, "bad_value", f"a backend does not accept {type(msg).__name__}")
 

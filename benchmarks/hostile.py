@@ -6,13 +6,16 @@ The backend runs as its own process (as deployed). The canary flies short transi
 Phases alternate in rounds (alone, under attack, ...), so a shared machine's drift hits both
 alike. Under attack, other processes send refused messages of every kind (bit flips and splices of
 every message type, invalid UTF-8, deep nesting, image bombs, oversized multiparts,
-non-finite numbers, wrong tuple lengths, ...) as fast as the backend answers them, a client
-never grants frame credit, a client floods valid transitions, and 500 connections stay silent.
+non-finite numbers, wrong tuple lengths, ...) as fast as the backend answers them (senders)
+or at a fixed rate without reading answers (sprayers), each reconnecting at once when shut
+out; a client never grants frame credit, a client floods valid transitions, and 500
+connections stay silent.
 
 Prints one JSON object as its last line: canary p50/p99 alone and under attack,
 ``canary_p99_ratio`` (goal <= 1.5), ``rss_growth_mb`` of the backend process (goal <= 200),
 and how many hostile messages were answered with an Error or dropped (a sender over
-``max_messages_per_s`` is shut out; it reconnects and goes on, as an attacker would).
+``max_messages_per_s`` or ``max_refused_per_s`` is shut out; it reconnects and goes on, as an
+attacker would, and waits for admission like any newcomer).
 """
 
 from __future__ import annotations
@@ -67,27 +70,42 @@ def free_port() -> int:
 # -- hostile processes --------------------------------------------------------------------
 
 
+def hostile_batch(seed: int) -> list:
+    """4000 refused messages of every kind (as ``HostileMessages.batch`` makes them)."""
+    from protocol.hostile import HostileMessages
+    from protocol.limits import Limits
+
+    return HostileMessages(Limits(max_message_bytes=512 << 10, max_image_pixels=262144),
+                           seed=seed).batch(4000)
+
+
+def connect(ctx, address: str):
+    """A DEALER that said Hello and was welcomed, or None (refused or timed out)."""
+    import zmq
+
+    from tests.test_hostile import raw_dealer
+
+    try:
+        return raw_dealer(ctx, address)
+    except (AssertionError, zmq.Again):
+        return None
+
+
 def hostile_sender(address: str, seed: int, stop, active, sent, dropped) -> None:
     """Refused messages in batches of 200, as fast as answered; reconnects when shut out."""
     import zmq
 
-    from protocol.hostile import HostileMessages
-    from protocol.limits import Limits
     from protocol.messages import Error
-    from tests.test_hostile import next_msg, raw_dealer
+    from tests.test_hostile import next_msg
 
-    batch = HostileMessages(Limits(max_message_bytes=512 << 10, max_image_pixels=262144),
-                            seed=seed).batch(4000)
+    batch = hostile_batch(seed)
     ctx = zmq.Context()
     sock, i = None, 0
     while not stop.is_set():
         if not active.wait(0.1):
             continue
-        if sock is None:
-            try:
-                sock = raw_dealer(ctx, address)
-            except (AssertionError, zmq.Again):
-                continue
+        if sock is None and (sock := connect(ctx, address)) is None:
+            continue
             sock.setsockopt(zmq.RCVTIMEO, 1000)
         chunk = [batch[(i + k) % len(batch)][1] for k in range(200)]
         i += 200
@@ -107,6 +125,51 @@ def hostile_sender(address: str, seed: int, stop, active, sent, dropped) -> None
                 dropped.value += len(chunk) - got
         with sent.get_lock():
             sent.value += got
+    if sock is not None:
+        sock.close()
+    ctx.term()
+
+
+def hostile_sprayer(address: str, seed: int, rate: float, stop, active, sprayed) -> None:
+    """Refused messages at ``rate`` per second without waiting for answers (open loop); reads
+    what comes back only to notice a shut-out, then reconnects at once."""
+    import zmq
+
+    from protocol import codec
+    from protocol.messages import Error
+
+    batch = hostile_batch(seed)
+    ctx = zmq.Context()
+    sock, i, t_next = None, 0, time.monotonic()
+    while not stop.is_set():
+        if not active.wait(0.1):
+            continue
+        if sock is None and (sock := connect(ctx, address)) is None:
+            continue
+            sock.setsockopt(zmq.SNDTIMEO, 0)
+        t_next = max(t_next + 0.01, time.monotonic() - 0.1)
+        time.sleep(max(0.0, t_next - time.monotonic()))
+        shut, n = False, 0
+        for _ in range(int(rate * 0.01)):  # one 10 ms slice of the rate
+            try:
+                sock.send_multipart(batch[i % len(batch)][1], copy=False)
+                n += 1
+            except zmq.Again:
+                break
+            i += 1
+        while not shut:
+            try:
+                msg, _ = codec.decode(sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            except Exception:
+                continue
+            shut = isinstance(msg, Error) and "per second" in msg.message
+        with sprayed.get_lock():
+            sprayed.value += n
+        if shut:
+            sock.close()
+            sock = None
     if sock is not None:
         sock.close()
     ctx.term()
@@ -159,6 +222,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=240, help="canary requests per phase")
     parser.add_argument("--senders", type=int, default=2, help="hostile sender processes")
+    parser.add_argument("--sprayers", type=int, default=1, help="open-loop hostile processes")
+    parser.add_argument("--spray-rate", type=float, default=5000.0, help="messages/s per sprayer")
     parser.add_argument("--rounds", type=int, default=4, help="alternating alone/attacked rounds")
     args = parser.parse_args()
     from protocol.scripted import ScriptedClient
@@ -175,8 +240,12 @@ def main() -> None:
     fork = mp.get_context("fork")
     try:
         stop, active, sent, dropped = fork.Event(), fork.Event(), fork.Value("q", 0), fork.Value("q", 0)
+        sprayed = fork.Value("q", 0)
         procs = [fork.Process(target=hostile_sender, args=(address, s, stop, active, sent, dropped))
                  for s in range(args.senders)]
+        procs += [fork.Process(target=hostile_sprayer,
+                               args=(address, 100 + s, args.spray_rate, stop, active, sprayed))
+                  for s in range(args.sprayers)]
         procs.append(fork.Process(target=nuisances, args=(address, stop, active)))
         for p in procs:  # started before any client thread exists here (fork)
             p.start()
@@ -217,6 +286,7 @@ def main() -> None:
         "hostile_messages_answered": int(sent.value),
         "hostile_messages_dropped": int(dropped.value),
         "hostile_messages_per_s": round(sent.value / max(attack_s, 1e-9), 1),
+        "sprayed_messages_per_s": round(sprayed.value / max(attack_s, 1e-9), 1),
         "backend_alive": alive,
         "cpu_cores": os.cpu_count(),
         "canary_p50_ratio": round(float(p50h / p50a), 3),

@@ -43,7 +43,7 @@ class LocalBackend:
 def start_local_backend(extra_args: list[str] = (), timeout: float = 60.0) -> LocalBackend:
     """Start ``dreamjourney serve`` on a free loopback port and wait until it listens."""
     cmd = [sys.executable, "-m", "explorer.cli", "serve", "--bind", "tcp://127.0.0.1:*",
-           *extra_args]
+           "--parent-pid", str(os.getpid()), *extra_args]
     logger.info("starting a local backend: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1)
     lines: queue.Queue = queue.Queue()

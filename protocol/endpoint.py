@@ -5,7 +5,8 @@ The I/O thread does the protocol's housekeeping so the application only sees its
 - Handshake: a client's first message is Hello; the answer is Welcome (with the client's
   identity token on loopback), or an Error (``version_mismatch``, ``busy`` when a connection
   cap is reached). Requests before Hello get ``handshake_required``. Connections that have not
-  said Hello within ``hello_timeout_s`` are shut down.
+  said Hello within ``hello_timeout_s`` are shut down. Hellos are let in at a bounded rate
+  (``protocol.admission``): newcomers together, each known client on its own; the rest wait.
 - Identity: under CURVE a client is its public key (ZAP's User-Id); on loopback it is the
   token the first Welcome handed out (a client may present it again in a later Hello).
 - Heartbeats (Paranoid Pirate): Ping every ``heartbeat_s``, answer Pings; a peer silent for
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from protocol.admission import AdmissionCaps, HelloGate, TokenBucket
 from protocol.channel import Channel, next_event
 from protocol.codec import Blob, decode, encode
 from protocol.errors import ErrorCode
@@ -72,6 +74,17 @@ class _Conn:
     """A Hello came in on it."""
 
 
+@dataclass(frozen=True)
+class _Arrival:
+    """A Hello that passed its checks, waiting to be welcomed."""
+
+    peer_id: bytes
+    credits: int
+    identity: str
+    token: str
+    conn: _Conn | None
+
+
 @dataclass
 class _Peer:
     credits: int
@@ -96,8 +109,14 @@ class EndpointStats:
     """Connections shut by the endpoint (no Hello in time, dropped peers, over the caps)."""
     rate_limited: int = 0
     """Connections shut for sending faster than ``max_messages_per_s``."""
+    refusal_limited: int = 0
+    """Connections shut for more refused messages than ``max_refusals_per_s``."""
     io_faults: int = 0
     """Exceptions caught in the I/O loop (each logged with the peer's id); 0 in a healthy run."""
+    hellos_waited: int = 0
+    """Hellos that waited for the admission rate (see protocol.admission)."""
+    hellos_refused: int = 0
+    """Hellos refused because the admission waiting room was full."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +139,14 @@ class EndpointCaps:
     unread. An explorer sends a few dozen per second."""
     first_burst: float = 32.0
     """Messages a new connection may send at once before the rate applies."""
+    max_refusals_per_s: float = 5.0
+    """Messages of one connection answered with an Error (undecodable, refused) per second;
+    past that (and a burst of ``refusal_burst``) it is shut like a flooder. A working
+    explorer is almost never refused."""
+    refusal_burst: float = 20.0
+    admission: AdmissionCaps = AdmissionCaps()
+    """How fast new clients and reconnections are welcomed (a flooder shut out above comes
+    back no faster than this)."""
 
 
 class ServerEndpoint:
@@ -148,7 +175,7 @@ class ServerEndpoint:
         self.protocol_version = PROTOCOL_VERSION
         self.stats = EndpointStats()
         self.curve = keys is not None
-        self._welcome = Welcome(
+        self._welcome_msg = Welcome(
             protocol_version=PROTOCOL_VERSION,
             server=name,
             engines=list(engines),
@@ -156,6 +183,7 @@ class ServerEndpoint:
             heartbeat_s=heartbeat_s,
             max_message_bytes=limits.max_message_bytes,
         )
+        self._gate = HelloGate(caps.admission)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._peers: dict[bytes, _Peer] = {}
         self._pending: collections.Counter = collections.Counter()
@@ -163,6 +191,9 @@ class ServerEndpoint:
         self._cond = threading.Condition()
         self._buckets: dict[bytes, list[float]] = {}
         """Routing id -> [tokens, last refill time]: the per-connection message budget."""
+        self._refusals: dict[bytes, TokenBucket] = {}
+        """Routing id -> its budget of refused messages (see ``max_refusals_per_s``)."""
+        self._over_refusals: set[bytes] = set()
         self._banned: dict[bytes, float] = {}
         self._shut_due: collections.deque = collections.deque()
         """(when, routing id, connection) of peers to shut once their last Error is out."""
@@ -297,6 +328,9 @@ class ServerEndpoint:
                     for item in self._chan.drain():
                         self._on_outgoing(*item)
                 now = time.monotonic()
+                if len(self._gate):
+                    for arrival in self._gate.ready(now):
+                        self._welcome(arrival)
                 self._shut_overdue(now)
                 if now >= next_ping:
                     next_ping = now + self.heartbeat_s
@@ -311,20 +345,24 @@ class ServerEndpoint:
                 frames = self._recv_bounded()
             except zmq.Again:
                 return
-            if frames is None:
-                continue
             peer_id = frames[0].bytes
-            if self._over_budget(peer_id, frames):
-                continue
-            try:
-                self._on_message(peer_id, frames)
-            except Exception as exc:
-                self.stats.io_faults += 1
-                log.exception("handling a message from peer %s failed", peer_id.hex())
-                self._error(peer_id, "internal", f"the backend failed on this message: {type(exc).__name__}")
+            if len(frames) > 1 and not self._over_budget(peer_id, frames):
+                try:
+                    self._on_message(peer_id, frames)
+                except Exception as exc:
+                    self.stats.io_faults += 1
+                    log.exception("handling a message from peer %s failed", peer_id.hex())
+                    self._error(peer_id, "internal",
+                                f"the backend failed on this message: {type(exc).__name__}")
+            if peer_id in self._over_refusals:
+                self._over_refusals.discard(peer_id)
+                self.stats.refusal_limited += 1
+                self._shut_out(peer_id, frames, f"more than {self.caps.max_refusals_per_s:g} "
+                               "refused messages per second")
 
-    def _recv_bounded(self) -> list | None:
-        """One multipart message, or None when it broke the frame or byte limits (answered)."""
+    def _recv_bounded(self) -> list:
+        """One multipart message; only its routing id when it broke the frame or byte limits
+        (answered)."""
         frames = [self._sock.recv(zmq.NOBLOCK, copy=False)]
         total, too_many = 0, False
         while frames[-1].more:
@@ -337,10 +375,10 @@ class ServerEndpoint:
                 frames.append(part)
         if too_many:
             self.stats.messages_received += 1
-            self._error(frames[0].bytes, "too_large",
+            self._refuse(frames[0].bytes, "too_large",
                         f"message over {self.limits.max_message_bytes} bytes or "
                         f"{self.limits.max_blobs} blobs")
-            return None
+            return frames[:1]
         return frames
 
     def _over_budget(self, peer_id: bytes, frames: list) -> bool:
@@ -357,15 +395,22 @@ class ServerEndpoint:
         if bucket[0] >= 1.0:
             bucket[0] -= 1.0
             return False
-        self._banned[peer_id] = now
         self.stats.rate_limited += 1
-        log.warning("peer %s sent more than %g messages/s: disconnecting it", peer_id.hex(), rate)
-        self._error(peer_id, "busy", f"more than {rate:g} messages per second: disconnected")
+        self._shut_out(peer_id, frames, f"more than {rate:g} messages per second")
+        return True
+
+    def _shut_out(self, peer_id: bytes, frames: list, why: str) -> None:
+        """Tell the peer ``why`` (one ``busy`` Error), drop what it has queued unread, and shut
+        its connection a moment later (so the Error gets out first)."""
+        if peer_id in self._banned:
+            return
+        now = time.monotonic()
+        self._banned[peer_id] = now
+        log.warning("peer %s sent %s: disconnecting it", peer_id.hex(), why)
+        self._error(peer_id, "busy", f"{why}: disconnected")
         self._on_monitor()
         conn = self._conns.get(_source_fd(frames[1])) if len(frames) > 1 else None
-        # shut a moment later, so the busy Error reaches the peer before the connection ends
         self._shut_due.append((now + 0.2, peer_id, conn))
-        return True
 
     def _shut_overdue(self, now: float) -> None:
         while self._shut_due and self._shut_due[0][0] <= now:
@@ -379,6 +424,8 @@ class ServerEndpoint:
         """Drop rate buckets of quiet routing ids and old bans (routing ids are per connection)."""
         for peer_id in [p for p, (_, t) in self._buckets.items() if now - t > 10.0]:
             del self._buckets[peer_id]
+        for peer_id in [p for p, b in self._refusals.items() if now - b.last > 10.0]:
+            del self._refusals[peer_id]
         for peer_id in [p for p, t in self._banned.items() if now - t > 60.0]:
             del self._banned[peer_id]
 
@@ -448,6 +495,17 @@ class ServerEndpoint:
         self.stats.peers_gone += 1
         self._events.put(PeerGone(peer_id, reason))
 
+    def _refuse(self, peer_id: bytes, code: ErrorCode, message: str, request_id: str | None = None) -> None:
+        """Answer a peer's bad message with an Error; past ``max_refusals_per_s`` of them the
+        peer is shut out (checked by the receive loop once the message is handled)."""
+        self._error(peer_id, code, message, request_id)
+        bucket = self._refusals.get(peer_id)
+        if bucket is None:
+            bucket = self._refusals[peer_id] = TokenBucket(self.caps.max_refusals_per_s,
+                                                           self.caps.refusal_burst)
+        if not bucket.take(time.monotonic()):
+            self._over_refusals.add(peer_id)
+
     def _error(self, peer_id: bytes, code: ErrorCode, message: str, request_id: str | None = None) -> None:
         self.stats.errors_sent += 1
         self._sock.send_multipart([peer_id, *encode(Error(code=code, message=message,
@@ -461,7 +519,7 @@ class ServerEndpoint:
                 full = False
                 self._queued[peer_id] += 1
         if full:
-            self._error(peer_id, "busy", f"more than {self.caps.max_queued_per_peer} of your "
+            self._refuse(peer_id, "busy", f"more than {self.caps.max_queued_per_peer} of your "
                         "requests are waiting: slow down", getattr(msg, "job_id", None))
             return
         self._events.put(Incoming(msg, blobs, peer_id))
@@ -474,7 +532,7 @@ class ServerEndpoint:
         try:
             msg, blobs = decode(frames[1:], self.limits)
         except ProtocolError as exc:
-            self._error(peer_id, exc.code, str(exc), exc.request_id)
+            self._refuse(peer_id, exc.code, str(exc), exc.request_id)
             return
         if isinstance(msg, Hello):
             self._on_hello(peer_id, msg, frames[1])
@@ -483,7 +541,7 @@ class ServerEndpoint:
         elif isinstance(msg, Pong):
             pass
         elif peer is None:
-            self._error(peer_id, "handshake_required", "send Hello before anything else")
+            self._refuse(peer_id, "handshake_required", "send Hello before anything else")
         elif isinstance(msg, Credit):
             peer.credits += msg.frames
             self._flush(peer_id, peer)
@@ -507,7 +565,7 @@ class ServerEndpoint:
 
     def _on_hello(self, peer_id: bytes, hello: Hello, frame) -> None:
         if hello.protocol_version != self.protocol_version:
-            self._error(
+            self._refuse(
                 peer_id,
                 "version_mismatch",
                 f"this backend speaks protocol version {self.protocol_version}, the explorer "
@@ -515,11 +573,29 @@ class ServerEndpoint:
             )
             return
         if hello.credits < 1:
-            self._error(peer_id, "bad_value", f"initial credits must be >= 1, got {hello.credits}")
+            self._refuse(peer_id, "bad_value", f"initial credits must be >= 1, got {hello.credits}")
             return
         identity, token = self._identity_of(hello, frame)
         self._on_monitor()  # so the connection this Hello came on is known, not a stale fd's
         conn = self._conns.get(_source_fd(frame))
+        arrival = _Arrival(peer_id, hello.credits, identity, token, conn)
+        verdict = self._gate.offer(identity, arrival, time.monotonic())
+        if verdict == "welcome":
+            self._welcome(arrival)
+        elif verdict == "wait":
+            self.stats.hellos_waited += 1
+            if conn is not None:
+                conn.greeted = True  # it said Hello; it is not one of the silent ones
+        else:
+            self.stats.hellos_refused += 1
+            self._refuse(peer_id, "busy", f"{self.caps.admission.max_waiting} clients are "
+                        "waiting to connect: retry in a few seconds")
+
+    def _welcome(self, arrival: _Arrival) -> None:
+        """Register the peer and answer Welcome, or ``busy`` when a cap is reached."""
+        peer_id, identity, conn = arrival.peer_id, arrival.identity, arrival.conn
+        if conn is not None and self._conns.get(conn.fd) is not conn:
+            return  # its connection closed while it waited
         with self._cond:
             known = self._peers.get(peer_id)
             same = sum(1 for p in self._peers.values() if p.identity == identity)
@@ -530,14 +606,15 @@ class ServerEndpoint:
                            "client: close one first")
             else:
                 refusal = None
-                self._peers[peer_id] = _Peer(credits=hello.credits, last_seen=time.monotonic(),
+                self._peers[peer_id] = _Peer(credits=arrival.credits, last_seen=time.monotonic(),
                                              identity=identity, conn=conn)
-        if refusal is not None:
-            self._error(peer_id, "busy", refusal)
-            return
         if conn is not None:
-            conn.greeted = True
-        welcome = self._welcome if not token else _with_token(self._welcome, token)
+            conn.greeted = refusal is None
+        if refusal is not None:
+            self._refuse(peer_id, "busy", refusal)
+            return
+        self._gate.welcomed(identity)
+        welcome = self._welcome_msg if not arrival.token else _with_token(self._welcome_msg, arrival.token)
         self._sock.send_multipart([peer_id, *encode(welcome)])
 
     def _on_outgoing(self, peer_id: bytes, frame_of: str | None, frames: list | None) -> None:

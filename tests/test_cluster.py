@@ -52,7 +52,7 @@ def cluster():
 def backend(cluster, tmp_path_factory):
     config = BackendConfig(
         bind="tcp://127.0.0.1:0", sessions=tmp_path_factory.mktemp("sessions"), heartbeat_s=0.2,
-        peer_timeout_s=3.0, cluster="auto",
+        peer_timeout_s=3.0, cluster="auto", status_shows="all",  # an operator's view
         cluster_options={"workers": 2, "status_log_s": 0, "max_restarts": 4,
                          "engine_classes": {"classic": "backend.cluster.simulated:PacedEngine"}},
         # the horizon prior: these tests are about scheduling, not about loading a depth model

@@ -34,6 +34,13 @@ def _owner_and_intruder(address: str, owner_opts: dict, intruder_opts: dict,
 
             ref, buf = codec.array_blob(poses.astype(np.float32), 0)
             owner.client.send(Transition(job_id="owned-job", scene_id="mine", poses=ref), [buf])
+            # Status shows the intruder that someone is busy, not who nor on which scene
+            mine = _status(owner).clients
+            theirs = _status(intruder)
+            assert len(mine) == 1 and mine[0].client.startswith(("token:", "curve:")), mine
+            assert [c.client for c in theirs.clients] == ["other-1"], theirs
+            assert any(w.state == "busy" for w in theirs.workers), theirs.workers
+            assert all(w.scene_id is None for w in theirs.workers), theirs.workers
             from protocol.messages import Cancel
 
             intruder.client.send(Cancel(job_id="owned-job"))
@@ -57,6 +64,16 @@ def _owner_and_intruder(address: str, owner_opts: dict, intruder_opts: dict,
         assert resumed.scene.resumed
         with pytest.raises(ScriptError, match=r"\[scene_exists\]"):
             owner.open_scene(scene(5), scene_id="mine")  # never overwritten, even by its owner
+
+
+def _status(client: ScriptedClient):
+    from protocol.messages import Status, StatusReply
+
+    client.client.send(Status(request_id="st"))
+    while not isinstance((ev := client.client.poll(timeout=10)).msg, StatusReply):
+        if getattr(ev.msg, "job_id", None) and hasattr(ev.msg, "index"):
+            client.client.credit(1)  # a Frame of its running job, as _collect would
+    return ev.msg
 
 
 def _collect(client: ScriptedClient, job_id: str):

@@ -45,7 +45,7 @@ def server():
     # no message rate limit: the malformed-message test answers 10,000 at full speed
     ep = ServerEndpoint("tcp://127.0.0.1:0", heartbeat_s=0.2, peer_timeout_s=1.0,
                         limits=Limits(max_message_bytes=256 * 1024),
-                        caps=EndpointCaps(max_messages_per_s=1e9))
+                        caps=EndpointCaps(max_messages_per_s=1e9, max_refusals_per_s=1e9))
     yield ep
     ep.close()
 
@@ -366,7 +366,7 @@ def test_silent_connections_are_shut_after_the_hello_timeout():
 def test_a_connection_over_the_message_rate_is_shut_out():
     from protocol.endpoint import EndpointCaps
 
-    caps = EndpointCaps(max_messages_per_s=500)
+    caps = EndpointCaps(max_messages_per_s=500, max_refusals_per_s=1e9)
     with ServerEndpoint("tcp://127.0.0.1:0", heartbeat_s=0.2, peer_timeout_s=5.0, caps=caps) as ep:
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)

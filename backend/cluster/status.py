@@ -6,20 +6,27 @@ import collections
 import socket
 import time
 
+import msgspec
+
 from protocol.messages import ClientQueue, Status, StatusReply, WorkerState
 
 
-def status_reply(backend, msg: Status) -> StatusReply:
+def status_reply(backend, msg: Status, asker: str | None = None) -> StatusReply:
     """What ``backend`` is doing now (its :meth:`~backend.server.Backend.status`), as a
-    StatusReply to ``msg``."""
+    StatusReply to ``msg``. For a client ``asker``, other clients are ``other-N`` and their
+    scene ids are left out (None: everything, for the backend's own log)."""
     pool = getattr(backend, "_cluster", None)
     now = backend.status()
-    jobs = now["jobs"]
+    jobs = now["jobs"] if asker is None else _anonymised(now["jobs"], asker)
     running = [j for j in jobs if j["running"]]
     if pool is None:
         workers = _local_workers(backend, now["slots"], now["engines"], running)
     else:
         workers = _cluster_workers(pool)
+        if asker is not None:  # a worker's job carries no client: show only the asker's scenes
+            own = {j["scene_id"] for j in now["jobs"] if j["client"] == asker}
+            workers = [w if w.scene_id in own else msgspec.structs.replace(w, scene_id=None)
+                       for w in workers]
     clients: dict[str, collections.Counter] = {}
     for job in jobs:
         counts = clients.setdefault(job["client"], collections.Counter())
@@ -28,6 +35,18 @@ def status_reply(backend, msg: Status) -> StatusReply:
         request_id=msg.request_id, cluster=pool.address if pool else "", workers=workers,
         clients=[ClientQueue(client=c, running=n["running"], queued=n["queued"]) for c, n in clients.items()],
         jobs_running=len(running), jobs_queued=len(jobs) - len(running))
+
+
+def _anonymised(jobs: list[dict], asker: str) -> list[dict]:
+    """``jobs`` with other clients' identities replaced by ``other-N`` and their scenes hidden."""
+    names: dict[str, str] = {}
+    out = []
+    for job in jobs:
+        if job["client"] != asker:
+            label = names.setdefault(job["client"], f"other-{len(names) + 1}")
+            job = {**job, "client": label, "scene_id": None}
+        out.append(job)
+    return out
 
 
 def _local_workers(backend, slots: int, engines: list[str], running: list[dict]) -> list[WorkerState]:
