@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from backend.geometry.patchmatch import Offsets, SearchConfig, nearest_patches
+
 
 @dataclass(frozen=True)
 class Filled:
@@ -31,7 +33,11 @@ class Filled:
 
 
 def pull_push(image: np.ndarray, known: np.ndarray, levels: int = 12) -> np.ndarray:
-    """Fill the pixels outside ``known`` from normalised coarser averages (any channels)."""
+    """Fill the pixels outside ``known`` from normalised coarser averages (any channels).
+
+    ``known`` may also be weights in 0..1: zero-weight pixels are filled, the others kept,
+    and a pixel's weight is its share of the averages that fill the rest.
+    """
     img = np.asarray(image, np.float32)
     squeeze = img.ndim == 2
     if squeeze:
@@ -119,3 +125,167 @@ def mirror_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, rounds: 
         blurred = cv2.GaussianBlur(img, (5, 5), 0)
         img[band] = blurred[band]
     return Filled(img, dep)
+
+
+@dataclass(frozen=True)
+class _Work:
+    """The photo at the search resolution: blocks of ``f`` x ``f`` full-resolution pixels."""
+
+    f: int
+    image: np.ndarray
+    """hc x wc x 3 float32 0..1: the known pixels' mean, the hole pre-filled by pull-push."""
+    hole: np.ndarray
+    """hc x wc bool: a block with any hole pixel."""
+    depth: np.ndarray
+    """hc x wc float32: the known pixels' mean depth (0 where none)."""
+    known: np.ndarray
+    """hc x wc float32: the fraction of the block that is known."""
+
+
+def _work(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, known: np.ndarray, work_px: int) -> _Work:
+    h, w = hole.shape
+    f = max(1, -(-max(h, w) // work_px))
+    hc, wc = -(-h // f), -(-w // f)
+    kf = known.astype(np.float32)
+    stack = np.dstack([image.astype(np.float32) * (kf / 255.0)[..., None], np.where(known, depth, 0), kf,
+                       hole.astype(np.float32)])
+    stack = cv2.copyMakeBorder(stack, 0, hc * f - h, 0, wc * f - w, cv2.BORDER_CONSTANT, value=0)
+    means = cv2.resize(stack, (wc, hc), interpolation=cv2.INTER_AREA).reshape(hc, wc, 6)
+    frac = means[..., 4]
+    per_known = np.maximum(frac, 1e-6)
+    mean = means[..., :3] / per_known[..., None]
+    dep = np.where(frac > 0, means[..., 3] / per_known, 0)
+    est = _layout_guess(mean.astype(np.float32), frac < 1.0)
+    return _Work(f, est.astype(np.float32), means[..., 5] > 0, dep.astype(np.float32), frac)
+
+
+def _layout_guess(image: np.ndarray, hole: np.ndarray, side: int = 32) -> np.ndarray:
+    """The hole's colour layout at about ``side`` pixels, continued from its border (Telea).
+
+    Only the search's starting point: patches then replace it with texture. Continuing the
+    border (water beside water, sky beside sky) keeps the search from settling on one
+    average-looking texture everywhere, which a flat pull-push guess invites.
+    """
+    h, w = hole.shape
+    s = max(1, max(h, w) // side)
+    small = cv2.resize(image, (max(1, w // s), max(1, h // s)), interpolation=cv2.INTER_AREA)
+    small_hole = cv2.resize(hole.astype(np.float32), small.shape[1::-1], interpolation=cv2.INTER_AREA) > 0
+    u8 = np.clip(small * 255 + 0.5, 0, 255).astype(np.uint8)
+    guess = cv2.inpaint(u8, small_hole.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32) / 255
+    up = cv2.resize(guess, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.where(hole[..., None], up, image).astype(np.float32)
+
+
+def _background_depth(work: _Work, window: int, edge_ratio: float,
+                      near_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """(expected depth everywhere, background anchors) at the search resolution.
+
+    A depth edge is a known block whose 3 x 3 neighbourhood holds depth beyond
+    ``1 / edge_ratio`` times its own, where a hole block counts as the farthest known depth
+    within ``window`` (so the edge is seen across a narrow disocclusion). The near side of an
+    edge is everything within ``window`` of it nearer than ``near_ratio`` of that far depth.
+    The expected depth is pull-pushed from the other known blocks (the anchors): a hole
+    continues the surface behind, never the object in front.
+    """
+    known = work.known > 0
+    d = np.where(known, work.depth, 0).astype(np.float32)
+    box = np.ones((window, window), np.uint8)
+    across = cv2.dilate(d, box)
+    seen = cv2.dilate(np.where(known, d, np.where(work.hole, across, 0)).astype(np.float32),
+                      np.ones((3, 3), np.uint8))
+    edge = known & (d < edge_ratio * seen)
+    near = known & (cv2.dilate(edge.astype(np.uint8), box) > 0) & (d < near_ratio * np.maximum(across, seen))
+    anchors = known & ~near
+    if not anchors.any():
+        anchors = known
+    expected = pull_push(d, np.where(anchors, work.known, 0).astype(np.float32))
+    return np.maximum(expected, 1e-6).astype(np.float32), anchors & (work.known >= 1.0)
+
+
+def _copy_full(image: np.ndarray, known: np.ndarray, hole: np.ndarray, offsets: Offsets, blocks: np.ndarray,
+               f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hole pixels (colour and depth, H x W x 4 ``image``) copied at full resolution through the
+    block offsets, bilinear across blocks: (rows, cols, values, whether any block reached them).
+
+    Flat indices run over a copy padded by ``f`` unknown pixels, so an offset that leaves the
+    frame by up to a block lands on an unknown pixel instead of wrapping to the next row.
+    """
+    h, w = hole.shape
+    hc, wc = offsets.dy.shape
+    c = image.shape[2]
+    wp = w + 2 * f
+    flat = cv2.copyMakeBorder(image, f, f, f, f, cv2.BORDER_CONSTANT, value=0).reshape(-1, c)
+    kflat = np.pad(known, f).ravel()
+    # per block: the flat shift of its offset, or a shift onto the unknown padding
+    shift = (f * offsets.dy * wp + f * offsets.dx).astype(np.int64).ravel()
+    shift = np.where(blocks.ravel(), shift, -f * wp - f)
+    ys, xs = np.nonzero(hole)
+    at = (ys + f) * wp + (xs + f)
+    v = (2 * ys + 1 - f).astype(np.int64)
+    u = (2 * xs + 1 - f).astype(np.int64)
+    y0, x0 = v // (2 * f), u // (2 * f)
+    fy = ((v - 2 * f * y0) / (2 * f)).astype(np.float32)
+    fx = ((u - 2 * f * x0) / (2 * f)).astype(np.float32)
+    rows = (np.clip(y0, 0, hc - 1) * wc, np.clip(y0 + 1, 0, hc - 1) * wc)
+    cols = (np.clip(x0, 0, wc - 1), np.clip(x0 + 1, 0, wc - 1))
+    acc = np.zeros((ys.size, c), np.float32)
+    wsum = np.zeros(ys.size, np.float32)
+    for row, wy in zip(rows, (1 - fy, fy), strict=True):
+        for col, wx in zip(cols, (1 - fx, fx), strict=True):
+            s = at + shift[row + col]
+            wk = (wy * wx) * kflat[s]
+            acc += wk[:, None] * flat[s]
+            wsum += wk
+    good = wsum > 0
+    acc[good] /= wsum[good, None]
+    return ys, xs, acc, good
+
+
+def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px: int = 128,
+                 edge_ratio: float = 0.7, near_ratio: float = 0.85, edge_window: int = 7,
+                 config: SearchConfig | None = None) -> Filled:
+    """Fill ``hole`` with texture copied from the background side (PatchMatch at reduced size).
+
+    1. the photo is reduced to blocks of ``f`` pixels (longest side ``work_px``);
+    2. the hole's expected depth leans to the background (``_background_depth``);
+    3. a nearest-patch field from hole blocks to background blocks (``patchmatch``), coarse to
+       fine, colour and depth in the cost;
+    4. each full-resolution hole pixel copies full-resolution pixels through the offsets of
+       the blocks around it (bilinear weights), so texture keeps its detail;
+    5. depth is copied with the colour; a one-pixel soft seam.
+    """
+    hole = np.asarray(hole, bool)
+    img = np.ascontiguousarray(image)
+    dep = np.asarray(depth, np.float32)
+    if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != hole.shape or dep.shape != hole.shape:
+        raise ValueError(f"texture_fill needs an H x W x 3 image and H x W depth and hole, got "
+                         f"{img.shape}, {dep.shape}, {hole.shape}")
+    known = ~hole & (dep > 0)
+    if not known.any():
+        raise ValueError("nothing to fill from: every pixel is in the hole or has no depth")
+    out_img, out_dep = img.copy(), dep.copy()
+    if not hole.any():
+        return Filled(out_img, out_dep)
+    # 1.-2. the search resolution and the background depth
+    work = _work(img, dep, hole, known, work_px)
+    expected, anchors = _background_depth(work, edge_window, edge_ratio, near_ratio)
+    log_depth = np.log(np.where(work.hole | ~(work.known > 0), expected, np.maximum(work.depth, 1e-6)))
+    # 3. the nearest-patch field
+    offsets = nearest_patches(work.image, work.hole, anchors, log_depth.astype(np.float32),
+                              config or SearchConfig(near_ratio=near_ratio))
+    # 4. full-resolution copy
+    both = np.concatenate([img.astype(np.float32), dep[..., None]], axis=2)
+    ys, xs, values, good = _copy_full(both, known, hole, offsets, work.hole, work.f)
+    if not good.all():  # no block reached them: the smooth estimate
+        hc, wc = expected.shape
+        size = (wc * work.f, hc * work.f)
+        up = cv2.resize(np.dstack([work.image * 255.0, expected]), size, interpolation=cv2.INTER_LINEAR)
+        values[~good] = up[ys[~good], xs[~good]]
+    out_img[ys, xs] = np.clip(values[:, :3] + 0.5, 0, 255).astype(np.uint8)
+    out_dep[ys, xs] = values[:, 3]
+    # 5. a soft seam
+    band = hole & (cv2.dilate((~hole).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+    if band.any():
+        blurred = cv2.GaussianBlur(out_img, (3, 3), 0)
+        out_img[band] = blurred[band]
+    return Filled(out_img, out_dep)
