@@ -203,7 +203,7 @@ def _background_depth(work: _Work, window: int, edge_ratio: float,
 
 
 def _copy_full(image: np.ndarray, known: np.ndarray, hole: np.ndarray, offsets: Offsets, blocks: np.ndarray,
-               f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+               f: int, sharpness: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Hole pixels (colour and depth, H x W x 4 ``image``) copied at full resolution through the
     block offsets, bilinear across blocks: (rows, cols, values, whether any block reached them).
 
@@ -233,7 +233,7 @@ def _copy_full(image: np.ndarray, known: np.ndarray, hole: np.ndarray, offsets: 
     for row, wy in zip(rows, (1 - fy, fy), strict=True):
         for col, wx in zip(cols, (1 - fx, fx), strict=True):
             s = at + shift[row + col]
-            wk = (wy * wx) * kflat[s]
+            wk = (wy * wx) ** sharpness * kflat[s]
             acc += wk[:, None] * flat[s]
             wsum += wk
     good = wsum > 0
@@ -243,7 +243,7 @@ def _copy_full(image: np.ndarray, known: np.ndarray, hole: np.ndarray, offsets: 
 
 def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px: int = 128,
                  edge_ratio: float = 0.7, near_ratio: float = 0.85, edge_window: int = 7,
-                 config: SearchConfig | None = None) -> Filled:
+                 blend_sharpness: float = 4.0, config: SearchConfig | None = None) -> Filled:
     """Fill ``hole`` with texture copied from the background side (PatchMatch at reduced size).
 
     1. the photo is reduced to blocks of ``f`` pixels (longest side ``work_px``);
@@ -275,7 +275,7 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
                               config or SearchConfig(near_ratio=near_ratio))
     # 4. full-resolution copy
     both = np.concatenate([img.astype(np.float32), dep[..., None]], axis=2)
-    ys, xs, values, good = _copy_full(both, known, hole, offsets, work.hole, work.f)
+    ys, xs, values, good = _copy_full(both, known, hole, offsets, work.hole, work.f, blend_sharpness)
     if not good.all():  # no block reached them: the smooth estimate
         hc, wc = expected.shape
         size = (wc * work.f, hc * work.f)
