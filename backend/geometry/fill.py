@@ -140,6 +140,8 @@ class _Work:
     """hc x wc float32: the known pixels' mean depth (0 where none)."""
     known: np.ndarray
     """hc x wc float32: the fraction of the block that is known."""
+    mean: np.ndarray
+    """hc x wc x 3 float32 0..1: the known pixels' mean (0 where none)."""
 
 
 def _work(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, known: np.ndarray, work_px: int) -> _Work:
@@ -156,7 +158,8 @@ def _work(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, known: np.ndar
     mean = means[..., :3] / per_known[..., None]
     dep = np.where(frac > 0, means[..., 3] / per_known, 0)
     est = _layout_guess(mean.astype(np.float32), frac < 1.0)
-    return _Work(f, est.astype(np.float32), means[..., 5] > 0, dep.astype(np.float32), frac)
+    return _Work(f, est.astype(np.float32), means[..., 5] > 0, dep.astype(np.float32), frac,
+                 np.where(frac[..., None] > 0, mean, 0).astype(np.float32))
 
 
 def _layout_guess(image: np.ndarray, hole: np.ndarray, side: int = 32) -> np.ndarray:
@@ -241,6 +244,24 @@ def _copy_full(image: np.ndarray, known: np.ndarray, hole: np.ndarray, offsets: 
     return ys, xs, acc, good
 
 
+def _colour_correction(work: _Work, offsets: Offsets, min_known: float = 0.25) -> np.ndarray:
+    """hc x wc x 3 (0..1): what to add to the copies so that they meet their border's colour.
+
+    A hole block that is partly known tells how far its copy's colour is from what is
+    around it (its known pixels' mean minus its source block's mean); pull-push spreads those
+    differences over the hole, smooth (a cheap stand-in for Poisson blending), so a copy from
+    a darker or bluer place is shifted to its surroundings and the texture is kept.
+    """
+    hc, wc = offsets.dy.shape
+    partial = work.hole & (work.known >= min_known)
+    if not partial.any():
+        return np.zeros((hc, wc, 3), np.float32)
+    ys, xs = np.mgrid[0:hc, 0:wc]
+    src = work.image[np.clip(ys + offsets.dy, 0, hc - 1), np.clip(xs + offsets.dx, 0, wc - 1)]
+    diff = np.where(partial[..., None], work.mean - src, 0).astype(np.float32)
+    return pull_push(diff, partial)
+
+
 def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px: int = 128,
                  edge_ratio: float = 0.7, near_ratio: float = 0.85, edge_window: int = 7,
                  blend_sharpness: float = 4.0, config: SearchConfig | None = None) -> Filled:
@@ -252,7 +273,8 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
        fine, colour and depth in the cost;
     4. each full-resolution hole pixel copies full-resolution pixels through the offsets of
        the blocks around it (bilinear weights), so texture keeps its detail;
-    5. depth is copied with the colour; a one-pixel soft seam.
+    5. colour differences at the border are spread over the hole (``_colour_correction``);
+    6. depth is copied with the colour; a one-pixel soft seam.
     """
     hole = np.asarray(hole, bool)
     img = np.ascontiguousarray(image)
@@ -281,9 +303,14 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
         size = (wc * work.f, hc * work.f)
         up = cv2.resize(np.dstack([work.image * 255.0, expected]), size, interpolation=cv2.INTER_LINEAR)
         values[~good] = up[ys[~good], xs[~good]]
+    # 5. colour matched to the border, smoothly
+    hc, wc = offsets.dy.shape
+    shift = cv2.resize(_colour_correction(work, offsets), (wc * work.f, hc * work.f),
+                       interpolation=cv2.INTER_LINEAR)
+    values[:, :3] += 255.0 * shift[ys, xs]
     out_img[ys, xs] = np.clip(values[:, :3] + 0.5, 0, 255).astype(np.uint8)
     out_dep[ys, xs] = values[:, 3]
-    # 5. a soft seam
+    # 6. a soft seam
     band = hole & (cv2.dilate((~hole).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
     if band.any():
         blurred = cv2.GaussianBlur(out_img, (3, 3), 0)

@@ -52,7 +52,7 @@ class SearchConfig:
     iterations_coarse: int = 1
     """EM iterations at the coarsest level; each finer level runs ``iterations_fine``."""
     iterations_fine: int = 1
-    depth_weight: float = 0.02
+    depth_weight: float = 0.1
     """Cost of a log-depth difference, relative to a mean squared colour difference (0..1)."""
     near_ratio: float = 0.85
     """Sources nearer than this fraction of the expected background depth are penalised."""
@@ -107,24 +107,26 @@ class _Level:
 
 
 def _pyramid(image, hole, source, log_depth, config: SearchConfig) -> list[_Level]:
-    """Finest first; a coarse pixel is hole if any of its 2 x 2 is, source if all are.
+    """Finest first; a coarse pixel is hole if any of its 2 x 2 is, source if most of it is.
 
-    A level's sources are its own source pixels eroded by the patch radius once (erosion is
-    not compounded down the pyramid; the frame edge does not erode, patches replicate it).
+    Sources stay generous (a small known region must still offer its texture at the coarsest
+    level: eroding by the patch there would leave nothing); only the finest level's sources
+    are eroded by one pixel, and the caller copies only pixels that are really known.
     """
     r = config.patch_radius
     raw = [source & ~hole]
-    levels = [_Level(image, hole, _erode(raw[0], r), log_depth, r)]
+    levels = [_Level(image, hole, _erode(raw[0], 1), log_depth, r)]
+    frac = raw[0].astype(np.float32)
     while min(levels[-1].hole.shape) // 2 >= config.min_side:
         prev = levels[-1]
         w2, h2 = prev.size[0] // 2, prev.size[1] // 2
         k = cv2.resize((~prev.hole).astype(np.float32), (w2, h2), interpolation=cv2.INTER_AREA)
         img = cv2.resize(prev.image, (w2, h2), interpolation=cv2.INTER_AREA).reshape(h2, w2, -1)
-        raw.append(cv2.resize(raw[-1].astype(np.float32), (w2, h2), interpolation=cv2.INTER_AREA) > 0.999)
+        frac = cv2.resize(frac, (w2, h2), interpolation=cv2.INTER_AREA)
         ld = cv2.resize(prev.log_depth, (w2, h2), interpolation=cv2.INTER_AREA)
-        levels.append(_Level(img.astype(np.float32), k < 0.999, _erode(raw[-1], r), ld, r))
-    rc = config.coarse_patch_radius
-    levels[-1] = _Level(levels[-1].image, levels[-1].hole, _erode(raw[-1], rc), levels[-1].log_depth, rc)
+        levels.append(_Level(img.astype(np.float32), k < 0.999, frac >= 0.5, ld, r))
+    last = levels[-1]
+    levels[-1] = _Level(last.image, last.hole, last.source, last.log_depth, config.coarse_patch_radius)
     return levels
 
 
