@@ -263,8 +263,9 @@ def _colour_correction(work: _Work, offsets: Offsets, min_known: float = 0.25) -
 
 
 def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px: int = 128,
-                 edge_ratio: float = 0.7, near_ratio: float = 0.85, edge_window: int = 7,
-                 blend_sharpness: float = 4.0, config: SearchConfig | None = None) -> Filled:
+                 edge_ratio: float = 0.5, near_ratio: float = 0.85, edge_window: int = 5,
+                 blend_sharpness: float = 4.0, thin_px: int = 12, porous_known: float = 0.6,
+                 config: SearchConfig | None = None) -> Filled:
     """Fill ``hole`` with texture copied from the background side (PatchMatch at reduced size).
 
     1. the photo is reduced to blocks of ``f`` pixels (longest side ``work_px``);
@@ -274,7 +275,10 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     4. each full-resolution hole pixel copies full-resolution pixels through the offsets of
        the blocks around it (bilinear weights), so texture keeps its detail;
     5. colour differences at the border are spread over the hole (``_colour_correction``);
-    6. depth is copied with the colour; a one-pixel soft seam.
+    6. depth is copied with the colour; parts of the hole narrower than ``2 thin_px + 1`` (gaps
+       between magnified splats) are interpolated instead (pull-push of colour, the expected
+       depth), and so are holes in a sieve (more than ``porous_known`` of the 5 x 5 blocks
+       around known): a copied texture there is a mosaic; a one-pixel soft seam.
     """
     hole = np.asarray(hole, bool)
     img = np.ascontiguousarray(image)
@@ -298,19 +302,23 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     # 4. full-resolution copy
     both = np.concatenate([img.astype(np.float32), dep[..., None]], axis=2)
     ys, xs, values, good = _copy_full(both, known, hole, offsets, work.hole, work.f, blend_sharpness)
-    if not good.all():  # no block reached them: the smooth estimate
-        hc, wc = expected.shape
-        size = (wc * work.f, hc * work.f)
-        up = cv2.resize(np.dstack([work.image * 255.0, expected]), size, interpolation=cv2.INTER_LINEAR)
-        values[~good] = up[ys[~good], xs[~good]]
     # 5. colour matched to the border, smoothly
     hc, wc = offsets.dy.shape
-    shift = cv2.resize(_colour_correction(work, offsets), (wc * work.f, hc * work.f),
-                       interpolation=cv2.INTER_LINEAR)
+    size = (wc * work.f, hc * work.f)
+    shift = cv2.resize(_colour_correction(work, offsets), size, interpolation=cv2.INTER_LINEAR)
     values[:, :3] += 255.0 * shift[ys, xs]
+    # 6. thin gaps and pixels no block reached: interpolated
+    k = 2 * thin_px + 1
+    wide = cv2.morphologyEx(hole.astype(np.uint8), cv2.MORPH_OPEN, np.ones((k, k), np.uint8)) > 0
+    porous = cv2.blur(work.known, (5, 5)) >= porous_known  # gaps in a sieve of magnified splats
+    smooth = ~good | ~wide[ys, xs] | porous[ys // work.f, xs // work.f]
+    if smooth.any():
+        colour = pull_push(work.mean, work.known) * 255.0
+        up = cv2.resize(np.dstack([colour, expected]), size, interpolation=cv2.INTER_LINEAR)
+        values[smooth] = up[ys[smooth], xs[smooth]]
     out_img[ys, xs] = np.clip(values[:, :3] + 0.5, 0, 255).astype(np.uint8)
     out_dep[ys, xs] = values[:, 3]
-    # 6. a soft seam
+    # a soft seam
     band = hole & (cv2.dilate((~hole).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
     if band.any():
         blurred = cv2.GaussianBlur(out_img, (3, 3), 0)
