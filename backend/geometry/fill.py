@@ -148,18 +148,19 @@ def _work(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, known: np.ndar
     h, w = hole.shape
     f = max(1, -(-max(h, w) // work_px))
     hc, wc = -(-h // f), -(-w // f)
-    kf = known.astype(np.float32)
-    stack = np.dstack([image.astype(np.float32) * (kf / 255.0)[..., None], np.where(known, depth, 0), kf,
-                       hole.astype(np.float32)])
-    stack = cv2.copyMakeBorder(stack, 0, hc * f - h, 0, wc * f - w, cv2.BORDER_CONSTANT, value=0)
-    means = cv2.resize(stack, (wc, hc), interpolation=cv2.INTER_AREA).reshape(hc, wc, 6)
-    frac = means[..., 4]
+    def block_mean(a: np.ndarray) -> np.ndarray:
+        a = cv2.copyMakeBorder(a, 0, hc * f - h, 0, wc * f - w, cv2.BORDER_CONSTANT, value=0)
+        return cv2.resize(a, (wc, hc), interpolation=cv2.INTER_AREA).reshape(hc, wc, -1)
+
+    colour = block_mean(np.where(known[..., None], image, 0).astype(np.float32) * np.float32(1 / 255))
+    masks = block_mean(np.dstack([np.where(known, depth, 0).astype(np.float32), known.astype(np.float32),
+                                  hole.astype(np.float32)]))
+    frac = masks[..., 1]
     per_known = np.maximum(frac, 1e-6)
-    mean = means[..., :3] / per_known[..., None]
-    dep = np.where(frac > 0, means[..., 3] / per_known, 0)
-    est = _layout_guess(mean.astype(np.float32), frac < 1.0)
-    return _Work(f, est.astype(np.float32), means[..., 5] > 0, dep.astype(np.float32), frac,
-                 np.where(frac[..., None] > 0, mean, 0).astype(np.float32))
+    mean = np.where(frac[..., None] > 0, colour / per_known[..., None], 0).astype(np.float32)
+    dep = np.where(frac > 0, masks[..., 0] / per_known, 0).astype(np.float32)
+    est = _layout_guess(mean, frac < 1.0)
+    return _Work(f, est.astype(np.float32), masks[..., 2] > 0, dep, frac, mean)
 
 
 def _layout_guess(image: np.ndarray, hole: np.ndarray, side: int = 32) -> np.ndarray:
@@ -205,43 +206,42 @@ def _background_depth(work: _Work, window: int, edge_ratio: float,
     return np.maximum(expected, 1e-6).astype(np.float32), anchors & (work.known >= 1.0)
 
 
-def _copy_full(image: np.ndarray, known: np.ndarray, hole: np.ndarray, offsets: Offsets, blocks: np.ndarray,
-               f: int, sharpness: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Hole pixels (colour and depth, H x W x 4 ``image``) copied at full resolution through the
-    block offsets, bilinear across blocks: (rows, cols, values, whether any block reached them).
+def _copy_full(image: np.ndarray, depth: np.ndarray, known: np.ndarray, hole: np.ndarray, offsets: Offsets,
+               blocks: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hole pixels' colour and depth copied at full resolution through their block's offset:
+    (rows, cols, N x 4 values, whether a known pixel was reached).
 
-    Flat indices run over a copy padded by ``f`` unknown pixels, so an offset that leaves the
-    frame by up to a block lands on an unknown pixel instead of wrapping to the next row.
+    A pixel whose own block's source pixel is unknown tries the offsets of the neighbouring
+    blocks. Flat indices run over copies padded by ``f`` unknown pixels, so an offset that
+    leaves the frame by up to a block lands on an unknown pixel instead of wrapping.
     """
     h, w = hole.shape
     hc, wc = offsets.dy.shape
-    c = image.shape[2]
     wp = w + 2 * f
-    flat = cv2.copyMakeBorder(image, f, f, f, f, cv2.BORDER_CONSTANT, value=0).reshape(-1, c)
+    img = cv2.copyMakeBorder(image, f, f, f, f, cv2.BORDER_CONSTANT, value=0).reshape(-1, 3)
+    dep = np.pad(depth, f).ravel()
     kflat = np.pad(known, f).ravel()
-    # per block: the flat shift of its offset, or a shift onto the unknown padding
-    shift = (f * offsets.dy * wp + f * offsets.dx).astype(np.int64).ravel()
-    shift = np.where(blocks.ravel(), shift, -f * wp - f)
+    shift = (f * offsets.dy * wp + f * offsets.dx).astype(np.int32)
+    shift = np.where(blocks, shift, np.int32(-f * wp - f)).ravel()  # not a hole block: no copy
     ys, xs = np.nonzero(hole)
-    at = (ys + f) * wp + (xs + f)
-    v = (2 * ys + 1 - f).astype(np.int64)
-    u = (2 * xs + 1 - f).astype(np.int64)
-    y0, x0 = v // (2 * f), u // (2 * f)
-    fy = ((v - 2 * f * y0) / (2 * f)).astype(np.float32)
-    fx = ((u - 2 * f * x0) / (2 * f)).astype(np.float32)
-    rows = (np.clip(y0, 0, hc - 1) * wc, np.clip(y0 + 1, 0, hc - 1) * wc)
-    cols = (np.clip(x0, 0, wc - 1), np.clip(x0 + 1, 0, wc - 1))
-    acc = np.zeros((ys.size, c), np.float32)
-    wsum = np.zeros(ys.size, np.float32)
-    for row, wy in zip(rows, (1 - fy, fy), strict=True):
-        for col, wx in zip(cols, (1 - fx, fx), strict=True):
-            s = at + shift[row + col]
-            wk = (wy * wx) ** sharpness * kflat[s]
-            acc += wk[:, None] * flat[s]
-            wsum += wk
-    good = wsum > 0
-    acc[good] /= wsum[good, None]
-    return ys, xs, acc, good
+    at = ((ys + f) * wp + (xs + f)).astype(np.int32)
+    by, bx = (ys // f).astype(np.int32), (xs // f).astype(np.int32)
+    src = at + shift[by * wc + bx]
+    good = kflat[src]
+    for ey, ex in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+        if good.all():
+            break
+        miss = np.flatnonzero(~good)
+        ny = np.clip(by[miss] + ey, 0, hc - 1)
+        nx = np.clip(bx[miss] + ex, 0, wc - 1)
+        cand = at[miss] + shift[ny * wc + nx]
+        hit = kflat[cand]
+        src[miss[hit]] = cand[hit]
+        good[miss[hit]] = True
+    values = np.empty((ys.size, 4), np.float32)
+    values[:, :3] = img[src]
+    values[:, 3] = dep[src]
+    return ys, xs, values, good
 
 
 def _colour_correction(work: _Work, offsets: Offsets, min_known: float = 0.25) -> np.ndarray:
@@ -264,7 +264,7 @@ def _colour_correction(work: _Work, offsets: Offsets, min_known: float = 0.25) -
 
 def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px: int = 128,
                  edge_ratio: float = 0.5, near_ratio: float = 0.85, edge_window: int = 5,
-                 blend_sharpness: float = 4.0, thin_px: int = 12, porous_known: float = 0.6,
+                 thin_px: int = 12, porous_known: float = 0.6,
                  config: SearchConfig | None = None) -> Filled:
     """Fill ``hole`` with texture copied from the background side (PatchMatch at reduced size).
 
@@ -272,8 +272,8 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     2. the hole's expected depth leans to the background (``_background_depth``);
     3. a nearest-patch field from hole blocks to background blocks (``patchmatch``), coarse to
        fine, colour and depth in the cost;
-    4. each full-resolution hole pixel copies full-resolution pixels through the offsets of
-       the blocks around it (bilinear weights), so texture keeps its detail;
+    4. each full-resolution hole pixel copies a full-resolution pixel through its block's
+       offset, so texture keeps its detail;
     5. colour differences at the border are spread over the hole (``_colour_correction``);
     6. depth is copied with the colour; parts of the hole narrower than ``2 thin_px + 1`` (gaps
        between magnified splats) are interpolated instead (pull-push of colour, the expected
@@ -300,8 +300,7 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     offsets = nearest_patches(work.image, work.hole, anchors, log_depth.astype(np.float32),
                               config or SearchConfig(near_ratio=near_ratio))
     # 4. full-resolution copy
-    both = np.concatenate([img.astype(np.float32), dep[..., None]], axis=2)
-    ys, xs, values, good = _copy_full(both, known, hole, offsets, work.hole, work.f, blend_sharpness)
+    ys, xs, values, good = _copy_full(img, dep, known, hole, offsets, work.hole, work.f)
     # 5. colour matched to the border, smoothly
     hc, wc = offsets.dy.shape
     size = (wc * work.f, hc * work.f)

@@ -239,7 +239,7 @@ class _LevelSearch:
                 best[better] = cand[better]
                 best_cost[better] = cc[better]
 
-            for _ in range(8):  # anywhere
+            for _ in range(4):  # anywhere
                 consider(self.sources[self.rng.integers(0, self.sources.size, sel.size)])
             for _ in range(2):  # the offsets of filled and same-ring neighbours
                 for ey, ex in ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)):
