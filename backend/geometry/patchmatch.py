@@ -16,6 +16,8 @@ coarse to fine over an image pyramid:
 3. the cost of a source is the patch SSD plus a depth term: the log-depth difference from the
    background depth expected at the hole pixel, and a large penalty for a source nearer than
    ``near_ratio`` of it (a disocclusion copies the wall behind, never the object in front);
+   it is raised by up to ``coherence`` (relative) the fewer neighbours share its offset (as
+   the smoothness term of a shift map), so the field forms coherent regions, not a mosaic;
 4. vote: the hole is re-estimated as the cost-weighted mean of what the overlapping patches
    copy; the offsets are doubled onto the next finer level.
 
@@ -56,6 +58,9 @@ class SearchConfig:
     """Cost of a log-depth difference, relative to a mean squared colour difference (0..1)."""
     near_ratio: float = 0.85
     """Sources nearer than this fraction of the expected background depth are penalised."""
+    coherence: float = 6.0
+    """A source costs up to this much more (relative) the fewer of the pixel's 4 neighbours
+    share its offset: coherent copies win over a mosaic of slightly better single blocks."""
     seed: int = 0
 
 
@@ -182,6 +187,14 @@ class _LevelSearch:
         self.near = np.float32(np.log(config.near_ratio))
         self.src = np.zeros(self.target.size, np.int64)
         self.cost = np.full(self.target.size, np.inf, np.float32)
+        self.neighbours = []  # per direction: the neighbour's target index, or -1
+        for ey, ex in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+            ny, nx = self.ty + ey, self.tx + ex
+            inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+            nb = self.target_map[np.where(inside, ny * w + nx, 0)]
+            self.neighbours.append(np.where(inside, nb, -1))
+        count = sum((nb >= 0).astype(np.float32) for nb in self.neighbours)
+        self.share = np.float32(config.coherence) / np.maximum(count, 1)
 
     def start(self, coarser: Offsets | None) -> None:
         """Random sources, or the coarser level's offsets doubled where they land on a source."""
@@ -267,9 +280,18 @@ class _LevelSearch:
         depth += (_NEAR_PENALTY * dims) * (dl < self.near)
         return colour + depth
 
+    def _incoherence(self, cand: np.ndarray) -> np.ndarray:
+        """1 + coherence x the share of target neighbours whose offset differs from cand's."""
+        off = cand - self.target
+        out = np.ones(cand.size, np.float32)
+        for nb in self.neighbours:
+            k = np.maximum(nb, 0)
+            out += self.share * ((nb >= 0) & (self.src[k] - self.target[k] != off))
+        return out
+
     def _try(self, desc, target_desc, cand: np.ndarray) -> None:
         cand = np.where(cand >= 0, cand, self.src)
-        cost = self._costs(desc, target_desc, cand)
+        cost = self._costs(desc, target_desc, cand) * self._incoherence(cand)
         better = cost < self.cost
         self.src = np.where(better, cand, self.src)
         self.cost = np.where(better, cost, self.cost)
@@ -277,7 +299,7 @@ class _LevelSearch:
     def improve(self, estimate: np.ndarray, strides: tuple[int, ...], radii: tuple[int, ...]) -> None:
         desc = _descriptors(estimate, self.level.radius)
         target_desc = desc[self.target]
-        self.cost = self._costs(desc, target_desc, self.src)
+        self.cost = self._costs(desc, target_desc, self.src) * self._incoherence(self.src)
         for k in strides:  # 2. propagation (jump flooding)
             for ey, ex in ((0, k), (0, -k), (k, 0), (-k, 0)):
                 ny, nx = self.ty + ey, self.tx + ex
