@@ -7,7 +7,8 @@ three fills run interleaved ``--repeats`` times in one process with OpenCV on on
 metrics inside the hole relative to the photo's own: ``hf_ratio`` (detail energy, 1 = as
 detailed as the photo, Telea ~0), ``coherence_excess`` (structure coherence minus the
 photo's: streaks raise it) and ``mirror_corr`` (detail correlation with the mirror image
-across the band's edge: 1 = a reflection). Last line: one JSON object; goal
+across the band's edge: 1 = a reflection) and ``block_seams`` (steps across the search's
+4 px block grid over steps elsewhere: 1 = no mosaic). Last line: one JSON object; goal
 ``texture_fill`` <= 60 ms on a quiet machine.
 """
 
@@ -23,7 +24,12 @@ import numpy as np
 
 from backend.geometry.depth import horizon_depth
 from backend.geometry.fill import mirror_fill, texture_fill
-from backend.geometry.texture_stats import coherence, high_frequency_energy, mirror_correlation
+from backend.geometry.texture_stats import (
+    block_seam_ratio,
+    coherence,
+    high_frequency_energy,
+    mirror_correlation,
+)
 from protocol.camera import intrinsics
 
 SCENES = Path(__file__).resolve().parents[2] / "shared" / "scenes"
@@ -59,7 +65,8 @@ def main() -> None:
     cases = {name: case(name, args.size) for name in NAMES}
     methods = fills()
     times = {m: [] for m in methods}
-    metrics = {m: {"hf_ratio": [], "coherence_excess": [], "mirror_corr": []} for m in methods}
+    metrics = {m: {"hf_ratio": [], "coherence_excess": [], "mirror_corr": [], "block_seams": []}
+               for m in methods}
     edge = int(BAND * args.size)
     for img, dep, hole in cases.values():
         for m, fn in methods.items():
@@ -67,6 +74,7 @@ def main() -> None:
             metrics[m]["hf_ratio"].append(high_frequency_energy(out, hole) / high_frequency_energy(img, hole))
             metrics[m]["coherence_excess"].append(coherence(out, hole) - coherence(img, hole))
             metrics[m]["mirror_corr"].append(mirror_correlation(out, edge, 32, slice(16, -16)))
+            metrics[m]["block_seams"].append(block_seam_ratio(out, hole, 4))
     for _ in range(args.repeats):
         for img, dep, hole in cases.values():
             for m, fn in methods.items():
@@ -83,7 +91,7 @@ def main() -> None:
         "texture_vs_mirror": round(ms["texture_fill"] / ms["mirror_fill"], 2),
         "goal_ms": 60,
         **{k: {m: round(float(np.mean(v[k])), 3) for m, v in metrics.items()}
-           for k in ("hf_ratio", "coherence_excess", "mirror_corr")},
+           for k in ("hf_ratio", "coherence_excess", "mirror_corr", "block_seams")},
     }
     print(json.dumps(result))
 

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from backend.geometry.fill import mirror_fill, pull_push, texture_fill
-from backend.geometry.texture_stats import coherence, high_frequency_energy, mirror_correlation
+from backend.geometry.patchmatch import SearchConfig, nearest_patches
+from backend.geometry.texture_stats import (
+    block_seam_ratio,
+    coherence,
+    high_frequency_energy,
+    mirror_correlation,
+)
 
 SCENES = Path(__file__).resolve().parents[2] / "shared" / "scenes"
 CROPS = {"58_woodland": (0, 0), "03_ancient": (256, 0), "09_countryside": (256, 256)}
@@ -78,6 +84,52 @@ def test_fill_is_not_a_mirror(fills):
     assert mirror_correlation(reflected, EDGE_X, 24, rows) > 0.99  # the check sees a mirror
     mirrored = mirror_fill(truth, np.where(hole, 0, 1).astype(np.float32), hole).image
     assert mirror_correlation(mirrored, EDGE_X, 24, rows) > 0.3  # and the old fill's kaleidoscope
+
+
+def _scene(name: str) -> np.ndarray:
+    path = SCENES / f"{name}.jpg"
+    if not path.exists():
+        pytest.skip(f"shared scene {path} is not here")
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def _shared_offsets(offsets, hole: np.ndarray) -> float:
+    """Share of neighbouring hole pixels whose copies come from one offset (1 = one copy)."""
+    code = offsets.dy * 100_000 + offsets.dx
+    h = hole[:, 1:] & hole[:, :-1]
+    v = hole[1:] & hole[:-1]
+    same = np.concatenate([(code[:, 1:] == code[:, :-1])[h], (code[1:] == code[:-1])[v]])
+    return float(same.mean())
+
+
+def test_offsets_form_regions_not_a_mosaic():
+    img = cv2.resize(_scene("09_countryside"), (128, 128), interpolation=cv2.INTER_AREA)
+    hole = np.zeros((128, 128), np.uint8)
+    hole[:, 97:] = 1
+    cv2.circle(hole, (45, 70), 27, 1, -1)
+    hole = hole.astype(bool)
+    guess = pull_push(img, ~hole).astype(np.float32) / 255
+    flat = np.zeros((128, 128), np.float32)
+    coherent = nearest_patches(guess, hole, ~hole, flat)
+    assert _shared_offsets(coherent, hole) > 0.7
+    mosaic = nearest_patches(guess, hole, ~hole, flat, SearchConfig(coherence=0.0))
+    assert _shared_offsets(mosaic, hole) < 0.5  # the check sees a mosaic
+    sy = np.arange(128)[:, None] + coherent.dy
+    sx = np.arange(128)[None, :] + coherent.dx
+    assert not hole[sy[hole], sx[hole]].any(), "a hole pixel copies from the hole"
+
+
+def test_full_size_fill_shows_no_block_grid():
+    """At 512 px the search works on 4 px blocks: the copies must not show that grid."""
+    img = _scene("09_countryside")
+    hole = np.zeros(img.shape[:2], np.uint8)
+    hole[:, 390:] = 1
+    cv2.circle(hole, (180, 280), 110, 1, -1)
+    hole = hole.astype(bool)
+    filled = texture_fill(img, np.where(hole, 0, 1).astype(np.float32), hole).image
+    assert block_seam_ratio(img, hole, 4) == pytest.approx(1.0, abs=0.05)
+    assert block_seam_ratio(filled, hole, 4) < 1.2
+    assert 0.5 <= high_frequency_energy(filled, hole) / high_frequency_energy(img, hole) <= 2.0
 
 
 def _wall_and_post() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -278,7 +278,8 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     6. depth is copied with the colour; parts of the hole narrower than ``2 thin_px + 1`` (gaps
        between magnified splats) are interpolated instead (pull-push of colour, the expected
        depth), and so are holes in a sieve (more than ``porous_known`` of the 5 x 5 blocks
-       around known): a copied texture there is a mosaic; a one-pixel soft seam.
+       around known): a copied texture there is a mosaic; soft seams (a 3 x 3 blur) at the
+       hole's border and between blocks copied from different places.
     """
     hole = np.asarray(hole, bool)
     img = np.ascontiguousarray(image)
@@ -317,9 +318,25 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
         values[smooth] = up[ys[smooth], xs[smooth]]
     out_img[ys, xs] = np.clip(values[:, :3] + 0.5, 0, 255).astype(np.uint8)
     out_dep[ys, xs] = values[:, 3]
-    # a soft seam
-    band = hole & (cv2.dilate((~hole).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
-    if band.any():
+    # soft seams: at the hole's border and where neighbouring blocks copied from different places
+    seams = hole & ((cv2.dilate((~hole).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+                    | _offset_seams(offsets, work.f, hole.shape))
+    if seams.any():
         blurred = cv2.GaussianBlur(out_img, (3, 3), 0)
-        out_img[band] = blurred[band]
+        out_img[seams] = blurred[seams]
     return Filled(out_img, out_dep)
+
+
+def _offset_seams(offsets: Offsets, f: int, shape: tuple[int, int]) -> np.ndarray:
+    """Full-resolution pixels on either side of a block border whose two blocks' offsets differ."""
+    code = ((offsets.dy + 2048) * 4096 + (offsets.dx + 2048)).astype(np.float32)
+    hc, wc = code.shape
+    full = cv2.resize(code, (wc * f, hc * f), interpolation=cv2.INTER_NEAREST)[: shape[0], : shape[1]]
+    seam = np.zeros(shape, bool)
+    dx = full[:, 1:] != full[:, :-1]
+    dy = full[1:] != full[:-1]
+    seam[:, 1:] |= dx
+    seam[:, :-1] |= dx
+    seam[1:] |= dy
+    seam[:-1] |= dy
+    return seam

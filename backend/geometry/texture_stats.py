@@ -10,6 +10,10 @@
   columns left of it read backwards: a mirror fill scores near 1, a copied texture or a
   smooth fill near 0.
 
+- ``block_seam_ratio(image, mask, block)``: mean absolute step between neighbouring pixels
+  across the borders of a ``block`` px grid over the mean step elsewhere: 1 for a photo, above
+  1 for a mosaic of blocks copied from different places.
+
 ``mask`` is eroded by 3 px first, so the seam at the hole's border is not counted.
 """
 
@@ -56,3 +60,16 @@ def mirror_correlation(image: np.ndarray, edge_x: int, width: int, rows: slice =
     left = g[:, edge_x - width : edge_x][:, ::-1]
     a, b = right - right.mean(), left - left.mean()
     return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-6))
+
+
+def block_seam_ratio(image: np.ndarray, mask: np.ndarray, block: int) -> float:
+    g = _gray(image)
+    inner = _inner(mask)
+    ratios = []
+    for axis in (0, 1):
+        step = np.abs(np.diff(g, axis=axis))
+        both = (inner[1:] & inner[:-1]) if axis == 0 else (inner[:, 1:] & inner[:, :-1])
+        at = (np.arange(step.shape[axis]) + 1) % block == 0
+        at = at[:, None] if axis == 0 else at[None, :]
+        ratios.append((step[both & at].mean(), step[both & ~at].mean()))
+    return float(sum(r[0] for r in ratios) / max(sum(r[1] for r in ratios), 1e-6))
