@@ -183,3 +183,13 @@ def test_small_and_odd_sizes():
         out = texture_fill(img, np.where(hole, 0, 2.0).astype(np.float32), hole)
         assert out.image.shape == img.shape and np.array_equal(out.image[~hole], img[~hole])
         assert np.all(out.depth[hole] > 0)
+
+
+def test_a_sieve_of_pinholes_is_interpolated():
+    """Half the pixels missing at random: no 4 x 4 block is whole, nothing to copy from."""
+    rng = np.random.default_rng(1)
+    img = np.full((512, 512, 3), 120, np.uint8)
+    hole = rng.random((512, 512)) < 0.5
+    out = texture_fill(img, np.where(hole, 0, 3.0).astype(np.float32), hole)
+    assert np.abs(out.image[hole].astype(int) - 120).max() <= 2
+    assert np.allclose(out.depth[hole], 3.0)

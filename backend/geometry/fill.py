@@ -297,9 +297,13 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     work = _work(img, dep, hole, known, work_px)
     expected, anchors = _background_depth(work, edge_window, edge_ratio, near_ratio)
     log_depth = np.log(np.where(work.hole | ~(work.known > 0), expected, np.maximum(work.depth, 1e-6)))
-    # 3. the nearest-patch field
-    offsets = nearest_patches(work.image, work.hole, anchors, log_depth.astype(np.float32),
-                              config or SearchConfig(near_ratio=near_ratio))
+    # 3. the nearest-patch field (a sieve with no whole known block is all interpolated)
+    if (work.known >= 1.0).any():
+        offsets = nearest_patches(work.image, work.hole, anchors, log_depth.astype(np.float32),
+                                  config or SearchConfig(near_ratio=near_ratio))
+    else:
+        zero = np.zeros(work.hole.shape, np.int32)
+        offsets = Offsets(zero, zero, zero.astype(np.float32))
     # 4. full-resolution copy
     ys, xs, values, good = _copy_full(img, dep, known, hole, offsets, work.hole, work.f)
     # 5. colour matched to the border, smoothly

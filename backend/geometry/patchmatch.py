@@ -126,6 +126,8 @@ def _pyramid(image, hole, source, log_depth, config: SearchConfig) -> list[_Leve
         prev = levels[-1]
         w2, h2 = prev.size[0] // 2, prev.size[1] // 2
         k = cv2.resize((~prev.hole).astype(np.float32), (w2, h2), interpolation=cv2.INTER_AREA)
+        if not (k >= 0.999).any():  # nothing known left at this size: search the finer ones
+            break
         img = cv2.resize(prev.image, (w2, h2), interpolation=cv2.INTER_AREA).reshape(h2, w2, -1)
         frac = cv2.resize(frac, (w2, h2), interpolation=cv2.INTER_AREA)
         ld = cv2.resize(prev.log_depth, (w2, h2), interpolation=cv2.INTER_AREA)
