@@ -306,22 +306,24 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
         offsets = Offsets(zero, zero, zero.astype(np.float32))
     # 4. full-resolution copy
     ys, xs, values, good = _copy_full(img, dep, known, hole, offsets, work.hole, work.f)
+    h, w = hole.shape
+    flat = ys * w + xs
     # 5. colour matched to the border, smoothly
     hc, wc = offsets.dy.shape
     size = (wc * work.f, hc * work.f)
     shift = cv2.resize(_colour_correction(work, offsets), size, interpolation=cv2.INTER_LINEAR)
-    values[:, :3] += 255.0 * shift[ys, xs]
+    values[:, :3] += 255.0 * shift[:h, :w].reshape(-1, 3)[flat]
     # 6. thin gaps and pixels no block reached: interpolated
     k = 2 * thin_px + 1
     wide = cv2.morphologyEx(hole.astype(np.uint8), cv2.MORPH_OPEN, np.ones((k, k), np.uint8)) > 0
     porous = cv2.blur(work.known, (5, 5)) >= porous_known  # gaps in a sieve of magnified splats
-    smooth = ~good | ~wide[ys, xs] | porous[ys // work.f, xs // work.f]
+    smooth = ~good | ~wide.ravel()[flat] | porous[ys // work.f, xs // work.f]
     if smooth.any():
         colour = pull_push(work.mean, work.known) * 255.0
         up = cv2.resize(np.dstack([colour, expected]), size, interpolation=cv2.INTER_LINEAR)
-        values[smooth] = up[ys[smooth], xs[smooth]]
-    out_img[ys, xs] = np.clip(values[:, :3] + 0.5, 0, 255).astype(np.uint8)
-    out_dep[ys, xs] = values[:, 3]
+        values[smooth] = up[:h, :w].reshape(-1, 4)[flat[smooth]]
+    out_img.reshape(-1, 3)[flat] = np.clip(values[:, :3] + 0.5, 0, 255).astype(np.uint8)
+    out_dep.reshape(-1)[flat] = values[:, 3]
     # soft seams: at the hole's border and where neighbouring blocks copied from different places
     seams = hole & ((cv2.dilate((~hole).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
                     | _offset_seams(offsets, work.f, hole.shape))

@@ -90,8 +90,9 @@ def nearest_patches(image: np.ndarray, hole: np.ndarray, source: np.ndarray, log
             estimate = search.peel()
         iterations = config.iterations_coarse if i == 0 else config.iterations_fine
         for it in range(iterations):
-            search.improve(estimate, strides=(8, 4, 2, 1) if i == 0 else (2, 1),
-                           radii=_radii(level, coarse=i == 0))
+            finest = i == len(pyramid) - 1
+            search.improve(estimate, strides=(8, 4, 2, 1) if i == 0 else (1,) if finest else (2, 1),
+                           radii=_radii(level) if i == 0 else (2, 1) if finest else (4, 2, 1))
             if it < iterations - 1 or i < len(pyramid) - 1:
                 estimate = search.vote(estimate)
         offsets = search.offsets()
@@ -145,9 +146,7 @@ def _erode(mask: np.ndarray, r: int) -> np.ndarray:
     return out if out.any() else mask
 
 
-def _radii(level: _Level, coarse: bool) -> tuple[int, ...]:
-    if not coarse:
-        return (4, 2, 1)
+def _radii(level: _Level) -> tuple[int, ...]:
     radii, r = [], max(level.hole.shape)
     while r >= 1:
         radii.append(r)
@@ -156,15 +155,11 @@ def _radii(level: _Level, coarse: bool) -> tuple[int, ...]:
 
 
 def _descriptors(image: np.ndarray, r: int) -> np.ndarray:
-    """(H W) x ((2r+1)^2 C) patches, edge-padded, one row per pixel."""
+    """(H W) x ((2r+1)^2 C) patches, edge-padded, one row per pixel (taps row-major, then C)."""
     h, w, c = image.shape
     pad = cv2.copyMakeBorder(image, r, r, r, r, cv2.BORDER_REPLICATE).reshape(h + 2 * r, w + 2 * r, c)
-    n = 2 * r + 1
-    out = np.empty((h, w, n * n, c), np.float32)
-    for j in range(n):
-        for i in range(n):
-            out[:, :, j * n + i] = pad[j : j + h, i : i + w]
-    return out.reshape(h * w, n * n * c)
+    windows = np.lib.stride_tricks.sliding_window_view(pad, (2 * r + 1, 2 * r + 1), axis=(0, 1))
+    return np.ascontiguousarray(windows.transpose(0, 1, 3, 4, 2)).reshape(h * w, -1)
 
 
 class _LevelSearch:
@@ -256,7 +251,7 @@ class _LevelSearch:
 
             for _ in range(4):  # anywhere
                 consider(self.sources[self.rng.integers(0, self.sources.size, sel.size)])
-            for _ in range(2):  # the offsets of filled and same-ring neighbours
+            for _ in range(1):  # the offsets of filled and same-ring neighbours
                 for ey, ex in ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)):
                     ny, nx = np.clip(ty + ey, 0, self.h - 1), np.clip(tx + ex, 0, self.w - 1)
                     nb = self.target_map[ny * self.w + nx]
@@ -264,7 +259,7 @@ class _LevelSearch:
                     sy, sx = np.divmod(self.src[np.maximum(nb, 0)], self.w)
                     ok = (nb >= 0) & (filled[ny * self.w + nx] | (ring[np.maximum(nb, 0)] == k))
                     consider(np.where(ok, self._flat(sy - ey, sx - ex), -1))
-            for rad in _radii(self.level, coarse=True):  # around the best so far
+            for rad in _radii(self.level):  # around the best so far
                 sy, sx = np.divmod(best, self.w)
                 consider(self._flat(sy + self.rng.integers(-rad, rad + 1, sel.size),
                                     sx + self.rng.integers(-rad, rad + 1, sel.size)))
