@@ -180,8 +180,8 @@ def _layout_guess(image: np.ndarray, hole: np.ndarray, side: int = 32) -> np.nda
     return np.where(hole[..., None], up, image).astype(np.float32)
 
 
-def _background_depth(work: _Work, window: int, edge_ratio: float,
-                      near_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+def _background_depth(work: _Work, window: int, edge_ratio: float, near_ratio: float,
+                      reach_px: float = 64.0) -> tuple[np.ndarray, np.ndarray]:
     """(expected depth everywhere, background anchors) at the search resolution.
 
     A depth edge is a known block whose 3 x 3 neighbourhood holds depth beyond
@@ -202,8 +202,15 @@ def _background_depth(work: _Work, window: int, edge_ratio: float,
     anchors = known & ~near
     if not anchors.any():
         anchors = known
-    expected = pull_push(d, np.where(anchors, work.known, 0).astype(np.float32))
-    return np.maximum(expected, 1e-6).astype(np.float32), anchors & (work.known >= 1.0)
+    far = np.maximum(pull_push(d, np.where(anchors, work.known, 0).astype(np.float32)), 1e-6)
+    # far from every anchor (a magnified ground of near strips and gaps, say) the hole
+    # continues what is around it instead: the anchors' lean fades out between reach_px
+    # and twice that (full-resolution pixels)
+    around = np.maximum(pull_push(d, work.known), 1e-6)
+    dist = cv2.distanceTransform((~anchors).astype(np.uint8), cv2.DIST_L2, 3) * work.f
+    t = np.clip(dist / reach_px - 1.0, 0.0, 1.0)
+    expected = np.exp((1 - t) * np.log(far) + t * np.log(around))
+    return expected.astype(np.float32), anchors & (work.known >= 1.0)
 
 
 def _copy_full(image: np.ndarray, depth: np.ndarray, known: np.ndarray, hole: np.ndarray, offsets: Offsets,
