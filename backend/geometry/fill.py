@@ -144,9 +144,13 @@ class _Work:
     """hc x wc x 3 float32 0..1: the known pixels' mean (0 where none)."""
 
 
-def _work(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, known: np.ndarray, work_px: int) -> _Work:
+def _work(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, known: np.ndarray, work_px: int,
+          block_px: int = 4) -> _Work:
+    """Blocks of f x f pixels: the longest side at most ``work_px`` blocks, and blocks of at
+    least ``block_px`` where the shorter side keeps 64 of them (a 256 px view costs no more
+    to search than it must)."""
     h, w = hole.shape
-    f = max(1, -(-max(h, w) // work_px))
+    f = max(min(block_px, max(1, min(h, w) // 64)), -(-max(h, w) // work_px))
     hc, wc = -(-h // f), -(-w // f)
     def block_mean(a: np.ndarray) -> np.ndarray:
         a = cv2.copyMakeBorder(a, 0, hc * f - h, 0, wc * f - w, cv2.BORDER_CONSTANT, value=0)
