@@ -153,12 +153,15 @@ def _work(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, known: np.ndar
     f = max(min(block_px, max(1, min(h, w) // 64)), -(-max(h, w) // work_px))
     hc, wc = -(-h // f), -(-w // f)
     def block_mean(a: np.ndarray) -> np.ndarray:
-        a = cv2.copyMakeBorder(a, 0, hc * f - h, 0, wc * f - w, cv2.BORDER_CONSTANT, value=0)
+        if hc * f != h or wc * f != w:
+            a = cv2.copyMakeBorder(a, 0, hc * f - h, 0, wc * f - w, cv2.BORDER_CONSTANT, value=0)
         return cv2.resize(a, (wc, hc), interpolation=cv2.INTER_AREA).reshape(hc, wc, -1)
 
-    colour = block_mean(np.where(known[..., None], image, 0).astype(np.float32) * np.float32(1 / 255))
-    masks = block_mean(np.dstack([np.where(known, depth, 0).astype(np.float32), known.astype(np.float32),
-                                  hole.astype(np.float32)]))
+    known_u8 = known.view(np.uint8)
+    colour = block_mean((image * known_u8[..., None]).astype(np.float32)) * np.float32(1 / 255)
+    masks = np.dstack([block_mean(np.where(known, depth, 0).astype(np.float32)),
+                       block_mean(known_u8.astype(np.float32)),
+                       block_mean(hole.view(np.uint8).astype(np.float32))])
     frac = masks[..., 1]
     per_known = np.maximum(frac, 1e-6)
     mean = np.where(frac[..., None] > 0, colour / per_known[..., None], 0).astype(np.float32)
