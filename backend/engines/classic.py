@@ -39,7 +39,7 @@ from backend.engines.base import (
 )
 from backend.geometry.cloud import PointCloud
 from backend.geometry.depth import clean_depth_edges, horizon_depth
-from backend.geometry.fill import mirror_fill, pull_push
+from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
 from backend.geometry.render import SplatRenderer
 from backend.geometry.store import PointStore
@@ -169,7 +169,7 @@ class ClassicEngine(Engine):
             hole = layer.occluded
             if not hole.any() or not layer.mask.any():
                 continue
-            filled = mirror_fill(layer.color, np.where(layer.mask, layer.depth, 0), ~layer.mask)
+            filled = texture_fill(layer.color, np.where(layer.mask, layer.depth, 0), ~layer.mask)
             parts.append(unproject(filled.image, layer.depth, K, np.eye(4), mask=hole))
         return PointCloud.concat(parts)
 
@@ -233,7 +233,7 @@ class ClassicEngine(Engine):
             rgb = np.where(gaps[..., None], pull_push(rgb, known), rgb)
             depth = np.where(gaps, pull_push(np.where(known, depth, 0).astype(np.float32), known), depth)
             known = known | gaps
-        filled = mirror_fill(rgb, np.where(known, depth, 0), ~known)
+        filled = texture_fill(rgb, np.where(known, depth, 0), ~known)
         depth_out = np.where(known, depth, filled.depth).astype(np.float32)
         if np.any(depth_out[hole] <= 0):
             depth_out[hole & (depth_out <= 0)] = float(np.median(depth[known]))

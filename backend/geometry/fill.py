@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from backend.geometry.patchmatch import Offsets, SearchConfig, nearest_patches
+
 
 @dataclass(frozen=True)
 class Filled:
@@ -31,7 +33,11 @@ class Filled:
 
 
 def pull_push(image: np.ndarray, known: np.ndarray, levels: int = 12) -> np.ndarray:
-    """Fill the pixels outside ``known`` from normalised coarser averages (any channels)."""
+    """Fill the pixels outside ``known`` from normalised coarser averages (any channels).
+
+    ``known`` may also be weights in 0..1: zero-weight pixels are filled, the others kept,
+    and a pixel's weight is its share of the averages that fill the rest.
+    """
     img = np.asarray(image, np.float32)
     squeeze = img.ndim == 2
     if squeeze:
@@ -119,3 +125,238 @@ def mirror_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, rounds: 
         blurred = cv2.GaussianBlur(img, (5, 5), 0)
         img[band] = blurred[band]
     return Filled(img, dep)
+
+
+@dataclass(frozen=True)
+class _Work:
+    """The photo at the search resolution: blocks of ``f`` x ``f`` full-resolution pixels."""
+
+    f: int
+    image: np.ndarray
+    """hc x wc x 3 float32 0..1: the known pixels' mean, the hole pre-filled by pull-push."""
+    hole: np.ndarray
+    """hc x wc bool: a block with any hole pixel."""
+    depth: np.ndarray
+    """hc x wc float32: the known pixels' mean depth (0 where none)."""
+    known: np.ndarray
+    """hc x wc float32: the fraction of the block that is known."""
+    mean: np.ndarray
+    """hc x wc x 3 float32 0..1: the known pixels' mean (0 where none)."""
+
+
+def _work(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, known: np.ndarray, work_px: int,
+          block_px: int = 4) -> _Work:
+    """Blocks of f x f pixels: the longest side at most ``work_px`` blocks, and blocks of at
+    least ``block_px`` where the shorter side keeps 64 of them (a 256 px view costs no more
+    to search than it must)."""
+    h, w = hole.shape
+    f = max(min(block_px, max(1, min(h, w) // 64)), -(-max(h, w) // work_px))
+    hc, wc = -(-h // f), -(-w // f)
+    def block_mean(a: np.ndarray) -> np.ndarray:
+        if hc * f != h or wc * f != w:
+            a = cv2.copyMakeBorder(a, 0, hc * f - h, 0, wc * f - w, cv2.BORDER_CONSTANT, value=0)
+        return cv2.resize(a, (wc, hc), interpolation=cv2.INTER_AREA).reshape(hc, wc, -1)
+
+    known_u8 = known.view(np.uint8)
+    colour = block_mean((image * known_u8[..., None]).astype(np.float32)) * np.float32(1 / 255)
+    masks = np.dstack([block_mean(np.where(known, depth, 0).astype(np.float32)),
+                       block_mean(known_u8.astype(np.float32)),
+                       block_mean(hole.view(np.uint8).astype(np.float32))])
+    frac = masks[..., 1]
+    per_known = np.maximum(frac, 1e-6)
+    mean = np.where(frac[..., None] > 0, colour / per_known[..., None], 0).astype(np.float32)
+    dep = np.where(frac > 0, masks[..., 0] / per_known, 0).astype(np.float32)
+    est = _layout_guess(mean, frac < 1.0)
+    return _Work(f, est.astype(np.float32), masks[..., 2] > 0, dep, frac, mean)
+
+
+def _layout_guess(image: np.ndarray, hole: np.ndarray, side: int = 32) -> np.ndarray:
+    """The hole's colour layout at about ``side`` pixels, continued from its border (Telea).
+
+    Only the search's starting point: patches then replace it with texture. Continuing the
+    border (water beside water, sky beside sky) keeps the search from settling on one
+    average-looking texture everywhere, which a flat pull-push guess invites.
+    """
+    h, w = hole.shape
+    s = max(1, max(h, w) // side)
+    small = cv2.resize(image, (max(1, w // s), max(1, h // s)), interpolation=cv2.INTER_AREA)
+    small_hole = cv2.resize(hole.astype(np.float32), small.shape[1::-1], interpolation=cv2.INTER_AREA) > 0
+    u8 = np.clip(small * 255 + 0.5, 0, 255).astype(np.uint8)
+    guess = cv2.inpaint(u8, small_hole.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32) / 255
+    up = cv2.resize(guess, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.where(hole[..., None], up, image).astype(np.float32)
+
+
+def _background_depth(work: _Work, window: int, edge_ratio: float, near_ratio: float,
+                      reach_px: float = 64.0) -> tuple[np.ndarray, np.ndarray]:
+    """(expected depth everywhere, background anchors) at the search resolution.
+
+    A depth edge is a known block whose 3 x 3 neighbourhood holds depth beyond
+    ``1 / edge_ratio`` times its own, where a hole block counts as the farthest known depth
+    within ``window`` (so the edge is seen across a narrow disocclusion). The near side of an
+    edge is everything within ``window`` of it nearer than ``near_ratio`` of that far depth.
+    The expected depth is pull-pushed from the other known blocks (the anchors): a hole
+    continues the surface behind, never the object in front.
+    """
+    known = work.known > 0
+    d = np.where(known, work.depth, 0).astype(np.float32)
+    box = np.ones((window, window), np.uint8)
+    across = cv2.dilate(d, box)
+    seen = cv2.dilate(np.where(known, d, np.where(work.hole, across, 0)).astype(np.float32),
+                      np.ones((3, 3), np.uint8))
+    edge = known & (d < edge_ratio * seen)
+    near = known & (cv2.dilate(edge.astype(np.uint8), box) > 0) & (d < near_ratio * np.maximum(across, seen))
+    anchors = known & ~near
+    if not anchors.any():
+        anchors = known
+    far = np.maximum(pull_push(d, np.where(anchors, work.known, 0).astype(np.float32)), 1e-6)
+    # far from every anchor (a magnified ground of near strips and gaps, say) the hole
+    # continues what is around it instead: the anchors' lean fades out between reach_px
+    # and twice that (full-resolution pixels)
+    around = np.maximum(pull_push(d, work.known), 1e-6)
+    dist = cv2.distanceTransform((~anchors).astype(np.uint8), cv2.DIST_L2, 3) * work.f
+    t = np.clip(dist / reach_px - 1.0, 0.0, 1.0)
+    expected = np.exp((1 - t) * np.log(far) + t * np.log(around))
+    return expected.astype(np.float32), anchors & (work.known >= 1.0)
+
+
+def _copy_full(image: np.ndarray, depth: np.ndarray, known: np.ndarray, hole: np.ndarray, offsets: Offsets,
+               blocks: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hole pixels' colour and depth copied at full resolution through their block's offset:
+    (rows, cols, N x 4 values, whether a known pixel was reached).
+
+    A pixel whose own block's source pixel is unknown tries the offsets of the neighbouring
+    blocks. Flat indices run over copies padded by ``f`` unknown pixels, so an offset that
+    leaves the frame by up to a block lands on an unknown pixel instead of wrapping.
+    """
+    h, w = hole.shape
+    hc, wc = offsets.dy.shape
+    wp = w + 2 * f
+    img = cv2.copyMakeBorder(image, f, f, f, f, cv2.BORDER_CONSTANT, value=0).reshape(-1, 3)
+    dep = np.pad(depth, f).ravel()
+    kflat = np.pad(known, f).ravel()
+    shift = (f * offsets.dy * wp + f * offsets.dx).astype(np.int32)
+    shift = np.where(blocks, shift, np.int32(-f * wp - f)).ravel()  # not a hole block: no copy
+    ys, xs = np.nonzero(hole)
+    at = ((ys + f) * wp + (xs + f)).astype(np.int32)
+    by, bx = (ys // f).astype(np.int32), (xs // f).astype(np.int32)
+    src = at + shift[by * wc + bx]
+    good = kflat[src]
+    for ey, ex in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+        if good.all():
+            break
+        miss = np.flatnonzero(~good)
+        ny = np.clip(by[miss] + ey, 0, hc - 1)
+        nx = np.clip(bx[miss] + ex, 0, wc - 1)
+        cand = at[miss] + shift[ny * wc + nx]
+        hit = kflat[cand]
+        src[miss[hit]] = cand[hit]
+        good[miss[hit]] = True
+    values = np.empty((ys.size, 4), np.float32)
+    values[:, :3] = img[src]
+    values[:, 3] = dep[src]
+    return ys, xs, values, good
+
+
+def _colour_correction(work: _Work, offsets: Offsets, min_known: float = 0.25) -> np.ndarray:
+    """hc x wc x 3 (0..1): what to add to the copies so that they meet their border's colour.
+
+    A hole block that is partly known tells how far its copy's colour is from what is
+    around it (its known pixels' mean minus its source block's mean); pull-push spreads those
+    differences over the hole, smooth (a cheap stand-in for Poisson blending), so a copy from
+    a darker or bluer place is shifted to its surroundings and the texture is kept.
+    """
+    hc, wc = offsets.dy.shape
+    partial = work.hole & (work.known >= min_known)
+    if not partial.any():
+        return np.zeros((hc, wc, 3), np.float32)
+    ys, xs = np.mgrid[0:hc, 0:wc]
+    src = work.image[np.clip(ys + offsets.dy, 0, hc - 1), np.clip(xs + offsets.dx, 0, wc - 1)]
+    diff = np.where(partial[..., None], work.mean - src, 0).astype(np.float32)
+    return pull_push(diff, partial)
+
+
+def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px: int = 128,
+                 edge_ratio: float = 0.5, near_ratio: float = 0.85, edge_window: int = 5,
+                 thin_px: int = 12, porous_known: float = 0.6,
+                 config: SearchConfig | None = None) -> Filled:
+    """Fill ``hole`` with texture copied from the background side (PatchMatch at reduced size).
+
+    1. the photo is reduced to blocks of ``f`` pixels (longest side ``work_px``);
+    2. the hole's expected depth leans to the background (``_background_depth``);
+    3. a nearest-patch field from hole blocks to background blocks (``patchmatch``), coarse to
+       fine, colour and depth in the cost;
+    4. each full-resolution hole pixel copies a full-resolution pixel through its block's
+       offset, so texture keeps its detail;
+    5. colour differences at the border are spread over the hole (``_colour_correction``);
+    6. depth is copied with the colour; parts of the hole narrower than ``2 thin_px + 1`` (gaps
+       between magnified splats) are interpolated instead (pull-push of colour, the expected
+       depth), and so are holes in a sieve (more than ``porous_known`` of the 5 x 5 blocks
+       around known): a copied texture there is a mosaic; soft seams (a 3 x 3 blur) at the
+       hole's border and between blocks copied from different places.
+    """
+    hole = np.asarray(hole, bool)
+    img = np.ascontiguousarray(image)
+    dep = np.asarray(depth, np.float32)
+    if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != hole.shape or dep.shape != hole.shape:
+        raise ValueError(f"texture_fill needs an H x W x 3 image and H x W depth and hole, got "
+                         f"{img.shape}, {dep.shape}, {hole.shape}")
+    known = ~hole & (dep > 0)
+    if not known.any():
+        raise ValueError("nothing to fill from: every pixel is in the hole or has no depth")
+    out_img, out_dep = img.copy(), dep.copy()
+    if not hole.any():
+        return Filled(out_img, out_dep)
+    # 1.-2. the search resolution and the background depth
+    work = _work(img, dep, hole, known, work_px)
+    expected, anchors = _background_depth(work, edge_window, edge_ratio, near_ratio)
+    log_depth = np.log(np.where(work.hole | ~(work.known > 0), expected, np.maximum(work.depth, 1e-6)))
+    # 3. the nearest-patch field (a sieve with no whole known block is all interpolated)
+    if (work.known >= 1.0).any():
+        offsets = nearest_patches(work.image, work.hole, anchors, log_depth.astype(np.float32),
+                                  config or SearchConfig(near_ratio=near_ratio))
+    else:
+        zero = np.zeros(work.hole.shape, np.int32)
+        offsets = Offsets(zero, zero, zero.astype(np.float32))
+    # 4. full-resolution copy
+    ys, xs, values, good = _copy_full(img, dep, known, hole, offsets, work.hole, work.f)
+    h, w = hole.shape
+    flat = ys * w + xs
+    # 5. colour matched to the border, smoothly
+    hc, wc = offsets.dy.shape
+    size = (wc * work.f, hc * work.f)
+    shift = cv2.resize(_colour_correction(work, offsets), size, interpolation=cv2.INTER_LINEAR)
+    values[:, :3] += 255.0 * shift[:h, :w].reshape(-1, 3)[flat]
+    # 6. thin gaps and pixels no block reached: interpolated
+    k = 2 * thin_px + 1
+    wide = cv2.morphologyEx(hole.astype(np.uint8), cv2.MORPH_OPEN, np.ones((k, k), np.uint8)) > 0
+    porous = cv2.blur(work.known, (5, 5)) >= porous_known  # gaps in a sieve of magnified splats
+    smooth = ~good | ~wide.ravel()[flat] | porous[ys // work.f, xs // work.f]
+    if smooth.any():
+        colour = pull_push(work.mean, work.known) * 255.0
+        up = cv2.resize(np.dstack([colour, expected]), size, interpolation=cv2.INTER_LINEAR)
+        values[smooth] = up[:h, :w].reshape(-1, 4)[flat[smooth]]
+    out_img.reshape(-1, 3)[flat] = np.clip(values[:, :3] + 0.5, 0, 255).astype(np.uint8)
+    out_dep.reshape(-1)[flat] = values[:, 3]
+    # soft seams: at the hole's border and where neighbouring blocks copied from different places
+    seams = hole & ((cv2.dilate((~hole).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+                    | _offset_seams(offsets, work.f, hole.shape))
+    if seams.any():
+        blurred = cv2.GaussianBlur(out_img, (3, 3), 0)
+        out_img[seams] = blurred[seams]
+    return Filled(out_img, out_dep)
+
+
+def _offset_seams(offsets: Offsets, f: int, shape: tuple[int, int]) -> np.ndarray:
+    """Full-resolution pixels on either side of a block border whose two blocks' offsets differ."""
+    code = ((offsets.dy + 2048) * 4096 + (offsets.dx + 2048)).astype(np.float32)
+    hc, wc = code.shape
+    full = cv2.resize(code, (wc * f, hc * f), interpolation=cv2.INTER_NEAREST)[: shape[0], : shape[1]]
+    seam = np.zeros(shape, bool)
+    dx = full[:, 1:] != full[:, :-1]
+    dy = full[1:] != full[:-1]
+    seam[:, 1:] |= dx
+    seam[:, :-1] |= dx
+    seam[1:] |= dy
+    seam[:-1] |= dy
+    return seam
