@@ -13,6 +13,7 @@ moderngl = pytest.importorskip("moderngl")
 from explorer.camera import FlyCamera  # noqa: E402
 from explorer.point_buffer import PointCloudBuffer  # noqa: E402
 from explorer.renderer import CloudRenderer, RenderTarget, ViewParams  # noqa: E402
+from explorer.settings import SplatSettings  # noqa: E402
 
 SCENE = "/work/shared/scenes/03_ancient.jpg"
 pytestmark = pytest.mark.gl
@@ -57,14 +58,15 @@ def synthetic_depth(h: int, w: int) -> np.ndarray:
 
 
 def render(ctx, points: PointCloudBuffer, pose: np.ndarray, w: int, h: int,
-           scale: float = 5.0) -> np.ndarray:
+           scale: float = 5.0, splats: SplatSettings | None = None) -> np.ndarray:
     cam = FlyCamera(scene_scale=scale)
     cam.set_pose(pose)
     K = cam.K(w, h)
     target = RenderTarget(ctx, w, h)
     target.use()
     target.clear()
-    CloudRenderer(ctx, points).draw(ViewParams(cam.view_matrix(), cam.projection(w, h), K[1, 1]))
+    CloudRenderer(ctx, points, splats).draw(ViewParams(cam.view_matrix(), cam.projection(w, h),
+                                                       K[1, 1]))
     img = target.read_rgb().copy()
     target.release()
     return img
@@ -104,7 +106,10 @@ def test_camera_step_renders_what_geometry_predicts(ctx, photo):
     assert abs(uv[0, 0] - (w / 2 + 0.5 - shift_px)) < 1e-3 and z[0] == pytest.approx(Z)
 
 
-def test_near_points_occlude_far_points_and_size_follows_depth(ctx):
+@pytest.mark.parametrize("antialias", [False, True], ids=["discs", "filtered"])
+def test_near_points_occlude_far_points_and_size_follows_depth(ctx, antialias):
+    splats = SplatSettings(antialias=antialias)
+    reach = splats.cover_scale if antialias else 1.0  # footprint radius in screen radii
     w = h = 128
     K = intrinsics(w, h, 60.0)
     points = PointCloudBuffer(ctx)
@@ -114,14 +119,15 @@ def test_near_points_occlude_far_points_and_size_follows_depth(ctx):
         np.array([[255, 0, 0], [0, 255, 0]], np.uint8),
         np.array([0.4, 0.1], np.float32),
     )
-    out = render(ctx, points, np.eye(4), w, h)
+    out = render(ctx, points, np.eye(4), w, h, splats=splats)
     assert tuple(out[64, 64]) == (0, 255, 0)
-    # Disc diameters: 2 * r * f / z = 2*0.4*f/8 (red) and 2*0.1*f/2 (green), f = 110.85 px.
+    # Disc diameters: 2 * r * f / z = 2*0.4*f/8 (red) and 2*0.1*f/2 (green), f = 110.85 px,
+    # times the footprint's reach.
     red = (out[..., 0] > 128) & (out[..., 1] < 128)
     green = out[..., 1] > 128
     f = K[1, 1]
-    assert green.sum() == pytest.approx(np.pi * (0.1 * f / 2) ** 2, rel=0.25)
-    assert (red | green).sum() == pytest.approx(np.pi * (0.4 * f / 8) ** 2, rel=0.25)
+    assert green.sum() == pytest.approx(np.pi * (reach * 0.1 * f / 2) ** 2, rel=0.25)
+    assert (red | green).sum() == pytest.approx(np.pi * (reach * 0.4 * f / 8) ** 2, rel=0.25)
     # Round, not square: the square's corners are discarded.
     ys, xs = np.nonzero(red | green)
     assert not (red | green)[ys.min(), xs.min()]
