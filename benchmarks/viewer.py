@@ -5,6 +5,9 @@ All on one offscreen EGL context (Mesa llvmpipe here), side by side in one run:
 - ``vs_bare_points``: the explorer's whole frame (network pump, player, camera, splat cloud,
   flight path, HUD) over a bare GL_POINTS draw of the same buffer with the same point sizes
   and a minimal shader, at 0.25M, 1M and 2M points (goal <= 1.25).
+- ``splats_vs_bare_points``: the cloud draw alone, anti-aliased (depth pre-pass, Gaussian
+  accumulation, normalisation; the default) and as opaque discs (``[splats] antialias =
+  false``), each over the bare GL_POINTS draw, frame by frame side by side at each count.
 - ``recording_overhead``: the frame time with recording on (readback + queue; encoding on its
   thread) over off, at 1M points (goal <= 1.10).
 - ``frame_to_screen_ms``: from a Frame handed to the backend's socket to its first display
@@ -34,9 +37,9 @@ import moderngl
 import numpy as np
 
 from explorer.app import Explorer
-from explorer.renderer import BarePointsRenderer, ViewParams
+from explorer.renderer import BarePointsRenderer, CloudRenderer, ViewParams
 from explorer.session import SceneInfo
-from explorer.settings import ExplorerSettings
+from explorer.settings import ExplorerSettings, SplatSettings
 from protocol.camera import intrinsics
 from protocol.codec import encode_image, k_list, pose_list
 from protocol.messages import Frame, JobAccepted, SceneOpened
@@ -122,6 +125,28 @@ def frame_times(ctx, ex: Explorer, bare: BarePointsRenderer) -> tuple[float, flo
             out.append((time.perf_counter() - t0) * 1000)
     ex.release("forward")
     return statistics.median(a), statistics.median(b)
+
+
+def splat_times(ctx, ex: Explorer, bare: BarePointsRenderer) -> dict[str, float]:
+    """Median ms of the cloud draw alone: anti-aliased, opaque discs, bare points, each
+    into the explorer's target at the same pose, alternating frame by frame."""
+    w, h = SIZE
+    K = ex.window_K()
+    params = ViewParams(ex.camera.view_matrix(), ex.camera.projection(w, h), K[1, 1])
+    draws = {"antialiased": CloudRenderer(ctx, ex.points, SplatSettings(antialias=True)),
+             "discs": CloudRenderer(ctx, ex.points, SplatSettings(antialias=False)),
+             "bare": bare}
+    times: dict[str, list[float]] = {name: [] for name in draws}
+    for i in range(FRAMES + 1):
+        for name, renderer in draws.items():
+            t0 = time.perf_counter()
+            ex.target.use()
+            ex.target.clear()
+            renderer.draw(params)
+            ctx.finish()
+            if i:  # the first round warms up (shader compile, target allocation)
+                times[name].append((time.perf_counter() - t0) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def recording_overhead(ctx, ex: Explorer, tmp: Path) -> tuple[float, float, int]:
@@ -263,6 +288,7 @@ def main() -> None:
     result: dict = {"renderer": ctx.info["GL_RENDERER"], "size": list(SIZE)}
     ratios = {}
     ms = {}
+    splat_ratios, splat_ms = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in COUNTS:
             ex = new_explorer(ctx, Silent())
@@ -273,6 +299,12 @@ def main() -> None:
             key = f"{n / 1e6:g}M"
             ratios[key] = round(explorer_ms / bare_ms, 3)
             ms[key] = {"explorer_ms": round(explorer_ms, 2), "bare_points_ms": round(bare_ms, 2)}
+            splats = splat_times(ctx, ex, bare)
+            log(f"{n} points: cloud draw antialiased {splats['antialiased']:.1f} ms, discs "
+                f"{splats['discs']:.1f} ms, bare {splats['bare']:.1f} ms")
+            splat_ratios[key] = {name: round(splats[name] / splats["bare"], 3)
+                                 for name in ("antialiased", "discs")}
+            splat_ms[key] = {name: round(t, 2) for name, t in splats.items()}
             if n == 1_000_000:
                 result["present_ms"] = round(present_ms(ctx, ex), 3)
                 off, on, dropped = recording_overhead(ctx, ex, Path(tmp))
@@ -282,6 +314,8 @@ def main() -> None:
             ex.points.release()
     result["vs_bare_points"] = ratios
     result["frame_ms"] = ms
+    result["splats_vs_bare_points"] = splat_ratios
+    result["splat_ms"] = splat_ms
     fps = 24.0
     live, first = frame_to_screen(ctx, fps)
     result["frame_to_screen_ms"] = round(live, 2)

@@ -55,7 +55,7 @@ class Explorer:
         self.time = 0.0
         """App clock, seconds: advanced only by ``step(dt)``."""
         self.points = PointCloudBuffer(ctx)
-        self.cloud = CloudRenderer(ctx, self.points)
+        self.cloud = CloudRenderer(ctx, self.points, s.splats)
         self.path_renderer = PathRenderer(ctx)
         self.overlay = OverlayRenderer(ctx)
         # A clip must be able to start within the credit window, or it never would.

@@ -13,6 +13,7 @@ import numpy as np
 
 from explorer.point_buffer import VERTEX_ATTRIBUTES, VERTEX_FORMAT, PointCloudBuffer
 from explorer.programs import load_program, set_uniform
+from explorer.settings import SplatSettings
 
 
 def _mat(m: np.ndarray) -> bytes:
@@ -33,37 +34,148 @@ class ViewParams:
 
 
 class CloudRenderer:
-    """Perspective-correct round splats of a :class:`PointCloudBuffer`, depth tested."""
+    """The splat cloud of a :class:`PointCloudBuffer`, into the bound framebuffer.
 
-    def __init__(self, ctx: moderngl.Context, points: PointCloudBuffer):
+    Anti-aliased (``settings.antialias``, the default): every point is a screen-space
+    Gaussian (EWA splatting reduced to isotropic footprints, as the backend's renderer),
+    drawn in three passes into an offscreen float target of the bound framebuffer's size:
+
+    1. depth pre-pass: every footprint's disc writes depth only, pushed back along its view
+       ray by ``depth_tolerance`` (relative), so the depth buffer holds the front surface
+       plus the tolerance;
+    2. weighted accumulation: every footprint adds ``(w r, w g, w b, w)`` (additive
+       blending into RGBA16F), ``w`` its Gaussian at the pixel; the depth test (no depth
+       writes) drops the fragments behind the front surface plus the tolerance;
+    3. normalisation: ``colour = sum(w c) / sum(w)`` over a full-screen triangle into the
+       bound framebuffer, with the pre-pass depth; where no footprint reached, the
+       background the caller cleared stays.
+
+    Without antialias every point is an opaque disc (the nearest point's colour).
+    """
+
+    def __init__(self, ctx: moderngl.Context, points: PointCloudBuffer,
+                 settings: SplatSettings | None = None):
         self.ctx = ctx
         self.points = points
+        self.settings = settings or SplatSettings()
         self.program = load_program(ctx, "splat.vert", "splat.frag")
-        self._vao: moderngl.VertexArray | None = None
+        self.filter_program = load_program(ctx, "splat_filter.vert", "splat_filter.frag")
+        self.resolve_program = load_program(ctx, "splat_resolve.vert", "splat_resolve.frag")
+        self._resolve_vao = ctx.vertex_array(self.resolve_program, [])
+        self._vaos: dict[str, moderngl.VertexArray] = {}
         self._vao_generation = -1
+        self._targets: _FilterTargets | None = None
         lo, hi = ctx.info.get("GL_POINT_SIZE_RANGE", (1.0, 2048.0))
         self.max_point_size = float(hi)
 
-    def _vertex_array(self) -> moderngl.VertexArray:
-        if self._vao is None or self._vao_generation != self.points.generation:
-            if self._vao is not None:
-                self._vao.release()
-            self._vao = self.ctx.vertex_array(
-                self.program, [(self.points.vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES)]
-            )
+    def _vertex_array(self, program: moderngl.Program) -> moderngl.VertexArray:
+        if self._vao_generation != self.points.generation:
+            for vao in self._vaos.values():
+                vao.release()
+            self._vaos.clear()
             self._vao_generation = self.points.generation
-        return self._vao
+        key = "filter" if program is self.filter_program else "discs"
+        if key not in self._vaos:
+            self._vaos[key] = self.ctx.vertex_array(
+                program, [(self.points.vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES)]
+            )
+        return self._vaos[key]
 
     def draw(self, params: ViewParams) -> None:
+        """Draw the cloud into the bound framebuffer (its depth is tested and written)."""
         if self.points.count == 0:
             return
+        if self.settings.antialias:
+            self._draw_filtered(params)
+        else:
+            self._draw_discs(params)
+
+    def _draw_discs(self, params: ViewParams) -> None:
         self.ctx.enable(moderngl.DEPTH_TEST | moderngl.PROGRAM_POINT_SIZE)
         self.ctx.disable(moderngl.BLEND)
         self.program["u_view"].write(_mat(params.view))
         self.program["u_proj"].write(_mat(params.proj))
         set_uniform(self.program, "u_focal", float(params.focal_px))
         set_uniform(self.program, "u_max_size", self.max_point_size)
-        self._vertex_array().render(moderngl.POINTS, vertices=self.points.count)
+        self._vertex_array(self.program).render(moderngl.POINTS, vertices=self.points.count)
+
+    def _draw_filtered(self, params: ViewParams) -> None:
+        ctx, s = self.ctx, self.settings
+        dst, viewport = ctx.fbo, ctx.viewport
+        if self._targets is None or self._targets.size != dst.size:
+            if self._targets is not None:
+                self._targets.release()
+            self._targets = _FilterTargets(ctx, dst.size)
+        fbo = self._targets.fbo
+        prog = self.filter_program
+        prog["u_view"].write(_mat(params.view))
+        prog["u_proj"].write(_mat(params.proj))
+        for name, value in (("u_focal", float(params.focal_px)),
+                            ("u_max_size", self.max_point_size),
+                            ("u_sigma_scale", s.sigma_scale), ("u_min_sigma", s.min_sigma_px),
+                            ("u_cover_scale", s.cover_scale)):
+            set_uniform(prog, name, value)
+        vao = self._vertex_array(prog)
+        ctx.enable(moderngl.DEPTH_TEST | moderngl.PROGRAM_POINT_SIZE)
+        ctx.disable(moderngl.BLEND)
+        # 1. depth pre-pass: the front surface pushed back by the tolerance
+        fbo.color_mask, fbo.depth_mask = (False,) * 4, True
+        fbo.use()
+        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        ctx.depth_func = "<"
+        set_uniform(prog, "u_push", 1.0 + s.depth_tolerance)
+        set_uniform(prog, "u_weighted", 0)
+        vao.render(moderngl.POINTS, vertices=self.points.count)
+        # 2. weighted accumulation of the footprints within the tolerance
+        fbo.color_mask, fbo.depth_mask = (True,) * 4, False
+        fbo.use()
+        fbo.clear(0.0, 0.0, 0.0, 0.0)  # colour only: the depth mask is off
+        ctx.depth_func = "<="
+        ctx.enable(moderngl.BLEND)
+        ctx.blend_func = moderngl.ONE, moderngl.ONE
+        ctx.blend_equation = moderngl.FUNC_ADD
+        set_uniform(prog, "u_push", 1.0)
+        set_uniform(prog, "u_weighted", 1)
+        vao.render(moderngl.POINTS, vertices=self.points.count)
+        # 3. normalisation into the caller's framebuffer, with the pre-pass depth
+        ctx.disable(moderngl.BLEND)
+        dst.use()
+        ctx.viewport = viewport
+        ctx.depth_func = "1"  # always: the resolve writes the pre-pass depth as it is
+        self._targets.accum.use(location=0)
+        self._targets.depth.use(location=1)
+        set_uniform(self.resolve_program, "u_accum", 0)
+        set_uniform(self.resolve_program, "u_depth", 1)
+        set_uniform(self.resolve_program, "u_min_weight", 1e-4)
+        self._resolve_vao.render(moderngl.TRIANGLES, vertices=3)
+        ctx.depth_func = "<"
+
+    def read_weights(self) -> np.ndarray:
+        """H x W float32 sum of footprint weights of the last anti-aliased draw, top row
+        first (zeros before any)."""
+        if self._targets is None:
+            return np.zeros((1, 1), np.float32)
+        w, h = self._targets.size
+        data = self._targets.accum.read()
+        return np.frombuffer(data, np.float16).reshape(h, w, 4)[::-1, :, 3].astype(np.float32)
+
+
+class _FilterTargets:
+    """The anti-aliased cloud's offscreen passes: RGBA16F accumulation and a depth texture."""
+
+    def __init__(self, ctx: moderngl.Context, size: tuple[int, int]):
+        self.size = (int(size[0]), int(size[1]))
+        self.accum = ctx.texture(self.size, 4, dtype="f2")
+        self.accum.filter = moderngl.NEAREST, moderngl.NEAREST
+        self.depth = ctx.depth_texture(self.size)
+        self.depth.compare_func = ""  # sampled as a value, not compared
+        self.depth.filter = moderngl.NEAREST, moderngl.NEAREST
+        self.fbo = ctx.framebuffer(color_attachments=[self.accum], depth_attachment=self.depth)
+
+    def release(self) -> None:
+        self.fbo.release()
+        self.accum.release()
+        self.depth.release()
 
 
 class BarePointsRenderer:

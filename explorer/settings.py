@@ -122,6 +122,22 @@ class DebugSettings(_Section):
     """Sleep this long in every frame: a deliberately slow renderer, for tests."""
 
 
+class SplatSettings(_Section):
+    """How the cloud's points are drawn (see :class:`explorer.renderer.CloudRenderer`)."""
+
+    antialias: bool = True
+    """Screen-space Gaussian footprints blended near the front surface and normalised;
+    false: opaque discs, the nearest point's colour only (faster, aliased)."""
+    depth_tolerance: float = 0.04
+    """Footprints at most this much (relative to depth) behind the front surface blend."""
+    sigma_scale: float = 0.55
+    """Gaussian sigma of a footprint in units of the point's screen radius."""
+    min_sigma_px: float = 0.5
+    """Smallest sigma in pixels: the low-pass that keeps every splat at least a pixel."""
+    cover_scale: float = 1.25
+    """A footprint reaches this many screen radii (at least two sigmas) from its centre."""
+
+
 class ExplorerSettings(_Section):
     window: WindowSettings = msgspec.field(default_factory=WindowSettings)
     camera: CameraSettings = msgspec.field(default_factory=CameraSettings)
@@ -133,6 +149,7 @@ class ExplorerSettings(_Section):
     photo: PhotoSettings = msgspec.field(default_factory=PhotoSettings)
     session: SessionSettings = msgspec.field(default_factory=SessionSettings)
     debug: DebugSettings = msgspec.field(default_factory=DebugSettings)
+    splats: SplatSettings = msgspec.field(default_factory=SplatSettings)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ExplorerSettings:

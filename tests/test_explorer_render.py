@@ -13,6 +13,7 @@ moderngl = pytest.importorskip("moderngl")
 from explorer.camera import FlyCamera  # noqa: E402
 from explorer.point_buffer import PointCloudBuffer  # noqa: E402
 from explorer.renderer import CloudRenderer, RenderTarget, ViewParams  # noqa: E402
+from explorer.settings import SplatSettings  # noqa: E402
 
 SCENE = "/work/shared/scenes/03_ancient.jpg"
 pytestmark = pytest.mark.gl
@@ -57,14 +58,15 @@ def synthetic_depth(h: int, w: int) -> np.ndarray:
 
 
 def render(ctx, points: PointCloudBuffer, pose: np.ndarray, w: int, h: int,
-           scale: float = 5.0) -> np.ndarray:
+           scale: float = 5.0, splats: SplatSettings | None = None) -> np.ndarray:
     cam = FlyCamera(scene_scale=scale)
     cam.set_pose(pose)
     K = cam.K(w, h)
     target = RenderTarget(ctx, w, h)
     target.use()
     target.clear()
-    CloudRenderer(ctx, points).draw(ViewParams(cam.view_matrix(), cam.projection(w, h), K[1, 1]))
+    CloudRenderer(ctx, points, splats).draw(ViewParams(cam.view_matrix(), cam.projection(w, h),
+                                                       K[1, 1]))
     img = target.read_rgb().copy()
     target.release()
     return img
@@ -104,7 +106,10 @@ def test_camera_step_renders_what_geometry_predicts(ctx, photo):
     assert abs(uv[0, 0] - (w / 2 + 0.5 - shift_px)) < 1e-3 and z[0] == pytest.approx(Z)
 
 
-def test_near_points_occlude_far_points_and_size_follows_depth(ctx):
+@pytest.mark.parametrize("antialias", [False, True], ids=["discs", "filtered"])
+def test_near_points_occlude_far_points_and_size_follows_depth(ctx, antialias):
+    splats = SplatSettings(antialias=antialias)
+    reach = splats.cover_scale if antialias else 1.0  # footprint radius in screen radii
     w = h = 128
     K = intrinsics(w, h, 60.0)
     points = PointCloudBuffer(ctx)
@@ -114,14 +119,96 @@ def test_near_points_occlude_far_points_and_size_follows_depth(ctx):
         np.array([[255, 0, 0], [0, 255, 0]], np.uint8),
         np.array([0.4, 0.1], np.float32),
     )
-    out = render(ctx, points, np.eye(4), w, h)
+    out = render(ctx, points, np.eye(4), w, h, splats=splats)
     assert tuple(out[64, 64]) == (0, 255, 0)
-    # Disc diameters: 2 * r * f / z = 2*0.4*f/8 (red) and 2*0.1*f/2 (green), f = 110.85 px.
+    # Disc diameters: 2 * r * f / z = 2*0.4*f/8 (red) and 2*0.1*f/2 (green), f = 110.85 px,
+    # times the footprint's reach.
     red = (out[..., 0] > 128) & (out[..., 1] < 128)
     green = out[..., 1] > 128
     f = K[1, 1]
-    assert green.sum() == pytest.approx(np.pi * (0.1 * f / 2) ** 2, rel=0.25)
-    assert (red | green).sum() == pytest.approx(np.pi * (0.4 * f / 8) ** 2, rel=0.25)
+    assert green.sum() == pytest.approx(np.pi * (reach * 0.1 * f / 2) ** 2, rel=0.25)
+    assert (red | green).sum() == pytest.approx(np.pi * (reach * 0.4 * f / 8) ** 2, rel=0.25)
     # Round, not square: the square's corners are discarded.
     ys, xs = np.nonzero(red | green)
     assert not (red | green)[ys.min(), xs.min()]
+
+
+def draw_filtered(ctx, points: PointCloudBuffer, w: int, h: int,
+                  splats: SplatSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image, footprint weights and K of one anti-aliased draw at the identity pose."""
+    cam = FlyCamera(scene_scale=5.0)
+    K = cam.K(w, h)
+    target = RenderTarget(ctx, w, h)
+    target.use()
+    target.clear()
+    cloud = CloudRenderer(ctx, points, splats)
+    cloud.draw(ViewParams(cam.view_matrix(), cam.projection(w, h), K[1, 1]))
+    img, weights = target.read_rgb().copy(), cloud.read_weights()
+    target.release()
+    return img, weights, K
+
+
+def test_one_large_point_is_a_smooth_gaussian_of_its_own_colour(ctx):
+    """The footprint's weights fall off radially as the Gaussian of sigma sigma_scale * r
+    over a disc of cover_scale * r; normalised, every covered pixel is the point's colour."""
+    w = h = 96
+    splats = SplatSettings()
+    points = PointCloudBuffer(ctx)
+    colour = np.array([[200, 120, 40]], np.uint8)
+    K = FlyCamera(scene_scale=5.0).K(w, h)
+    r_px, z = 12.0, 4.0
+    points.append(np.array([[0.1 * z / K[0, 0], 0.3 * z / K[1, 1], z]], np.float32), colour,
+                  np.array([r_px * z / K[1, 1]], np.float32))
+    img, weights, K = draw_filtered(ctx, points, w, h, splats)
+    cu, cv = K[0, 2] + 0.1, K[1, 2] + 0.3  # the point's centre in pixels
+    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    d = np.hypot(u - cu, v - cv)
+    reach, sigma = splats.cover_scale * r_px, splats.sigma_scale * r_px
+    inside, outside = d < reach - 0.75, d > reach + 0.75
+    expected = np.exp(-0.5 * (d / sigma) ** 2)
+    np.testing.assert_allclose(weights[inside], expected[inside], atol=4e-3)
+    assert weights[outside].max() == 0.0
+    # Radially decreasing: the mean weight of each one-pixel ring falls ring after ring.
+    rings = [weights[(d >= k) & (d < k + 1)].mean() for k in range(int(reach - 1))]
+    assert np.all(np.diff(rings) < 0), rings
+    # Smooth: neighbouring pixels differ by no more than the Gaussian's steepest slope.
+    steepest = np.exp(-0.5) / sigma
+    both = inside[:, 1:] & inside[:, :-1]
+    assert np.abs(np.diff(weights, axis=1)[both]).max() <= 1.05 * steepest
+    # Normalised: the centre, and every covered pixel, is the point's colour.
+    assert tuple(img[int(cv), int(cu)]) == tuple(colour[0])
+    assert np.abs(img[inside].astype(int) - colour[0]).max() <= 1
+    assert img[outside].max() == 0
+
+
+def grid_plane(K: np.ndarray, w: int, h: int, z: float, rgb, columns: slice = slice(None)):
+    """One point per pixel centre (in ``columns``) on a fronto-parallel plane at depth z."""
+    u, v = np.meshgrid(np.arange(w)[columns] + 0.5, np.arange(h) + 0.5)
+    xyz = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z,
+                    np.full(u.shape, z)], -1).reshape(-1, 3).astype(np.float32)
+    n = len(xyz)
+    return xyz, np.tile(np.asarray(rgb, np.uint8), (n, 1)), np.full(n, 0.71 * z / K[0, 0],
+                                                                     np.float32)
+
+
+def test_only_the_front_surface_shows_and_surfaces_within_the_tolerance_blend(ctx):
+    w, h = 96, 64
+    splats = SplatSettings()
+    K = FlyCamera(scene_scale=5.0).K(w, h)
+    points = PointCloudBuffer(ctx)
+    # A red wall over the left half at z = 4; a green one everywhere at z = 4.4 (10% behind,
+    # beyond the 4% tolerance), drawn after the red one so draw order cannot help.
+    points.append(*grid_plane(K, w, h, 4.0, (255, 0, 0), slice(0, w // 2)))
+    points.append(*grid_plane(K, w, h, 4.4, (0, 255, 0)))
+    img, _, _ = draw_filtered(ctx, points, w, h, splats)
+    front, back = img[:, : w // 2 - 3].astype(int), img[:, w // 2 + 3:].astype(int)
+    assert front[..., 1].max() == 0 and front[..., 0].min() == 255  # no green bleeds through
+    assert back[..., 0].max() == 0 and back[..., 1].min() == 255
+    # Within the tolerance (1% apart) both surfaces are the front one: their colours blend.
+    points.clear()
+    points.append(*grid_plane(K, w, h, 4.0, (255, 0, 0)))
+    points.append(*grid_plane(K, w, h, 4.04, (0, 255, 0)))
+    mixed, _, _ = draw_filtered(ctx, points, w, h, splats)
+    inner = mixed[4:-4, 4:-4].astype(int)
+    assert inner[..., 0].min() > 60 and inner[..., 1].min() > 60
+    assert np.abs(inner[..., 0] + inner[..., 1] - 255).max() <= 2

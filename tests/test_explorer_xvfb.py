@@ -333,3 +333,54 @@ def test_a_killed_local_backend_is_restarted_and_the_scene_resumed(display, tmp_
 def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
+
+
+def hf_energy(image: np.ndarray) -> float:
+    """Mean squared high-pass (grey minus its sigma-1 Gaussian blur), as benchmarks/classic.py."""
+    import cv2
+
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return float(np.mean((grey - cv2.GaussianBlur(grey, (0, 0), 1.0)) ** 2))
+
+
+def forward_flight_grid_energy(env, tmp_path: Path, antialias: bool) -> tuple[float, list]:
+    """Fly forward into the photo for ~1.5 s in a real window; the median high-frequency
+    energy of the screens grabbed meanwhile (the photo's home region) over the photo's."""
+    config = tmp_path / f"splats-{antialias}.toml"
+    config.write_text(f"[splats]\nantialias = {str(antialias).lower()}\n")
+    server = PhotoServer()
+    app = App(env, tmp_path, SCENE, "--backend", server.address, "--size", "480x320",
+              "--config", str(config))
+    try:
+        app.wait_log(r"scene \S+ ready")
+        (photo,) = server.images
+        app.key("F2")  # no HUD: the screen is the scene
+        assert wait_for(lambda: photo_psnr(app.screen(), photo) > 22.0, 20)
+        rows, cols = letterbox(app.screen(), (photo.shape[1], photo.shape[0]))
+        xdo(env, "keydown", "--window", app.wid, "w")
+        shots, t0 = [], time.monotonic()
+        while time.monotonic() - t0 < 1.5 or len(shots) < 4:
+            shots.append(app.screen())
+        xdo(env, "keyup", "--window", app.wid, "w")
+        assert app.quit() == 0, app.log()
+    finally:
+        app.kill()
+        server.close()
+    moved = [s for s in shots if np.abs(s.astype(int) - shots[0]).mean() > 2.0]
+    assert len(moved) >= 2, "the view did not move forward"
+    ratio = np.median([hf_energy(s[rows, cols]) for s in shots[1:]]) / hf_energy(photo)
+    return float(ratio), shots
+
+
+def test_flying_forward_shows_no_screen_door(display, tmp_path):
+    """Anti-aliased splats keep the screen's high-frequency energy within 1.2x of the
+    photo's while flying forward; the opaque discs they replaced do not."""
+    filtered, shots = forward_flight_grid_energy(display, tmp_path, antialias=True)
+    discs, disc_shots = forward_flight_grid_energy(display, tmp_path, antialias=False)
+    if os.environ.get("DJ_TEST_SHOTS"):  # to look at them
+        for name, img in (("forward_filtered", shots[-1]), ("forward_discs", disc_shots[-1])):
+            Image.fromarray(img).save(Path(os.environ["DJ_TEST_SHOTS"]) / f"{name}.png")
+    print(f"forward flight grid energy over the photo's: filtered {filtered:.3f}, "
+          f"discs {discs:.3f}")
+    assert filtered <= 1.2, (filtered, discs)
+    assert discs > 1.2, (filtered, discs)
