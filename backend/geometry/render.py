@@ -373,7 +373,7 @@ class SplatRenderer:
     ) -> tuple[torch.Tensor, ...]:
         """Steps 1-5 of the module docstring for one group of poses."""
         cfg = self.config
-        b, n = len(poses), len(cloud)
+        b = len(poses)
         w2, size = width + 2, (width + 2) * (height + 2)
         zbuf, acc = self._filter_buffers(b * size)
         f = 0.5 * (K[0, 0] + K[1, 1])
@@ -383,29 +383,25 @@ class SplatRenderer:
         small = pts.rz < cfg.tent_radius_px / f
         n_small = int(small.sum())
         tents = pts if n_small == len(pts) else pts.subset(small)
-        tent = _tent_prepass(tents, zbuf, n, size, w2, width, height) if len(tents) else None
+        tent = _tent_prepass(tents, zbuf, size, w2, width, height) if len(tents) else None
         gauss = []
         if n_small < len(pts):
             large = pts if n_small == 0 else pts.subset(~small)
-            gauss = self._gauss_prepass(large, f, zbuf, n, size, width, height)
+            gauss = self._gauss_prepass(large, f, zbuf, size, width, height)
         # 4. weighted accumulation of the taps within depth_tolerance of the front surface
         limit = zbuf * (1.0 + cfg.depth_tolerance)
-        colour = cloud.colour
         if tent is not None:
-            _accumulate_tents(tent, limit, colour, acc, w2)
+            _accumulate_tents(tent, limit, cloud.colour, acc, w2)
         for point, z, slot, weight, _ in gauss:
             weight *= z[:, None] <= limit.take(slot)
-            _accumulate(acc, slot, weight, colour, point, dim=0)
+            _accumulate(acc, slot, weight, cloud.colour, point, dim=0)
         # 5. normalise; depth is the front surface's, the index its nearest point's
-        inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
-        depth = zbuf.view(b, height + 2, width + 2)[inner[1:]]
+        depth = zbuf.view(b, height + 2, width + 2)[:, 1:-1, 1:-1]
         mask = depth < math.inf
-        planes = acc.view(4, b, height + 2, width + 2)[inner]
+        planes = acc.view(4, b, height + 2, width + 2)[:, :, 1:-1, 1:-1]
         scale = mask / planes[0].clamp(min=1e-12)
         image = (planes[1:] * scale).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 3, 0)
-        index = None
-        if want_index:
-            index = self._front_index(pts, tent, gauss, zbuf, n, b, width, height)
+        index = _front_index(tent, gauss, zbuf, len(cloud), b, width, height) if want_index else None
         return image.contiguous(), mask, torch.where(mask, depth, 0.0), index
 
     def _filter_buffers(self, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -416,97 +412,116 @@ class SplatRenderer:
             self._local.acc = torch.empty((4, numel), dtype=torch.float32, device=self.device)
         return zbuf.fill_(math.inf), self._local.acc.zero_()
 
-    def _gauss_prepass(self, pts: _Points, f: float, zbuf: torch.Tensor, n: int, size: int,
-                       width: int, height: int) -> list[tuple[torch.Tensor, ...]]:
+    def _gauss_prepass(self, pts: _Points, f: float, zbuf: torch.Tensor, size: int, width: int,
+                       height: int) -> list[tuple[torch.Tensor | None, ...]]:
         """Gaussian taps of points larger than a pixel, grouped by how far they reach; the
         pre-pass covers the pixels within each point's radius. Returns (point, z, slot,
-        weight, cover) per group, slots into the bordered buffers (0 for taps off-screen or,
-        in ``cover``, outside the radius)."""
+        weight, cover z) per group. Taps off-screen are clamped to the buffers' border with
+        zero weight; ``cover z`` is the point's depth where the tap is within its radius,
+        else +inf."""
         cfg = self.config
         radius = pts.rz * f
         sigma = (cfg.sigma_scale * radius).clamp_(min=cfg.min_sigma_px, max=cfg.max_reach_px / 2)
-        reach = torch.ceil(2.0 * sigma).clamp_(1, cfg.max_reach_px).to(torch.int8)
+        reach = torch.ceil(2.0 * sigma).clamp_(1, cfg.max_reach_px).long()
         cover_r2 = radius.clamp_(min=0.71).square_()
+        counts = torch.bincount(reach, minlength=cfg.max_reach_px + 1).tolist()
         groups = []
-        ks = reach.unique().tolist()
-        for k in ks:
-            part = pts if len(ks) == 1 else pts.subset(reach == k)
-            pick = None if len(ks) == 1 else (reach == k).nonzero().squeeze(1)
-            s = sigma if pick is None else sigma[pick]
-            r2 = cover_r2 if pick is None else cover_r2[pick]
+        for k, count in enumerate(counts):
+            if count == 0:
+                continue
+            if count == len(pts):
+                part, s, r2 = pts, sigma, cover_r2
+            else:
+                pick = (reach == k).nonzero().squeeze(1)
+                part, s, r2 = pts.subset(pick), sigma[pick], cover_r2[pick]
             steps = torch.arange(-k, k + 1, device=self.device, dtype=torch.float32)
-            px = part.cu.round()[:, None] + steps  # K x (2k+1) columns
-            py = part.cv.round()[:, None] + steps
-            dx2, dy2 = (px - part.cu[:, None]).square_(), (py - part.cv[:, None]).square_()
+            cu, cv, z = part.cu[:, None], part.cv[:, None], part.z
+            px, py = cu.round() + steps, cv.round() + steps  # K x (2k+1) pixel columns, rows
+            dx2, dy2 = (px - cu).square_(), (py - cv).square_()
             inv = -0.5 / s.square()[:, None]
-            on_x = ((px >= 0) & (px < width)).float()
-            on_y = ((py >= 0) & (py < height)).float()
-            wx, wy = (dx2 * inv).exp_() * on_x, (dy2 * inv).exp_() * on_y
-            weight = (wy[:, :, None] * wx[:, None, :]).view(len(part), -1)
-            d2 = (dy2[:, :, None] + dx2[:, None, :]).view(len(part), -1)
-            slot = ((py + 1) * (width + 2))[:, :, None] + (px + 1)[:, None, :]
-            slot = slot.view(len(part), -1).long() + part.offset(n, size)[:, None]
-            inside = weight > 0
-            slot = torch.where(inside, slot, 0)
-            cover = torch.where((d2 <= r2[:, None]) & inside, slot, 0)
-            zbuf.scatter_reduce_(0, cover.view(-1), part.z[:, None].expand_as(cover).reshape(-1),
-                                 "amin")
-            groups.append((part.point(n), part.z, slot, weight, cover))
+            wx = (dx2 * inv).exp_().mul_((px >= 0) & (px < width))
+            wy = (dy2 * inv).exp_().mul_((py >= 0) & (py < height))
+            weight = (wy[:, :, None] * wx[:, None, :]).view(count, -1)
+            sx = px.clamp_(-1, width).long() + 1
+            sy = (py.clamp_(-1, height).long() + 1) * (width + 2)
+            if part.b > 1:
+                sy += part.offset(size)[:, None]
+            slot = (sy[:, :, None] + sx[:, None, :]).view(count, -1)
+            d2 = (dy2[:, :, None] + dx2[:, None, :]).view(count, -1)
+            cover = torch.where(d2 <= r2[:, None], z[:, None], math.inf)
+            zbuf.scatter_reduce_(0, slot.view(-1), cover.view(-1), "amin")
+            groups.append((part.point(), z, slot, weight, cover))
         return groups
 
-    def _front_index(self, pts: _Points, tent, gauss, zbuf: torch.Tensor, n: int, b: int,
-                     width: int, height: int) -> torch.Tensor:
-        """Index of the nearest point per pixel (the smallest index among equal depths)."""
-        best = torch.full_like(zbuf, n, dtype=torch.int64)
-        if tent is not None:
-            point = tent.point
-            if point is None:
-                point = torch.arange(len(tent.z), device=zbuf.device)
-            hit = tent.z == zbuf.take(tent.own)
-            best.scatter_reduce_(0, tent.own[hit], point[hit], "amin")
-        for point, z, _, _, cover in gauss:
-            if point is None:
-                point = torch.arange(len(z), device=z.device)
-            hit = (z[:, None] == zbuf.take(cover)) & (cover > 0)
-            best.scatter_reduce_(0, cover[hit], point[:, None].expand_as(cover)[hit], "amin")
-        inner = best.view(b, height + 2, width + 2)[:, 1:-1, 1:-1]
-        return torch.where(inner < n, inner, -1)
+
+def _front_index(tent: _Tents | None, gauss: list, zbuf: torch.Tensor, n: int, b: int, width: int,
+                 height: int) -> torch.Tensor:
+    """Index of the nearest point per pixel (the smallest index among equal depths)."""
+    best = torch.full_like(zbuf, n, dtype=torch.int64)
+    if tent is not None:
+        point = tent.point if tent.point is not None else torch.arange(len(tent.own))
+        hit = tent.z == zbuf.take(tent.own)
+        best.scatter_reduce_(0, tent.own[hit], point.to(zbuf.device)[hit], "amin")
+    for point, _, slot, _, cover in gauss:
+        if point is None:
+            point = torch.arange(len(slot), device=zbuf.device)
+        hit = cover == zbuf.take(slot)
+        best.scatter_reduce_(0, slot[hit], point[:, None].expand_as(slot)[hit], "amin")
+    inner = best.view(b, height + 2, width + 2)[:, 1:-1, 1:-1]
+    return torch.where(inner < n, inner, -1)
 
 
 @dataclass
 class _Points:
-    """Projected points of a group of poses that may reach the screen (flat, one entry per
-    (pose, point) pair; ``flat`` indexes the B x N pairs, None when every pair is here)."""
+    """Projected (pose, point) pairs of a group of poses that may reach the screen."""
 
-    cu: torch.Tensor
-    cv: torch.Tensor
-    """Pixel coordinates with pixel centres at integers (u - 0.5, v - 0.5)."""
-    z: torch.Tensor
-    """Z-depth."""
-    rz: torch.Tensor
-    """World radius over z-depth (times the focal length: the screen radius in pixels)."""
-    flat: torch.Tensor | None
+    data: torch.Tensor
+    """4 x K float32 rows: u - 0.5 and v - 0.5 (pixel centres at integers), z-depth, and
+    world radius over z-depth (times the focal length: the screen radius in pixels)."""
+    pair: torch.Tensor | None
+    """K int64 indices into the B x N pairs (pose-major); None: every pair, in order."""
+    n: int
+    """Points in the cloud."""
+    b: int
+    """Poses in the group."""
+
+    @property
+    def cu(self) -> torch.Tensor:
+        return self.data[0]
+
+    @property
+    def cv(self) -> torch.Tensor:
+        return self.data[1]
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self.data[2]
+
+    @property
+    def rz(self) -> torch.Tensor:
+        return self.data[3]
 
     def __len__(self) -> int:
-        return int(self.z.shape[0])
+        return int(self.data.shape[1])
 
     def subset(self, sel: torch.Tensor) -> _Points:
-        """The points where the bool mask ``sel`` is True."""
-        idx = sel.nonzero().squeeze(1)
-        flat = idx if self.flat is None else self.flat[idx]
-        return _Points(self.cu[idx], self.cv[idx], self.z[idx], self.rz[idx], flat)
+        """The pairs where the bool mask ``sel`` is True, or at the int64 indices ``sel``."""
+        idx = sel.nonzero().squeeze(1) if sel.dtype == torch.bool else sel
+        pair = idx if self.pair is None else self.pair[idx]
+        return _Points(self.data.index_select(1, idx), pair, self.n, self.b)
 
-    def point(self, n: int) -> torch.Tensor | None:
+    def _pairs(self) -> torch.Tensor:
+        return self.pair if self.pair is not None else torch.arange(len(self), device=self.data.device)
+
+    def point(self) -> torch.Tensor | None:
         """Index into the cloud (None: the identity, one pose and every point here)."""
-        if self.flat is None:
-            return None if len(self) == n else torch.arange(len(self), device=self.z.device) % n
-        return self.flat % n
+        if self.b == 1:
+            return self.pair
+        return self._pairs() % self.n
 
-    def offset(self, n: int, size: int) -> torch.Tensor | int:
-        """Start of each entry's pose in the bordered buffers."""
-        if self.flat is None:
-            return 0 if len(self) == n else torch.arange(len(self), device=self.z.device) // n * size
-        return self.flat // n * size
+    def offset(self, size: int) -> torch.Tensor:
+        """Start of each pair's pose in the bordered buffers (several poses only)."""
+        return self._pairs() // self.n * size
 
 
 @dataclass
@@ -517,51 +532,66 @@ class _Tents:
     """Slot of the top-left tap (int64)."""
     own: torch.Tensor
     """Slot of the pixel the point falls in (the nearest of the four)."""
-    fx: torch.Tensor
-    fy: torch.Tensor
-    """Position within the 2 x 2 block, in [0, 1]."""
-    z: torch.Tensor
+    frac: torch.Tensor
+    """3 x K float32: position within the 2 x 2 block (x, y in [0, 1]) and z-depth."""
     point: torch.Tensor | None
     """Cloud index (None: the identity)."""
 
+    @property
+    def z(self) -> torch.Tensor:
+        return self.frac[2]
+
     def subset(self, idx: torch.Tensor) -> _Tents:
         point = idx if self.point is None else self.point[idx]
-        return _Tents(self.base[idx], self.own[idx], self.fx[idx], self.fy[idx], self.z[idx], point)
+        return _Tents(self.base[idx], self.own[idx], self.frac.index_select(1, idx), point)
 
 
 def _project_filtered(cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray, cfg: SplatConfig,
                       width: int, height: int) -> _Points:
-    """Step 1: one batched matmul per group; points behind ``near`` or too far off-screen for
-    any tap to land on it are dropped (only when there are any)."""
+    """Step 1: one matmul per group; points behind ``near`` or too far off-screen for any
+    tap to land on it are dropped (only when there are any)."""
     b, n = len(poses), len(cloud)
     P = projection_matrices(poses, K)
     P[:, :2] -= 0.5 * P[:, 2:3]  # pixel centres at integer coordinates
     P = torch.from_numpy(P).to(cloud.xyz_t.device, torch.float32)
-    proj = torch.baddbmm(P[:, :, 3:], P[:, :, :3], cloud.xyz_t.expand(b, 3, n))
-    z = proj[:, 2].reshape(-1)
-    inv_z = z.reciprocal()
-    cu, cv = proj[:, 0].reshape(-1).mul_(inv_z), proj[:, 1].reshape(-1).mul_(inv_z)
-    rz = inv_z.view(b, n).mul_(cloud.radius).view(-1)
+    data = torch.empty((4, b, n), dtype=torch.float32, device=cloud.xyz_t.device)
+    if b == 1:  # a batch of one is a plain matmul (no expanded copy of the cloud)
+        torch.addmm(P[0, :, 3:], P[0, :, :3], cloud.xyz_t, out=data[:3, 0])
+    else:
+        data[:3] = torch.baddbmm(P[:, :, 3:], P[:, :, :3], cloud.xyz_t.expand(b, 3, n)).transpose(0, 1)
+    data = data.view(4, b * n)
+    cu, cv, z, rz = data.unbind(0)
+    torch.reciprocal(z, out=rz)
+    cu *= rz
+    cv *= rz
+    rz.view(b, n).mul_(cloud.radius)
     m = cfg.max_reach_px + 1
     keep = (z > cfg.near) & (cu > -m) & (cu < width - 1 + m)
     keep &= (cv > -m) & (cv < height - 1 + m)
-    pts = _Points(cu, cv, z, rz, None)
+    pts = _Points(data, None, n, b)
     return pts if bool(keep.all()) else pts.subset(keep)
 
 
-def _tent_prepass(pts: _Points, zbuf: torch.Tensor, n: int, size: int, w2: int, width: int,
+def _tent_prepass(pts: _Points, zbuf: torch.Tensor, size: int, w2: int, width: int,
                   height: int) -> _Tents:
     """Tent footprints of sub-pixel points; the pre-pass covers the pixel each falls in.
     Points off-screen are clamped to the buffers' border (their taps land there)."""
     x0 = pts.cu.floor().clamp_(-1, width - 1)
     y0 = pts.cv.floor().clamp_(-1, height - 1)
-    fx, fy = (pts.cu - x0).clamp_(0, 1), (pts.cv - y0).clamp_(0, 1)
+    frac = torch.empty((3, len(pts)), dtype=torch.float32, device=zbuf.device)
+    fx, fy, _ = frac.unbind(0)
+    torch.sub(pts.cu, x0, out=fx).clamp_(0, 1)
+    torch.sub(pts.cv, y0, out=fy).clamp_(0, 1)
+    frac[2] = pts.z
     base_f = torch.add(x0, y0, alpha=w2).add_(w2 + 1)
-    own_f = base_f + (fx >= 0.5) + (fy >= 0.5) * float(w2)
-    offset = pts.offset(n, size)
-    base, own = base_f.long() + offset, own_f.long() + offset
+    own_f = (fy >= 0.5).float().mul_(w2).add_(fx >= 0.5).add_(base_f)
+    base, own = base_f.long(), own_f.long()
+    if pts.b > 1:
+        offset = pts.offset(size)
+        base += offset
+        own += offset
     zbuf.scatter_reduce_(0, own, pts.z, "amin")
-    return _Tents(base, own, fx, fy, pts.z, pts.point(n))
+    return _Tents(base, own, frac, pts.point())
 
 
 def _accumulate_tents(tent: _Tents, limit: torch.Tensor, colour: torch.Tensor, acc: torch.Tensor,
@@ -577,10 +607,11 @@ def _accumulate_tents(tent: _Tents, limit: torch.Tensor, colour: torch.Tensor, a
         tent = tent.subset(visible.nonzero().squeeze(1))
     steps = torch.tensor([0, 1, w2, w2 + 1], device=tent.base.device)
     slot = tent.base[None, :] + steps[:, None]  # 4 x K
-    wx = torch.stack([1.0 - tent.fx, tent.fx])
-    wy = torch.stack([1.0 - tent.fy, tent.fy])
+    fx, fy, z = tent.frac.unbind(0)
+    wx = torch.stack([1.0 - fx, fx])
+    wy = torch.stack([1.0 - fy, fy])
     weight = (wy[:, None, :] * wx[None, :, :]).view(4, -1)
-    weight *= tent.z[None, :] <= limit.take(slot)
+    weight *= z[None, :] <= limit.take(slot)
     _accumulate(acc, slot, weight, colour, tent.point, dim=1)
 
 
