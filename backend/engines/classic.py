@@ -87,8 +87,8 @@ class ClassicEngine(Engine):
         layers: int = 3,
         fov_x_deg: float = 60.0,
         capacity: int = 4_000_000,
-        frames_per_batch: int = 4,
-        keyframe_every: int = 8,
+        frames_per_batch: int = 1,
+        keyframe_every: int = 16,
         gap_px: int = 6,
     ):
         self.device = device
@@ -240,12 +240,19 @@ class ClassicEngine(Engine):
         return filled.image, depth_out
 
     def _fill_gaps(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Cover the pixels no splat reached from coarser averages (pull-push: no streaks)."""
-        if mask.all():
+        """Cover the pixels no splat reached: pinholes by the mean of their covered 3 x 3
+        neighbours (one normalised box filter, ~1 ms), larger gaps from coarser averages
+        (pull-push: no streaks)."""
+        if mask.all() or not mask.any():
             return image
-        if not mask.any():
-            return image
-        return pull_push(image, mask)
+        covered = mask.astype(np.float32)
+        total = cv2.boxFilter(image.astype(np.float32) * covered[..., None], -1, (3, 3), normalize=False)
+        count = cv2.boxFilter(covered, -1, (3, 3), normalize=False)
+        pinhole = ~mask & (count > 0)
+        out = image.copy()
+        out[pinhole] = (total[pinhole] / count[pinhole, None] + 0.5).astype(np.uint8)
+        known = mask | pinhole
+        return out if known.all() else pull_push(out, known)
 
     # -- dynamics --
 

@@ -422,7 +422,8 @@ class SplatRenderer:
         cfg = self.config
         radius = pts.rz * f
         sigma = (cfg.sigma_scale * radius).clamp_(min=cfg.min_sigma_px, max=cfg.max_reach_px / 2)
-        reach = torch.ceil(2.0 * sigma).clamp_(1, cfg.max_reach_px).long()
+        # the (2k+1)^2 window around the nearest pixel holds every pixel within k + 0.5 px
+        reach = torch.ceil(2.0 * sigma - 0.5).clamp_(1, cfg.max_reach_px).long()
         cover_r2 = radius.clamp_(min=0.71).square_()
         counts = torch.bincount(reach, minlength=cfg.max_reach_px + 1).tolist()
         groups = []
