@@ -1,5 +1,6 @@
 """Unproject -> render round trips and the renderer against analytic projection."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +344,14 @@ def test_minified_fine_checkerboard_has_no_moire():
     bare = SplatRenderer("cpu", NEAREST).render(cloud, pose, K, 128, 128).numpy().image[0][inner]
     assert abs(aa.mean() - 127.5) < 12 and aa.std() < 25
     assert bare.astype(float).std() > 90
+
+
+def test_window_max_is_max_pool():
+    """The visibility pre-test's window maximum equals torch's max pooling of that window."""
+    from backend.geometry.render import _window_max
+
+    grid = torch.rand(2, 30, 41)
+    grid[0, 3, 5] = math.inf
+    for k in (1, 2, 4):
+        pooled = torch.nn.functional.max_pool2d(grid[:, None], 2 * k + 1, 1, k)[:, 0]
+        assert torch.equal(_window_max(grid, k), pooled)
