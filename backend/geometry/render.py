@@ -415,7 +415,8 @@ class SplatRenderer:
                        height: int) -> list[tuple[torch.Tensor | None, ...]]:
         """Gaussian taps of points larger than a pixel, grouped by how far they reach; the
         pre-pass covers the pixels within each point's radius. Returns (point, z, slot,
-        weight, cover z) per group. Taps off-screen are clamped to the buffers' border with
+        (x weights, y weights), cover z) per group (the separable weights multiply out only
+        for the points that are not hidden). Taps off-screen are clamped to the buffers' border with
         zero weight; ``cover z`` is the point's depth where the tap is within its radius,
         else +inf."""
         cfg = self.config
@@ -441,7 +442,6 @@ class SplatRenderer:
             inv = -0.5 / s.square()[:, None]
             wx = (dx2 * inv).exp_().mul_((px >= 0) & (px < width))
             wy = (dy2 * inv).exp_().mul_((py >= 0) & (py < height))
-            weight = (wy[:, :, None] * wx[:, None, :]).view(count, -1)
             sx = px.clamp_(-1, width).long() + 1
             sy = (py.clamp_(-1, height).long() + 1) * (width + 2)
             if part.b > 1:
@@ -450,7 +450,7 @@ class SplatRenderer:
             d2 = (dy2[:, :, None] + dx2[:, None, :]).view(count, -1)
             cover = torch.where(d2 <= r2[:, None], z[:, None], math.inf)
             zbuf.scatter_reduce_(0, slot.view(-1), cover.view(-1), "amin")
-            groups.append((part.point(), z, slot, weight, cover))
+            groups.append((part.point(), z, slot, (wx, wy), cover))
         return groups
 
 
@@ -616,7 +616,7 @@ def _accumulate_tents(tent: _Tents, limit: torch.Tensor, colour: torch.Tensor, a
 
 
 def _accumulate_gauss(point: torch.Tensor | None, z: torch.Tensor, slot: torch.Tensor,
-                      weight: torch.Tensor, limit: torch.Tensor, colour: torch.Tensor,
+                      wxy: tuple[torch.Tensor, torch.Tensor], limit: torch.Tensor, colour: torch.Tensor,
                       acc: torch.Tensor, b: int, width: int, height: int) -> None:
     """Step 4 for one group of gaussians (K x (2k+1)^2 taps): as for the tents, points above
     the largest limit of their window are dropped first when that saves work."""
@@ -629,9 +629,12 @@ def _accumulate_gauss(point: torch.Tensor | None, z: torch.Tensor, slot: torch.T
         return
     if n_visible < 0.75 * len(z):
         idx = visible.nonzero().squeeze(1)
-        slot, weight, z = slot[idx], weight[idx], z[idx]
+        slot, z = slot[idx], z[idx]
+        wxy = (wxy[0][idx], wxy[1][idx])
         point = idx if point is None else point[idx]
-    weight = weight * (z[:, None] <= limit.take(slot))
+    wx, wy = wxy
+    weight = (wy[:, :, None] * wx[:, None, :]).view(len(z), -1)
+    weight *= z[:, None] <= limit.take(slot)
     _accumulate(acc, slot, weight, colour, point, dim=0)
 
 
