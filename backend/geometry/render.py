@@ -6,19 +6,24 @@ The native renderer is plain torch, the same code on CPU and CUDA (the device is
 With ``antialias=True`` (the default) every point is a screen-space filter, not an opaque
 disc (EWA splatting, Zwicker et al., reduced to isotropic footprints):
 
-1. project every point once per pose; its screen radius is ``r_px = radius * f / z``;
+1. project every point once per pose (one matmul); its screen radius is ``r_px = radius * f
+   / z``; points behind ``near`` or too far off-screen for any tap are dropped;
 2. footprint: a point no larger than a pixel (``r_px < tent_radius_px``) is a tent of
    half-width one pixel over the 2 x 2 pixel centres around it (bilinear splatting: the
    minimum low-pass, so no splat is smaller than a pixel and a point at a pixel centre
    gives that pixel alone); a larger one is a Gaussian of sigma ``max(sigma_scale * r_px,
-   min_sigma_px)`` over the pixels within ``ceil(2 sigma)`` (at most ``max_reach_px``);
-3. depth pre-pass: the nearest point's packed ``(z bits << 32) | index`` key is kept per
-   pixel (``scatter_reduce_(amin)``) over the pixels each footprint really covers (its own
-   pixel, or within its radius);
+   min_sigma_px)`` over the (2k+1)^2 pixels around its nearest pixel, ``k = ceil(2 sigma -
+   0.5)`` (at most ``max_reach_px``), which holds every pixel within 2 sigma;
+3. depth pre-pass: the nearest depth is kept per pixel (float ``scatter_reduce_(amin)``)
+   over the pixels each footprint really covers (its own pixel, or within its radius);
 4. weighted accumulation: every footprint tap within ``depth_tolerance`` (relative) of that
-   pixel's front depth adds ``(w, w r, w g, w b)`` (``index_add_``); farther taps are hidden;
+   pixel's front depth adds ``(w, w r, w g, w b)`` (one ``scatter_add_`` per plane); farther
+   taps are hidden. Points hidden over their whole footprint (depth above the largest limit
+   of their 2 x 2 block or window) are dropped before their taps are formed when that saves
+   work: they would add zero weight, so the image is the same either way;
 5. normalisation: colour = sum(w c) / sum(w); mask = the pre-pass covered the pixel; depth
-   and index = the front point's.
+   = the front's; index (``return_index=True`` only) = the nearest point, smallest index on
+   ties.
 
 So the front surface is blended, never the surfaces behind it, and a magnified or minified
 surface has no screen-door grid. ``antialias=False`` keeps the nearest-point z-buffer (every
