@@ -10,7 +10,8 @@ rendered from the cloud the client received; lower is better) and grid_energy: t
 high-frequency energy (grey image minus its Gaussian blur, sigma 1 px, squared, mean) of the
 forward preset's frames over that of the photo itself (a screen-door pattern raises it; 1.0
 is the photo's own). ``--sheets DIR`` writes a contact sheet per scene (rows: presets;
-columns: first, middle, last frame) as PNG.
+columns: first, middle, last frame) as PNG. ``goals`` and ``goals_met`` compare the summary
+with issue 14's targets.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from protocol.trajectory import preset  # noqa: E402
 
 SCENES = Path(__file__).resolve().parents[2] / "shared" / "scenes"
 DEFAULT_SCENES = ("03_ancient", "09_countryside", "58_woodland")
+GOALS = {"consistency_max": 1.0, "consistency_target": 0.5, "realtime_factor_min": 1.0,
+         "ttff_s_max": 0.5, "grid_energy_max": 1.2}
+"""Issue 14: mean consistency at most 1.0 (target 0.5), median realtime factor at least 1,
+median time to first frame at most 0.5 s, forward frames' grid energy within 1.2x the photo's."""
 
 
 def clip_consistency(frames, poses, points, K) -> float:
@@ -142,6 +147,14 @@ def main() -> None:
         "consistency": round(float(np.mean([r["consistency"] for r in rows])), 4),
         "grid_energy": round(float(np.mean([r["grid_energy"] for r in forward] or [np.nan])), 4),
         "per_scene": per_scene,
+        "goals": GOALS,
+    }
+    result["goals_met"] = {
+        "consistency": result["consistency"] <= GOALS["consistency_max"],
+        "consistency_target": result["consistency"] <= GOALS["consistency_target"],
+        "realtime_factor": result["realtime_factor"] >= GOALS["realtime_factor_min"],
+        "ttff_s": result["ttff_s"] <= GOALS["ttff_s_max"],
+        "grid_energy": bool(result["grid_energy"] <= GOALS["grid_energy_max"]),
     }
     print(json.dumps(result))
 

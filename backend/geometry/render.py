@@ -6,19 +6,24 @@ The native renderer is plain torch, the same code on CPU and CUDA (the device is
 With ``antialias=True`` (the default) every point is a screen-space filter, not an opaque
 disc (EWA splatting, Zwicker et al., reduced to isotropic footprints):
 
-1. project every point once per pose; its screen radius is ``r_px = radius * f / z``;
+1. project every point once per pose (one matmul); its screen radius is ``r_px = radius * f
+   / z``; points behind ``near`` or too far off-screen for any tap are dropped;
 2. footprint: a point no larger than a pixel (``r_px < tent_radius_px``) is a tent of
    half-width one pixel over the 2 x 2 pixel centres around it (bilinear splatting: the
    minimum low-pass, so no splat is smaller than a pixel and a point at a pixel centre
    gives that pixel alone); a larger one is a Gaussian of sigma ``max(sigma_scale * r_px,
-   min_sigma_px)`` over the pixels within ``ceil(2 sigma)`` (at most ``max_reach_px``);
-3. depth pre-pass: the nearest point's packed ``(z bits << 32) | index`` key is kept per
-   pixel (``scatter_reduce_(amin)``) over the pixels each footprint really covers (its own
-   pixel, or within its radius);
+   min_sigma_px)`` over the (2k+1)^2 pixels around its nearest pixel, ``k = ceil(2 sigma -
+   0.5)`` (at most ``max_reach_px``), which holds every pixel within 2 sigma;
+3. depth pre-pass: the nearest depth is kept per pixel (float ``scatter_reduce_(amin)``)
+   over the pixels each footprint really covers (its own pixel, or within its radius);
 4. weighted accumulation: every footprint tap within ``depth_tolerance`` (relative) of that
-   pixel's front depth adds ``(w, w r, w g, w b)`` (``index_add_``); farther taps are hidden;
+   pixel's front depth adds ``(w, w r, w g, w b)`` (one ``scatter_add_`` per plane); farther
+   taps are hidden. Points hidden over their whole footprint (depth above the largest limit
+   of their 2 x 2 block or window) are dropped before their taps are formed when that saves
+   work: they would add zero weight, so the image is the same either way;
 5. normalisation: colour = sum(w c) / sum(w); mask = the pre-pass covered the pixel; depth
-   and index = the front point's.
+   = the front's; index (``return_index=True`` only) = the nearest point, smallest index on
+   ties.
 
 So the front surface is blended, never the surfaces behind it, and a magnified or minified
 surface has no screen-door grid. ``antialias=False`` keeps the nearest-point z-buffer (every
@@ -120,8 +125,8 @@ class DeviceCloud:
     """N + 1 int32 packed RGBA; the extra last entry is the black of empty pixels."""
     radius: torch.Tensor
     """N float32 world radii."""
-    rgb1: torch.Tensor | None = None
-    """N x 4 float32 ``(1, r, g, b)``, colours in [0, 255] (for the anti-aliased blend)."""
+    colour: torch.Tensor | None = None
+    """3 x N float32 colour planes in [0, 255] (for the anti-aliased blend)."""
 
     def __len__(self) -> int:
         return int(self.radius.shape[0])
@@ -240,8 +245,7 @@ class SplatRenderer:
             torch.from_numpy(np.ascontiguousarray(cloud.xyz.T)).to(self.device),
             torch.from_numpy(rgba.view(np.int32).reshape(-1)).to(self.device),
             torch.from_numpy(cloud.radius).to(self.device),
-            torch.from_numpy(np.concatenate([np.ones((len(cloud), 1), np.float32),
-                                             cloud.rgb.astype(np.float32)], 1)).to(self.device),
+            torch.from_numpy(np.ascontiguousarray(cloud.rgb.T, np.float32)).to(self.device),
         )
         with self._cache_lock:  # a PointCloud is immutable; a store bumps its version
             self._cache = (source, len(source), version, dc)
@@ -284,26 +288,30 @@ class SplatRenderer:
             torch.empty((b, height, width), dtype=torch.int64, device=dev) if return_index else None,
         )
         step = self.config.batch_size
+        if b <= step:  # one group: its tensors are the output
+            return RenderOutput(*self._render_group(cloud, poses, K, width, height, return_index))
         for start in range(0, b, step):
             part = slice(start, start + step)
-            image, mask, depth, index = self._render_group(cloud, poses[part], K, width, height)
+            image, mask, depth, index = self._render_group(cloud, poses[part], K, width, height,
+                                                           return_index)
             out.image[part], out.mask[part], out.depth[part] = image, mask, depth
             if out.index is not None:
                 out.index[part] = index
         return out
 
     def _render_group(
-        self, cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray, width: int, height: int
+        self, cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray, width: int, height: int,
+        want_index: bool,
     ) -> tuple[torch.Tensor, ...]:
         cfg = self.config
         b, n = len(poses), len(cloud)
+        if n and cfg.antialias:
+            return self._render_filtered(cloud, poses, K, width, height, want_index)
         size = (height + 2) * (width + 2)
         buf = getattr(self._local, "keys", None)
         if buf is None or buf.numel() != b * size:
             buf = self._local.keys = torch.empty(b * size, dtype=torch.int64, device=self.device)
         keys = buf.fill_(_EMPTY_HI << 32 | n)  # reused: no fresh pages per frame
-        if n and cfg.antialias:
-            return self._render_filtered(keys, cloud, poses, K, width, height)
         if n:
             # 1. project once per pose; 2. cull to the border / NaN keys; 3. pack keys
             P = torch.from_numpy(projection_matrices(poses, K)).to(self.device, torch.float32)
@@ -318,7 +326,8 @@ class SplatRenderer:
                 big = r_px >= cfg.min_disc_px
                 self._splat_discs(keys, big, P, cloud, r_px, key, width, height)
         # 6. colour by the winning index, depth from the key's high word
-        return self._read_back(keys.view(b, size), cloud.rgba, width, height)
+        image, mask, depth, index = self._read_back(keys.view(b, size), cloud.rgba, width, height)
+        return image, mask, depth, index if want_index else None
 
     def _splat_discs(
         self,
@@ -364,106 +373,310 @@ class SplatRenderer:
 
 
     def _render_filtered(
-        self, keys: torch.Tensor, cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray,
-        width: int, height: int,
+        self, cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray, width: int, height: int,
+        want_index: bool,
     ) -> tuple[torch.Tensor, ...]:
-        """Steps 1-5 of the module docstring; ``keys`` is the filled bordered key buffer."""
-        cfg, dev = self.config, self.device
-        b, n = len(poses), len(cloud)
-        size = (width + 2) * (height + 2)
-        # 1. project (B x N each); points behind the camera or far off-screen get no taps
-        P = torch.from_numpy(projection_matrices(poses, K)).to(dev, torch.float32)
-        x, y, z = cloud.xyz_t[:, None, :].unbind(0)
-        uz, vz, z = (x * P[:, r, 0:1] + y * P[:, r, 1:2] + z * P[:, r, 2:3] + P[:, r, 3:4] for r in range(3))
-        inv_z = 1.0 / z.clamp(min=cfg.near)
-        u, v = uz * inv_z, vz * inv_z
-        r_px = cloud.radius * (0.5 * (K[0, 0] + K[1, 1])) * inv_z
-        reach = cfg.max_reach_px + 1
-        ok = (z > cfg.near) & (u > -reach) & (u < width + reach) & (v > -reach) & (v < height + reach)
-        key = (z.view(torch.int32).long() << 32) | torch.arange(n, device=dev)
-        offset = torch.arange(b, device=dev)[:, None] * size
-        # 2. footprints (slots into the bordered buffers, weights); 3. depth pre-pass
-        small = ok & (r_px < cfg.tent_radius_px)
-        taps = [self._tent_taps(small, u, v, z, offset, key, keys, width, height)]
-        big = ok & ~small
-        if bool(big.any()):
-            taps += self._gauss_taps(big, u, v, z, r_px, offset, key, keys, width, height)
-        limit = (keys >> 32).to(torch.int32).view(torch.float32) * (1.0 + cfg.depth_tolerance)
-        # 4. weighted accumulation (one plane per channel) of the taps near the front surface
-        acc = torch.zeros((4, b * size), dtype=torch.float32, device=dev)
-        for point, zs, slot, weight in taps:
-            weight = weight * (zs[:, None] <= limit.take(slot))
-            flat_slot = slot.view(-1)
-            acc[0].index_add_(0, flat_slot, weight.view(-1))
-            for c in range(3):
-                values = weight * cloud.rgb1[:, c + 1].take(point)[:, None]
-                acc[c + 1].index_add_(0, flat_slot, values.view(-1))
-        # 5. normalise; depth and index are the front point's
-        acc = acc.view(4, b, height + 2, width + 2)[:, :, 1:-1, 1:-1]
-        inner = keys.view(b, height + 2, width + 2)[:, 1:-1, 1:-1]
-        depth = (inner >> 32).to(torch.int32).view(torch.float32)
-        mask = depth < math.inf
-        image = (acc[1:] / acc[:1].clamp(min=1e-12) + 0.5).permute(1, 2, 3, 0)
-        image = torch.where(mask[..., None], image.clamp(0, 255), 0.0).to(torch.uint8)
-        winner = (inner & 0xFFFFFFFF).to(torch.int32)
-        return image, mask, torch.where(mask, depth, 0.0), torch.where(mask, winner, -1)
-
-    def _tent_taps(self, sel: torch.Tensor, u: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
-                   offset: torch.Tensor, key: torch.Tensor, keys: torch.Tensor, width: int,
-                   height: int) -> tuple[torch.Tensor, ...]:
-        """Bilinear (tent) taps on the 2 x 2 pixel centres around every point (B x N).
-
-        Points not in ``sel`` get zero weights and no pre-pass; the one-pixel border takes
-        the taps just off-screen. The pre-pass covers the pixel each point falls in.
-        """
-        b, n = u.shape
-        cu, cv = u - 0.5, v - 0.5
-        x0, y0 = cu.floor(), cv.floor()
-        fx, fy = cu - x0, cv - y0
-        w2 = width + 2
-        base = (y0.long().clamp(-1, height - 1) + 1) * w2 + x0.long().clamp(-1, width - 1) + 1 + offset
-        onscreen = sel & (u >= 0) & (u < width) & (v >= 0) & (v < height)
-        own = base + (fx >= 0.5).long() + (fy >= 0.5).long() * w2
-        keys.scatter_reduce_(0, torch.where(onscreen, own, 0).view(-1), key.view(-1), "amin")
-        slot = base.view(-1, 1) + torch.tensor([0, 1, w2, w2 + 1], device=self.device)
-        gx, gy = (1.0 - fx) * sel, (1.0 - fy) * sel
-        fx, fy = fx * sel, fy * sel
-        weight = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], -1).view(-1, 4)
-        point = torch.arange(n, device=self.device).repeat(b)
-        return point, z.view(-1), slot, weight
-
-    def _gauss_taps(self, sel: torch.Tensor, u: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
-                    r_px: torch.Tensor, offset: torch.Tensor, key: torch.Tensor, keys: torch.Tensor,
-                    width: int, height: int) -> list[tuple[torch.Tensor, ...]]:
-        """Gaussian taps of the selected points, grouped by how far their footprint reaches;
-        the pre-pass covers the pixels within each point's radius."""
+        """Steps 1-5 of the module docstring for one group of poses."""
         cfg = self.config
-        n = u.shape[1]
-        flat = sel.view(-1).nonzero().squeeze(1)
-        radius = r_px.view(-1)[flat]
-        sigma = (cfg.sigma_scale * radius).clamp(min=cfg.min_sigma_px, max=cfg.max_reach_px / 2)
-        reach = torch.ceil(2.0 * sigma).long().clamp(1, cfg.max_reach_px)
-        cover_r2 = radius.clamp(min=0.71).square()
+        b = len(poses)
+        w2, size = width + 2, (width + 2) * (height + 2)
+        zbuf, acc = self._filter_buffers(b * size)
+        f = 0.5 * (K[0, 0] + K[1, 1])
+        # 1. project; keep the points whose footprint may reach the screen
+        pts = _project_filtered(cloud, poses, K, cfg, width, height)
+        # 2. footprints by size; 3. depth pre-pass over the pixels each footprint covers
+        small = pts.rz < cfg.tent_radius_px / f
+        n_small = int(small.sum())
+        tents = pts if n_small == len(pts) else pts.subset(small)
+        tent = _tent_prepass(tents, zbuf, size, w2, width, height) if len(tents) else None
+        gauss = []
+        if n_small < len(pts):
+            large = pts if n_small == 0 else pts.subset(~small)
+            gauss = self._gauss_prepass(large, f, zbuf, size, width, height)
+        # 4. weighted accumulation of the taps within depth_tolerance of the front surface
+        limit = zbuf * (1.0 + cfg.depth_tolerance)
+        if tent is not None:
+            _accumulate_tents(tent, limit, cloud.colour, acc, w2)
+        for point, z, slot, weight, _ in gauss:
+            _accumulate_gauss(point, z, slot, weight, limit, cloud.colour, acc, b, width, height)
+        # 5. normalise; depth is the front surface's, the index its nearest point's
+        depth = zbuf.view(b, height + 2, width + 2)[:, 1:-1, 1:-1]
+        mask = depth < math.inf
+        planes = acc.view(4, b, height + 2, width + 2)[:, :, 1:-1, 1:-1]
+        scale = mask / planes[0].clamp(min=1e-12)
+        image = (planes[1:] * scale).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 3, 0)
+        index = _front_index(tent, gauss, zbuf, len(cloud), b, width, height) if want_index else None
+        return image.contiguous(), mask, torch.where(mask, depth, 0.0), index
+
+    def _filter_buffers(self, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The thread's depth buffer (filled with +inf) and 4 accumulation planes (zeroed)."""
+        zbuf = getattr(self._local, "zbuf", None)
+        if zbuf is None or zbuf.numel() != numel:
+            zbuf = self._local.zbuf = torch.empty(numel, dtype=torch.float32, device=self.device)
+            self._local.acc = torch.empty((4, numel), dtype=torch.float32, device=self.device)
+        return zbuf.fill_(math.inf), self._local.acc.zero_()
+
+    def _gauss_prepass(self, pts: _Points, f: float, zbuf: torch.Tensor, size: int, width: int,
+                       height: int) -> list[tuple[torch.Tensor | None, ...]]:
+        """Gaussian taps of points larger than a pixel, grouped by how far they reach; the
+        pre-pass covers the pixels within each point's radius. Returns (point, z, slot,
+        (x weights, y weights), cover z) per group (the separable weights multiply out only
+        for the points that are not hidden). Taps off-screen are clamped to the buffers' border with
+        zero weight; ``cover z`` is the point's depth where the tap is within its radius,
+        else +inf."""
+        cfg = self.config
+        radius = pts.rz * f
+        sigma = (cfg.sigma_scale * radius).clamp_(min=cfg.min_sigma_px, max=cfg.max_reach_px / 2)
+        # the (2k+1)^2 window around the nearest pixel holds every pixel within k + 0.5 px
+        reach = torch.ceil(2.0 * sigma - 0.5).clamp_(1, cfg.max_reach_px).long()
+        cover_r2 = radius.clamp_(min=0.71).square_()
+        counts = torch.bincount(reach, minlength=cfg.max_reach_px + 1).tolist()
         groups = []
-        for k in range(1, cfg.max_reach_px + 1):
-            pick = (reach == k).nonzero().squeeze(1)
-            if pick.numel() == 0:
+        for k, count in enumerate(counts):
+            if count == 0:
                 continue
-            idx = flat[pick]
-            steps = torch.arange(-k, k + 1, device=self.device)
-            dy, dx = (t.reshape(1, -1) for t in torch.meshgrid(steps, steps, indexing="ij"))
-            cu, cv = u.view(-1)[idx, None], v.view(-1)[idx, None]
-            px, py = cu.floor().long() + dx, cv.floor().long() + dy
-            d2 = (px + 0.5 - cu).square() + (py + 0.5 - cv).square()
-            inside = (px >= 0) & (px < width) & (py >= 0) & (py < height)
-            base = offset.view(-1)[idx // n, None]
-            slot = torch.where(inside, (py + 1) * (width + 2) + px + 1 + base, 0)
-            cover = torch.where((d2 <= cover_r2[pick, None]) & inside, slot, 0)
-            keys.scatter_reduce_(0, cover.view(-1), key.view(-1)[idx, None].expand_as(cover).reshape(-1),
-                                 "amin")
-            weight = torch.exp(-0.5 * d2 / sigma[pick, None].square()) * inside
-            groups.append((idx % n, z.view(-1)[idx], slot, weight))
+            if count == len(pts):
+                part, s, r2 = pts, sigma, cover_r2
+            else:
+                pick = (reach == k).nonzero().squeeze(1)
+                part, s, r2 = pts.subset(pick), sigma[pick], cover_r2[pick]
+            steps = torch.arange(-k, k + 1, device=self.device, dtype=torch.float32)
+            cu, cv, z = part.cu[:, None], part.cv[:, None], part.z
+            px, py = cu.round() + steps, cv.round() + steps  # K x (2k+1) pixel columns, rows
+            dx2, dy2 = (px - cu).square_(), (py - cv).square_()
+            inv = -0.5 / s.square()[:, None]
+            wx = (dx2 * inv).exp_().mul_((px >= 0) & (px < width))
+            wy = (dy2 * inv).exp_().mul_((py >= 0) & (py < height))
+            sx = px.clamp_(-1, width).long() + 1
+            sy = (py.clamp_(-1, height).long() + 1) * (width + 2)
+            if part.b > 1:
+                sy += part.offset(size)[:, None]
+            slot = (sy[:, :, None] + sx[:, None, :]).view(count, -1)
+            d2 = (dy2[:, :, None] + dx2[:, None, :]).view(count, -1)
+            cover = torch.where(d2 <= r2[:, None], z[:, None], math.inf)
+            zbuf.scatter_reduce_(0, slot.view(-1), cover.view(-1), "amin")
+            groups.append((part.point(), z, slot, (wx, wy), cover))
         return groups
+
+
+def _front_index(tent: _Tents | None, gauss: list, zbuf: torch.Tensor, n: int, b: int, width: int,
+                 height: int) -> torch.Tensor:
+    """Index of the nearest point per pixel (the smallest index among equal depths)."""
+    best = torch.full_like(zbuf, n, dtype=torch.int64)
+    if tent is not None:
+        point = tent.point if tent.point is not None else torch.arange(len(tent.own))
+        hit = tent.z == zbuf.take(tent.own)
+        best.scatter_reduce_(0, tent.own[hit], point.to(zbuf.device)[hit], "amin")
+    for point, _, slot, _, cover in gauss:
+        if point is None:
+            point = torch.arange(len(slot), device=zbuf.device)
+        hit = cover == zbuf.take(slot)
+        best.scatter_reduce_(0, slot[hit], point[:, None].expand_as(slot)[hit], "amin")
+    inner = best.view(b, height + 2, width + 2)[:, 1:-1, 1:-1]
+    return torch.where(inner < n, inner, -1)
+
+
+@dataclass
+class _Points:
+    """Projected (pose, point) pairs of a group of poses that may reach the screen."""
+
+    data: torch.Tensor
+    """4 x K float32 rows: u - 0.5 and v - 0.5 (pixel centres at integers), z-depth, and
+    world radius over z-depth (times the focal length: the screen radius in pixels)."""
+    pair: torch.Tensor | None
+    """K int64 indices into the B x N pairs (pose-major); None: every pair, in order."""
+    n: int
+    """Points in the cloud."""
+    b: int
+    """Poses in the group."""
+
+    @property
+    def cu(self) -> torch.Tensor:
+        return self.data[0]
+
+    @property
+    def cv(self) -> torch.Tensor:
+        return self.data[1]
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self.data[2]
+
+    @property
+    def rz(self) -> torch.Tensor:
+        return self.data[3]
+
+    def __len__(self) -> int:
+        return int(self.data.shape[1])
+
+    def subset(self, sel: torch.Tensor) -> _Points:
+        """The pairs where the bool mask ``sel`` is True, or at the int64 indices ``sel``."""
+        idx = sel.nonzero().squeeze(1) if sel.dtype == torch.bool else sel
+        pair = idx if self.pair is None else self.pair[idx]
+        return _Points(self.data.index_select(1, idx), pair, self.n, self.b)
+
+    def _pairs(self) -> torch.Tensor:
+        return self.pair if self.pair is not None else torch.arange(len(self), device=self.data.device)
+
+    def point(self) -> torch.Tensor | None:
+        """Index into the cloud (None: the identity, one pose and every point here)."""
+        if self.b == 1:
+            return self.pair
+        return self._pairs() % self.n
+
+    def offset(self, size: int) -> torch.Tensor:
+        """Start of each pair's pose in the bordered buffers (several poses only)."""
+        return self._pairs() // self.n * size
+
+
+@dataclass
+class _Tents:
+    """Sub-pixel points as bilinear tents: the 2 x 2 pixel centres around each point."""
+
+    base: torch.Tensor
+    """Slot of the top-left tap (int64)."""
+    own: torch.Tensor
+    """Slot of the pixel the point falls in (the nearest of the four)."""
+    frac: torch.Tensor
+    """3 x K float32: position within the 2 x 2 block (x, y in [0, 1]) and z-depth."""
+    point: torch.Tensor | None
+    """Cloud index (None: the identity)."""
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self.frac[2]
+
+    def subset(self, idx: torch.Tensor) -> _Tents:
+        point = idx if self.point is None else self.point[idx]
+        return _Tents(self.base[idx], self.own[idx], self.frac.index_select(1, idx), point)
+
+
+def _project_filtered(cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray, cfg: SplatConfig,
+                      width: int, height: int) -> _Points:
+    """Step 1: one matmul per group; points behind ``near`` or too far off-screen for any
+    tap to land on it are dropped (only when there are any)."""
+    b, n = len(poses), len(cloud)
+    P = projection_matrices(poses, K)
+    P[:, :2] -= 0.5 * P[:, 2:3]  # pixel centres at integer coordinates
+    P = torch.from_numpy(P).to(cloud.xyz_t.device, torch.float32)
+    data = torch.empty((4, b, n), dtype=torch.float32, device=cloud.xyz_t.device)
+    if b == 1:  # a batch of one is a plain matmul (no expanded copy of the cloud)
+        torch.addmm(P[0, :, 3:], P[0, :, :3], cloud.xyz_t, out=data[:3, 0])
+    else:
+        data[:3] = torch.baddbmm(P[:, :, 3:], P[:, :, :3], cloud.xyz_t.expand(b, 3, n)).transpose(0, 1)
+    data = data.view(4, b * n)
+    cu, cv, z, rz = data.unbind(0)
+    torch.reciprocal(z, out=rz)
+    cu *= rz
+    cv *= rz
+    rz.view(b, n).mul_(cloud.radius)
+    m = cfg.max_reach_px + 1
+    keep = (z > cfg.near) & (cu > -m) & (cu < width - 1 + m)
+    keep &= (cv > -m) & (cv < height - 1 + m)
+    pts = _Points(data, None, n, b)
+    return pts if bool(keep.all()) else pts.subset(keep)
+
+
+def _tent_prepass(pts: _Points, zbuf: torch.Tensor, size: int, w2: int, width: int,
+                  height: int) -> _Tents:
+    """Tent footprints of sub-pixel points; the pre-pass covers the pixel each falls in.
+    Points off-screen are clamped to the buffers' border (their taps land there)."""
+    x0 = pts.cu.floor().clamp_(-1, width - 1)
+    y0 = pts.cv.floor().clamp_(-1, height - 1)
+    frac = torch.empty((3, len(pts)), dtype=torch.float32, device=zbuf.device)
+    fx, fy, _ = frac.unbind(0)
+    torch.sub(pts.cu, x0, out=fx).clamp_(0, 1)
+    torch.sub(pts.cv, y0, out=fy).clamp_(0, 1)
+    frac[2] = pts.z
+    base_f = torch.add(x0, y0, alpha=w2).add_(w2 + 1)
+    own_f = (fy >= 0.5).float().mul_(w2).add_(fx >= 0.5).add_(base_f)
+    base, own = base_f.long(), own_f.long()
+    if pts.b > 1:
+        offset = pts.offset(size)
+        base += offset
+        own += offset
+    zbuf.scatter_reduce_(0, own, pts.z, "amin")
+    return _Tents(base, own, frac, pts.point())
+
+
+def _accumulate_tents(tent: _Tents, limit: torch.Tensor, colour: torch.Tensor, acc: torch.Tensor,
+                      w2: int) -> None:
+    """Step 4 for the tents: every tap is tested against its own pixel's front depth. Points
+    none of whose taps pass (``z`` above the largest limit of their 2 x 2 block) are dropped
+    first when that saves work; they would add zero weights, so the result is the same."""
+    visible = tent.z <= _block_max(limit, w2).take(tent.base)
+    n_visible = int(visible.sum())
+    if n_visible == 0:
+        return
+    if n_visible < 0.75 * len(visible):
+        tent = tent.subset(visible.nonzero().squeeze(1))
+    steps = torch.tensor([0, 1, w2, w2 + 1], device=tent.base.device)
+    slot = tent.base[None, :] + steps[:, None]  # 4 x K
+    fx, fy, z = tent.frac.unbind(0)
+    wx = torch.stack([1.0 - fx, fx])
+    wy = torch.stack([1.0 - fy, fy])
+    weight = (wy[:, None, :] * wx[None, :, :]).view(4, -1)
+    weight *= z[None, :] <= limit.take(slot)
+    _accumulate(acc, slot, weight, colour, tent.point, dim=1)
+
+
+def _accumulate_gauss(point: torch.Tensor | None, z: torch.Tensor, slot: torch.Tensor,
+                      wxy: tuple[torch.Tensor, torch.Tensor], limit: torch.Tensor, colour: torch.Tensor,
+                      acc: torch.Tensor, b: int, width: int, height: int) -> None:
+    """Step 4 for one group of gaussians (K x (2k+1)^2 taps): as for the tents, points above
+    the largest limit of their window are dropped first when that saves work."""
+    taps = slot.shape[1]
+    k = (math.isqrt(taps) - 1) // 2
+    window = _window_max(limit.view(b, height + 2, width + 2), k)
+    visible = z <= window.view(-1).take(slot[:, taps // 2])
+    n_visible = int(visible.sum())
+    if n_visible == 0:
+        return
+    if n_visible < 0.75 * len(z):
+        idx = visible.nonzero().squeeze(1)
+        slot, z = slot[idx], z[idx]
+        wxy = (wxy[0][idx], wxy[1][idx])
+        point = idx if point is None else point[idx]
+    wx, wy = wxy
+    weight = (wy[:, :, None] * wx[:, None, :]).view(len(z), -1)
+    weight *= z[:, None] <= limit.take(slot)
+    _accumulate(acc, slot, weight, colour, point, dim=0)
+
+
+def _window_max(grid: torch.Tensor, k: int) -> torch.Tensor:
+    """The largest value within ``k`` pixels (a (2k+1)^2 window) of every pixel of B x H x W
+    (separable shifted maxima; much cheaper than max_pool2d on a CPU)."""
+    for dim in (2, 1):
+        out = grid.clone()
+        n = grid.shape[dim]
+        for d in range(1, min(k, n - 1) + 1):
+            head, tail = out.narrow(dim, 0, n - d), out.narrow(dim, d, n - d)
+            torch.maximum(head, grid.narrow(dim, d, n - d), out=head)
+            torch.maximum(tail, grid.narrow(dim, 0, n - d), out=tail)
+        grid = out
+    return grid
+
+
+def _block_max(limit: torch.Tensor, w2: int) -> torch.Tensor:
+    """The largest of each pixel's and its right, lower and lower-right neighbours' values
+    (flat bordered buffers ``w2`` wide; the last row and column are left at +inf)."""
+    grid = limit.view(-1, w2)
+    out = torch.full_like(grid, math.inf)
+    torch.maximum(grid[:-1, :-1], grid[:-1, 1:], out=out[:-1, :-1])
+    out[:-1, :-1] = torch.maximum(out[:-1, :-1], torch.maximum(grid[1:, :-1], grid[1:, 1:]))
+    return out.view(-1)
+
+
+def _accumulate(acc: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, colour: torch.Tensor,
+                point: torch.Tensor | None, dim: int) -> None:
+    """Add ``weight`` and ``weight`` x colour at ``slot`` (same shapes, one point per entry
+    along ``dim``) into the 4 accumulation planes."""
+    flat = slot.reshape(-1)
+    acc[0].scatter_add_(0, flat, weight.reshape(-1))
+    col = colour if point is None else colour.index_select(1, point)
+    for c in range(3):
+        values = weight * (col[c][None, :] if dim == 1 else col[c][:, None])
+        acc[c + 1].scatter_add_(0, flat, values.reshape(-1))
 
 
 def with_backend(renderer: SplatRenderer, backend: str) -> SplatRenderer:
