@@ -7,9 +7,10 @@
 - Open: lift the first view into the cloud, then fill what the foreground hides with the
   layered depth (Make-It-4D): each background layer's occluded part is inpainted and lifted
   behind the foreground, so moving sideways reveals plausible background instead of holes.
-- Transition: render the end view, fill its holes (``geometry.fill.mirror_fill``: texture
-  mirrored from the background side, depth with it), lift the filled pixels into the cloud
-  (making room by level of detail when the point budget is reached), then render every frame
+- Transition: render the end view, fill its holes (``geometry.fill.texture_fill``: patches
+  of the photo's own texture matched from the background side, depth with them), lift the
+  filled pixels into the cloud (making room by level of detail when the point budget is
+  reached), then render every frame
   from the merged cloud with anti-aliased splats, so the clip is consistent by construction.
   Frames stream as they are rendered; pinholes no splat reached are pull-push filled.
 - Dynamics: Eulerian flow (backend.animation) inside the region the drawn arrows segment
@@ -232,7 +233,7 @@ class ClassicEngine(Engine):
     def _fill(self, rgb: np.ndarray, depth: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fill colour and depth inside ``hole``: gaps between magnified splats are
         interpolated (pull-push), the rest was never seen and continues the background
-        (mirror_fill)."""
+        (texture_fill)."""
         known = ~hole & (depth > 0)
         if not known.any():
             raise EngineError("nothing of the scene is visible from this pose")
