@@ -193,3 +193,22 @@ def test_a_sieve_of_pinholes_is_interpolated():
     out = texture_fill(img, np.where(hole, 0, 3.0).astype(np.float32), hole)
     assert np.abs(out.image[hole].astype(int) - 120).max() <= 2
     assert np.allclose(out.depth[hole], 3.0)
+
+
+def test_a_reveal_below_continues_the_ground_not_the_houses():
+    """Bands of red 'houses' over green 'ground' of the same grain, flat depth (the horizon
+    prior says nothing here); the bottom third is revealed (a backward move): its deep part is
+    ground. (The row prior's effect on real photos was judged on contact sheets: this synthetic
+    case is ground either way.)"""
+    rng = np.random.default_rng(3)
+    h, w = 192, 192
+    grain = cv2.GaussianBlur(rng.uniform(0, 1, (h, w)).astype(np.float32), (0, 0), 1.5)
+    img = np.zeros((h, w, 3), np.float32)
+    img[: h * 2 // 3] = 60
+    img[: h // 3, :, 0] += 120 * grain[: h // 3] + 60  # houses: red
+    img[h // 3: h * 2 // 3, :, 1] += 120 * grain[h // 3: h * 2 // 3] + 60  # ground: green
+    hole = np.zeros((h, w), bool)
+    hole[h * 2 // 3:] = True
+    out = texture_fill(img.astype(np.uint8), np.full((h, w), 5.0, np.float32), hole).image
+    deep = out[h * 5 // 6:].astype(np.float32)
+    assert float(np.mean(deep[..., 1] > deep[..., 0])) > 0.9

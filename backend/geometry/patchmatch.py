@@ -58,6 +58,9 @@ class SearchConfig:
     """Cost of a log-depth difference, relative to a mean squared colour difference (0..1)."""
     near_ratio: float = 0.85
     """Sources nearer than this fraction of the expected background depth are penalised."""
+    row_weight: float = 0.5
+    """Cost of the source's vertical distance (in image heights, squared): a scene is layered
+    by height (sky, hills, houses, ground), so a reveal continues its own rows first."""
     coherence: float = 6.0
     """A source costs up to this much more (relative) the fewer of the pixel's 4 neighbours
     share its offset: coherent copies win over a mosaic of slightly better single blocks."""
@@ -232,12 +235,12 @@ class _LevelSearch:
             tdesc = est[pf].reshape(sel.size, -1)
             lt = self.lt[sel]
 
-            def cost(cand, tdesc=tdesc, mask=mask, lt=lt):
+            def cost(cand, tdesc=tdesc, mask=mask, lt=lt, ty=ty):
                 diff = src_desc[cand] - tdesc
                 dl = self.ld[cand] - lt
                 dims = tdesc.shape[1]
                 return (np.einsum("ij,ij->i", diff * mask, diff) + (self.config.depth_weight * dims) * dl * dl
-                        + (_NEAR_PENALTY * dims) * (dl < self.near))
+                        + (_NEAR_PENALTY * dims) * (dl < self.near) + self._rows(cand, ty, dims))
 
             best = self.src[sel]
             best_cost = cost(best)
@@ -275,7 +278,12 @@ class _LevelSearch:
         dl = self.ld[cand] - self.lt
         depth = (self.config.depth_weight * dims) * dl * dl
         depth += (_NEAR_PENALTY * dims) * (dl < self.near)
-        return colour + depth
+        return colour + depth + self._rows(cand, self.ty, dims)
+
+    def _rows(self, cand: np.ndarray, ty: np.ndarray, dims: int) -> np.ndarray:
+        """The row prior: squared vertical distance of each source, in image heights."""
+        dy = (cand // self.w - ty).astype(np.float32) / self.h
+        return (self.config.row_weight * dims) * dy * dy
 
     def _incoherence(self, cand: np.ndarray) -> np.ndarray:
         """1 + coherence x the share of target neighbours whose offset differs from cand's."""
