@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -78,6 +79,4 @@ def run(args: argparse.Namespace) -> int:
 
 def _alive(pid: int) -> bool:
     """True while ``pid`` is our parent (a dead parent's orphans are re-parented)."""
-    import os
-
     return os.getppid() == pid

@@ -66,9 +66,6 @@ class HelloGate:
         self._newcomers = TokenBucket(caps.new_per_s, caps.new_burst)
         self._clients: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
         self._waiting: collections.deque[tuple[str, Any]] = collections.deque()
-        self.waited = 0
-        """Hellos that had to wait (a counter for tests and logs)."""
-        self.refused = 0
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -80,9 +77,7 @@ class HelloGate:
         if not queued and bucket.take(now):
             return "welcome"
         if len(self._waiting) >= self.caps.max_waiting:
-            self.refused += 1
             return "refuse"
-        self.waited += 1
         self._waiting.append((identity, item))
         return "wait"
 

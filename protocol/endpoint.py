@@ -189,8 +189,8 @@ class ServerEndpoint:
         self._pending: collections.Counter = collections.Counter()
         self._queued: collections.Counter = collections.Counter()
         self._cond = threading.Condition()
-        self._buckets: dict[bytes, list[float]] = {}
-        """Routing id -> [tokens, last refill time]: the per-connection message budget."""
+        self._buckets: dict[bytes, TokenBucket] = {}
+        """Routing id -> the per-connection message budget."""
         self._refusals: dict[bytes, TokenBucket] = {}
         """Routing id -> its budget of refused messages (see ``max_refusals_per_s``)."""
         self._over_refusals: set[bytes] = set()
@@ -389,11 +389,8 @@ class ServerEndpoint:
         rate = self.caps.max_messages_per_s
         bucket = self._buckets.get(peer_id)
         if bucket is None:  # a new connection starts with a small burst, so reconnecting buys little
-            bucket = self._buckets[peer_id] = [min(rate, self.caps.first_burst), now]
-        bucket[0] = min(rate, bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
-        if bucket[0] >= 1.0:
-            bucket[0] -= 1.0
+            bucket = self._buckets[peer_id] = TokenBucket(rate, rate, min(rate, self.caps.first_burst), now)
+        if bucket.take(now):
             return False
         self.stats.rate_limited += 1
         self._shut_out(peer_id, frames, f"more than {rate:g} messages per second")
@@ -422,7 +419,7 @@ class ServerEndpoint:
 
     def _forget_idle(self, now: float) -> None:
         """Drop rate buckets of quiet routing ids and old bans (routing ids are per connection)."""
-        for peer_id in [p for p, (_, t) in self._buckets.items() if now - t > 10.0]:
+        for peer_id in [p for p, b in self._buckets.items() if now - b.last > 10.0]:
             del self._buckets[peer_id]
         for peer_id in [p for p, b in self._refusals.items() if now - b.last > 10.0]:
             del self._refusals[peer_id]
