@@ -237,10 +237,8 @@ class _LevelSearch:
 
             def cost(cand, tdesc=tdesc, mask=mask, lt=lt, ty=ty):
                 diff = src_desc[cand] - tdesc
-                dl = self.ld[cand] - lt
-                dims = tdesc.shape[1]
-                return (np.einsum("ij,ij->i", diff * mask, diff) + (self.config.depth_weight * dims) * dl * dl
-                        + (_NEAR_PENALTY * dims) * (dl < self.near) + self._rows(cand, ty, dims))
+                return (np.einsum("ij,ij->i", diff * mask, diff)
+                        + self._priors(cand, lt, ty, tdesc.shape[1]))
 
             best = self.src[sel]
             best_cost = cost(best)
@@ -272,18 +270,16 @@ class _LevelSearch:
         return est.reshape(img.shape)
 
     def _costs(self, desc: np.ndarray, target_desc: np.ndarray, cand: np.ndarray) -> np.ndarray:
-        dims = target_desc.shape[1]
         diff = desc[cand] - target_desc
-        colour = np.einsum("ij,ij->i", diff, diff)
-        dl = self.ld[cand] - self.lt
-        depth = (self.config.depth_weight * dims) * dl * dl
-        depth += (_NEAR_PENALTY * dims) * (dl < self.near)
-        return colour + depth + self._rows(cand, self.ty, dims)
+        return np.einsum("ij,ij->i", diff, diff) + self._priors(cand, self.lt, self.ty, target_desc.shape[1])
 
-    def _rows(self, cand: np.ndarray, ty: np.ndarray, dims: int) -> np.ndarray:
-        """The row prior: squared vertical distance of each source, in image heights."""
+    def _priors(self, cand: np.ndarray, lt: np.ndarray, ty: np.ndarray, dims: int) -> np.ndarray:
+        """The cost beyond colour of sources ``cand`` for targets of log depth ``lt`` in rows
+        ``ty``: the depth term, the near penalty and the row prior (per patch dimension)."""
+        dl = self.ld[cand] - lt
         dy = (cand // self.w - ty).astype(np.float32) / self.h
-        return (self.config.row_weight * dims) * dy * dy
+        return dims * (self.config.depth_weight * dl * dl + _NEAR_PENALTY * (dl < self.near)
+                       + self.config.row_weight * dy * dy)
 
     def _incoherence(self, cand: np.ndarray) -> np.ndarray:
         """1 + coherence x the share of target neighbours whose offset differs from cand's."""
