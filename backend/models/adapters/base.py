@@ -211,3 +211,23 @@ class VideoFamilyAdapter(ABC):
     def _networks(self) -> list[torch.nn.Module]:
         names = ("transformer", "unet", "vae", "text_encoder", "image_encoder")
         return [m for n in names if isinstance(m := getattr(self.pipe, n, None), torch.nn.Module)]
+
+
+class CompressionRatios:
+    """The denoiser and VAE compression of pipelines that name them ``transformer``,
+    ``vae_temporal_compression_ratio`` and ``vae_spatial_compression_ratio`` (LTX,
+    EasyAnimate); put before :class:`VideoFamilyAdapter` in the bases."""
+
+    pipe: Any
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    @property
+    def temporal_compression(self) -> int:
+        return int(self.pipe.vae_temporal_compression_ratio)
+
+    @property
+    def spatial_compression(self) -> int:
+        return int(self.pipe.vae_spatial_compression_ratio)

@@ -17,10 +17,10 @@ import torch
 from backend.guidance.frames import image_to_tensor
 from backend.guidance.prior import PriorVideo
 
-from .base import Conditioning, PromptEmbeds, VideoFamilyAdapter
+from .base import CompressionRatios, Conditioning, PromptEmbeds, VideoFamilyAdapter
 
 
-class EasyAnimateAdapter(VideoFamilyAdapter):
+class EasyAnimateAdapter(CompressionRatios, VideoFamilyAdapter):
     family = "easyanimate"
     pipeline_class_name = "EasyAnimateInpaintPipeline"
     default_max_sequence_length = 256
@@ -29,18 +29,6 @@ class EasyAnimateAdapter(VideoFamilyAdapter):
     def __init__(self, pipe, noise_aug_strength: float = 0.0563) -> None:
         super().__init__(pipe)
         self.noise_aug_strength = noise_aug_strength
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
-    @property
-    def temporal_compression(self) -> int:
-        return int(self.pipe.vae_temporal_compression_ratio)
-
-    @property
-    def spatial_compression(self) -> int:
-        return int(self.pipe.vae_spatial_compression_ratio)
 
     @property
     def size_multiple(self) -> int:

@@ -21,10 +21,10 @@ from backend.guidance.frames import image_to_tensor
 from backend.guidance.prior import PriorVideo
 from backend.guidance.schedule import NoiseSchedule
 
-from .base import Conditioning, PromptEmbeds, VideoFamilyAdapter
+from .base import CompressionRatios, Conditioning, PromptEmbeds, VideoFamilyAdapter
 
 
-class LTXAdapter(VideoFamilyAdapter):
+class LTXAdapter(CompressionRatios, VideoFamilyAdapter):
     family = "ltx"
     pipeline_class_name = "LTXConditionPipeline"
     default_max_sequence_length = 128
@@ -39,18 +39,6 @@ class LTXAdapter(VideoFamilyAdapter):
         self._sigma_at: dict[float, float] = {}
         if self._patch != (1, 1):
             raise ValueError("ltx: only patch size 1 transformers (the released ones) are supported")
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
-    @property
-    def temporal_compression(self) -> int:
-        return int(self.pipe.vae_temporal_compression_ratio)
-
-    @property
-    def spatial_compression(self) -> int:
-        return int(self.pipe.vae_spatial_compression_ratio)
 
     @property
     def _patch(self) -> tuple[int, int]:
