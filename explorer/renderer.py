@@ -90,13 +90,17 @@ class CloudRenderer:
         else:
             self._draw_discs(params)
 
+    def _set_view(self, program: moderngl.Program, params: ViewParams) -> None:
+        """The uniforms both splat programs share: camera, focal length, point size cap."""
+        program["u_view"].write(_mat(params.view))
+        program["u_proj"].write(_mat(params.proj))
+        set_uniform(program, "u_focal", float(params.focal_px))
+        set_uniform(program, "u_max_size", self.max_point_size)
+
     def _draw_discs(self, params: ViewParams) -> None:
         self.ctx.enable(moderngl.DEPTH_TEST | moderngl.PROGRAM_POINT_SIZE)
         self.ctx.disable(moderngl.BLEND)
-        self.program["u_view"].write(_mat(params.view))
-        self.program["u_proj"].write(_mat(params.proj))
-        set_uniform(self.program, "u_focal", float(params.focal_px))
-        set_uniform(self.program, "u_max_size", self.max_point_size)
+        self._set_view(self.program, params)
         self._vertex_array(self.program).render(moderngl.POINTS, vertices=self.points.count)
 
     def _draw_filtered(self, params: ViewParams) -> None:
@@ -108,11 +112,8 @@ class CloudRenderer:
             self._targets = _FilterTargets(ctx, dst.size)
         fbo = self._targets.fbo
         prog = self.filter_program
-        prog["u_view"].write(_mat(params.view))
-        prog["u_proj"].write(_mat(params.proj))
-        for name, value in (("u_focal", float(params.focal_px)),
-                            ("u_max_size", self.max_point_size),
-                            ("u_sigma_scale", s.sigma_scale), ("u_min_sigma", s.min_sigma_px),
+        self._set_view(prog, params)
+        for name, value in (("u_sigma_scale", s.sigma_scale), ("u_min_sigma", s.min_sigma_px),
                             ("u_cover_scale", s.cover_scale)):
             set_uniform(prog, name, value)
         vao = self._vertex_array(prog)
