@@ -1,6 +1,7 @@
 """Unproject -> render round trips and the renderer against analytic projection."""
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,21 @@ from backend.geometry import (
     SplatConfig,
     SplatRenderer,
     horizon_depth,
+    splat_cpu,
     unproject,
 )
 from protocol.camera import intrinsics, project, rotation_about
 
 SCENES = Path(__file__).resolve().parents[2] / "shared" / "scenes"
 NEAREST = SplatConfig(antialias=False)
+
+
+@pytest.fixture(params=[True, False], ids=["loops", "torch"])
+def filtered(request) -> SplatConfig:
+    """The anti-aliased path, as compiled CPU loops and as torch tensors."""
+    if request.param and not splat_cpu.available():
+        pytest.skip("numba is not installed")
+    return SplatConfig(cpu_loops=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -180,13 +190,13 @@ def test_pytorch3d_adapter_agrees_with_native(scene):
     assert (native.image[both] == p3d.image[both]).all(axis=-1).mean() > 0.95
 
 
-def test_antialiased_large_points_blend_front_edges_and_keep_the_disc_mask():
+def test_antialiased_large_points_blend_front_edges_and_keep_the_disc_mask(filtered):
     K = intrinsics(64, 48, 60.0)
     f = K[0, 0]
     xyz = np.array([[0.0, 0.0, 10.0], [0.0, 0.0, 5.0]], np.float32)
     rgb = np.array([[255, 0, 0], [0, 255, 0]], np.uint8)
     radius = np.array([3.0 * 10 / f, 1.5 * 5 / f], np.float32)
-    out = SplatRenderer("cpu").render(PointCloud(xyz, rgb, radius), np.eye(4), K, 64, 48).numpy()
+    out = SplatRenderer("cpu", filtered).render(PointCloud(xyz, rgb, radius), np.eye(4), K, 64, 48).numpy()
     ys, xs = np.mgrid[0:48, 0:64] + 0.5
     d2 = (xs - K[0, 2]) ** 2 + (ys - K[1, 2]) ** 2
     np.testing.assert_array_equal(out.mask[0], d2 <= 9.0)  # coverage is the disc, as before
@@ -206,13 +216,13 @@ def _plane(size: int, colour_fn) -> tuple[PointCloud, np.ndarray]:
     return unproject(image, np.full((size, size), 4.0, np.float32), K, np.eye(4)), K
 
 
-def test_magnified_plane_has_no_screen_door():
+def test_magnified_plane_has_no_screen_door(filtered):
     """Moving towards a plane (1.3x magnification): the nearest-point discs leave a grid of
     gaps and repeated pixels, the filtered splats give a smooth, fully covered image."""
     cloud, K = _plane(96, lambda x, y: np.stack([x * 2, y * 2, np.full_like(x, 128)], -1))
     pose = np.eye(4)
     pose[2, 3] = 4.0 * (1 - 1 / 1.3)
-    aa = SplatRenderer("cpu").render(cloud, pose, K, 96, 96).numpy()
+    aa = SplatRenderer("cpu", filtered).render(cloud, pose, K, 96, 96).numpy()
     inner = (slice(8, -8), slice(8, -8))
     assert aa.mask[0][inner].all()
     img = aa.image[0].astype(float)[inner]
@@ -224,14 +234,14 @@ def test_magnified_plane_has_no_screen_door():
     assert rough >= 4.0  # the nearest-point render steps (the grid this replaces)
 
 
-def test_only_the_front_surface_is_blended():
+def test_only_the_front_surface_is_blended(filtered):
     """A blue plane behind a red one never shows through the red one's pixels."""
     red, K = _plane(64, lambda x, y: np.stack([np.full_like(x, 255), 0 * x, 0 * x], -1))
     blue = PointCloud(red.xyz * 2.0, np.tile(np.array([[0, 0, 255]], np.uint8), (len(red), 1)),
                       red.radius * 2.0)
     pose = np.eye(4)
     pose[:3, 3] = [0.05, 0.03, 0.6]
-    out = SplatRenderer("cpu").render(PointCloud.concat([blue, red]), pose, K, 64, 64).numpy()
+    out = SplatRenderer("cpu", filtered).render(PointCloud.concat([blue, red]), pose, K, 64, 64).numpy()
     front = out.mask[0] & (np.abs(out.depth[0] - out.depth[0][32, 32]) < 0.5)
     assert front.mean() > 0.5
     assert (out.image[0][front][:, 2] == 0).all() and (out.image[0][front][:, 0] == 255).all()
@@ -292,11 +302,11 @@ def _two_planes(seed: int = 0) -> tuple[PointCloud, np.ndarray]:
     return PointCloud(xyz.astype(np.float32), rgb, radius.astype(np.float32)), K
 
 
-def test_filtered_render_matches_a_float64_reference():
+def test_filtered_render_matches_a_float64_reference(filtered):
     cloud, K = _two_planes()
     pose = np.eye(4)
     pose[:3, 3] = [0.1, -0.05, 0.4]
-    cfg = SplatConfig()
+    cfg = filtered
     out = SplatRenderer("cpu", cfg).render(cloud, pose, K, 48, 40, return_index=True).numpy()
     image, mask, depth = _reference_filtered(cloud, pose, K, 48, 40, cfg)
     assert 0.5 < mask.mean() < 1.0
@@ -315,7 +325,7 @@ def test_filtered_render_matches_a_float64_reference():
 
 
 @pytest.mark.parametrize("radius_px", [0.4, 1.1, 2.5])
-def test_one_point_renders_its_own_colour_over_its_coverage(radius_px):
+def test_one_point_renders_its_own_colour_over_its_coverage(radius_px, filtered):
     """Normalisation: a lone splat's weights sum to its colour wherever it covers a pixel,
     whatever its footprint; a sub-pixel splat covers exactly the pixel it falls in."""
     K = intrinsics(32, 32, 60.0)
@@ -324,7 +334,7 @@ def test_one_point_renders_its_own_colour_over_its_coverage(radius_px):
     xyz = np.array([[(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z]], np.float32)
     rgb = np.array([[200, 31, 97]], np.uint8)
     cloud = PointCloud(xyz, rgb, np.array([radius_px * z / K[0, 0]], np.float32))
-    out = SplatRenderer("cpu").render(cloud, np.eye(4), K, 32, 32).numpy()
+    out = SplatRenderer("cpu", filtered).render(cloud, np.eye(4), K, 32, 32).numpy()
     assert out.mask[0, 17, 13]
     assert (out.image[0][out.mask[0]] == rgb[0]).all() and (out.image[0][~out.mask[0]] == 0).all()
     ys, xs = np.mgrid[0:32, 0:32] + 0.5
@@ -333,14 +343,14 @@ def test_one_point_renders_its_own_colour_over_its_coverage(radius_px):
     np.testing.assert_array_equal(out.mask[0], expected)
 
 
-def test_minified_fine_checkerboard_has_no_moire():
+def test_minified_fine_checkerboard_has_no_moire(filtered):
     """Backing away from a plane with a one-pixel checkerboard: each pixel averages the points
     it receives (a flat grey), where the nearest point per pixel gives a moire of beats."""
     cloud, K = _plane(128, lambda x, y: ((x + y) % 2 * 255)[..., None].repeat(3, -1))
     pose = np.eye(4)
     pose[2, 3] = -4.0 * (1.3 - 1)  # 1/1.3 magnification
     inner = (slice(30, -30), slice(30, -30))
-    aa = SplatRenderer("cpu").render(cloud, pose, K, 128, 128).numpy().image[0][inner].astype(float)
+    aa = SplatRenderer("cpu", filtered).render(cloud, pose, K, 128, 128).numpy().image[0][inner].astype(float)
     bare = SplatRenderer("cpu", NEAREST).render(cloud, pose, K, 128, 128).numpy().image[0][inner]
     assert abs(aa.mean() - 127.5) < 12 and aa.std() < 25
     assert bare.astype(float).std() > 90
@@ -355,3 +365,89 @@ def test_window_max_is_max_pool():
     for k in (1, 2, 4):
         pooled = torch.nn.functional.max_pool2d(grid[:, None], 2 * k + 1, 1, k)[:, 0]
         assert torch.equal(_window_max(grid, k), pooled)
+
+
+def _moved_scene(scene, scale: int = 2):
+    image, depth, K = scene
+    h, w = image.shape[:2]
+    cloud = unproject(image, depth, K, np.eye(4))
+    poses = np.stack([np.eye(4)] * 3)
+    poses[1, :3, 3] = [0.3, -0.1, -0.8]  # backward: minified, holes at the edges
+    poses[2, :3, :3] = rotation_about([0, 1, 0], 6.0)
+    poses[2, :3, 3] = [0.0, 0.0, 0.5]  # forward: magnified gaussians
+    k = K.copy()
+    k[:2] /= scale
+    return cloud, poses, k, w // scale, h // scale
+
+
+def test_compiled_loops_match_the_torch_path(scene):
+    """The two implementations of the filtered path agree on a real photo's cloud seen from
+    three poses, with the points split over two threads."""
+    if not splat_cpu.available():
+        pytest.skip("numba is not installed")
+    cloud, poses, k, w, h = _moved_scene(scene)
+    assert len(cloud) > 4 * splat_cpu.MIN_POINTS_PER_THREAD
+    loops = SplatRenderer("cpu", SplatConfig(threads=2)).render(cloud, poses, k, w, h, return_index=True)
+    tensors = SplatRenderer("cpu", SplatConfig(cpu_loops=False)).render(cloud, poses, k, w, h,
+                                                                        return_index=True)
+    loops, tensors = loops.numpy(), tensors.numpy()
+    assert (loops.mask != tensors.mask).mean() < 1e-4
+    both = loops.mask & tensors.mask
+    off = np.abs(loops.image.astype(int) - tensors.image.astype(int)).max(-1)
+    assert (off[both] <= 1).mean() > 0.999 and off[both].max() <= 3
+    # float64 vs float32 projection: a point on a pixel boundary may land on either side
+    assert np.isclose(loops.depth[both], tensors.depth[both], rtol=1e-5).mean() > 0.9999
+    assert (loops.index[both] == tensors.index[both]).mean() > 0.999
+
+
+def test_compiled_loops_are_repeatable_and_thread_safe(scene):
+    """Two threads rendering at once get, to the bit, what one thread gets alone, twice."""
+    if not splat_cpu.available():
+        pytest.skip("numba is not installed")
+    cloud, poses, k, w, h = _moved_scene(scene)
+    renderer = SplatRenderer("cpu", SplatConfig(threads=2))
+    alone = [renderer.render(cloud, p, k, w, h).numpy() for p in poses]
+    again = [renderer.render(cloud, p, k, w, h).numpy() for p in poses]
+    together: dict[int, object] = {}
+
+    def draw(i: int) -> None:
+        for _ in range(3):
+            together[i] = renderer.render(cloud, poses[i], k, w, h).numpy()
+
+    threads = [threading.Thread(target=draw, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(3):
+        for out in (again[i], together[i]):
+            np.testing.assert_array_equal(out.image, alone[i].image)
+            np.testing.assert_array_equal(out.depth, alone[i].depth)
+
+
+def test_a_frame_cut_short_does_not_leak_into_the_next(scene, monkeypatch):
+    """The loops leave their depth buffers clean for the next frame; a frame that raises
+    half-way leaves them dirty, and the next frame still renders exactly as a fresh renderer
+    does."""
+    if not splat_cpu.available():
+        pytest.skip("numba is not installed")
+    cloud, poses, k, w, h = _moved_scene(scene)
+    renderer = SplatRenderer("cpu", SplatConfig(threads=2))
+    renderer.render(cloud, poses[0], k, w, h)
+
+    def broken(*args):
+        raise RuntimeError("cut short")
+
+    merge = splat_cpu._merge_depth  # raise after the pre-pass, before its buffers are reset
+    monkeypatch.setattr(splat_cpu, "_merge_depth", broken)
+    with pytest.raises(RuntimeError):
+        renderer.render(cloud, poses[1], k, w, h)
+    monkeypatch.setattr(splat_cpu, "_merge_depth", merge)
+    after = renderer.render(cloud, poses[2], k, w, h).numpy()
+    fresh = SplatRenderer("cpu", SplatConfig(threads=2))
+    result = {}  # rendered on a new thread: its own, never-used buffers
+    t = threading.Thread(target=lambda: result.update(out=fresh.render(cloud, poses[2], k, w, h).numpy()))
+    t.start()
+    t.join()
+    np.testing.assert_array_equal(after.image, result["out"].image)
+    np.testing.assert_array_equal(after.depth, result["out"].depth)

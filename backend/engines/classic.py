@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 
 import cv2
@@ -112,6 +113,8 @@ class ClassicEngine(Engine):
         self.keyframe_every = keyframe_every
         self.gap_px = gap_px
         self.renderer = SplatRenderer(device)
+        # compile the CPU splatting loops while the first scene is still being opened
+        threading.Thread(target=self.renderer.warm_up, name="splat-warm-up", daemon=True).start()
         self._depth_model = None
         self._depth_reason = ""
 

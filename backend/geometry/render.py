@@ -26,7 +26,9 @@ disc (EWA splatting, Zwicker et al., reduced to isotropic footprints):
    ties.
 
 So the front surface is blended, never the surfaces behind it, and a magnified or minified
-surface has no screen-door grid. ``antialias=False`` keeps the nearest-point z-buffer (every
+surface has no screen-door grid. On a CPU with numba installed, these steps run as compiled
+loops (``splat_cpu``: two passes over the points on all cores, 3-6x faster than the tensor
+ops below; ``SplatConfig(cpu_loops=False)`` keeps the tensors, which are also the CUDA path). ``antialias=False`` keeps the nearest-point z-buffer (every
 point an opaque disc), the steps below:
 
 1. projects every point once per pose with one batched matmul ``(K [R|t]) @ X``;
@@ -46,6 +48,7 @@ through pytorch3d's ``PointsRasterizer`` (see ``render_pytorch3d``) where pytorc
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from dataclasses import dataclass, replace
@@ -54,10 +57,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from backend.geometry import splat_cpu
 from backend.geometry.cloud import PointCloud
 
 if TYPE_CHECKING:
     from backend.geometry.store import PointStore
+
+log = logging.getLogger(__name__)
 
 _EMPTY_HI = 0x7F800000  # float32 +inf bits: the depth word of an empty pixel's key
 
@@ -110,6 +116,11 @@ class SplatConfig:
     """Gaussian footprints reach at most this many pixels from their centre pixel."""
     depth_tolerance: float = 0.04
     """Taps at most this much (relative) behind a pixel's front depth are blended."""
+    cpu_loops: bool = True
+    """On a CPU with numba installed, the filtered path runs as compiled loops
+    (``splat_cpu``: the same arithmetic, several times faster); False: torch tensors."""
+    threads: int = 0
+    """Threads of the compiled loops (0: torch's intra-op thread count)."""
     compile: bool = False
     """Fuse the per-point and per-pixel passes with ``torch.compile`` (needs a C++ compiler
     on CPU or triton on CUDA; the first render then takes ~20-30 s to compile)."""
@@ -224,11 +235,30 @@ class SplatRenderer:
         self._cache: tuple[object, int, int, DeviceCloud] | None = None
         self._cache_lock = threading.Lock()
         self._local = threading.local()
+        cpu = self.device.type == "cpu"
+        self._cpu_loops = self.config.cpu_loops and cpu and splat_cpu.available()
         self._project = project_keys
         self._read_back = read_back
         if self.config.compile:
             self._project = torch.compile(project_keys, dynamic=False)
             self._read_back = torch.compile(read_back, dynamic=False)
+
+    def warm_up(self) -> None:
+        """Compile the CPU loops now (on first use they take 3-4 s, or ~0.3 s to load from
+        numba's cache) by rendering one point; nothing to do on other paths."""
+        if not self._cpu_loops:
+            return
+        try:
+            self._render_one_point()
+        except Exception as exc:  # a numba that cannot compile here: the torch path renders
+            log.warning("compiled CPU splatting unavailable (%s); rendering with torch", exc)
+            self._cpu_loops = False
+
+    def _render_one_point(self) -> None:
+        one = PointCloud(np.array([[0.0, 0.0, 2.0]], np.float32), np.full((1, 3), 255, np.uint8),
+                         np.array([0.01], np.float32))
+        K = np.array([[8.0, 0.0, 4.0], [0.0, 8.0, 4.0], [0.0, 0.0, 1.0]])
+        SplatRenderer(self.device, self.config).render(one, np.eye(4), K, 8, 8, return_index=True)
 
     def to_device(self, source: PointCloud | PointStore) -> DeviceCloud:
         """Upload a cloud (or the store's current cloud); reused while the source is unchanged."""
@@ -287,6 +317,9 @@ class SplatRenderer:
             torch.empty((b, height, width), dtype=torch.float32, device=dev),
             torch.empty((b, height, width), dtype=torch.int64, device=dev) if return_index else None,
         )
+        if self._cpu_loops and self.config.antialias and len(cloud):
+            self._render_filtered_cpu(cloud, poses, K, width, height, out)
+            return out
         step = self.config.batch_size
         if b <= step:  # one group: its tensors are the output
             return RenderOutput(*self._render_group(cloud, poses, K, width, height, return_index))
@@ -407,6 +440,24 @@ class SplatRenderer:
         image = (planes[1:] * scale).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 3, 0)
         index = _front_index(tent, gauss, zbuf, len(cloud), b, width, height) if want_index else None
         return image.contiguous(), mask, torch.where(mask, depth, 0.0), index
+
+    def _render_filtered_cpu(
+        self, cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray, width: int, height: int,
+        out: RenderOutput,
+    ) -> None:
+        """Steps 1-5 as compiled loops (``splat_cpu``), one pose at a time, into ``out``."""
+        P = projection_matrices(poses, K)
+        P[:, :2] -= 0.5 * P[:, 2:3]  # pixel centres at integer coordinates
+        f = 0.5 * (K[0, 0] + K[1, 1])
+        xyz_t = np.ascontiguousarray(cloud.xyz_t.numpy(), np.float32)
+        radius = np.ascontiguousarray(cloud.radius.numpy(), np.float32)
+        rgb = cloud.rgba.numpy().view(np.uint8).reshape(-1, 4)
+        threads = self.config.threads or torch.get_num_threads()
+        for i, p in enumerate(P):
+            views = (out.image[i].numpy(), out.mask[i].numpy(), out.depth[i].numpy(),
+                     None if out.index is None else out.index[i].numpy())
+            splat_cpu.render_filtered(xyz_t, radius, rgb, p, f, width, height, self.config, threads,
+                                      views)
 
     def _filter_buffers(self, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The thread's depth buffer (filled with +inf) and 4 accumulation planes (zeroed)."""
