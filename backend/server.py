@@ -516,7 +516,8 @@ class Backend:
             for ev in events:
                 self._wait_credit(job)
                 if isinstance(ev, FrameOut):
-                    ref, data = codec.encode_image(ev.image, "jpeg", quality=self.config.jpeg_quality)
+                    ref, data = codec.encode_image(ev.image, job.msg.frame_codec,
+                                                   quality=self.config.jpeg_quality)
                     self.endpoint.send(job.peer, Frame(
                         job_id=job.job_id, index=ev.index, num_frames=job.num_frames,
                         pose=codec.pose_list(ev.pose), K=K, image=ref, fps=request.fps,

@@ -2,8 +2,9 @@
 
 A backend runs in this process on loopback (torch on ``--threads`` cores); a scripted client
 opens each scene and runs each preset (backward, rotate_right, forward by default) from the
-scene's first view, receiving every frame (JPEG on the wire). Per scene and preset it prints a
-JSON line; the last line is one JSON object with the medians of ttff_s (request to first frame
+scene's first view, receiving every frame (``--frame-codec``: raw by default, as the explorer
+asks its own local backend; jpeg as from a backend across a network). Per scene and preset
+it prints a JSON line; the last line is one JSON object with the medians of ttff_s (request to first frame
 received), total_s and realtime_factor (clip length at 24 fps over generation time), the mean
 consistency (Make-It-4D's metric x100 on consecutive received frames, warped with depth
 rendered from the cloud the client received; lower is better) and grid_energy: the
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--presets", nargs="+", default=["backward", "rotate_right", "forward"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--frame-codec", choices=["raw", "jpeg", "png"], default="raw",
+                        help="how frames travel (raw: the explorer's own backend; jpeg: remote)")
     parser.add_argument("--scenes-dir", type=Path, default=SCENES)
     parser.add_argument("--sheets", type=Path, default=None, help="write contact sheets here")
     args = parser.parse_args()
@@ -101,7 +104,7 @@ def main() -> None:
                     scene_id = f"{name}-{preset_name}"
                     opened = client.open_scene(image, scene_id=scene_id)
                     poses = preset(preset_name, args.frames, opened.scene.median_depth)
-                    job = client.transition(scene_id, poses)
+                    job = client.transition(scene_id, poses, frame_codec=args.frame_codec)
                     points = opened.points
                     points.xyz += job.points.xyz
                     points.rgb += job.points.rgb
@@ -138,6 +141,7 @@ def main() -> None:
         "scenes": args.scenes,
         "presets": args.presets,
         "threads": torch.get_num_threads(),
+        "frame_codec": args.frame_codec,
         "depth_source": sorted({r["depth_source"] for r in rows}),
         "frames": args.frames,
         "size": args.size,

@@ -64,7 +64,8 @@ class Explorer:
             s.player, max_prebuffer=min(s.player.max_prebuffer, window),
             min_prebuffer=min(s.player.min_prebuffer, window)))
         self.session = ExplorerSession(client, self.player, self.points.append,
-                                       clock=lambda: self.time, on_truncate=self.points.truncate)
+                                       clock=lambda: self.time, on_truncate=self.points.truncate,
+                                       frame_codec=s.network.frame_codec)
         self.controls = FlightControl(s.camera)
         self.clip_view = ClipView(ctx, self.overlay, s.player)
         self.tools = AnnotationTools(ctx, self.overlay, s.dynamics)

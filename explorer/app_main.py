@@ -75,7 +75,17 @@ def _link(args: argparse.Namespace, settings):
     serve = ["--sessions", settings.session.folder]
     if args.engine:
         serve += ["--engine", args.engine]
-    return BackendLink(settings, args.backend, args.keys, serve)
+    link = BackendLink(settings, args.backend, args.keys, serve)
+    settings.network.frame_codec = frame_codec_for(settings.network.frame_codec, link.local is not None)
+    return link
+
+
+def frame_codec_for(setting: str, local_backend: bool) -> str:
+    """``network.frame_codec`` resolved: ``auto`` is ``raw`` from a backend this explorer
+    started (same machine: nothing to gain from lossy compression), else ``jpeg``."""
+    if setting != "auto":
+        return setting
+    return "raw" if local_backend else "jpeg"
 
 
 def _sigterm_as_interrupt() -> None:

@@ -93,8 +93,10 @@ class ExplorerSession:
 
     def __init__(self, client: ClientLike, player: ClipPlayer, on_points: PointsSink,
                  clock: Callable[[], float] = time.monotonic,
-                 on_truncate: TruncateSink | None = None):
+                 on_truncate: TruncateSink | None = None, frame_codec: str = "jpeg"):
         self.client = client
+        self.frame_codec = "jpeg" if frame_codec == "auto" else frame_codec
+        """How clips' frames are asked for (``network.frame_codec``; auto here is jpeg)."""
         self.player = player
         self.on_points = on_points
         self.on_truncate = on_truncate or (lambda n: None)
@@ -149,7 +151,8 @@ class ExplorerSession:
     def send_transition(self, poses: np.ndarray, fps: float, preset: str | None = None) -> str:
         scene = self._require_scene()
         job_id = self.new_id("transition")
-        self.client.send(*requests.transition(job_id, scene.scene_id, poses, fps, preset))
+        self.client.send(*requests.transition(job_id, scene.scene_id, poses, fps, preset,
+                                              frame_codec=self.frame_codec))
         self.jobs[job_id] = JobInfo(job_id, "transition", len(poses), fps)
         self.status = f"transition of {len(poses)} frames requested"
         return job_id
@@ -159,7 +162,7 @@ class ExplorerSession:
         scene = self._require_scene()
         job_id = self.new_id("dynamics")
         self.client.send(*requests.dynamics(job_id, scene.scene_id, pose, num_frames, fps,
-                                            arrows, frozen))
+                                            arrows, frozen, frame_codec=self.frame_codec))
         self.jobs[job_id] = JobInfo(job_id, "dynamics", num_frames, fps)
         self.status = f"animating this view ({len(arrows)} arrows)"
         return job_id

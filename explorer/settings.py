@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -89,6 +90,10 @@ class NetworkSettings(_Section):
     connect_timeout_s: float = 20.0
     reconnect_s: float = 2.0
     """Wait between reconnection attempts after the backend is lost."""
+    frame_codec: Literal["auto", "jpeg", "raw", "png"] = "auto"
+    """How clip frames come back: ``auto`` asks a backend this explorer started itself for
+    ``raw`` (lossless, nothing to encode; 0.8 MB a 512x512 frame on the same machine) and
+    any other for ``jpeg`` (small, lossy: for networks)."""
     identity_file: str = ""
     """Where the loopback identity token is kept (mode 0600) so that a later run owns the
     scenes an earlier one made; empty: ``$XDG_CONFIG_HOME/dreamjourney/identity``

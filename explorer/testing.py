@@ -61,10 +61,12 @@ class FakeBackend:
             self._open(msg)
         elif isinstance(msg, Transition):
             poses = read_array(msg.poses, blobs).astype(np.float64)
-            self._clip(msg.job_id, "transition", list(poses), msg.fps, loop=False)
+            self._clip(msg.job_id, "transition", list(poses), msg.fps, loop=False,
+                       codec=msg.frame_codec)
         elif isinstance(msg, Dynamics):
             pose = np.asarray(msg.pose).reshape(4, 4)
-            self._clip(msg.job_id, "dynamics", [pose] * msg.num_frames, msg.fps, loop=True)
+            self._clip(msg.job_id, "dynamics", [pose] * msg.num_frames, msg.fps, loop=True,
+                       codec=msg.frame_codec)
         elif isinstance(msg, Cancel):
             self._reply(JobFailed(job_id=msg.job_id, code="cancelled", message="cancelled"))
 
@@ -116,7 +118,7 @@ class FakeBackend:
                                     total_points=int(sum(len(x) for x in halves[: i + 1]))),
                         [xa, ca, ra])
 
-    def _clip(self, job_id, kind, poses, fps, loop):
+    def _clip(self, job_id, kind, poses, fps, loop, codec="jpeg"):
         w, h = self.size
         K = intrinsics(w, h, 60.0)
         self._reply(JobAccepted(job_id=job_id, kind=kind, num_frames=len(poses),
@@ -124,7 +126,7 @@ class FakeBackend:
         for i, pose in enumerate(poses):
             img = np.empty((h, w, 3), np.uint8)
             img[:] = frame_color(i)
-            ref, data = encode_image(img, "jpeg", 0, quality=95)
+            ref, data = encode_image(img, codec, 0, quality=95)
             self._reply(Frame(job_id=job_id, index=i, num_frames=len(poses),
                               pose=pose_list(pose), K=k_list(K), image=ref, fps=fps, loop=loop),
                         [data], frame=True)

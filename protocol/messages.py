@@ -38,6 +38,9 @@ Name = Annotated[str, Meta(max_length=64)]
 Count = Annotated[int, Meta(ge=0, le=1 << 31)]
 BlobIndex = Annotated[int, Meta(ge=0, le=255)]
 Pixels = Annotated[int, Meta(ge=1, le=1 << 16)]
+ImageCodec = Literal["jpeg", "png", "raw"]
+"""``jpeg`` (4:2:0, lossy, small), ``png`` (lossless, slow to encode), ``raw`` (H x W x 3
+uint8 RGB, row-major, no padding: lossless and free to encode, 3 bytes a pixel)."""
 
 Pose = Annotated[tuple[Finite, ...], Meta(min_length=16, max_length=16)]
 """Camera-to-world 4x4, OpenCV axes, 16 floats row-major."""
@@ -54,7 +57,7 @@ class ImageRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     blob: BlobIndex
     """Index of the blob frame (0 = first frame after the header)."""
-    codec: Literal["jpeg", "png", "raw"]
+    codec: ImageCodec
     """``raw`` is H x W x 3 uint8 RGB, row-major, no padding."""
     width: Pixels
     """Pixels."""
@@ -241,6 +244,9 @@ class Transition(Message, tag="transition"):
     seed: Count | None = None
     preset: Name | None = None
     """Sampler preset (``paper``, ``interactive``); None uses the engine's default."""
+    frame_codec: ImageCodec = "jpeg"
+    """How the clip's Frames are encoded: ``jpeg`` across a network; ``raw`` from a backend
+    on the same machine (no compression noise in the frames or the points they grow)."""
 
 
 class Dynamics(Message, tag="dynamics"):
@@ -258,6 +264,8 @@ class Dynamics(Message, tag="dynamics"):
     engine: Name | None = None
     prompt: Text | None = None
     seed: Count | None = None
+    frame_codec: ImageCodec = "jpeg"
+    """As ``Transition.frame_codec``."""
 
 
 class Cancel(Message, tag="cancel"):

@@ -172,3 +172,33 @@ def _session_with_scene(backend):
     while (event := backend.poll()) is not None:
         session.handle(event.msg, event.blobs)
     return session
+
+
+def test_clips_are_asked_for_in_the_frame_codec_of_the_settings():
+    """``network.frame_codec``: auto is raw from the explorer's own backend and jpeg from any
+    other; the session puts it in every Transition and Dynamics, and the frames come back
+    in it."""
+    from explorer.app_main import frame_codec_for
+    from explorer.player import ClipPlayer
+    from explorer.session import ExplorerSession
+    from explorer.testing import FakeBackend
+    from protocol.messages import Dynamics, Frame, Transition
+
+    assert frame_codec_for("auto", local_backend=True) == "raw"
+    assert frame_codec_for("auto", local_backend=False) == "jpeg"
+    assert frame_codec_for("png", local_backend=True) == "png"
+    for setting, asked in (("raw", "raw"), ("jpeg", "jpeg"), ("auto", "jpeg")):
+        backend = FakeBackend()
+        session = ExplorerSession(backend, ClipPlayer(), lambda *a: None, frame_codec=setting)
+        session.open_scene(np.zeros((48, 64, 3), np.uint8))
+        while (event := backend.poll()) is not None:
+            session.handle(event.msg, event.blobs)
+        session.send_transition(np.stack([np.eye(4)] * 3), 24.0)
+        session.send_dynamics(np.eye(4), [], None, 4, 24.0)
+        jobs = [m for m, _ in backend.sent if isinstance(m, Transition | Dynamics)]
+        assert [m.frame_codec for m in jobs] == [asked, asked]
+        frames = []
+        while (event := backend.poll()) is not None:
+            if isinstance(event.msg, Frame):
+                frames.append(event.msg.image.codec)
+        assert frames and set(frames) == {asked}

@@ -189,3 +189,32 @@ def test_session_resumes_after_restart(tmp_path, scenes_dir):
                                                     start=poses[-1]))
         assert isinstance(more.outcome, JobDone)
         assert (tmp_path / "s" / "village" / "clips" / "0002.mp4").is_file()
+
+
+def test_raw_frames_are_the_engines_own_pixels(backend, scenes_dir):
+    """A clip asked for as ``raw`` arrives exactly as the engine rendered it (the same engine
+    run here on the photo as the backend decoded it); as ``jpeg`` it carries the codec's
+    noise."""
+    from backend.engines.base import FrameOut, OpenRequest, TransitionRequest
+    from backend.engines.classic import ClassicEngine
+    from protocol import codec, requests
+
+    image = load(scenes_dir / "03_ancient.jpg")
+    poses = None
+    with ScriptedClient(backend.address, credits=4) as client:
+        clips = {}
+        for name in ("raw", "jpeg"):
+            opened = client.open_scene(image, scene_id=name)
+            poses = preset("rotate_right", n_frames=5, median_depth=opened.scene.median_depth)
+            clips[name] = client.transition(name, poses, frame_codec=name)
+    sent, blobs = requests.open_scene("local", image)
+    photo = codec.decode_image(sent.image, [memoryview(b) for b in blobs])
+    engine = ClassicEngine(depth_model="none")
+    scene, _ = engine.open_scene(OpenRequest("local", photo))
+    wire = poses.astype(np.float32).astype(np.float64)  # poses travel as float32
+    local = [ev.image for ev in engine.transition(scene, TransitionRequest(wire))
+             if isinstance(ev, FrameOut)]
+    assert len(local) == len(clips["raw"].frames) == 5
+    for ours, raw, jpeg in zip(local, clips["raw"].frames, clips["jpeg"].frames, strict=True):
+        np.testing.assert_array_equal(raw, ours)
+        assert 35 < psnr(jpeg, ours) < 80

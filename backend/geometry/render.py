@@ -27,9 +27,10 @@ disc (EWA splatting, Zwicker et al., reduced to isotropic footprints):
 
 So the front surface is blended, never the surfaces behind it, and a magnified or minified
 surface has no screen-door grid. On a CPU with numba installed, these steps run as compiled
-loops (``splat_cpu``: two passes over the points on all cores, 3-6x faster than the tensor
-ops below; ``SplatConfig(cpu_loops=False)`` keeps the tensors, which are also the CUDA path). ``antialias=False`` keeps the nearest-point z-buffer (every
-point an opaque disc), the steps below:
+loops (``splat_cpu``: two passes over the points on all cores, 1.5-3x faster than these
+tensor ops); ``SplatConfig(cpu_loops=False)`` keeps the tensors, which are also the CUDA
+path. ``antialias=False`` keeps the nearest-point z-buffer (every point an opaque disc), the
+steps below:
 
 1. projects every point once per pose with one batched matmul ``(K [R|t]) @ X``;
 2. culls points behind ``near`` or off-screen by sending them to a dump slot;
