@@ -36,6 +36,9 @@ except ImportError:  # the torch path renders instead
 
 MIN_POINTS_PER_THREAD = 32_768
 """Fewer threads below this many points each (a thread's hand-off costs ~50 us)."""
+COVER_SLACK_PX = 1e-3
+"""A Gaussian covers the pixel centres within its radius plus this: positions are stored as
+float32, and a lattice magnified to the radius's own spacing puts centres on the circle."""
 CHUNKS_PER_THREAD = 8
 """Points are dealt out in this many chunks per thread, so uneven parts balance."""
 
@@ -63,45 +66,70 @@ def _footprint(r, tent_r, sigma_scale, min_sigma, max_reach):
 
 
 @_jit
-def _tent_base(cu, cv, width, height):
-    """Top-left pixel of a tent's 2 x 2 block and the point's position within it."""
-    x0 = min(max(math.floor(cu), -1.0), width - 1.0)
-    y0 = min(max(math.floor(cv), -1.0), height - 1.0)
-    fx = min(max(cu - x0, 0.0), 1.0)
-    fy = min(max(cv - y0, 0.0), 1.0)
-    return int(x0), int(y0), np.float32(fx), np.float32(fy)
+def _floor(x, off):
+    """floor(x) for x > -off without a libm call (twice as fast in these loops)."""
+    return int(x + off) - int(off)
 
 
 @_jit
-def _project_and_cover(xyz_t, radius, P, f, width, height, near, tent_r, sigma_scale, min_sigma,
-                       max_reach, lo, hi, uvzr, zbuf):
-    """Steps 1-3 for the points lo..hi: their (u, v, z, r_px) into ``uvzr`` (z = -1: dropped)
-    and the nearest depth of every pixel their footprints cover into ``zbuf``."""
+def _tent_base(cu, cv, width, height, off):
+    """Top-left pixel of a tent's 2 x 2 block and the point's position within it."""
+    x0 = min(max(_floor(cu, off), -1), width - 1)
+    y0 = min(max(_floor(cv, off), -1), height - 1)
+    fx = min(max(cu - x0, 0.0), 1.0)
+    fy = min(max(cv - y0, 0.0), 1.0)
+    return x0, y0, np.float32(fx), np.float32(fy)
+
+
+@_jit
+def _project(xyz_t, radius, P, f, width, height, near, tent_r, max_reach, lo, hi, dump, uvzr, own,
+             base, gauss, counts, c):
+    """Step 1 for the points lo..hi: (u, v, z, r_px) into ``uvzr`` (z = -1: dropped); a
+    tent's own and top-left pixel slots into ``own`` and ``base`` (``dump`` for the rest);
+    the Gaussians' indices into ``gauss[lo:]``, their number into ``counts[c]``. Arithmetic
+    and sequential writes only, without branches: the scattered reads and writes come in
+    tight loops after, where the CPU overlaps their cache misses. A tent's taps and own
+    pixel off-screen land on the border, which is never read."""
     w2 = width + 2
     m = max_reach + 1.0
+    off = m + 2.0
+    ng = lo
     for i in range(lo, hi):
         x, y, zw = xyz_t[0, i], xyz_t[1, i], xyz_t[2, i]
         z = P[2, 0] * x + P[2, 1] * y + P[2, 2] * zw + P[2, 3]
-        uvzr[2, i] = -1.0
-        if not z > near:
-            continue
         inv = 1.0 / z
-        cu = (P[0, 0] * x + P[0, 1] * y + P[0, 2] * zw + P[0, 3]) * inv
-        cv = (P[1, 0] * x + P[1, 1] * y + P[1, 2] * zw + P[1, 3]) * inv
-        if not (-m < cu < width - 1 + m and -m < cv < height - 1 + m):
-            continue
+        # rounded as stored, so that the blend, which reads them back, finds the same pixels
+        cu = np.float32((P[0, 0] * x + P[0, 1] * y + P[0, 2] * zw + P[0, 3]) * inv)
+        cv = np.float32((P[1, 0] * x + P[1, 1] * y + P[1, 2] * zw + P[1, 3]) * inv)
         r = radius[i] * f * inv
-        uvzr[0, i], uvzr[1, i], uvzr[2, i], uvzr[3, i] = cu, cv, z, r
-        zf = np.float32(z)
-        sigma, k = _footprint(r, tent_r, sigma_scale, min_sigma, max_reach)
-        if k == 0:  # a tent covers the pixel it falls in
-            x0, y0, fx, fy = _tent_base(cu, cv, width, height)
-            # its own pixel (off-screen: the border, never read); min, not a branch that
-            # mispredicts half the time
-            s = (y0 + (fy >= 0.5) + 1) * w2 + x0 + (fx >= 0.5) + 1
-            zbuf[s] = min(zbuf[s], zf)
-            continue
-        cover2 = max(r, 0.71) ** 2
+        keep = z > near and -m < cu < width - 1 + m and -m < cv < height - 1 + m
+        tent = keep and r < tent_r
+        uvzr[0, i], uvzr[1, i], uvzr[2, i], uvzr[3, i] = cu, cv, z if keep else -1.0, r
+        gauss[ng] = i
+        ng += keep and not tent
+        bx = min(max(_floor(cu, off), -1), width - 1)
+        by = min(max(_floor(cv, off), -1), height - 1)
+        ox = min(max(_floor(cu + np.float32(0.5), off), -1), width)  # the nearest of the four
+        oy = min(max(_floor(cv + np.float32(0.5), off), -1), height)
+        base[i] = (by + 1) * w2 + bx + 1 if tent else dump
+        own[i] = (oy + 1) * w2 + ox + 1 if tent else dump
+    counts[c] = ng - lo
+
+
+@_jit
+def _cover(own, gauss, counts, c, lo, hi, uvzr, width, height, sigma_scale, min_sigma, max_reach,
+           zbuf):
+    """Step 3 for the chunk: the nearest depth of every pixel its footprints cover, a tent
+    its own pixel, a Gaussian the pixels within its radius."""
+    for i in range(lo, hi):
+        s = own[i]
+        zbuf[s] = min(zbuf[s], np.float32(uvzr[2, i]))
+    w2 = width + 2
+    for j in range(lo, lo + counts[c]):
+        i = gauss[j]
+        cu, cv, zf, r = uvzr[0, i], uvzr[1, i], np.float32(uvzr[2, i]), uvzr[3, i]
+        _, k = _footprint(r, 0.0, sigma_scale, min_sigma, max_reach)
+        cover2 = (max(r, 0.71) + COVER_SLACK_PX) ** 2
         cx, cy = int(np.rint(cu)), int(np.rint(cv))
         for py in range(max(cy - k, 0), min(cy + k + 1, height)):
             dy2 = (py - cv) ** 2
@@ -119,36 +147,37 @@ def _add(acc, s, w, cr, cg, cb):
 
 
 @_jit
-def _blend(uvzr, rgb, width, height, tent_r, sigma_scale, min_sigma, max_reach, lo, hi, limit, block,
-           acc):
-    """Step 4 for the points lo..hi: taps at most ``limit`` (the front depth plus the
-    tolerance) deep add (w, w r, w g, w b). A tent's taps off-screen land on the border;
-    ``block`` is the largest limit of each 2 x 2 block, so hidden tents are skipped at once."""
+def _blend(base, gauss, counts, c, lo, hi, uvzr, rgb, width, height, sigma_scale, min_sigma,
+           max_reach, limit, block, visible, acc):
+    """Step 4 for the chunk: taps at most ``limit`` (the front depth plus the tolerance) deep
+    add (w, w r, w g, w b). ``block`` is the largest limit of each 2 x 2 block (-inf at the
+    dump slot): the tents not hidden at all four taps are listed first, in a tight loop."""
     w2 = width + 2
-    wx = np.empty(2 * max_reach + 1)
-    for i in range(lo, hi):
+    nv = lo
+    for i in range(lo, hi):  # branch-free: visibility is too mixed to predict
+        visible[nv] = i
+        nv += uvzr[2, i] <= block[base[i]]
+    for j in range(lo, nv):
+        i = visible[j]
+        s = base[i]
         z = uvzr[2, i]
-        if z < 0:
-            continue
-        cu, cv, r = uvzr[0, i], uvzr[1, i], uvzr[3, i]
+        x0, y0, fx, fy = _tent_base(uvzr[0, i], uvzr[1, i], width, height, max_reach + 3.0)
+        gx, gy = np.float32(1.0 - fx), np.float32(1.0 - fy)
         cr, cg, cb = np.float32(rgb[i, 0]), np.float32(rgb[i, 1]), np.float32(rgb[i, 2])
-        sigma, k = _footprint(r, tent_r, sigma_scale, min_sigma, max_reach)
-        if k == 0:
-            x0, y0, fx, fy = _tent_base(cu, cv, width, height)
-            s = (y0 + 1) * w2 + x0 + 1
-            if z > block[s]:  # hidden at all four taps
-                continue
-            gx, gy = np.float32(1.0 - fx), np.float32(1.0 - fy)
-            # branch-free (a hidden tap adds zero): visibility is too mixed to predict
-            _add(acc, s, gx * gy * (z <= limit[s]), cr, cg, cb)
-            _add(acc, s + 1, fx * gy * (z <= limit[s + 1]), cr, cg, cb)
-            _add(acc, s + w2, gx * fy * (z <= limit[s + w2]), cr, cg, cb)
-            _add(acc, s + w2 + 1, fx * fy * (z <= limit[s + w2 + 1]), cr, cg, cb)
-            continue
+        _add(acc, s, gx * gy * (z <= limit[s]), cr, cg, cb)
+        _add(acc, s + 1, fx * gy * (z <= limit[s + 1]), cr, cg, cb)
+        _add(acc, s + w2, gx * fy * (z <= limit[s + w2]), cr, cg, cb)
+        _add(acc, s + w2 + 1, fx * fy * (z <= limit[s + w2 + 1]), cr, cg, cb)
+    wx = np.empty(2 * max_reach + 1)
+    for j in range(lo, lo + counts[c]):
+        i = gauss[j]
+        cu, cv, z, r = uvzr[0, i], uvzr[1, i], uvzr[2, i], uvzr[3, i]
+        sigma, k = _footprint(r, 0.0, sigma_scale, min_sigma, max_reach)
+        cr, cg, cb = np.float32(rgb[i, 0]), np.float32(rgb[i, 1]), np.float32(rgb[i, 2])
         inv = -0.5 / (sigma * sigma)
         cx, cy = int(np.rint(cu)), int(np.rint(cv))
-        for j in range(2 * k + 1):
-            wx[j] = math.exp((cx - k + j - cu) ** 2 * inv)
+        for q in range(2 * k + 1):
+            wx[q] = math.exp((cx - k + q - cu) ** 2 * inv)
         for py in range(max(cy - k, 0), min(cy + k + 1, height)):
             wy = math.exp((py - cv) ** 2 * inv)
             for px in range(max(cx - k, 0), min(cx + k + 1, width)):
@@ -157,23 +186,19 @@ def _blend(uvzr, rgb, width, height, tent_r, sigma_scale, min_sigma, max_reach, 
 
 
 @_jit
-def _front(uvzr, width, height, tent_r, sigma_scale, min_sigma, max_reach, lo, hi, zbuf, best):
+def _front(own, gauss, counts, c, lo, hi, uvzr, width, height, sigma_scale, min_sigma, max_reach,
+           zbuf, best):
     """The smallest index of the points at each pixel's front depth (over what they cover)."""
-    w2 = width + 2
     for i in range(lo, hi):
-        z = np.float32(uvzr[2, i])
-        if z < 0:
-            continue
-        cu, cv, r = uvzr[0, i], uvzr[1, i], uvzr[3, i]
-        _, k = _footprint(r, tent_r, sigma_scale, min_sigma, max_reach)
-        if k == 0:
-            x0, y0, fx, fy = _tent_base(cu, cv, width, height)
-            px, py = x0 + (fx >= 0.5), y0 + (fy >= 0.5)
-            s = (py + 1) * w2 + px + 1
-            if 0 <= px < width and 0 <= py < height and z == zbuf[s] and i < best[s]:
-                best[s] = i
-            continue
-        cover2 = max(r, 0.71) ** 2
+        s = own[i]
+        if np.float32(uvzr[2, i]) == zbuf[s] and i < best[s]:
+            best[s] = i
+    w2 = width + 2
+    for j in range(lo, lo + counts[c]):
+        i = gauss[j]
+        cu, cv, z, r = uvzr[0, i], uvzr[1, i], np.float32(uvzr[2, i]), uvzr[3, i]
+        _, k = _footprint(r, 0.0, sigma_scale, min_sigma, max_reach)
+        cover2 = (max(r, 0.71) + COVER_SLACK_PX) ** 2
         cx, cy = int(np.rint(cu)), int(np.rint(cv))
         for py in range(max(cy - k, 0), min(cy + k + 1, height)):
             for px in range(max(cx - k, 0), min(cx + k + 1, width)):
@@ -212,9 +237,9 @@ def _normalise(zbuf, accs, width, height, row_lo, row_hi, image, mask, depth):
             mask[y, x] = z != np.inf
             depth[y, x] = z if z != np.inf else 0.0
             scale = np.float32(1.0) / max(w, np.float32(1e-12)) if z != np.inf else np.float32(0.0)
-            image[y, x, 0] = min(max(math.floor(r * scale + 0.5), 0.0), 255.0)
-            image[y, x, 1] = min(max(math.floor(g * scale + 0.5), 0.0), 255.0)
-            image[y, x, 2] = min(max(math.floor(b * scale + 0.5), 0.0), 255.0)
+            image[y, x, 0] = min(int(r * scale + np.float32(0.5)), 255)  # sums are >= 0
+            image[y, x, 1] = min(int(g * scale + np.float32(0.5)), 255)  # sums are >= 0
+            image[y, x, 2] = min(int(b * scale + np.float32(0.5)), 255)  # sums are >= 0
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
@@ -225,14 +250,14 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 
 
 def _run(fn, chunks: list[tuple[int, int]], workers: int, args) -> None:
-    """``fn(*args(w, lo, hi))`` for every chunk on ``workers`` threads (this one and the pool's);
-    worker ``w`` takes chunks w, w + workers, ... (interleaved, so uneven parts of the cloud
-    spread over all of them, and the same worker sums the same points every time: renders
-    are repeatable to the bit). ``w`` picks the worker's own buffers."""
+    """``fn(*args(w, c, lo, hi))`` for every chunk ``c`` on ``workers`` threads (this one and
+    the pool's); worker ``w`` takes chunks w, w + workers, ... (interleaved, so uneven parts
+    of the cloud spread over all of them, and the same worker sums the same points every
+    time: renders are repeatable to the bit). ``w`` picks the worker's own buffers."""
 
     def work(w: int) -> None:
-        for lo, hi in chunks[w::workers]:
-            fn(*args(w, lo, hi))
+        for c in range(w, len(chunks), workers):
+            fn(*args(w, c, *chunks[c]))
 
     futures = [_executor(workers - 1).submit(work, w) for w in range(1, workers)]
     work(0)
@@ -242,12 +267,13 @@ def _run(fn, chunks: list[tuple[int, int]], workers: int, args) -> None:
 
 def _block_max(limit: np.ndarray, w2: int) -> np.ndarray:
     """The largest of each slot's, its right, lower and lower-right neighbours' values (the
-    last row and column: +inf)."""
-    grid = limit.reshape(-1, w2)
-    out = np.full_like(grid, np.inf)
-    np.maximum(grid[:-1, :-1], grid[:-1, 1:], out=out[:-1, :-1])
-    np.maximum(out[:-1, :-1], np.maximum(grid[1:, :-1], grid[1:, 1:]), out=out[:-1, :-1])
-    return out.reshape(-1)
+    last row and column: +inf), and -inf at the dump slot after the image."""
+    out = np.full_like(limit, np.inf)
+    grid, block = limit[:-1].reshape(-1, w2), out[:-1].reshape(-1, w2)
+    np.maximum(grid[:-1, :-1], grid[:-1, 1:], out=block[:-1, :-1])
+    np.maximum(block[:-1, :-1], np.maximum(grid[1:, :-1], grid[1:, 1:]), out=block[:-1, :-1])
+    out[-1] = -np.inf
+    return out
 
 
 def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
@@ -255,21 +281,33 @@ def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
 
 
-def _buffers(n: int, parts: int, size: int) -> tuple[np.ndarray, ...]:
-    """This thread's (4 x n projected points, parts x size depths at +inf, parts x size x 4
-    sums, size merged depths), all C-contiguous (another memory layout would compile the
-    loops again). A frame leaves the depths at +inf as it found them; one cut short (an
-    exception) leaves them dirty, and they are reset here."""
+class _Buffers:
+    """One rendering thread's working memory, kept between frames (no fresh pages per frame),
+    all C-contiguous (another memory layout would compile the loops again). Slots run over
+    the bordered image, then one dump slot for what has no pixel."""
+
+    def __init__(self, n: int, parts: int, size: int):
+        self.capacity, self.parts, self.size = n, parts, size
+        self.uvzr = np.empty(4 * n, np.float32)
+        self.own, self.base, self.gauss, self.visible = (np.empty(n, np.int32) for _ in range(4))
+        self.zbufs = np.full((parts, size + 1), np.inf, np.float32)
+        """Each worker's depth pre-pass; a frame leaves it at +inf as it found it."""
+        self.accs = np.empty((parts, size, 4), np.float32)
+        self.zbuf = np.empty(size + 1, np.float32)
+        self.dirty = False
+        """Set while a frame runs: one cut short (an exception) leaves the depths unreset."""
+
+    def fits(self, n: int, parts: int, size: int) -> bool:
+        return n <= self.capacity and (parts, size) == (self.parts, self.size)
+
+
+def _buffers(n: int, parts: int, size: int) -> _Buffers:
     held = getattr(_local, "buffers", None)
-    if held is None or held[0].size < 4 * n or held[1].shape != (parts, size):
-        held = _local.buffers = (np.empty(4 * max(n, 1024), np.float32),
-                                 np.full((parts, size), np.inf, np.float32),
-                                 np.empty((parts, size, 4), np.float32),
-                                 np.empty(size, np.float32))
-        _local.dirty = False
-    if _local.dirty:
-        held[1].fill(np.inf)
-    return held[0][: 4 * n].reshape(4, n), held[1], held[2], held[3]
+    if held is None or not held.fits(n, parts, size):
+        held = _local.buffers = _Buffers(max(n, 1024), parts, size)
+    if held.dirty:
+        held.zbufs.fill(np.inf)
+    return held
 
 
 def render_filtered(xyz_t: np.ndarray, radius: np.ndarray, rgb: np.ndarray, P: np.ndarray, f: float,
@@ -286,24 +324,34 @@ def render_filtered(xyz_t: np.ndarray, radius: np.ndarray, rgb: np.ndarray, P: n
     size = (width + 2) * (height + 2)
     workers = max(1, min(threads, n // MIN_POINTS_PER_THREAD))
     chunks = _chunks(n, CHUNKS_PER_THREAD * workers if workers > 1 else 1)
-    shape = (cfg.tent_radius_px, cfg.sigma_scale, cfg.min_sigma_px, int(cfg.max_reach_px))
-    uvzr, zbufs, accs, zbuf = _buffers(n, workers, size)
-    _local.dirty = True
-    _run(_project_and_cover, chunks, workers, lambda w, lo, hi: (
-        xyz_t, radius, P, f, width, height, cfg.near, *shape, lo, hi, uvzr, zbufs[w]))
-    _run(_merge_depth, _chunks(height + 2, workers), workers, lambda w, lo, hi: (
-        zbufs, width + 2, lo, hi, zbuf))
+    gauss_shape = (cfg.sigma_scale, cfg.min_sigma_px, int(cfg.max_reach_px))
+    buf = _buffers(n, workers, size)
+    uvzr = buf.uvzr[: 4 * n].reshape(4, n)
+    counts = np.zeros(len(chunks), np.int64)
+    buf.dirty = True
+    _run(_project, chunks, workers, lambda w, c, lo, hi: (
+        xyz_t, radius, P, f, width, height, cfg.near, cfg.tent_radius_px, int(cfg.max_reach_px),
+        lo, hi, size, uvzr, buf.own, buf.base, buf.gauss, counts, c))
+    _run(_cover, chunks, workers, lambda w, c, lo, hi: (
+        buf.own, buf.gauss, counts, c, lo, hi, uvzr, width, height, *gauss_shape, buf.zbufs[w]))
+    zbuf = buf.zbuf
+    _run(_merge_depth, _chunks(height + 2, workers), workers, lambda w, c, lo, hi: (
+        buf.zbufs, width + 2, lo, hi, zbuf))
+    zbuf[size] = buf.zbufs[:, size].min()
+    buf.zbufs[:, size] = np.inf
+    buf.dirty = False
     limit = zbuf * np.float32(1.0 + cfg.depth_tolerance)
     block = _block_max(limit, width + 2)
-    accs.fill(0.0)  # here, not after the last frame: the blend then finds the sums in cache
-    _run(_blend, chunks, workers, lambda w, lo, hi: (
-        uvzr, rgb, width, height, *shape, lo, hi, limit, block, accs[w]))
-    _run(_normalise, _chunks(height, workers), workers, lambda w, lo, hi: (
-        zbuf, accs, width, height, lo, hi, image, mask, depth))
-    _local.dirty = False
+    buf.accs.fill(0.0)  # here, not after the last frame: the blend then finds the sums in cache
+    _run(_blend, chunks, workers, lambda w, c, lo, hi: (
+        buf.base, buf.gauss, counts, c, lo, hi, uvzr, rgb, width, height, *gauss_shape, limit,
+        block, buf.visible, buf.accs[w]))
+    _run(_normalise, _chunks(height, workers), workers, lambda w, c, lo, hi: (
+        zbuf, buf.accs, width, height, lo, hi, image, mask, depth))
     if index is not None:
-        bests = np.full((workers, size), n, np.int64)
-        _run(_front, chunks, workers, lambda w, lo, hi: (
-            uvzr, width, height, *shape, lo, hi, zbuf, bests[w]))
-        best = bests.min(0).reshape(height + 2, width + 2)[1:-1, 1:-1]
+        bests = np.full((workers, size + 1), n, np.int64)
+        _run(_front, chunks, workers, lambda w, c, lo, hi: (
+            buf.own, buf.gauss, counts, c, lo, hi, uvzr, width, height, *gauss_shape, zbuf,
+            bests[w]))
+        best = bests.min(0)[:size].reshape(height + 2, width + 2)[1:-1, 1:-1]
         np.copyto(index, np.where(best < n, best, -1))
