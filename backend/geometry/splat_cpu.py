@@ -221,6 +221,22 @@ def _merge_depth(zbufs, w2, row_lo, row_hi, zbuf):
 
 
 @_jit
+def _limits(zbuf, grow, width, height, row_lo, row_hi, limit, block):
+    """For the bordered rows row_lo..row_hi: the deepest a tap may be (``limit``: the front
+    depth plus the tolerance) and the largest limit of each 2 x 2 block starting there
+    (``block``; +inf on the last row and column)."""
+    w2 = width + 2
+    for y in range(row_lo, row_hi):
+        for x in range(w2):
+            s = y * w2 + x
+            limit[s] = zbuf[s] * grow
+            if y == height + 1 or x == width + 1:
+                block[s] = np.inf
+            else:
+                block[s] = max(max(zbuf[s], zbuf[s + 1]), max(zbuf[s + w2], zbuf[s + w2 + 1])) * grow
+
+
+@_jit
 def _normalise(zbuf, accs, width, height, row_lo, row_hi, image, mask, depth):
     """Step 5 for the rows row_lo..row_hi: colour = sum(w c) / sum(w) where covered."""
     w2 = width + 2
@@ -265,17 +281,6 @@ def _run(fn, chunks: list[tuple[int, int]], workers: int, args) -> None:
         fut.result()
 
 
-def _block_max(limit: np.ndarray, w2: int) -> np.ndarray:
-    """The largest of each slot's, its right, lower and lower-right neighbours' values (the
-    last row and column: +inf), and -inf at the dump slot after the image."""
-    out = np.full_like(limit, np.inf)
-    grid, block = limit[:-1].reshape(-1, w2), out[:-1].reshape(-1, w2)
-    np.maximum(grid[:-1, :-1], grid[:-1, 1:], out=block[:-1, :-1])
-    np.maximum(block[:-1, :-1], np.maximum(grid[1:, :-1], grid[1:, 1:]), out=block[:-1, :-1])
-    out[-1] = -np.inf
-    return out
-
-
 def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
     edges = np.linspace(0, n, max(parts, 1) + 1).astype(int)
     return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
@@ -293,7 +298,7 @@ class _Buffers:
         self.zbufs = np.full((parts, size + 1), np.inf, np.float32)
         """Each worker's depth pre-pass; a frame leaves it at +inf as it found it."""
         self.accs = np.empty((parts, size, 4), np.float32)
-        self.zbuf = np.empty(size + 1, np.float32)
+        self.zbuf, self.limit, self.block = (np.empty(size + 1, np.float32) for _ in range(3))
         self.dirty = False
         """Set while a frame runs: one cut short (an exception) leaves the depths unreset."""
 
@@ -340,8 +345,10 @@ def render_filtered(xyz_t: np.ndarray, radius: np.ndarray, rgb: np.ndarray, P: n
     zbuf[size] = buf.zbufs[:, size].min()
     buf.zbufs[:, size] = np.inf
     buf.dirty = False
-    limit = zbuf * np.float32(1.0 + cfg.depth_tolerance)
-    block = _block_max(limit, width + 2)
+    limit, block = buf.limit, buf.block
+    _run(_limits, _chunks(height + 2, workers), workers, lambda w, c, lo, hi: (
+        zbuf, np.float32(1.0 + cfg.depth_tolerance), width, height, lo, hi, limit, block))
+    block[size] = -np.inf  # the dump slot: nothing there is visible
     buf.accs.fill(0.0)  # here, not after the last frame: the blend then finds the sums in cache
     _run(_blend, chunks, workers, lambda w, c, lo, hi: (
         buf.base, buf.gauss, counts, c, lo, hi, uvzr, rgb, width, height, *gauss_shape, limit,
