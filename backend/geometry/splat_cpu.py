@@ -1,17 +1,21 @@
 """The anti-aliased splatting of ``render.py`` as compiled CPU loops (numba), one pose at a time.
 
 The torch path forms every tap of every point as tensors and scatters them: about forty
-passes over memory per frame, each a few hundred microseconds on two cores. Here each point
-is visited twice in one compiled loop (depth pre-pass, then blending), so a frame costs a few
-bare scatters. The arithmetic is the module docstring of ``render.py``, step for step:
+passes over memory per frame, each a few hundred microseconds on two cores. Here a frame is
+a few compiled loops, each one pass over the points or the pixels. The arithmetic is the
+module docstring of ``render.py``, step for step:
 
-1. project (float64), drop points behind ``near`` or too far off-screen for any tap;
+1. project (float64; positions kept as float32), drop points behind ``near`` or too far
+   off-screen for any tap; a tent's pixels and the Gaussians' indices are noted;
 2. footprint: a tent over the 2 x 2 pixel centres around a point smaller than
    ``tent_radius_px``, else a Gaussian over the (2k+1)^2 window around its nearest pixel;
-3. depth pre-pass over the pixels each footprint covers;
-4. taps within ``depth_tolerance`` of their pixel's front depth add ``(w, w r, w g, w b)``;
+3. depth pre-pass over the pixels each footprint covers (for tents a tight min loop);
+4. taps within ``depth_tolerance`` of their pixel's front depth add ``(w, w r, w g, w b)``
+   (tents hidden at all four taps are skipped first, in a tight loop);
 5. normalise; the index (if asked) is the nearest point's, the smallest index on ties.
 
+The scattered reads and writes are in loops of their own with little arithmetic, where the
+CPU overlaps their cache misses; the projection, all arithmetic, writes in order.
 The points are split into contiguous chunks dealt out to the threads in turn; each thread
 has its own depth and accumulation buffers (no atomics), merged between the passes. The
 loops release the GIL (``nogil``), so the chunks run side by side on a thread pool and
@@ -67,7 +71,8 @@ def _footprint(r, tent_r, sigma_scale, min_sigma, max_reach):
 
 @_jit
 def _floor(x, off):
-    """floor(x) for x > -off without a libm call (twice as fast in these loops)."""
+    """floor(x) for x > -off without a libm call (twice as fast in these loops); for other x
+    (points dropped anyway) some integer the callers clamp and discard."""
     return int(x + off) - int(off)
 
 
