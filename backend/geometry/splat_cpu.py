@@ -122,6 +122,15 @@ def _project(xyz_t, radius, P, f, width, height, near, tent_r, max_reach, lo, hi
 
 
 @_jit
+def _gauss_window(uvzr, i, sigma_scale, min_sigma, max_reach):
+    """A Gaussian's centre, depth, sigma, reach, squared cover radius and nearest pixel."""
+    cu, cv, r = uvzr[0, i], uvzr[1, i], uvzr[3, i]
+    sigma, k = _footprint(r, 0.0, sigma_scale, min_sigma, max_reach)
+    cover2 = (max(r, 0.71) + COVER_SLACK_PX) ** 2
+    return cu, cv, np.float32(uvzr[2, i]), sigma, k, cover2, int(np.rint(cu)), int(np.rint(cv))
+
+
+@_jit
 def _cover(own, gauss, counts, c, lo, hi, uvzr, width, height, sigma_scale, min_sigma, max_reach,
            zbuf):
     """Step 3 for the chunk: the nearest depth of every pixel its footprints cover, a tent
@@ -131,11 +140,8 @@ def _cover(own, gauss, counts, c, lo, hi, uvzr, width, height, sigma_scale, min_
         zbuf[s] = min(zbuf[s], np.float32(uvzr[2, i]))
     w2 = width + 2
     for j in range(lo, lo + counts[c]):
-        i = gauss[j]
-        cu, cv, zf, r = uvzr[0, i], uvzr[1, i], np.float32(uvzr[2, i]), uvzr[3, i]
-        _, k = _footprint(r, 0.0, sigma_scale, min_sigma, max_reach)
-        cover2 = (max(r, 0.71) + COVER_SLACK_PX) ** 2
-        cx, cy = int(np.rint(cu)), int(np.rint(cv))
+        cu, cv, zf, _, k, cover2, cx, cy = _gauss_window(uvzr, gauss[j], sigma_scale, min_sigma,
+                                                          max_reach)
         for py in range(max(cy - k, 0), min(cy + k + 1, height)):
             dy2 = (py - cv) ** 2
             for px in range(max(cx - k, 0), min(cx + k + 1, width)):
@@ -176,11 +182,9 @@ def _blend(base, gauss, counts, c, lo, hi, uvzr, rgb, width, height, sigma_scale
     wx = np.empty(2 * max_reach + 1)
     for j in range(lo, lo + counts[c]):
         i = gauss[j]
-        cu, cv, z, r = uvzr[0, i], uvzr[1, i], uvzr[2, i], uvzr[3, i]
-        sigma, k = _footprint(r, 0.0, sigma_scale, min_sigma, max_reach)
+        cu, cv, z, sigma, k, _, cx, cy = _gauss_window(uvzr, i, sigma_scale, min_sigma, max_reach)
         cr, cg, cb = np.float32(rgb[i, 0]), np.float32(rgb[i, 1]), np.float32(rgb[i, 2])
         inv = -0.5 / (sigma * sigma)
-        cx, cy = int(np.rint(cu)), int(np.rint(cv))
         for q in range(2 * k + 1):
             wx[q] = math.exp((cx - k + q - cu) ** 2 * inv)
         for py in range(max(cy - k, 0), min(cy + k + 1, height)):
@@ -201,10 +205,7 @@ def _front(own, gauss, counts, c, lo, hi, uvzr, width, height, sigma_scale, min_
     w2 = width + 2
     for j in range(lo, lo + counts[c]):
         i = gauss[j]
-        cu, cv, z, r = uvzr[0, i], uvzr[1, i], np.float32(uvzr[2, i]), uvzr[3, i]
-        _, k = _footprint(r, 0.0, sigma_scale, min_sigma, max_reach)
-        cover2 = (max(r, 0.71) + COVER_SLACK_PX) ** 2
-        cx, cy = int(np.rint(cu)), int(np.rint(cv))
+        cu, cv, z, _, k, cover2, cx, cy = _gauss_window(uvzr, i, sigma_scale, min_sigma, max_reach)
         for py in range(max(cy - k, 0), min(cy + k + 1, height)):
             for px in range(max(cx - k, 0), min(cx + k + 1, width)):
                 s = (py + 1) * w2 + px + 1
