@@ -57,6 +57,22 @@ def test_horizon_prior_is_ground_below_far_above():
     assert col[:30].min() > col[50:].max()
 
 
+def test_horizon_prior_keeps_sky_mirrored_in_water_on_the_ground():
+    """Water as bright as the sky below the horizon: the edge-following filter may bring
+    pixels nearer than the ground plane, never farther (it used to sink the water)."""
+    h, w = 96, 128
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:40] = [200, 210, 230]  # sky
+    image[40:] = [60, 70, 40]  # ground
+    image[44:70, 30:100] = [200, 210, 230]  # a lake mirroring the sky
+    K = intrinsics(w, h, 60.0)
+    depth = horizon_depth(image, K, horizon_row=40)
+    v = np.arange(h) + 0.5 - 40
+    ground = np.where(v > 0, K[1, 1] / np.maximum(v, 1e-9), np.inf)[:, None]
+    far = K[1, 1] / 2.0
+    assert np.all(depth <= np.minimum(ground, far) * (1 + 1e-5))
+
+
 def test_horizon_prior_follows_image_edges():
     h, w = 64, 64
     image = np.full((h, w, 3), 200, np.uint8)

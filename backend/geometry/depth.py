@@ -151,7 +151,9 @@ def horizon_depth(
     Below the horizon the ground plane ``y = camera_height`` (camera looking level) gives
     ``z = camera_height * fy / (v - horizon)``; above it a far plane at ``far`` (default: the
     ground's depth 2 pixels below the horizon). The result is smoothed with a guided filter
-    on the grey image, in disparity, so depth edges follow image edges.
+    on the grey image, in disparity, so depth edges follow image edges; the filter may only
+    bring a pixel nearer than the planes (bright water mirroring the sky stays on the
+    ground instead of sinking towards the far plane).
 
     Args:
         image: H x W x 3 uint8.
@@ -179,8 +181,9 @@ def horizon_depth(
     radius = max(h // 32, 1) if smooth_radius is None else smooth_radius
     if radius > 0:
         grey = img.astype(np.float64).mean(axis=2) / 255.0
-        disparity = guided_filter(grey, disparity, radius, eps)
-        disparity = np.clip(disparity, 1.0 / far, None)
+        # the filter may bring things nearer than the planes (a person standing on the
+        # ground), never farther: water mirroring the sky would sink below the ground
+        disparity = np.maximum(guided_filter(grey, disparity, radius, eps), disparity)
     return (1.0 / disparity).astype(np.float32)
 
 
