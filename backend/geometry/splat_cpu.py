@@ -60,10 +60,8 @@ def _jit(fn):
 
 
 @_jit
-def _footprint(r, tent_r, sigma_scale, min_sigma, max_reach):
-    """(sigma, reach) of a Gaussian footprint; reach 0 marks a tent."""
-    if r < tent_r:
-        return 0.0, 0
+def _gaussian(r, sigma_scale, min_sigma, max_reach):
+    """(sigma, reach) of the Gaussian footprint of a point ``r`` pixels in radius."""
     sigma = min(max(sigma_scale * r, min_sigma), max_reach / 2.0)
     k = min(max(math.ceil(2.0 * sigma - 0.5), 1), max_reach)
     return sigma, int(k)
@@ -77,8 +75,10 @@ def _floor(x, off):
 
 
 @_jit
-def _tent_base(cu, cv, width, height, off):
-    """Top-left pixel of a tent's 2 x 2 block and the point's position within it."""
+def _tent_base(cu, cv, width, height, max_reach):
+    """Top-left pixel of a tent's 2 x 2 block and the point's position within it (for the
+    points kept: at most ``max_reach + 1`` pixels off-screen)."""
+    off = max_reach + 3.0
     x0 = min(max(_floor(cu, off), -1), width - 1)
     y0 = min(max(_floor(cv, off), -1), height - 1)
     fx = min(max(cu - x0, 0.0), 1.0)
@@ -97,7 +97,6 @@ def _project(xyz_t, radius, P, f, width, height, near, tent_r, max_reach, lo, hi
     pixel off-screen land on the border, which is never read."""
     w2 = width + 2
     m = max_reach + 1.0
-    off = m + 2.0
     ng = lo
     for i in range(lo, hi):
         x, y, zw = xyz_t[0, i], xyz_t[1, i], xyz_t[2, i]
@@ -112,10 +111,11 @@ def _project(xyz_t, radius, P, f, width, height, near, tent_r, max_reach, lo, hi
         uvzr[0, i], uvzr[1, i], uvzr[2, i], uvzr[3, i] = cu, cv, z if keep else -1.0, r
         gauss[ng] = i
         ng += keep and not tent
-        bx = min(max(_floor(cu, off), -1), width - 1)
-        by = min(max(_floor(cv, off), -1), height - 1)
-        ox = min(max(_floor(cu + np.float32(0.5), off), -1), width)  # the nearest of the four
-        oy = min(max(_floor(cv + np.float32(0.5), off), -1), height)
+        bx, by, _, _ = _tent_base(cu, cv, width, height, max_reach)
+        # the nearest of the four: floor(u + 0.5), clamped to the border (-1 .. width); read
+        # from fx >= 0.5 instead (as the torch path does), a 2M-point frame took 40% longer
+        ox, oy, _, _ = _tent_base(cu + np.float32(0.5), cv + np.float32(0.5), width + 1,
+                                  height + 1, max_reach)
         base[i] = (by + 1) * w2 + bx + 1 if tent else dump
         own[i] = (oy + 1) * w2 + ox + 1 if tent else dump
     counts[c] = ng - lo
@@ -125,7 +125,7 @@ def _project(xyz_t, radius, P, f, width, height, near, tent_r, max_reach, lo, hi
 def _gauss_window(uvzr, i, sigma_scale, min_sigma, max_reach):
     """A Gaussian's centre, depth, sigma, reach, squared cover radius and nearest pixel."""
     cu, cv, r = uvzr[0, i], uvzr[1, i], uvzr[3, i]
-    sigma, k = _footprint(r, 0.0, sigma_scale, min_sigma, max_reach)
+    sigma, k = _gaussian(r, sigma_scale, min_sigma, max_reach)
     cover2 = (max(r, 0.71) + COVER_SLACK_PX) ** 2
     return cu, cv, np.float32(uvzr[2, i]), sigma, k, cover2, int(np.rint(cu)), int(np.rint(cv))
 
@@ -172,7 +172,7 @@ def _blend(base, gauss, counts, c, lo, hi, uvzr, rgb, width, height, sigma_scale
         i = visible[j]
         s = base[i]
         z = uvzr[2, i]
-        x0, y0, fx, fy = _tent_base(uvzr[0, i], uvzr[1, i], width, height, max_reach + 3.0)
+        _, _, fx, fy = _tent_base(uvzr[0, i], uvzr[1, i], width, height, max_reach)
         gx, gy = np.float32(1.0 - fx), np.float32(1.0 - fy)
         cr, cg, cb = np.float32(rgb[i, 0]), np.float32(rgb[i, 1]), np.float32(rgb[i, 2])
         _add(acc, s, gx * gy * (z <= limit[s]), cr, cg, cb)
