@@ -138,7 +138,8 @@ class DeviceCloud:
     radius: torch.Tensor
     """N float32 world radii."""
     colour: torch.Tensor | None = None
-    """3 x N float32 colour planes in [0, 255] (for the anti-aliased blend)."""
+    """3 x N float32 colour planes in [0, 255] (the tensor path's anti-aliased blend; None
+    where the compiled CPU loops render)."""
 
     def __len__(self) -> int:
         return int(self.radius.shape[0])
@@ -178,6 +179,13 @@ def projection_matrices(poses: np.ndarray, K: np.ndarray) -> np.ndarray:
     """B x 3 x 4 matrices ``K [R|t]`` mapping world points to ``(u z, v z, z)``."""
     w2c = np.linalg.inv(poses)
     return np.asarray(K, dtype=np.float64) @ w2c[:, :3, :]
+
+
+def centred_projections(poses: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """``projection_matrices`` with pixel centres at integer coordinates (the filtered path)."""
+    P = projection_matrices(poses, K)
+    P[:, :2] -= 0.5 * P[:, 2:3]
+    return P
 
 
 def project_keys(
@@ -254,6 +262,8 @@ class SplatRenderer:
         except Exception as exc:  # a numba that cannot compile here: the torch path renders
             log.warning("compiled CPU splatting unavailable (%s); rendering with torch", exc)
             self._cpu_loops = False
+            with self._cache_lock:  # uploaded without the colour planes the torch path needs
+                self._cache = None
 
     def _render_one_point(self) -> None:
         one = PointCloud(np.array([[0.0, 0.0, 2.0]], np.float32), np.full((1, 3), 255, np.uint8),
@@ -272,11 +282,12 @@ class SplatRenderer:
         rgba = np.zeros((len(cloud) + 1, 4), np.uint8)
         rgba[:-1, :3] = cloud.rgb
         rgba[:-1, 3] = 255
-        dc = DeviceCloud(
+        planes = None if self._cpu_loops else np.ascontiguousarray(cloud.rgb.T, np.float32)
+        dc = DeviceCloud(  # the compiled loops read rgba; only the tensor path needs planes
             torch.from_numpy(np.ascontiguousarray(cloud.xyz.T)).to(self.device),
             torch.from_numpy(rgba.view(np.int32).reshape(-1)).to(self.device),
             torch.from_numpy(cloud.radius).to(self.device),
-            torch.from_numpy(np.ascontiguousarray(cloud.rgb.T, np.float32)).to(self.device),
+            None if planes is None else torch.from_numpy(planes).to(self.device),
         )
         with self._cache_lock:  # a PointCloud is immutable; a store bumps its version
             self._cache = (source, len(source), version, dc)
@@ -447,8 +458,7 @@ class SplatRenderer:
         out: RenderOutput,
     ) -> None:
         """Steps 1-5 as compiled loops (``splat_cpu``), one pose at a time, into ``out``."""
-        P = projection_matrices(poses, K)
-        P[:, :2] -= 0.5 * P[:, 2:3]  # pixel centres at integer coordinates
+        P = centred_projections(poses, K)
         f = 0.5 * (K[0, 0] + K[1, 1])
         xyz_t = np.ascontiguousarray(cloud.xyz_t.numpy(), np.float32)
         radius = np.ascontiguousarray(cloud.radius.numpy(), np.float32)
@@ -608,9 +618,7 @@ def _project_filtered(cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray, cfg:
     """Step 1: one matmul per group; points behind ``near`` or too far off-screen for any
     tap to land on it are dropped (only when there are any)."""
     b, n = len(poses), len(cloud)
-    P = projection_matrices(poses, K)
-    P[:, :2] -= 0.5 * P[:, 2:3]  # pixel centres at integer coordinates
-    P = torch.from_numpy(P).to(cloud.xyz_t.device, torch.float32)
+    P = torch.from_numpy(centred_projections(poses, K)).to(cloud.xyz_t.device, torch.float32)
     data = torch.empty((4, b, n), dtype=torch.float32, device=cloud.xyz_t.device)
     if b == 1:  # a batch of one is a plain matmul (no expanded copy of the cloud)
         torch.addmm(P[0, :, 3:], P[0, :, :3], cloud.xyz_t, out=data[:3, 0])
