@@ -65,7 +65,7 @@ class Explorer:
             min_prebuffer=min(s.player.min_prebuffer, window)))
         self.session = ExplorerSession(client, self.player, self.points.append,
                                        clock=lambda: self.time, on_truncate=self.points.truncate,
-                                       frame_codec=s.network.frame_codec)
+                                       frame_codec=s.network.codec_for(local_backend=False))
         self.controls = FlightControl(s.camera)
         self.clip_view = ClipView(ctx, self.overlay, s.player)
         self.tools = AnnotationTools(ctx, self.overlay, s.dynamics)

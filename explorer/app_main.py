@@ -76,16 +76,8 @@ def _link(args: argparse.Namespace, settings):
     if args.engine:
         serve += ["--engine", args.engine]
     link = BackendLink(settings, args.backend, args.keys, serve)
-    settings.network.frame_codec = frame_codec_for(settings.network.frame_codec, link.local is not None)
+    settings.network.frame_codec = settings.network.codec_for(local_backend=link.local is not None)
     return link
-
-
-def frame_codec_for(setting: str, local_backend: bool) -> str:
-    """``network.frame_codec`` resolved: ``auto`` is ``raw`` from a backend this explorer
-    started (same machine: nothing to gain from lossy compression), else ``jpeg``."""
-    if setting != "auto":
-        return setting
-    return "raw" if local_backend else "jpeg"
 
 
 def _sigterm_as_interrupt() -> None:

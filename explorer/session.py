@@ -95,8 +95,8 @@ class ExplorerSession:
                  clock: Callable[[], float] = time.monotonic,
                  on_truncate: TruncateSink | None = None, frame_codec: str = "jpeg"):
         self.client = client
-        self.frame_codec = "jpeg" if frame_codec == "auto" else frame_codec
-        """How clips' frames are asked for (``network.frame_codec``; auto here is jpeg)."""
+        self.frame_codec = frame_codec
+        """How clips' frames are asked for (``NetworkSettings.codec_for``)."""
         self.player = player
         self.on_points = on_points
         self.on_truncate = on_truncate or (lambda n: None)

@@ -100,6 +100,14 @@ class NetworkSettings(_Section):
     (``~/.config`` without XDG_CONFIG_HOME)."""
 
 
+    def codec_for(self, local_backend: bool) -> str:
+        """``frame_codec`` resolved: ``auto`` is ``raw`` from a backend this explorer started
+        (same machine: nothing to gain from lossy compression), else ``jpeg``."""
+        if self.frame_codec != "auto":
+            return self.frame_codec
+        return "raw" if local_backend else "jpeg"
+
+
 class RecordSettings(_Section):
     fps: float = 30.0
     queue_size: int = 8

@@ -178,18 +178,19 @@ def test_clips_are_asked_for_in_the_frame_codec_of_the_settings():
     """``network.frame_codec``: auto is raw from the explorer's own backend and jpeg from any
     other; the session puts it in every Transition and Dynamics, and the frames come back
     in it."""
-    from explorer.app_main import frame_codec_for
     from explorer.player import ClipPlayer
     from explorer.session import ExplorerSession
+    from explorer.settings import NetworkSettings
     from explorer.testing import FakeBackend
     from protocol.messages import Dynamics, Frame, Transition
 
-    assert frame_codec_for("auto", local_backend=True) == "raw"
-    assert frame_codec_for("auto", local_backend=False) == "jpeg"
-    assert frame_codec_for("png", local_backend=True) == "png"
+    assert NetworkSettings(frame_codec="auto").codec_for(local_backend=True) == "raw"
+    assert NetworkSettings(frame_codec="auto").codec_for(local_backend=False) == "jpeg"
+    assert NetworkSettings(frame_codec="png").codec_for(local_backend=True) == "png"
     for setting, asked in (("raw", "raw"), ("jpeg", "jpeg"), ("auto", "jpeg")):
         backend = FakeBackend()
-        session = ExplorerSession(backend, ClipPlayer(), lambda *a: None, frame_codec=setting)
+        codec = NetworkSettings(frame_codec=setting).codec_for(local_backend=False)
+        session = ExplorerSession(backend, ClipPlayer(), lambda *a: None, frame_codec=codec)
         session.open_scene(np.zeros((48, 64, 3), np.uint8))
         while (event := backend.poll()) is not None:
             session.handle(event.msg, event.blobs)
