@@ -5,8 +5,8 @@ passes over memory per frame, each a few hundred microseconds on two cores. Here
 a few compiled loops, each one pass over the points or the pixels. The arithmetic is the
 module docstring of ``render.py``, step for step:
 
-1. project (float64; positions kept as float32), drop points behind ``near`` or too far
-   off-screen for any tap; a tent's pixels are noted;
+1. project (float32, relative to the camera's centre), drop points behind ``near`` or too
+   far off-screen for any tap; a tent's pixels are noted;
 2. footprint: a tent over the 2 x 2 pixel centres around a point smaller than
    ``tent_radius_px``, else a Gaussian over the (2k+1)^2 window around its nearest pixel;
 3. depth pre-pass over the pixels each footprint covers (for tents a tight min loop that
@@ -91,8 +91,8 @@ def _tent_base(cu, cv, width, height, max_reach):
 
 
 @_jit
-def _project(xyz_t, radius, P, f, width, height, near, tent_r, max_reach, lo, hi, dump, uvzr, own,
-             base):
+def _project(xyz_t, radius, P, centre, f, width, height, near, tent_r, max_reach, lo, hi, dump, uvzr,
+             own, base):
     """Step 1 for the points lo..hi: (u, v, z, r_px) into ``uvzr`` (z = -1: dropped); a
     tent's own and top-left pixel slots into ``own`` and ``base`` (``dump`` for the rest).
     Arithmetic and sequential writes only, without branches, so that it runs on vectors: the
@@ -100,18 +100,21 @@ def _project(xyz_t, radius, P, f, width, height, near, tent_r, max_reach, lo, hi
     misses. A tent's taps and own pixel off-screen land on the border, which is never read."""
     w2 = width + 2
     m = max_reach + 1.0
-    p0, p1, p2 = P[0], P[1], P[2]  # rows as locals: the outputs cannot alias them
+    p0, p1, p2 = P[0].astype(np.float32), P[1].astype(np.float32), P[2].astype(np.float32)
+    c0, c1, c2 = np.float32(centre[0]), np.float32(centre[1]), np.float32(centre[2])
+    f32, one, neg = np.float32(f), np.float32(1.0), np.float32(-1.0)
     for i in range(np.uint64(lo), np.uint64(hi)):  # unsigned: no negative-index wrap to test
-        x, y, zw = xyz_t[0, i], xyz_t[1, i], xyz_t[2, i]
-        z = p2[0] * x + p2[1] * y + p2[2] * zw + p2[3]
-        inv = 1.0 / z
-        # rounded as stored, so that the blend, which reads them back, finds the same pixels
-        cu = np.float32((p0[0] * x + p0[1] * y + p0[2] * zw + p0[3]) * inv)
-        cv = np.float32((p1[0] * x + p1[1] * y + p1[2] * zw + p1[3]) * inv)
-        r = radius[i] * f * inv
+        # float32 from the camera's centre: twice the vector width of float64, and no large
+        # terms that cancel however far the walk has gone from the world's origin
+        x, y, zw = xyz_t[0, i] - c0, xyz_t[1, i] - c1, xyz_t[2, i] - c2
+        z = p2[0] * x + p2[1] * y + p2[2] * zw
+        inv = one / z
+        cu = (p0[0] * x + p0[1] * y + p0[2] * zw) * inv
+        cv = (p1[0] * x + p1[1] * y + p1[2] * zw) * inv
+        r = radius[i] * f32 * inv
         keep = (z > near) & (cu > -m) & (cu < width - 1 + m) & (cv > -m) & (cv < height - 1 + m)
         tent = keep & (r < tent_r)
-        uvzr[0, i], uvzr[1, i], uvzr[2, i], uvzr[3, i] = cu, cv, z if keep else -1.0, r
+        uvzr[0, i], uvzr[1, i], uvzr[2, i], uvzr[3, i] = cu, cv, z if keep else neg, r
         bx, by, _, _ = _tent_base(cu, cv, width, height, max_reach)
         # the nearest of the four: floor(u + 0.5), clamped to the border (-1 .. width); read
         # from fx >= 0.5 instead (as the torch path does), a 2M-point frame took 40% longer
@@ -345,9 +348,10 @@ def render_filtered(xyz_t: np.ndarray, radius: np.ndarray, rgb: np.ndarray, P: n
     buf = _buffers(n, workers, size)
     uvzr = buf.uvzr[: 4 * n].reshape(4, n)
     counts = np.zeros(len(chunks), np.int64)
+    centre = -np.linalg.solve(P[:, :3], P[:, 3])  # the camera's, in the world
     buf.dirty = True
     _run(_project, chunks, workers, lambda w, c, lo, hi: (
-        xyz_t, radius, P, f, width, height, cfg.near, cfg.tent_radius_px, int(cfg.max_reach_px),
+        xyz_t, radius, P, centre, f, width, height, cfg.near, cfg.tent_radius_px, int(cfg.max_reach_px),
         lo, hi, size, uvzr, buf.own, buf.base))
     _run(_cover, chunks, workers, lambda w, c, lo, hi: (
         buf.own, buf.gauss, counts, c, lo, hi, uvzr, width, height, *gauss_shape, size,
