@@ -52,6 +52,7 @@ class AdmissionCaps:
     per_client_per_s: float = 1.0
     """Hellos per second from one known identity (reconnections)."""
     per_client_burst: float = 4.0
+    """Reconnections of one identity let in at once before ``per_client_per_s`` applies."""
     max_waiting: int = 64
     """Hellos waiting for a token; beyond it they are refused."""
     max_known: int = 4096

@@ -91,17 +91,19 @@ def _tent_base(cu, cv, width, height, max_reach):
 
 
 @_jit
-def _project(xyz_t, radius, P, centre, f, width, height, near, tent_r, max_reach, lo, hi, dump, uvzr,
+def _project(xyz_t, radius, M, centre, f, width, height, near, tent_r, max_reach, lo, hi, dump, uvzr,
              own, base):
-    """Step 1 for the points lo..hi: (u, v, z, r_px) into ``uvzr`` (z = -1: dropped); a
-    tent's own and top-left pixel slots into ``own`` and ``base`` (``dump`` for the rest).
+    """Step 1 for the points lo..hi, seen by the camera at ``centre`` (float32 world point)
+    with ``M`` (float32 3 x 3: ``K R``, so that a point's ``K [R|t] x`` is ``M (x - centre)``):
+    (u, v, z, r_px) into ``uvzr`` (z = -1: dropped); a tent's own and top-left pixel slots
+    into ``own`` and ``base`` (``dump`` for the rest).
     Arithmetic and sequential writes only, without branches, so that it runs on vectors: the
     scattered reads and writes come in tight loops after, where the CPU overlaps their cache
     misses. A tent's taps and own pixel off-screen land on the border, which is never read."""
     w2 = width + 2
     m = max_reach + 1.0
-    p0, p1, p2 = P[0].astype(np.float32), P[1].astype(np.float32), P[2].astype(np.float32)
-    c0, c1, c2 = np.float32(centre[0]), np.float32(centre[1]), np.float32(centre[2])
+    p0, p1, p2 = M[0], M[1], M[2]  # rows as locals: the outputs cannot alias them
+    c0, c1, c2 = centre[0], centre[1], centre[2]
     f32, one, neg = np.float32(f), np.float32(1.0), np.float32(-1.0)
     for i in range(np.uint64(lo), np.uint64(hi)):  # unsigned: no negative-index wrap to test
         # float32 from the camera's centre: twice the vector width of float64, and no large
@@ -348,10 +350,11 @@ def render_filtered(xyz_t: np.ndarray, radius: np.ndarray, rgb: np.ndarray, P: n
     buf = _buffers(n, workers, size)
     uvzr = buf.uvzr[: 4 * n].reshape(4, n)
     counts = np.zeros(len(chunks), np.int64)
-    centre = -np.linalg.solve(P[:, :3], P[:, 3])  # the camera's, in the world
+    M = np.ascontiguousarray(P[:, :3], np.float32)
+    centre = (-np.linalg.solve(P[:, :3], P[:, 3])).astype(np.float32)  # the camera's, in the world
     buf.dirty = True
     _run(_project, chunks, workers, lambda w, c, lo, hi: (
-        xyz_t, radius, P, centre, f, width, height, cfg.near, cfg.tent_radius_px, int(cfg.max_reach_px),
+        xyz_t, radius, M, centre, f, width, height, cfg.near, cfg.tent_radius_px, int(cfg.max_reach_px),
         lo, hi, size, uvzr, buf.own, buf.base))
     _run(_cover, chunks, workers, lambda w, c, lo, hi: (
         buf.own, buf.gauss, counts, c, lo, hi, uvzr, width, height, *gauss_shape, size,
