@@ -83,7 +83,7 @@ def sharp_posterior(bias: torch.Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------- families
-def ltx():
+def ltx_pipeline():
     pipe = testing.ltx_pipeline()
     g = torch.Generator().manual_seed(3)
     channels = pipe.vae.config.latent_channels
@@ -91,6 +91,11 @@ def ltx():
     pipe.vae.latents_std.copy_(torch.rand(channels, generator=g) + 0.5)
     pipe.vae.register_to_config(scaling_factor=0.8)
     sharp_posterior(pipe.vae.encoder.conv_out.conv.bias[-1:])
+    return pipe
+
+
+def ltx():
+    pipe = ltx_pipeline()
     adapter = LTXAdapter(pipe)
     first, last = images()
     frames = 9
@@ -102,6 +107,31 @@ def ltx():
     conditions = [LTXVideoCondition(image=PIL.Image.fromarray(first), frame_index=0),
                   LTXVideoCondition(image=PIL.Image.fromarray(last), frame_index=frames - 1)]
     reference = pipe(conditions=conditions, prompt_embeds=embeds.positive,
+                     prompt_attention_mask=embeds.positive_mask, height=SIZE, width=SIZE,
+                     num_frames=frames, num_inference_steps=STEPS, guidance_scale=1.0,
+                     image_cond_noise_scale=0.0, output_type="latent",
+                     generator=torch.Generator().manual_seed(SEED + 1)).frames
+    return ours, reference.permute(0, 2, 1, 3, 4)
+
+
+def ltx_prior_tokens():
+    """The prior as condition tokens: a render whose first 9 frames are seen and the rest
+    hidden keeps the latent cells of those frames, as LTXConditionPipeline keeps a 9-frame
+    video condition at frame 0 (the causal encoder makes their latents the same)."""
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+    pipe = ltx_pipeline()
+    adapter = LTXAdapter(pipe, prior_tokens=True)
+    frames, seen = 17, 9
+    rng = np.random.default_rng(1)
+    video = rng.integers(0, 255, (frames, SIZE, SIZE, 3), dtype=np.uint8)
+    masks = np.zeros((frames, SIZE, SIZE), np.float32)
+    masks[:seen] = 1.0
+    embeds = adapter.encode_prompt("a camera flyover", "", False, 16)
+    ours = run_sampler(adapter, video[0], frames, prior=PriorVideo(video, masks), embeds=embeds)
+    condition = LTXVideoCondition(video=[PIL.Image.fromarray(f) for f in video[:seen]],
+                                  frame_index=0, strength=1.0)
+    reference = pipe(conditions=[condition], prompt_embeds=embeds.positive,
                      prompt_attention_mask=embeds.positive_mask, height=SIZE, width=SIZE,
                      num_frames=frames, num_inference_steps=STEPS, guidance_scale=1.0,
                      image_cond_noise_scale=0.0, output_type="latent",
@@ -215,7 +245,7 @@ def easyanimate():
     return ours, reference.permute(0, 2, 1, 3, 4)
 
 
-FAMILIES = {"ltx": ltx, "wan": wan, "wan-flf2v": lambda: wan(flf2v=True), "wan-vace": wan_vace,
+FAMILIES = {"ltx": ltx, "ltx-prior-tokens": ltx_prior_tokens, "wan": wan, "wan-flf2v": lambda: wan(flf2v=True), "wan-vace": wan_vace,
             "cogvideox": cogvideox, "svd": svd, "easyanimate": easyanimate}
 
 

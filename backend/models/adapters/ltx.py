@@ -6,15 +6,16 @@ F' = (F - 1) / 8 + 1 (8k+1 frames), 32x spatial for the released VAE. Parameteri
 matching; the network's output is the velocity eps - x0 (the pipeline hands ``-noise_pred`` to
 a per-token scheduler branch that steps by sigma - sigma_next, which is the same Euler step).
 
-Conditioning, as the pipeline does it: kept latent cells carry clean (or partly noised) values
-and their own timestep, and are never updated. The first frame is kept with strength 1 (its
-tokens are the image's latents at timestep 0); the end view of a transition is extra tokens at
-the last frame's video coordinates, dropped from the output. With ``prior_tokens`` the
-rendered prior's visible latent cells are kept too (strength ``prior_strength``): a cell of
-strength k is fed as (1 - (1 - k)) z + (1 - k) eps at timestep (1 - k) * 1000 while the step's
-sigma is at least 1 - k, then denoised with the rest. The sampler sees x0_hat = z on a kept
-cell, which keeps its x_t on the noised condition with the run's own initial noise, so the
-value fed is exact at every step. Encoded latents are normalised without the VAE's
+Conditioning, as the pipeline does it: kept latent cells carry clean values at timestep 0 and
+are never updated. The first frame is kept (its tokens are the image's latents); the end view
+of a transition is extra tokens at the last frame's video coordinates, dropped from the output.
+With ``prior_tokens`` every latent cell the rendered prior sees is kept too: the prior rides in
+the network's own forward, a step stays one forward. The sampler sees x0_hat = z on a kept cell,
+which holds its x_t on the noised condition with the run's own initial noise.
+``prior_strength`` k < 1 feeds a kept cell as (1 - (1 - k)) z + (1 - k) eps at timestep
+(1 - k) * 1000 while the step's sigma is at least 1 - k, then denoises it with the rest from the
+step's own noise level (the pipeline instead keeps its value at level 1 - k for that step);
+k = 1, the default, is exactly the pipeline's. Encoded latents are normalised without the VAE's
 ``scaling_factor`` and decoded with it, as the pipeline does (1.0 in every released VAE).
 """
 
