@@ -245,8 +245,9 @@ def easyanimate():
     return ours, reference.permute(0, 2, 1, 3, 4)
 
 
-FAMILIES = {"ltx": ltx, "ltx-prior-tokens": ltx_prior_tokens, "wan": wan, "wan-flf2v": lambda: wan(flf2v=True), "wan-vace": wan_vace,
-            "cogvideox": cogvideox, "svd": svd, "easyanimate": easyanimate}
+FAMILIES = {"ltx": ltx, "ltx-prior-tokens": ltx_prior_tokens, "wan": wan,
+            "wan-flf2v": lambda: wan(flf2v=True), "wan-vace": wan_vace, "cogvideox": cogvideox,
+            "svd": svd, "easyanimate": easyanimate}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

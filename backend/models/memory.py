@@ -49,7 +49,7 @@ PROFILES: dict[str, MemoryProfile] = {
 }
 
 
-class MemoryConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class MemoryConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """``[engines.diffusion.memory]``: which profile the video models load under."""
 
     profile: Literal["auto", "80gb", "48gb", "24gb", "16gb"] = "auto"

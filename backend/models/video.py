@@ -8,13 +8,16 @@ import logging
 
 from .adapters import ADAPTERS, VideoFamilyAdapter
 from .inpaint import place_pipeline
+from .memory import MemoryConfig, apply_profile, choose_profile, free_vram
 from .spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
 
-def load_video_adapter(spec: ModelSpec) -> VideoFamilyAdapter:
-    """``from_pretrained`` the family's pipeline class (hub id or folder) and wrap it."""
+def load_video_adapter(spec: ModelSpec, memory: MemoryConfig | None = None) -> VideoFamilyAdapter:
+    """``from_pretrained`` the family's pipeline class (hub id or folder) and wrap it. On a
+    CUDA device with a ``memory`` config the pipeline is placed by its profile (``auto``:
+    chosen from the free VRAM now), else by the spec's ``offload``."""
     adapter_cls = ADAPTERS[spec.family]
     pipeline_cls = getattr(importlib.import_module("diffusers"), adapter_cls.pipeline_class_name)
     device = spec.resolve_device()
@@ -27,7 +30,10 @@ def load_video_adapter(spec: ModelSpec) -> VideoFamilyAdapter:
     else:
         pipe = pipeline_cls.from_pretrained(spec.source, **kwargs)
     pipe.set_progress_bar_config(disable=True)
-    place_pipeline(pipe, spec.offload, device)
+    if memory is not None and device.type == "cuda":
+        apply_profile(pipe, choose_profile(memory, free_vram(device)), device)
+    else:
+        place_pipeline(pipe, spec.offload, device)
     if spec.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
     return adapter_cls(pipe, **dict(spec.options))
