@@ -8,8 +8,10 @@
 - ``16gb``: group offloading with a CUDA stream (leaf level: each layer is copied in while the
   one before it runs) for every part, float8 storage of the denoiser, VAE tiling and slicing.
 
-``auto`` picks the largest profile whose size fits the free VRAM less ``reserve_gb``
-(benchmarks/memory.py shows each preset's estimated peak under each profile). The choice is
+``auto`` picks the largest profile whose ``min_free_gb`` the free VRAM (less ``reserve_gb``)
+reaches: what a card of that class has free after its CUDA context, a 24 GB card reporting
+about 24 GiB = 25.8 GB total (benchmarks/memory.py shows each preset's estimated peak under
+each profile, below these). The choice is
 set in ``[engines.diffusion.memory]`` of the backend TOML (:class:`MemoryConfig`; unknown keys
 are errors).
 """
@@ -33,7 +35,9 @@ PROFILE_NAMES: tuple[str, ...] = ("80gb", "48gb", "24gb", "16gb")
 class MemoryProfile:
     name: str
     budget_gb: float
-    """The VRAM the profile is made for (decimal GB, as cards are sold)."""
+    """The VRAM class the profile is made for (GB, as cards are sold)."""
+    min_free_gb: float
+    """``auto`` takes this profile from this much free VRAM (GB) up."""
     placement: Literal["resident", "model_offload", "group_offload"]
     fp8_storage: bool
     """Denoiser weights stored as float8_e4m3fn, computed in the pipeline's dtype."""
@@ -42,10 +46,10 @@ class MemoryProfile:
 
 
 PROFILES: dict[str, MemoryProfile] = {
-    "80gb": MemoryProfile("80gb", 80.0, "resident", False, False, False),
-    "48gb": MemoryProfile("48gb", 48.0, "model_offload", False, True, False),
-    "24gb": MemoryProfile("24gb", 24.0, "model_offload", True, True, True),
-    "16gb": MemoryProfile("16gb", 16.0, "group_offload", True, True, True),
+    "80gb": MemoryProfile("80gb", 80.0, 70.0, "resident", False, False, False),
+    "48gb": MemoryProfile("48gb", 48.0, 40.0, "model_offload", False, True, False),
+    "24gb": MemoryProfile("24gb", 24.0, 20.0, "model_offload", True, True, True),
+    "16gb": MemoryProfile("16gb", 16.0, 0.0, "group_offload", True, True, True),
 }
 
 
@@ -54,8 +58,8 @@ class MemoryConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
 
     profile: Literal["auto", "80gb", "48gb", "24gb", "16gb"] = "auto"
     """``auto``: from the free VRAM when the models load; or one profile by name."""
-    reserve_gb: float = 1.5
-    """``auto`` leaves this much VRAM (GB) free for the CUDA context and the allocator."""
+    reserve_gb: float = 0.0
+    """``auto`` leaves this much of the free VRAM (GB) to other programs."""
 
     @classmethod
     def from_mapping(cls, values: dict | None) -> MemoryConfig:
@@ -69,19 +73,17 @@ class MemoryConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
 
 
 def choose_profile(config: MemoryConfig, free_bytes: int | None) -> MemoryProfile:
-    """The profile to load under: the named one, or for ``auto`` the largest that fits
-    ``free_bytes`` less the reserve (the smallest when nothing fits, with a warning)."""
+    """The profile to load under: the named one, or for ``auto`` the largest whose
+    ``min_free_gb`` ``free_bytes`` less the reserve reaches."""
     if config.profile != "auto":
         return PROFILES[config.profile]
     if free_bytes is None:
         raise ValueError("memory: profile 'auto' needs a CUDA device to measure free VRAM")
     free_gb = free_bytes / 1e9 - config.reserve_gb
-    for name in PROFILE_NAMES:
-        if PROFILES[name].budget_gb <= free_gb:
-            return PROFILES[name]
-    logger.warning("%.1f GB of VRAM free: less than the smallest profile (16gb) needs",
-                   free_bytes / 1e9)
-    return PROFILES["16gb"]
+    chosen = next(PROFILES[n] for n in PROFILE_NAMES if PROFILES[n].min_free_gb <= free_gb)
+    if free_gb < 12.0:
+        logger.warning("%.1f GB of VRAM free: tight even for the 16gb profile", free_gb)
+    return chosen
 
 
 def free_vram(device: torch.device) -> int | None:
