@@ -37,8 +37,9 @@ def main() -> None:
         estimate = estimate_preset(name)
         table[name] = estimate
         peaks = ", ".join(f"{p} {estimate.peak_gb[p]:.1f} GB" for p in PROFILE_NAMES)
-        print(f"{name} ({estimate.model}): {peaks}  [{time.perf_counter() - start:.0f} s]",
-              flush=True)
+        left_out = f"; not counted: {', '.join(estimate.skipped)}" if estimate.skipped else ""
+        print(f"{name} ({estimate.model}): {peaks}{left_out}  "
+              f"[{time.perf_counter() - start:.0f} s]", flush=True)
     summary = {
         "benchmark": "memory",
         "device": "meta (no GPU; weights + tracked activations, no CUDA context)",

@@ -120,9 +120,15 @@ def vae_latents(model: PublishedModel, device: torch.device | str = "meta",
     return torch.zeros(1, model.channels, f, h, w, device=device, dtype=dtype)
 
 
+SVD_DECODE_CHUNK = 8
+"""Frames SVD's temporal decoder decodes at once (the adapter's ``decode_chunk_size``)."""
+
+
 def vae_decode(vae: torch.nn.Module, model: PublishedModel, latents: torch.Tensor) -> torch.Tensor:
+    """Decode the clip as the family's adapter does (SVD in chunks of frames)."""
     if model.family == "svd":
-        return vae.decode(latents, num_frames=latents.shape[0]).sample
+        chunks = [latents[i:i + SVD_DECODE_CHUNK] for i in range(0, latents.shape[0], SVD_DECODE_CHUNK)]
+        return torch.cat([vae.decode(c, num_frames=c.shape[0]).sample for c in chunks])
     if model.family == "ltx" and vae.config.timestep_conditioning:
         temb = torch.zeros(1, device=latents.device, dtype=latents.dtype)
         return vae.decode(latents, temb).sample

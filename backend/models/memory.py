@@ -108,8 +108,19 @@ def apply_profile(pipe, profile: MemoryProfile, device: torch.device) -> None:
         pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
                                   offload_type="leaf_level", use_stream=True)
     vae = getattr(pipe, "vae", None)
-    if profile.vae_tiling and hasattr(vae, "enable_tiling"):
-        vae.enable_tiling()
-    if profile.vae_slicing and hasattr(vae, "enable_slicing"):
-        vae.enable_slicing()
+    if profile.vae_tiling:
+        enable_vae_option(vae, "enable_tiling")
+    if profile.vae_slicing:
+        enable_vae_option(vae, "enable_slicing")
     logger.info("video pipeline placed under memory profile %s", profile.name)
+
+
+def enable_vae_option(vae, method: str) -> bool:
+    """Call ``vae.enable_tiling`` / ``enable_slicing`` where the VAE implements it (SVD's
+    temporal decoder does not tile: it decodes in frame chunks instead)."""
+    try:
+        getattr(vae, method)()
+    except (AttributeError, NotImplementedError):
+        logger.info("%s: %s is not supported, skipped", type(vae).__name__, method)
+        return False
+    return True

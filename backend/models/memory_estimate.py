@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import full_size as fs
-from .memory import PROFILES, MemoryProfile
+from .memory import PROFILES, MemoryProfile, enable_vae_option
 from .meta_memory import parameter_bytes, peak_of
 from .published import DEPTH_ANYTHING_V2, SD2_INPAINTING, PublishedModel, published_for
 from .spec import CONFIG_DIR, ModelSpec, load_specs
@@ -58,9 +58,10 @@ def _grouped_bytes(module: torch.nn.Module) -> int:
 
 
 def _cast(module: torch.nn.Module, fp8: bool) -> torch.nn.Module:
+    """Float8 storage as ``apply_profile`` sets it (computed in the module's dtype)."""
     if fp8 and hasattr(module, "enable_layerwise_casting"):
         module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
-                                        compute_dtype=torch.bfloat16)
+                                        compute_dtype=module.dtype)
     return module
 
 
@@ -69,16 +70,17 @@ def video_components(model: PublishedModel, spec: ModelSpec, fp8: bool, tiled: b
     """Text encoder, denoiser and VAE of the preset's video model, measured on meta."""
     dtype = spec.torch_dtype
     with torch.device("meta"):
-        denoiser = _cast(fs.build_denoiser(model).to(dtype), fp8)
-        vae = fs.build_vae(model).to(dtype)
+        # (``to("meta")``: legacy ``torch.Tensor`` parameters ignore the device context)
+        denoiser = _cast(fs.build_denoiser(model).to("meta", dtype), fp8)
+        vae = fs.build_vae(model).to("meta", dtype)
         text = fs.build_text_encoder(model)
     parts: dict[str, Component] = {}
     kwargs = fs.denoiser_inputs(model, batch=2 if cfg else 1, dtype=dtype)
     den = Component(parameter_bytes(denoiser), _grouped_bytes(denoiser))
     den.phases["denoise"], _ = peak_of(lambda: denoiser(**kwargs, return_dict=False))
     parts["denoiser"] = den
-    if tiled and hasattr(vae, "enable_tiling"):
-        vae.enable_tiling()
+    if tiled:
+        enable_vae_option(vae, "enable_tiling")
     if model.family == "ltx":  # the engine streams LTX clips in the VAE's temporal tiles
         vae.use_framewise_decoding = True
     v = Component(parameter_bytes(vae), _grouped_bytes(vae))
@@ -94,8 +96,10 @@ def video_components(model: PublishedModel, spec: ModelSpec, fp8: bool, tiled: b
     return parts
 
 
-def other_components(specs: dict[str, ModelSpec], height: int, width: int) -> dict[str, Component]:
-    """The depth model and the inpainting pipeline of a preset (one call each per transition)."""
+def other_components(specs: dict[str, ModelSpec], height: int, width: int,
+                     skipped: list[str]) -> dict[str, Component]:
+    """The depth model and the inpainting pipeline of a preset (one call each per transition);
+    sources without a published architecture here are named in ``skipped``."""
     import diffusers
     import transformers
 
@@ -116,6 +120,8 @@ def other_components(specs: dict[str, ModelSpec], height: int, width: int) -> di
         part = Component(parameter_bytes(net), parameter_bytes(net))
         part.phases["depth"], _ = peak_of(lambda: net(pixel_values=pixels))
         parts["depth"] = part
+    elif depth is not None:
+        skipped.append(f"depth {depth.source}")
     inpaint = specs.get("inpaint")
     if inpaint is not None and "stable-diffusion-2-inpainting" in inpaint.source:
         with torch.device("meta"):
@@ -129,6 +135,8 @@ def other_components(specs: dict[str, ModelSpec], height: int, width: int) -> di
         part = Component(weights, weights)
         part.phases["inpaint"], _ = peak_of(lambda: unet(sample, 500, encoder_hidden_states=context))
         parts["inpaint"] = part
+    elif inpaint is not None:
+        skipped.append(f"inpaint {inpaint.source}")
     return parts
 
 
@@ -145,6 +153,8 @@ class PresetEstimate:
     """Estimated peak per profile."""
     phases_gb: dict[str, dict[str, float]]
     """Per profile, each phase's resident plus activation bytes."""
+    skipped: list[str] = field(default_factory=list)
+    """Roles left out (no published architecture for their source here)."""
 
 
 def phase_peaks(profile: MemoryProfile, parts: dict[str, Component]) -> dict[str, int]:
@@ -167,6 +177,17 @@ def load_preset(name: str) -> dict[str, ModelSpec]:
 
 def estimate_preset(name: str, profiles: tuple[str, ...] = tuple(PROFILES)) -> PresetEstimate:
     """Peak GPU memory of one transition of ``configs/models/<name>.toml`` per profile."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # casting random meta models is not news
+    try:
+        return _estimate(name, profiles)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def _estimate(name: str, profiles: tuple[str, ...]) -> PresetEstimate:
     specs = load_preset(name)
     video = specs["video"]
     model = published_for(video.source)
@@ -174,7 +195,8 @@ def estimate_preset(name: str, profiles: tuple[str, ...] = tuple(PROFILES)) -> P
         guidance = tomllib.load(f)["video"].get("guidance", {})
     cfg = float(guidance.get("guidance_scale", 1.0)) > 1.0
     measured: dict[tuple[bool, bool], dict[str, Component]] = {}
-    others = other_components(specs, model.height, model.width)
+    skipped: list[str] = []
+    others = other_components(specs, model.height, model.width, skipped)
     peaks, phases = {}, {}
     for profile_name in profiles:
         profile = PROFILES[profile_name]
@@ -184,4 +206,4 @@ def estimate_preset(name: str, profiles: tuple[str, ...] = tuple(PROFILES)) -> P
         per_phase = phase_peaks(profile, measured[key])
         peaks[profile_name] = round(max(per_phase.values()) / GB, 2)
         phases[profile_name] = {k: round(v / GB, 2) for k, v in per_phase.items()}
-    return PresetEstimate(name, model.name, peaks, phases)
+    return PresetEstimate(name, model.name, peaks, phases, skipped)

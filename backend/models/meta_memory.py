@@ -98,8 +98,9 @@ def parameter_bytes(module: torch.nn.Module | None, dtype_bytes: int | None = No
 
 
 def peak_of(fn, *args, **kwargs) -> tuple[int, object]:
-    """(peak bytes the call allocates on the meta device, its result)."""
+    """(peak bytes the call allocates on the meta device, its result). Tensors the call makes
+    without naming a device (legacy ``torch.Tensor([...])`` in some models) go to meta too."""
     tracker = MemoryTracker()
-    with torch.no_grad(), fused_attention(), tracker:
+    with torch.no_grad(), torch.device("meta"), fused_attention(), tracker:
         result = fn(*args, **kwargs)
     return tracker.peak, result
