@@ -148,3 +148,34 @@ def published_schedule(model: PublishedModel, steps: int):
     if model.family == "easyanimate":
         return schedule_from_scheduler(scheduler, steps, mu=1.0)
     return schedule_from_scheduler(scheduler, steps)
+
+
+_PIPELINES = {"cogvideox": "CogVideoXImageToVideoPipeline", "wan": "WanImageToVideoPipeline",
+              "wan-vace": "WanVACEPipeline", "ltx": "LTXConditionPipeline",
+              "svd": "StableVideoDiffusionPipeline", "easyanimate": "EasyAnimateInpaintPipeline"}
+
+
+def build_pipeline(model: PublishedModel, device: torch.device, dtype: torch.dtype):
+    """The family's diffusers pipeline with random weights made on ``device`` (no text or image
+    encoders: callers pass their outputs; Wan I2V's CLIP output is random of its shape)."""
+    with torch.device("meta"):
+        denoiser, vae = build_denoiser(model), build_vae(model)
+    parts = {}
+    for name, module in (("transformer", denoiser), ("vae", vae)):
+        module = module.to_empty(device=device).to(dtype)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.normal_(0.0, 0.02)
+        parts[name] = module
+    if model.family == "svd":
+        parts["unet"] = parts.pop("transformer")
+        return _diffusers(_PIPELINES["svd"])(image_encoder=None, feature_extractor=None,
+                                             scheduler=build_scheduler(model), **parts)
+    extra = {"tokenizer": None, "text_encoder": None}
+    if model.family == "wan":
+        extra.update(image_encoder=None, image_processor=None)
+    pipe = _diffusers(_PIPELINES[model.family])(scheduler=build_scheduler(model), **parts, **extra)
+    if model.family == "wan":
+        shape = model.image_shape
+        pipe.encode_image = lambda image, dev=None: torch.randn(1, *shape, device=device, dtype=dtype)
+    return pipe
