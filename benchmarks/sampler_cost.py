@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from backend.guidance import GuidanceConfig  # noqa: E402
@@ -59,9 +60,9 @@ class ModelCost:
 
     def __init__(self, model: PublishedModel) -> None:
         self.model = model
-        with torch.device("meta"):
-            self.denoiser = fs.build_denoiser(model).to(torch.bfloat16)
-            self.vae = fs.build_vae(model).to(torch.bfloat16)
+        with torch.device("meta"):  # legacy torch.Tensor parameters (SVD) need the .to
+            self.denoiser = fs.build_denoiser(model).to("meta", torch.bfloat16)
+            self.vae = fs.build_vae(model).to("meta", torch.bfloat16)
         self.params_b = sum(p.numel() for p in self.denoiser.parameters()) / 1e9
         self._forward: dict[bool, float] = {}
 
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(PUBLISHED),
                         help="published models to tabulate under both presets' settings")
     args = parser.parse_args()
+    diffusers_logging.set_verbosity_error()  # casting random meta models is not news
     presets = {name: preset(name) for name in PRESETS}
     costs: dict[str, ModelCost] = {}
 
