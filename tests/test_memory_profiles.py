@@ -85,3 +85,11 @@ def test_memory_config_is_typed():
         MemoryConfig.from_mapping({"budget": 3})
     with pytest.raises(ValueError, match="memory: Invalid enum value '12gb'"):
         MemoryConfig.from_mapping({"profile": "12gb"})
+
+
+def test_a_bad_memory_table_is_refused_when_the_backend_starts():
+    from backend.config import ConfigError, check_engine_options
+
+    check_engine_options("diffusion", {"memory": {"profile": "16gb"}}, "backend.toml")
+    with pytest.raises(ConfigError, match=r"backend.toml: engines.diffusion.memory: .*`profil`"):
+        check_engine_options("diffusion", {"memory": {"profil": "16gb"}}, "backend.toml")
