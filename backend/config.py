@@ -227,6 +227,13 @@ def check_engine_options(name: str, options: dict, source: str = "config", cls: 
                                   f"known: {', '.join(allowed)}")
     if "models" in options:
         check_models_toml(options["models"], source, name)
+    if "memory" in options:
+        from backend.models.memory import MemoryConfig
+
+        try:
+            MemoryConfig.from_mapping(options["memory"])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: engines.{name}.{exc}") from None
 
 
 def check_models_toml(models: str, source: str, engine: str) -> None:

@@ -1,14 +1,19 @@
-"""FLOPs per generated frame of every video family under the ``paper`` and ``interactive`` presets.
+"""FLOPs per delivered frame of the ``paper`` and ``interactive`` presets, and of every published
+video model under both presets' guidance settings.
 
-No GPU and no weights: each family's published denoiser (backend/models/published.py) is built
-on the meta device and one forward at its native resolution and clip length is counted with
-``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention). A clip costs
-that times the network calls the sampler makes under a preset (``forwards_per_clip`` on the
-family's own schedule: release rounds are two calls, steps with a_t * s_t = 0 are one) times 2
-under classifier-free guidance; divided by the frames delivered (padding excluded).
+No GPU and no weights: each published denoiser and VAE (backend/models/published.py) is built
+on the meta device and counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
+convolutions, attention) at its native clip. A clip costs: the denoiser forward times the
+sampler's network calls under the preset (``forwards_per_clip`` on the model's own schedule:
+release rounds are two calls, blend rounds one, steps with a_t * s_t = 0 one) times 2 under
+classifier-free guidance; plus the VAE encoding the padded prior (when the preset guides or
+conditions on it) and the first frame, and decoding the clip (LTX decodes in the VAE's temporal
+tiles, as the engine streams them). Divided by the frames delivered (padding excluded).
 
-``paper_tflops_per_frame`` is CogVideoX-5B-I2V under the paper preset (the release's schedule;
-EasyAnimate itself is not built here). Last line: one JSON object.
+``interactive_ttff_forwards``: denoiser forwards before the first frame can be shown (every
+step of the clip: frames exist only once the last step is done; then one VAE tile).
+Goals: ``interactive_tflops_per_frame`` <= 16 at >= 704 x 480 and >= 41 frames (real time on
+one H100 at about half its dense bf16 peak). Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -22,149 +27,159 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from backend.guidance import GuidanceConfig, NoiseSchedule, schedule_from_scheduler  # noqa: E402
+from backend.guidance import GuidanceConfig  # noqa: E402
 from backend.guidance.cost import forwards_per_clip  # noqa: E402
-from backend.models.adapters.ltx import ltx_noise_schedule  # noqa: E402
-from backend.models.published import PUBLISHED  # noqa: E402
+from backend.models import full_size as fs  # noqa: E402
+from backend.models.published import PUBLISHED, PublishedModel, published_for  # noqa: E402
 from backend.models.spec import CONFIG_DIR  # noqa: E402
 
 PRESETS = ("paper", "interactive")
-GOALS = {"interactive_tflops_per_frame": 200.0, "interactive_over_paper": 1 / 20}
+GOAL_TFLOPS_PER_FRAME = 16.0
+MIN_SIZE, MIN_FRAMES = (704, 480), 41
 
 
-def preset_guidance(name: str) -> tuple[str, GuidanceConfig]:
-    """The preset file's video family and its guidance settings."""
+def tflops(fn) -> float:
+    with torch.no_grad(), torch.device("meta"), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e12
+
+
+def preset(name: str) -> tuple[PublishedModel, GuidanceConfig, dict]:
+    """The preset's published model, guidance settings and adapter options."""
     with open(CONFIG_DIR / f"{name}.toml", "rb") as f:
         video = tomllib.load(f)["video"]
-    return video["family"], GuidanceConfig.from_mapping(video.get("guidance", {}))
+    return (published_for(video["source"]), GuidanceConfig.from_mapping(video.get("guidance", {})),
+            video.get("options", {}))
 
 
-def latent_grid(spec: dict) -> tuple[int, int, int]:
-    frames = (spec["frames"] - 1) // spec["temporal"] + 1
-    return frames, spec["height"] // spec["spatial"], spec["width"] // spec["spatial"]
+class ModelCost:
+    """TFLOPs of one denoiser forward and of the VAE's passes, for one published model."""
+
+    def __init__(self, model: PublishedModel) -> None:
+        self.model = model
+        with torch.device("meta"):  # legacy torch.Tensor parameters (SVD) need the .to
+            self.denoiser = fs.build_denoiser(model).to("meta", torch.bfloat16)
+            self.vae = fs.build_vae(model).to("meta", torch.bfloat16)
+        self.params_b = sum(p.numel() for p in self.denoiser.parameters()) / 1e9
+        self._forward: dict[bool, float] = {}
+
+    def forward(self, extra_tokens: bool = True) -> float:
+        if extra_tokens not in self._forward:
+            kwargs = fs.denoiser_inputs(self.model)
+            if self.model.family == "ltx" and not extra_tokens:
+                f, h, w = self.model.latent_grid
+                n = f * h * w
+                kwargs = dict(kwargs, hidden_states=kwargs["hidden_states"][:, :n],
+                              timestep=kwargs["timestep"][:, :n],
+                              video_coords=kwargs["video_coords"][:, :, :n])
+            self._forward[extra_tokens] = tflops(lambda: self.denoiser(**kwargs, return_dict=False))
+        return self._forward[extra_tokens]
+
+    def encode(self, frames: int | None = None) -> float:
+        pixels = fs.vae_pixels(self.model)
+        if frames is not None:
+            pixels = pixels[:frames] if self.model.family == "svd" else pixels[:, :, :frames]
+        return tflops(lambda: self.vae.encode(pixels))
+
+    def decode(self, streamed: bool) -> float:
+        self.vae.use_framewise_decoding = streamed and self.model.family == "ltx"
+        return tflops(lambda: fs.vae_decode(self.vae, self.model, fs.vae_latents(self.model)))
+
+    def first_tile(self) -> float:
+        """The decode before the first frame is shown: one temporal tile (LTX), else all."""
+        if self.model.family != "ltx":
+            return self.decode(streamed=False)
+        vae = self.vae
+        tile = vae.tile_sample_min_num_frames // self.model.temporal + 1
+        z = fs.vae_latents(self.model)[:, :, :tile]
+        temb = torch.zeros(1, device="meta", dtype=z.dtype)
+        return tflops(lambda: vae.decoder(z, temb))
 
 
-def meta_forward(family: str, spec: dict) -> tuple[torch.nn.Module, dict]:
-    """The family's denoiser on the meta device and the keyword arguments of one forward."""
-    import diffusers
-
-    f, h, w = latent_grid(spec)
-    c = spec["channels"]
-    meta = torch.device("meta")
-
-    def empty(*shape):
-        return torch.empty(*shape, device=meta)
-
-    text = spec.get("text_shape")
-    with meta:
-        if family == "cogvideox":
-            net = diffusers.CogVideoXTransformer3DModel(**spec["denoiser"])
-            kwargs = dict(hidden_states=empty(1, f, 2 * c, h, w), encoder_hidden_states=empty(1, *text),
-                          timestep=empty(1))
-        elif family == "wan":
-            net = diffusers.WanTransformer3DModel(**spec["denoiser"])
-            kwargs = dict(hidden_states=empty(1, spec["denoiser"]["in_channels"], f, h, w),
-                          encoder_hidden_states=empty(1, *text), timestep=empty(1),
-                          encoder_hidden_states_image=empty(1, *spec["image_shape"]))
-        elif family == "wan-vace":
-            net = diffusers.WanVACETransformer3DModel(**spec["denoiser"])
-            layers = len(spec["denoiser"]["vace_layers"])
-            kwargs = dict(hidden_states=empty(1, c, f, h, w), encoder_hidden_states=empty(1, *text),
-                          timestep=empty(1), control_hidden_states=empty(1, 96, f, h, w),
-                          control_hidden_states_scale=torch.ones(layers))
-        elif family == "ltx":
-            net = diffusers.LTXVideoTransformer3DModel(**spec["denoiser"])
-            tokens = f * h * w + h * w  # the clip plus the end view's condition tokens
-            kwargs = dict(hidden_states=empty(1, tokens, c), encoder_hidden_states=empty(1, *text),
-                          timestep=empty(1, tokens), encoder_attention_mask=torch.ones(1, text[0]),
-                          video_coords=empty(1, 3, tokens))
-        elif family == "svd":
-            net = diffusers.UNetSpatioTemporalConditionModel(**spec["denoiser"])
-            kwargs = dict(sample=empty(1, f, 2 * c, h, w), timestep=empty(1),
-                          encoder_hidden_states=empty(1, *spec["image_shape"]),
-                          added_time_ids=empty(1, 3))
-        else:
-            raise ValueError(f"unknown family {family!r}")
-    # Legacy ``torch.Tensor([...])`` parameters (SVD's mixing factors) ignore the device context.
-    return net.to(meta), kwargs
-
-
-def forward_tflops(family: str, spec: dict) -> tuple[float, float]:
-    """(TFLOPs of one batch-1 forward, parameters in billions)."""
-    net, kwargs = meta_forward(family, spec)
-    params = sum(p.numel() for p in net.parameters()) / 1e9
-    # Tensors the forward makes without a device (SVD's mixing weights) go to meta too.
-    with torch.no_grad(), torch.device("meta"), FlopCounterMode(display=False) as counter:
-        net(**kwargs, return_dict=False)
-    return counter.get_total_flops() / 1e12, params
-
-
-def family_schedule(family: str, spec: dict, steps: int, distilled: bool) -> NoiseSchedule:
-    import diffusers
-
-    if family == "cogvideox":
-        return schedule_from_scheduler(diffusers.CogVideoXDDIMScheduler(**spec["scheduler"]), steps)
-    if family in ("wan", "wan-vace"):
-        return schedule_from_scheduler(
-            diffusers.FlowMatchEulerDiscreteScheduler(**spec["scheduler"]), steps)
-    if family == "svd":
-        return schedule_from_scheduler(diffusers.EulerDiscreteScheduler(**spec["scheduler"]), steps)
-    timesteps = spec["timesteps"] if distilled and steps == len(spec["timesteps"]) else None
-    return ltx_noise_schedule(diffusers.FlowMatchEulerDiscreteScheduler(**spec["scheduler"]),
-                              steps, timesteps)
-
-
-def clip_cost(family: str, spec: dict, forward_tf: float, cfg: GuidanceConfig) -> dict:
-    delivered = spec["frames"] - 2 * cfg.pad_frames
+def clip_cost(cost: ModelCost, cfg: GuidanceConfig, options: dict) -> dict:
+    model = cost.model
+    delivered = model.frames - 2 * cfg.pad_frames
     cfg = cfg.replace(num_frames=delivered)
-    schedule = family_schedule(family, spec, cfg.num_inference_steps, distilled=True)
+    schedule = fs.published_schedule(model, cfg.num_inference_steps)
     calls = forwards_per_clip(schedule, cfg)
     branches = 2 if cfg.guidance_scale > 1.0 else 1
-    total = forward_tf * calls * branches
-    return {"forwards": calls, "cfg_branches": branches, "frames": delivered,
-            "tflops_per_clip": round(total, 1), "tflops_per_frame": round(total / delivered, 2)}
+    prior_tokens = bool(options.get("prior_tokens", False))
+    forward = cost.forward(extra_tokens=not prior_tokens)
+    denoise = forward * calls * branches
+    encode = cost.encode(frames=1)  # the first frame (conditioning)
+    if cfg.mode != "none" or prior_tokens:
+        encode += cost.encode()  # the padded prior, once
+    if model.family == "ltx" and not prior_tokens:
+        encode += cost.encode(frames=1)  # the end view's condition tokens
+    decode = cost.decode(streamed=True)
+    total = denoise + encode + decode
+    return {
+        "forwards": calls, "cfg_branches": branches, "frames": delivered,
+        "resolution": f"{model.width}x{model.height}",
+        "forward_tflops": round(forward, 2), "denoise_tflops": round(denoise, 1),
+        "vae_tflops": round(encode + decode, 1), "tflops_per_clip": round(total, 1),
+        "tflops_per_frame": round(total / delivered, 2),
+        "denoiser_tflops_per_frame": round(denoise / delivered, 2),
+        "ttff_forwards": calls * branches,
+        "ttff_tflops": round(denoise + encode + cost.first_tile(), 1),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", default=",".join(PUBLISHED))
+    parser.add_argument("--models", default=",".join(PUBLISHED),
+                        help="published models to tabulate under both presets' settings")
     args = parser.parse_args()
-    presets = {name: preset_guidance(name) for name in PRESETS}
-    table: dict[str, dict] = {}
-    for family in args.families.split(","):
-        spec = PUBLISHED[family]
-        forward_tf, params = forward_tflops(family, spec)
-        table[family] = {"params_b": round(params, 2), "forward_tflops": round(forward_tf, 1),
-                         "resolution": f"{spec['width']}x{spec['height']}x{spec['frames']}"}
-        for name, (_, cfg) in presets.items():
-            table[family][name] = clip_cost(family, spec, forward_tf, cfg)
-        row = table[family]
-        print(f"{family}: {params:.2f}B params, {forward_tf:.1f} TFLOPs/forward at "
-              f"{row['resolution']}; paper {row['paper']['tflops_per_frame']} TFLOPs/frame "
-              f"({row['paper']['forwards']} calls x{row['paper']['cfg_branches']}), interactive "
-              f"{row['interactive']['tflops_per_frame']} TFLOPs/frame "
-              f"({row['interactive']['forwards']} calls x{row['interactive']['cfg_branches']})")
-    paper_family, interactive_family = presets["paper"][0], presets["interactive"][0]
-    paper = table[paper_family]["paper"]["tflops_per_frame"]
-    interactive = table[interactive_family]["interactive"]["tflops_per_frame"]
+    diffusers_logging.set_verbosity_error()  # casting random meta models is not news
+    presets = {name: preset(name) for name in PRESETS}
+    costs: dict[str, ModelCost] = {}
+
+    def cost_of(model: PublishedModel) -> ModelCost:
+        if model.name not in costs:
+            costs[model.name] = ModelCost(model)
+        return costs[model.name]
+
+    runs = {name: clip_cost(cost_of(model), cfg, options)
+            for name, (model, cfg, options) in presets.items()}
+    for name, row in runs.items():
+        model = presets[name][0]
+        print(f"preset {name}: {model.name} ({cost_of(model).params_b:.2f}B) at "
+              f"{row['resolution']}x{row['frames']}: {row['forwards']} calls x"
+              f"{row['cfg_branches']}, {row['tflops_per_frame']} TFLOPs/frame "
+              f"(denoiser {row['denoiser_tflops_per_frame']}, VAE {row['vae_tflops']} per clip)")
+    table = {}
+    for name in args.models.split(","):
+        model = PUBLISHED[name]
+        cost = cost_of(model)
+        table[name] = {"params_b": round(cost.params_b, 2),
+                       "forward_tflops": round(cost.forward(), 1),
+                       **{p: clip_cost(cost, cfg, {})["tflops_per_frame"]
+                          for p, (_, cfg, _) in presets.items()}}
+        print(f"{name}: {cost.params_b:.2f}B, {table[name]['forward_tflops']} TFLOPs/forward; "
+              f"per frame under paper settings {table[name]['paper']}, "
+              f"interactive settings {table[name]['interactive']}")
+    inter, paper = runs["interactive"], runs["paper"]
+    width, height = (int(v) for v in inter["resolution"].split("x"))
     summary = {
         "benchmark": "sampler_cost",
         "device": "meta (FLOP count, no GPU)",
-        "tflops_per_frame": {f: {p: row[p]["tflops_per_frame"] for p in PRESETS}
-                             for f, row in table.items()},
-        "forwards_per_clip": {f: {p: row[p]["forwards"] * row[p]["cfg_branches"] for p in PRESETS}
-                              for f, row in table.items()},
-        "forward_tflops": {f: row["forward_tflops"] for f, row in table.items()},
-        "paper_model": paper_family,
-        "interactive_model": interactive_family,
-        "paper_tflops_per_frame": paper,
-        "interactive_tflops_per_frame": interactive,
-        "interactive_over_paper": round(interactive / paper, 5),
-        "goals": {"interactive_tflops_per_frame": "< 200", "interactive_over_paper": "< 0.05"},
-        "goals_met": interactive < GOALS["interactive_tflops_per_frame"]
-        and interactive / paper < GOALS["interactive_over_paper"],
+        "presets": runs,
+        "models_tflops_per_frame": table,
+        "paper_model": presets["paper"][0].name,
+        "interactive_model": presets["interactive"][0].name,
+        "paper_tflops_per_frame": paper["tflops_per_frame"],
+        "interactive_tflops_per_frame": inter["tflops_per_frame"],
+        "interactive_resolution": f"{inter['resolution']}x{inter['frames']}",
+        "interactive_ttff_forwards": inter["ttff_forwards"],
+        "interactive_ttff_tflops": inter["ttff_tflops"],
+        "interactive_over_paper": round(inter["tflops_per_frame"] / paper["tflops_per_frame"], 5),
+        "goals": {"interactive_tflops_per_frame": f"<= {GOAL_TFLOPS_PER_FRAME}",
+                  "interactive_resolution": f">= {MIN_SIZE[0]}x{MIN_SIZE[1]}x{MIN_FRAMES}"},
+        "goals_met": inter["tflops_per_frame"] <= GOAL_TFLOPS_PER_FRAME
+        and width >= MIN_SIZE[0] and height >= MIN_SIZE[1] and inter["frames"] >= MIN_FRAMES,
     }
     print(json.dumps(summary))
 

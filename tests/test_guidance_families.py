@@ -56,11 +56,7 @@ def test_end_view_reaches_the_network(build):
 
 
 def test_ltx_hard_conditions_the_first_frame_and_follows_its_frame_rule():
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    pipe = testing.ltx_pipeline()
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # sigmas != timesteps / 1000
-    adapter = LTXAdapter(pipe)
+    adapter = LTXAdapter(testing.ltx_pipeline())
     t = adapter.temporal_compression
     assert adapter.is_valid_num_frames(2 * t + 1) and not adapter.is_valid_num_frames(2 * t)
     with pytest.raises(ValueError, match=rf"{t}k\+1 frames"):
@@ -70,20 +66,31 @@ def test_ltx_hard_conditions_the_first_frame_and_follows_its_frame_rule():
     embeds = adapter.encode_prompt("a camera flyover", "", False, 16)
     cond = adapter.prepare_conditioning(image, FRAMES, SIZE, SIZE, embeds, False, None)
     schedule = adapter.noise_schedule(6)
-    assert abs(float(schedule.sigmas[3]) - float(schedule.timesteps[3]) / 1000) > 0.01
     x = torch.randn(adapter.latent_shape(FRAMES, SIZE, SIZE))
     for i in (1, 3):
         with torch.no_grad():
             out = adapter.predict(schedule.model_input(x, i), schedule.timesteps[i], cond, 1.0)
         x0 = schedule.to_x0(out, x, i)
-        torch.testing.assert_close(x0[:, :1], cond.tensors["first"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(x0[:, :1], cond.tensors["kept"][:, :1], rtol=1e-4, atol=1e-4)
     assert float(schedule.sigmas[0]) == 1.0 and schedule.guidance_step(0) == 0.0
 
 
+def test_ltx_refuses_a_scheduler_that_shifts_its_sigmas():
+    """LTXConditionPipeline steps tokens from t / 1000; a shifted table breaks that chain."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = testing.ltx_pipeline()
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    with pytest.raises(ValueError, match="shifts its sigmas"):
+        LTXAdapter(pipe).noise_schedule(6)
+
+
 def test_ltx_distilled_timesteps_are_used_as_given():
-    adapter = LTXAdapter(testing.ltx_pipeline(), timesteps=(1000, 993, 987, 981, 975, 909, 725, 3))
+    given = (1000, 993, 987, 981, 975, 909, 725, 0.03)
+    adapter = LTXAdapter(testing.ltx_pipeline(), timesteps=given)
     schedule = adapter.noise_schedule(8)
-    assert schedule.timesteps.tolist() == pytest.approx([1000, 993, 987, 981, 975, 909, 725, 3])
+    assert schedule.timesteps.tolist() == pytest.approx(given)
+    assert schedule.sigmas[:-1].tolist() == pytest.approx([t / 1000 for t in given])
     assert float(schedule.sigmas[-1]) == 0.0
     with pytest.raises(ValueError, match="runs 8 steps"):
         adapter.noise_schedule(4)

@@ -156,3 +156,21 @@ def test_forwards_per_clip_counts_what_the_sampler_calls(mode):
     cfg = config(mode=mode, renoise_rounds=3)
     out, _ = run(model, cfg)
     assert out.counters.model_evals == forwards_per_clip(model.noise_schedule(len(sigmas)), cfg)
+
+
+def test_guidance_start_leaves_the_first_steps_plain():
+    """The interactive preset's window: guided steps from ``guidance_start`` to the early stop,
+    renoise rounds only there, and the call count the cost model predicts."""
+    from backend.guidance.cost import forwards_per_clip
+
+    sigmas = (float("inf"), *SIGMAS[1:8])
+    model = GaussianVideoModel("flow", "flow", sigmas)
+    cfg = config(mode="blend", num_inference_steps=8, guidance_start=0.75, early_stop=0.0,
+                 renoise_rounds=2)
+    assert list(cfg.guided_range) == [6, 7]
+    out, _ = run(model, cfg)
+    assert out.counters.guided_step_indices == [6, 7]
+    assert out.counters.renoise_rounds == 4 and out.counters.unguidable_steps == 0
+    assert out.counters.model_evals == 8 + 2 * 2 == forwards_per_clip(model.noise_schedule(8), cfg)
+    with pytest.raises(ValueError, match="guidance_start"):
+        config(guidance_start=0.9, early_stop=0.2)

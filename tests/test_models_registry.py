@@ -121,7 +121,7 @@ def test_spec_validation(tmp_path):
 
 
 SHIPPED = {"cogvideox": ("cogvideox", 49), "wan": ("wan", 81), "svd": ("svd", 25),
-           "wan-vace": ("wan-vace", 81), "paper": ("cogvideox", 49), "interactive": ("ltx", 49),
+           "wan-vace": ("wan-vace", 81), "paper": ("easyanimate", 57), "interactive": ("ltx", 49),
            "easyanimate": ("easyanimate", 49)}
 
 

@@ -51,20 +51,21 @@ from backend.engines.base import (
 )
 from backend.engines.classic import ClassicEngine, inpaint
 from backend.engines.depth_model import disparity_to_depth
-from backend.engines.diffusion_sampling import sample_with_progress
+from backend.engines.diffusion_sampling import PromptCache, sample_with_progress, stream_frames
 from backend.engines.diffusion_video import (
     Letterbox,
+    align_prediction,
     background_depth,
     fill_cracks,
+    inpainter_multiple,
     resample_poses,
-    time_indices,
 )
 from backend.geometry.cloud import PointCloud
-from backend.geometry.depth import align_depth
 from backend.geometry.unproject import unproject
 from backend.guidance import GuidanceConfig, GuidedVideoSampler, PriorVideo
 from backend.mllm import EntitiesResult, MLLMConfig, PromptAgent
 from backend.models import DepthPrediction, ModelCache, ModelRegistry, named_config
+from backend.models.memory import MemoryConfig
 from protocol.camera import intrinsics
 
 log = logging.getLogger(__name__)
@@ -78,38 +79,6 @@ def models_path(models: str | Path) -> Path:
             raise FileNotFoundError(f"models config {path} does not exist")
         return path
     return named_config(str(models))
-
-
-def align_prediction(pred: DepthPrediction, reference: np.ndarray, known: np.ndarray,
-                     far_ratio: float = 50.0) -> np.ndarray:
-    """Z-depth from a depth model's output, aligned to ``reference`` over ``known``.
-
-    Disparity (affine-invariant inverse depth) is fitted to ``1 / reference``, depth to
-    ``reference`` (robust scale and shift, ``align_depth``). Pixels whose aligned disparity is
-    not positive come back NaN; depth is capped at ``far_ratio`` x the known median. Raises
-    ValueError when the fit fails or the scale is not positive (the model disagrees with the
-    scene).
-    """
-    ref = np.asarray(reference, np.float64)
-    values = np.asarray(pred.values, np.float64)
-    if pred.kind == "disparity":
-        target = np.where(known, 1.0 / np.maximum(ref, 1e-12), 0.0)
-        fit = align_depth(values, target, known)
-        if fit.scale <= 0:
-            raise ValueError(f"disparity aligns with a non-positive scale {fit.scale:.3g}")
-        disparity = fit.apply(values).astype(np.float64)
-        with np.errstate(divide="ignore"):
-            depth = np.where(disparity > 0, 1.0 / disparity, np.nan)
-    else:
-        fit = align_depth(values, ref, known)
-        if fit.scale <= 0:
-            raise ValueError(f"depth aligns with a non-positive scale {fit.scale:.3g}")
-        depth = fit.apply(values).astype(np.float64)
-        depth[depth <= 0] = np.nan
-    log.debug("depth aligned: scale %.4g shift %.4g residual %.4g", fit.scale, fit.shift,
-              fit.residual)
-    cap = far_ratio * float(np.median(ref[known]))
-    return np.minimum(depth, cap).astype(np.float32)
 
 
 class DiffusionEngine(Engine):
@@ -129,6 +98,7 @@ class DiffusionEngine(Engine):
         preload: bool = False,
         cache: ModelCache | None = None,
         presets: dict[str, str] | None = None,
+        memory: dict | None = None,
         **classic_options,
     ):
         """
@@ -144,13 +114,18 @@ class DiffusionEngine(Engine):
             cache: model cache (default: the process-wide one).
             presets: preset name -> models TOML path, for names that are not
                 ``configs/models/<name>.toml`` (``paper`` and ``interactive`` are).
+            memory: :class:`~backend.models.memory.MemoryConfig` fields (``profile``:
+                ``auto`` or ``80gb`` / ``48gb`` / ``24gb`` / ``16gb``; ``reserve_gb``): how the
+                video model sits on a CUDA device.
             classic_options: the classic engine's options (layers, fov_x_deg, capacity, ...).
         """
         classic_options.pop("depth_model", None)  # the registry's depth model is used instead
         self.geometry = ClassicEngine(device=device, **classic_options)
         """Scene opening and point-cloud rendering (public API only)."""
         self.renderer = self.geometry.renderer
-        self.registry = ModelRegistry.from_toml(models_path(models), cache=cache)
+        self.memory = MemoryConfig.from_mapping(memory)
+        self.registry = ModelRegistry.from_toml(models_path(models), cache=cache,
+                                                memory=self.memory)
         if not self.registry.has("video"):
             raise ValueError(f"models config {models!r} has no [video] model")
         self.guidance = GuidanceConfig.from_mapping(
@@ -164,6 +139,8 @@ class DiffusionEngine(Engine):
         self._presets: dict[str, tuple[ModelRegistry, GuidanceConfig]] = {}
         self._entities: dict[str, EntitiesResult] = {}
         """Stage I entities of each scene's last transition: Stage II's candidates."""
+        self._prompts = PromptCache(self._model_lock)
+        """Prompt embeddings per scene: the text encoder runs once per prompt and model."""
         if preload:
             for role in ("depth", "inpaint", "video"):
                 if self.registry.has(role):
@@ -194,7 +171,8 @@ class DiffusionEngine(Engine):
         if preset not in self._presets:
             try:
                 path = self.preset_paths.get(preset) or named_config(preset)
-                registry = ModelRegistry.from_toml(path, cache=self.registry.cache)
+                registry = ModelRegistry.from_toml(path, cache=self.registry.cache,
+                                                   memory=self.memory)
                 guidance = GuidanceConfig.from_mapping(registry.guidance_overrides())
             except (FileNotFoundError, ValueError) as exc:
                 raise EngineError(f"preset {preset!r}: {exc}") from exc
@@ -341,15 +319,17 @@ class DiffusionEngine(Engine):
         yield Progress("render", 2, 2, f"prior video: {masks[1:-1].mean():.0%} visible")
         # 6. guided sampling, one Progress per step
         sampler = GuidedVideoSampler(adapter)
+        embeds = self._prompts.get(scene.scene_id, adapter, cfg)
         out = yield from sample_with_progress(sampler, prior.frames[0], prior, cfg, generator,
-                                              self._model_lock)
-        # 7. stream the frames at the request's poses and size
-        video = box.frames_out(out.frames)
-        for i, k in enumerate(time_indices(n, len(video))):
-            yield FrameOut(i, video[k], poses[i])
+                                              self._model_lock, prompt_embeds=embeds)
+        # 7. stream the frames at the request's poses and size as the VAE decodes them
+        last_frame = None
+        for i, frame in stream_frames(sampler, out, cfg, generator, box, n, self._model_lock):
+            last_frame = frame
+            yield FrameOut(i, frame, poses[i])
         # 8. lift what the last frame shows and the cloud still misses
         last = self._render(scene, poses[-1:])
-        added_last, _ = self._lift(scene, video[-1], poses[-1], last.depth[0], ~last.mask[0])
+        added_last, _ = self._lift(scene, last_frame, poses[-1], last.depth[0], ~last.mask[0])
         scene.pose = poses[-1].copy()
         yield PointsOut(added_last)
 
@@ -389,15 +369,18 @@ class DiffusionEngine(Engine):
         box = Letterbox.fit(w, h, cfg.width, cfg.height)
         small = box.frames_in(image[None])[0]
         sampler = GuidedVideoSampler(adapter)
-        out = yield from sample_with_progress(sampler, small, None, cfg, generator, self._model_lock)
-        # 4. stream the clip (the explorer loops it)
-        video = box.frames_out(out.frames)
-        for t, k in enumerate(time_indices(request.num_frames, len(video))):
-            yield FrameOut(t, video[k], pose)
+        embeds = self._prompts.get(scene.scene_id, adapter, cfg)
+        out = yield from sample_with_progress(sampler, small, None, cfg, generator,
+                                              self._model_lock, prompt_embeds=embeds)
+        # 4. stream the clip as it decodes (the explorer loops it)
+        for t, frame in stream_frames(sampler, out, cfg, generator, box, request.num_frames,
+                                      self._model_lock):
+            yield FrameOut(t, frame, pose)
 
     def open_scene(self, request: OpenRequest) -> tuple[Scene, PointCloud]:
         """The classic engine's scene lifting, on the depth model's depth when there is one."""
         self._entities.pop(request.scene_id, None)
+        self._prompts.forget(request.scene_id)
         if self.registry.has("depth"):
             h, w = request.image.shape[:2]
             K = request.K if request.K is not None else intrinsics(w, h, self.geometry.fov_x_deg)
@@ -411,11 +394,3 @@ class DiffusionEngine(Engine):
         scene, cloud = self.geometry.resume_scene(scene_id, sessions)
         scene.engine = self.name
         return scene, cloud
-
-
-def inpainter_multiple(pipe) -> int:
-    """Image sides the inpainting pipeline accepts are multiples of this (VAE x UNet levels)."""
-    vae = int(getattr(pipe, "vae_scale_factor", 8))
-    unet = getattr(pipe, "unet", None)
-    levels = len(unet.config.block_out_channels) - 1 if unet is not None else 0
-    return vae * 2**levels

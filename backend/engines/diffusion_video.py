@@ -13,17 +13,24 @@ number of poses at the scene's size. These functions carry poses, frames and mas
 - ``Letterbox``: the scene's frames into the model's size without squashing (scaled to fit,
   the rest padded by reflection and marked unseen, so the model fills it), and back (crop).
 - ``background_depth`` / ``fill_cracks``: depth and colour fills used when lifting new pixels.
+- ``align_prediction``: a depth model's output aligned to the rendered depth (z-depth).
+- ``inpainter_multiple``: the image sides an inpainting pipeline accepts.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from backend.engines.classic import inpaint
+from backend.geometry.depth import align_depth
+from backend.models.depth import DepthPrediction
 from protocol.camera import interpolate_pose
+
+log = logging.getLogger(__name__)
 
 
 def time_indices(n_out: int, n_in: int) -> np.ndarray:
@@ -131,3 +138,43 @@ def background_depth(depth: np.ndarray, hole: np.ndarray, radius: int) -> np.nda
 def fill_cracks(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Cover the odd pixel no splat reached (``mask`` False) from its neighbours."""
     return image if mask.all() else inpaint(image, ~mask, 3)
+
+
+def align_prediction(pred: DepthPrediction, reference: np.ndarray, known: np.ndarray,
+                     far_ratio: float = 50.0) -> np.ndarray:
+    """Z-depth from a depth model's output, aligned to ``reference`` over ``known``.
+
+    Disparity (affine-invariant inverse depth) is fitted to ``1 / reference``, depth to
+    ``reference`` (robust scale and shift, ``align_depth``). Pixels whose aligned disparity is
+    not positive come back NaN; depth is capped at ``far_ratio`` x the known median. Raises
+    ValueError when the fit fails or the scale is not positive (the model disagrees with the
+    scene).
+    """
+    ref = np.asarray(reference, np.float64)
+    values = np.asarray(pred.values, np.float64)
+    if pred.kind == "disparity":
+        target = np.where(known, 1.0 / np.maximum(ref, 1e-12), 0.0)
+        fit = align_depth(values, target, known)
+        if fit.scale <= 0:
+            raise ValueError(f"disparity aligns with a non-positive scale {fit.scale:.3g}")
+        disparity = fit.apply(values).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            depth = np.where(disparity > 0, 1.0 / disparity, np.nan)
+    else:
+        fit = align_depth(values, ref, known)
+        if fit.scale <= 0:
+            raise ValueError(f"depth aligns with a non-positive scale {fit.scale:.3g}")
+        depth = fit.apply(values).astype(np.float64)
+        depth[depth <= 0] = np.nan
+    log.debug("depth aligned: scale %.4g shift %.4g residual %.4g", fit.scale, fit.shift,
+              fit.residual)
+    cap = far_ratio * float(np.median(ref[known]))
+    return np.minimum(depth, cap).astype(np.float32)
+
+
+def inpainter_multiple(pipe) -> int:
+    """Image sides the inpainting pipeline accepts are multiples of this (VAE x UNet levels)."""
+    vae = int(getattr(pipe, "vae_scale_factor", 8))
+    unet = getattr(pipe, "unet", None)
+    levels = len(unet.config.block_out_channels) - 1 if unet is not None else 0
+    return vae * 2**levels

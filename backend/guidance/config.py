@@ -48,6 +48,10 @@ class GuidanceConfig:
     ``lr * sigma**0.5`` in VE coordinates)."""
     early_stop: float = 0.2
     """Fraction of the last steps that run without the prior (paper: 20%)."""
+    guidance_start: float = 0.0
+    """Fraction of the first steps that run without the prior's guidance (release, blend)
+    and its renoise rounds: where a_t * s_t is so small that a round moves x_t by nothing
+    (a distilled schedule's first steps). 0: guide from the first step, as the release does."""
     renoise_rounds: int = 15
     """Times x_{t-1} is diffused back to x_t and (guide, step) redone, per guided step. A round
     costs two model evaluations in ``release`` mode (guide, step), one in ``blend``."""
@@ -77,6 +81,9 @@ class GuidanceConfig:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if not 0.0 <= self.early_stop <= 1.0:
             raise ValueError(f"early_stop must be in [0, 1], got {self.early_stop}")
+        if not 0.0 <= self.guidance_start <= 1.0 - self.early_stop:
+            raise ValueError(f"guidance_start must be in [0, 1 - early_stop], got "
+                             f"{self.guidance_start}")
         if self.renoise_rounds < 0:
             raise ValueError(f"renoise_rounds must be >= 0, got {self.renoise_rounds}")
         if self.mode not in MODES:
@@ -94,11 +101,17 @@ class GuidanceConfig:
         return self.num_frames + 2 * self.pad_frames
 
     @property
-    def guided_steps(self) -> int:
-        """Steps (from the first) that use the prior; the rest run free (early stopping)."""
+    def guided_range(self) -> range:
+        """Step indices that use the prior: after ``guidance_start``, before the early stop."""
         if self.mode == "none":
-            return 0
-        return int(round(self.num_inference_steps * (1.0 - self.early_stop)))
+            return range(0)
+        n = self.num_inference_steps
+        return range(int(round(n * self.guidance_start)), int(round(n * (1.0 - self.early_stop))))
+
+    @property
+    def guided_steps(self) -> int:
+        """How many steps use the prior (``guided_range``); the rest run free."""
+        return len(self.guided_range)
 
     def replace(self, **changes: Any) -> GuidanceConfig:
         """A copy with some fields changed (validated again)."""

@@ -16,6 +16,6 @@ def forwards_per_clip(schedule: NoiseSchedule, config: GuidanceConfig) -> int:
     rounds = 1 + config.renoise_rounds
     total = 0
     for i in range(schedule.num_steps):
-        guided = i < config.guided_steps and schedule.guidance_step(i) > 0.0
+        guided = i in config.guided_range and schedule.guidance_step(i) > 0.0
         total += per_round * rounds if guided else 1
     return total

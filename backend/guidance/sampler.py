@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -65,8 +65,9 @@ class SamplerTimings:
 
 @dataclass
 class GuidedSampleOutput:
-    frames: np.ndarray
-    """T x H x W x 3 uint8, padding removed (T = config.num_frames)."""
+    frames: np.ndarray | None
+    """T x H x W x 3 uint8, padding removed (T = config.num_frames); None for
+    ``output_type="latent"``."""
     counters: SamplerCounters
     timings: SamplerTimings
     latents: torch.Tensor
@@ -114,9 +115,9 @@ class GuidedVideoSampler:
         if image.shape[:2] != (height, width):
             raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}, the model runs at "
                              f"{width}x{height}: render inputs at the model size")
-        if config.mode != "none":
-            if prior is None:
-                raise ValueError(f"mode {config.mode!r} needs a prior video")
+        if config.mode != "none" and prior is None:
+            raise ValueError(f"mode {config.mode!r} needs a prior video")
+        if prior is not None:
             if prior.num_frames != config.num_frames:
                 raise ValueError(f"prior has {prior.num_frames} frames, config.num_frames is "
                                  f"{config.num_frames}")
@@ -138,14 +139,22 @@ class GuidedVideoSampler:
         *,
         generator: torch.Generator | None = None,
         prompt_embeds: PromptEmbeds | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: Literal["frames", "latent"] = "frames",
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> GuidedSampleOutput:
         """Sample a clip that starts at ``image`` (H x W x 3 uint8, model size).
 
         With ``config.mode`` ``release`` or ``blend``, ``prior`` holds ``config.num_frames`` rendered
-        frames and masks (I_0 first, I_N last); the output has the same frame count.
+        frames and masks (I_0 first, I_N last); the output has the same frame count. With
+        ``mode="none"`` a given prior only conditions the network (end views, condition
+        tokens), nothing moves x_t.
         ``prompt_embeds`` skips the text encoder (``config.prompt`` is then unused).
+        ``latents`` is the initial noise (standard normal, canonical layout
+        ``adapter.latent_shape``), scaled like drawn noise; None draws it from ``generator``
+        after the conditioning (diffusers' ``latents`` argument). ``output_type="latent"``
+        skips the decode (``frames`` is None): decode with :meth:`iter_frames` to stream.
         """
         config = config or GuidanceConfig()
         adapter = self.adapter
@@ -163,7 +172,7 @@ class GuidedVideoSampler:
         if prompt_embeds is None:
             prompt_embeds = adapter.encode_prompt(config.prompt, config.negative_prompt, cfg,
                                                   config.max_sequence_length)
-        padded = None if config.mode == "none" else prior.padded(config.pad_frames)
+        padded = None if prior is None else prior.padded(config.pad_frames)
         cond = adapter.prepare_conditioning(image, total, height, width, prompt_embeds, cfg,
                                             generator, prior=padded)
         scale = self._guidance_scale(config, adapter.latent_frames(total))
@@ -171,28 +180,34 @@ class GuidedVideoSampler:
 
         # 2. Encode the padded prior once (holes Telea-filled); binary masks on the latent grid
         z_prior = mask = None
-        if padded is not None:
+        if padded is not None and (config.mode != "none" or adapter.conditions_on_prior):
             t0 = time.perf_counter()
             z_prior = adapter.encode_video(video_to_tensor(padded.filled(), adapter.device,
                                                            torch.float32))
             groups = adapter.latent_frame_groups(total)
             mask = latent_masks(padded.masks, groups, adapter.spatial_compression, adapter.device)
+            adapter.attach_prior(cond, z_prior, mask)
             timings.prior_encode_s = self._lap(t0)
 
         # 3. Timesteps and the initial noise
         schedule = adapter.noise_schedule(config.num_inference_steps)
         self._num_timesteps = schedule.num_steps
         shape = adapter.latent_shape(total, height, width)
-        x = randn_like(torch.empty(shape, device=adapter.device), generator)
+        if latents is None:
+            x = randn_like(torch.empty(shape, device=adapter.device), generator)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must be {shape}, got {tuple(latents.shape)}")
+        else:
+            x = latents.to(adapter.device, torch.float32)
         x = x * schedule.initial_noise_scale()
 
         # 4. Denoising loop: guided steps until the early stop, except where a_t * s_t = 0
         t_loop = time.perf_counter()
-        n_guided = config.guided_steps
+        window = config.guided_range
         for i, t in enumerate(schedule.timesteps):
             t_step = time.perf_counter()
-            guided = i < n_guided and schedule.guidance_step(i) > 0.0
-            counters.unguidable_steps += int(i < n_guided and not guided)
+            guided = i in window and schedule.guidance_step(i) > 0.0
+            counters.unguidable_steps += int(i in window and not guided)
             x, x0, loss = self._denoise_step(x, i, t, schedule, cond, config, scale, guided,
                                              z_prior, mask, generator, counters)
             if guided:
@@ -204,14 +219,16 @@ class GuidedVideoSampler:
                                        i, t, x, x0, guided, loss, config, counters)
         timings.sampling_s = self._lap(t_loop)
 
-        # 5. Decode and drop the padded views
-        t0 = time.perf_counter()
-        video = adapter.decode_latents(x)
-        frames = tensor_to_frames(video[config.pad_frames:config.pad_frames + config.num_frames])
-        timings.decode_s = self._lap(t0)
+        # 5. Decode and drop the padded views (``output_type="latent"``: the caller decodes)
+        frames = None
+        if output_type != "latent":
+            t0 = time.perf_counter()
+            video = adapter.decode_latents(x, generator)
+            frames = tensor_to_frames(video[config.pad_frames:config.pad_frames + config.num_frames])
+            timings.decode_s = self._lap(t0)
         timings.total_s = self._lap(start)
         logger.info("sampled %d frames in %.2fs (%d guided steps, %d model evals)",
-                    frames.shape[0], timings.total_s, counters.guided_steps, counters.model_evals)
+                    total, timings.total_s, counters.guided_steps, counters.model_evals)
         return GuidedSampleOutput(
             frames=frames, counters=counters, timings=timings, latents=x.cpu(),
             prior_latents=None if z_prior is None else z_prior.cpu(),
@@ -273,6 +290,16 @@ class GuidedVideoSampler:
         if isinstance(result, dict) and result.get("latents") is not None:
             return result["latents"]
         return x
+
+    def iter_frames(self, latents: torch.Tensor, config: GuidanceConfig,
+                    generator: torch.Generator | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Decode final latents piece by piece (the adapter's ``iter_decode``), padding dropped:
+        (index of the first clip frame, T' x H x W x 3 uint8) as each piece is final."""
+        lo, hi = config.pad_frames, config.pad_frames + config.num_frames
+        for start, video in self.adapter.iter_decode(latents, generator):
+            a, b = max(start, lo), min(start + video.shape[0], hi)
+            if a < b:
+                yield a - lo, tensor_to_frames(video[a - start:b - start])
 
     def preview(self, x0: torch.Tensor, config: GuidanceConfig) -> np.ndarray:
         """Low-resolution frames of a clean estimate: pool the latents, decode, drop padding."""

@@ -111,15 +111,18 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
 
 
 def schedule_from_scheduler(
-    scheduler, num_inference_steps: int, prediction: Prediction | None = None
+    scheduler, num_inference_steps: int, prediction: Prediction | None = None,
+    mu: float | None = None,
 ) -> NoiseSchedule:
     """Read a :class:`NoiseSchedule` from a first-order diffusers scheduler.
 
     Supported: schedulers with ``alphas_cumprod`` and no sigmas (DDIM, CogVideoXDDIM; VP),
     ``EulerDiscreteScheduler`` (VE sigmas) and ``FlowMatchEulerDiscreteScheduler`` (flow).
     ``prediction`` defaults to the scheduler's ``prediction_type`` (``flow`` for flow matching).
+    ``mu`` is the shift a dynamically shifting flow scheduler needs, as the pipeline passes it.
     """
-    scheduler.set_timesteps(num_inference_steps, device="cpu")
+    extra = {} if mu is None else {"mu": mu}
+    scheduler.set_timesteps(num_inference_steps, device="cpu", **extra)
     name = type(scheduler).__name__
     timesteps = scheduler.timesteps.detach().to("cpu")
     if name.startswith("FlowMatch"):

@@ -133,7 +133,8 @@ class GaussianVideoModel(VideoFamilyAdapter):
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         return video.float().unsqueeze(0)
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
         return latents[0].float()
 
     def sample_image(self, generator: torch.Generator) -> np.ndarray:

@@ -10,36 +10,39 @@ from typing import Any
 
 from .depth import DepthEstimator
 from .inpaint import Inpainter
+from .memory import MemoryConfig
 from .spec import ModelSpec, load_specs
 from .video import load_video_adapter
 
 logger = logging.getLogger(__name__)
 
-_LOADERS: dict[str, Callable[[ModelSpec], Any]] = {
-    "depth": DepthEstimator.from_spec,
-    "inpaint": Inpainter.from_spec,
+_LOADERS: dict[str, Callable[[ModelSpec, MemoryConfig | None], Any]] = {
+    "depth": lambda spec, memory: DepthEstimator.from_spec(spec),
+    "inpaint": lambda spec, memory: Inpainter.from_spec(spec),
     "video": load_video_adapter,
 }
 
 
 class ModelCache:
-    """Loaded models keyed by spec. Thread-safe: concurrent gets of one spec load it once."""
+    """Loaded models keyed by spec (and the memory config the video role loads under).
+    Thread-safe: concurrent gets of one spec load it once."""
 
     def __init__(self) -> None:
-        self._models: dict[ModelSpec, Any] = {}
+        self._models: dict[tuple[ModelSpec, MemoryConfig | None], Any] = {}
         self._lock = threading.Lock()
         self.loads = 0
         """How many times a loader actually ran (a cache miss)."""
 
-    def get(self, spec: ModelSpec) -> Any:
+    def get(self, spec: ModelSpec, memory: MemoryConfig | None = None) -> Any:
+        key = (spec, memory if spec.role == "video" else None)
         with self._lock:
-            if spec not in self._models:
-                self._models[spec] = _LOADERS[spec.role](spec)
+            if key not in self._models:
+                self._models[key] = _LOADERS[spec.role](spec, key[1])
                 self.loads += 1
-            return self._models[spec]
+            return self._models[key]
 
     def __contains__(self, spec: ModelSpec) -> bool:
-        return spec in self._models
+        return any(key[0] == spec for key in self._models)
 
     def clear(self) -> None:
         with self._lock:
@@ -52,17 +55,21 @@ _SHARED_CACHE = ModelCache()
 class ModelRegistry:
     """Specs by role, backed by a model cache (the process-wide one unless given)."""
 
-    def __init__(self, specs: Mapping[str, ModelSpec], cache: ModelCache | None = None) -> None:
+    def __init__(self, specs: Mapping[str, ModelSpec], cache: ModelCache | None = None,
+                 memory: MemoryConfig | None = None) -> None:
         self.specs = dict(specs)
         self.cache = cache if cache is not None else _SHARED_CACHE
+        self.memory = memory
+        """How the video role sits on a GPU (None: the spec's ``offload``)."""
 
     @classmethod
-    def from_toml(cls, *paths: str | Path, cache: ModelCache | None = None) -> ModelRegistry:
+    def from_toml(cls, *paths: str | Path, cache: ModelCache | None = None,
+                  memory: MemoryConfig | None = None) -> ModelRegistry:
         """Merge model files in order (a later file's role replaces an earlier one's)."""
         specs: dict[str, ModelSpec] = {}
         for path in paths:
             specs.update(load_specs(path))
-        return cls(specs, cache)
+        return cls(specs, cache, memory)
 
     def has(self, role: str) -> bool:
         return role in self.specs
@@ -75,7 +82,7 @@ class ModelRegistry:
 
     def get(self, role: str) -> Any:
         """The loaded model of a role: DepthEstimator, Inpainter or a VideoFamilyAdapter."""
-        return self.cache.get(self.spec(role))
+        return self.cache.get(self.spec(role), self.memory)
 
     def depth(self) -> DepthEstimator:
         return self.get("depth")

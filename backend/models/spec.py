@@ -4,7 +4,8 @@ A file holds one table per role::
 
     [video]
     family = "cogvideox"                  # cogvideox | wan | svd | ltx | wan-vace | easyanimate
-    source = "THUDM/CogVideoX-5b-I2V"     # hub id or local folder
+    source = "THUDM/CogVideoX-5b-I2V"     # hub id, local folder, or one .safetensors file
+    # config = "org/name"                 # single files: where the other components come from
     dtype = "bfloat16"
     device = "auto"                       # auto: the accelerator if present, else cpu
     offload = "none"                      # none | model | sequential
@@ -31,15 +32,20 @@ VIDEO_FAMILIES: tuple[str, ...] = ("cogvideox", "wan", "svd", "ltx", "wan-vace",
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_SPEC_KEYS = {"family", "source", "dtype", "device", "offload", "variant", "subfolder",
-              "vae_tiling", "options", "guidance", "output"}
+_SPEC_KEYS = {"family", "source", "config", "dtype", "device", "offload", "variant",
+              "subfolder", "vae_tiling", "options", "guidance", "output"}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".gguf")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     role: str
     source: str
-    """Hub id (``org/name``) or a local folder written by ``save_pretrained``."""
+    """Hub id (``org/name``), a local folder written by ``save_pretrained``, or one
+    checkpoint file (URL or path ending .safetensors) loaded with ``from_single_file``."""
+    config: str | None = None
+    """Single-file sources: the hub id or folder holding the pipeline's configs and the
+    components the file lacks (text encoder, tokenizer, scheduler)."""
     family: str = ""
     """Video family (cogvideox, wan, svd); unused for depth and inpaint."""
     dtype: str = "float32"
@@ -65,6 +71,14 @@ class ModelSpec:
             raise ValueError(f"{self.role}: offload must be none, model or sequential")
         if self.output not in ("disparity", "depth"):
             raise ValueError(f"{self.role}: output must be disparity or depth")
+        if self.single_file and self.role == "video" and not self.config:
+            raise ValueError(f"{self.role}: a single-file source needs 'config' (the hub id or "
+                             f"folder of the pipeline's configs)")
+
+    @property
+    def single_file(self) -> bool:
+        """Whether ``source`` is one checkpoint file rather than a diffusers folder."""
+        return self.source.endswith(SINGLE_FILE_SUFFIXES)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -195,6 +195,9 @@ def easyanimate_components() -> dict:
         block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
         norm_num_groups=2, spatial_group_norm=False,
     )
+    # The released configs carry this key (the first frame has its own latent frame), which
+    # the diffusers class does not declare but the pipeline reads.
+    vae.register_to_config(cache_mag_vae=True)
     return {"transformer": transformer, "vae": vae, "scheduler": FlowMatchEulerDiscreteScheduler(),
             "text_encoder": None, "tokenizer": None}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -167,6 +168,18 @@ class VideoFamilyAdapter(ABC):
         families that take an end frame or a partial video (VACE) condition on it.
         """
 
+    @property
+    def conditions_on_prior(self) -> bool:
+        """Whether :meth:`attach_prior` uses the encoded prior (then it is encoded even when
+        the sampler does no latent guidance)."""
+        return False
+
+    def attach_prior(self, cond: Conditioning, prior_latents: torch.Tensor,
+                     mask: torch.Tensor) -> None:
+        """Carry the encoded prior (canonical latents) and its latent mask (1, F', 1, h, w) in
+        the network's own inputs, for families that can (LTX condition tokens). Default: no."""
+        return None
+
     @abstractmethod
     def forward(self, model_input: torch.Tensor, timestep: torch.Tensor,
                 cond: Conditioning) -> torch.Tensor:
@@ -195,8 +208,16 @@ class VideoFamilyAdapter(ABC):
         """(F, 3, H, W) in [-1, 1] -> canonical normalised latents (1, F', C, h, w), float32."""
 
     @abstractmethod
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Canonical latents (1, F', C, h, w) -> (F, 3, H, W) in [-1, 1], float32."""
+    def decode_latents(self, latents: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Canonical latents (1, F', C, h, w) -> (F, 3, H, W) in [-1, 1], float32.
+        ``generator`` draws the decode noise of timestep-conditioned VAEs (LTX)."""
+
+    def iter_decode(self, latents: torch.Tensor, generator: torch.Generator | None = None
+                    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first frame index, frames) pieces of the decoded clip, each as soon as it is
+        final. Default: the whole clip in one piece."""
+        yield 0, self.decode_latents(latents, generator)
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         s = self.spatial_compression

@@ -137,7 +137,8 @@ class CogVideoXAdapter(VideoFamilyAdapter):
         latents = self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
         return latents.permute(0, 2, 1, 3, 4).float()
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
         z = latents.to(self.device, self.vae.dtype).permute(0, 2, 1, 3, 4)
         video = self.vae.decode(z / self.vae.config.scaling_factor).sample
         return video[0].permute(1, 0, 2, 3).float()

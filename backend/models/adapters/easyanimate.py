@@ -16,6 +16,7 @@ import torch
 
 from backend.guidance.frames import image_to_tensor
 from backend.guidance.prior import PriorVideo
+from backend.guidance.schedule import NoiseSchedule, schedule_from_scheduler
 
 from .base import CompressionRatios, Conditioning, PromptEmbeds, VideoFamilyAdapter
 
@@ -46,6 +47,11 @@ class EasyAnimateAdapter(CompressionRatios, VideoFamilyAdapter):
 
         return FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
 
+    def noise_schedule(self, num_inference_steps: int) -> NoiseSchedule:
+        # EasyAnimateInpaintPipeline sets a flow scheduler's timesteps with mu = 1 (used when
+        # the scheduler shifts dynamically, ignored otherwise).
+        return schedule_from_scheduler(self.sampling_scheduler(), num_inference_steps, mu=1.0)
+
     def encode_prompt(self, prompt: str, negative_prompt: str, cfg: bool,
                       max_sequence_length: int | None = None) -> PromptEmbeds:
         length = max_sequence_length or self.default_max_sequence_length
@@ -63,7 +69,8 @@ class EasyAnimateAdapter(CompressionRatios, VideoFamilyAdapter):
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         return self._encode_native(video.permute(1, 0, 2, 3).unsqueeze(0)).permute(0, 2, 1, 3, 4)
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
         z = latents.to(self.device, torch.float32).permute(0, 2, 1, 3, 4)
         z = (z / float(self.vae.config.scaling_factor)).to(self.vae.dtype)
         video = self.vae.decode(z, return_dict=False)[0]

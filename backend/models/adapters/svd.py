@@ -97,7 +97,8 @@ class SVDAdapter(VideoFamilyAdapter):
                   for i in range(0, pixels.shape[0], self.decode_chunk_size)]
         return (torch.cat(chunks) * self.vae.config.scaling_factor).unsqueeze(0).float()
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
         z = latents[0].to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
         frames = []
         for i in range(0, z.shape[0], self.decode_chunk_size):

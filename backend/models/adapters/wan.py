@@ -125,7 +125,8 @@ class WanAdapter(VideoFamilyAdapter):
         pixels = video.permute(1, 0, 2, 3).unsqueeze(0)
         return self._encode_native(pixels).permute(0, 2, 1, 3, 4)
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
         z = latents.to(self.device, torch.float32).permute(0, 2, 1, 3, 4)
         mean, std = self._stats(z.device)
         video = self.vae.decode((z * std + mean).to(self.vae.dtype)).sample
