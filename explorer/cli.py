@@ -1,4 +1,4 @@
-"""The ``dreamjourney`` command: ``keys``, ``serve``, ``explore``, ``demo``.
+"""The ``dreamjourney`` command: ``keys``, ``serve``, ``explore``, ``demo``, ``export``.
 
 Each subcommand imports its heavy parts only when it runs, so ``dreamjourney keys`` and the
 explorer never load torch.
@@ -45,6 +45,7 @@ def _optional_subcommands() -> list[Callable[[argparse._SubParsersAction], None]
         ("backend.serve_cli", "add_arguments"),
         ("explorer.app_main", "add_arguments"),
         ("backend.cluster.status_cli", "add_arguments"),
+        ("backend.export.cli", "add_arguments"),
     ):
         try:
             mod = __import__(module, fromlist=[attr])
