@@ -73,9 +73,9 @@ class _AsSaved:
 
 def child(session: str, out: str) -> None:
     """Run the export command in this process; print its time and memory as JSON."""
-    from explorer.cli import main
     import backend.export.session_export  # noqa: F401 - imports done before the baseline
     import backend.geometry.ply  # noqa: F401
+    from explorer.cli import main
 
     base_kb = _rss_kb()
     t0 = time.perf_counter()

@@ -86,8 +86,8 @@ def test_splat_ply_has_the_reference_layout_and_activations(tmp_path):
     np.testing.assert_allclose(1 / (1 + np.exp(-v["opacity"])), 0.99, atol=1e-6)
     # log scales: exp gives sigma_scale * radius along the surface
     scales = np.exp(np.stack([v[f"scale_{i}"] for i in range(3)], 1))
-    np.testing.assert_allclose(scales[:, 0], 0.55 * cloud.radius, rtol=1e-5)
-    np.testing.assert_allclose(scales[:, 1], 0.55 * cloud.radius, rtol=1e-5)
+    np.testing.assert_allclose(scales[:, 0], 0.35 * cloud.radius, rtol=1e-5)
+    np.testing.assert_allclose(scales[:, 1], 0.35 * cloud.radius, rtol=1e-5)
     # unit quaternions; on the plane (known surface) the thin third axis is its normal
     q = np.stack([v[f"rot_{i}"] for i in range(4)], 1)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-6)
@@ -159,7 +159,8 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 
 def test_export_points_and_splats_of_a_session(tmp_path, capsys):
     sessions, cloud, _, _ = _session(tmp_path)
-    code, out, err = _run(capsys, tmp_path / "sessions" / "trip", "--as", "points", "--out", tmp_path / "p.ply")
+    code, out, err = _run(capsys, tmp_path / "sessions" / "trip", "--as", "points",
+                          "--out", tmp_path / "p.ply")
     assert code == 0, err
     assert "wrote" in out and "100%" in err
     v = PlyData.read(str(tmp_path / "p.ply"))["vertex"]

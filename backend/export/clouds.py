@@ -54,8 +54,9 @@ def _write(rows_of, dtype: np.dtype, comments: list[str], chunks: Iterable[Chunk
 
 
 def write_splats(chunks: Iterable[Chunk], count: int, out: str | Path,
-                 settings: SplatSettings = SplatSettings(), progress: Progress | None = None) -> Path:
-    """A 3D Gaussian splat PLY (``splats``) of ``count`` points."""
+                 settings: SplatSettings | None = None, progress: Progress | None = None) -> Path:
+    """A 3D Gaussian splat PLY (``splats``) of ``count`` points (default :class:`SplatSettings`)."""
+    settings = settings or SplatSettings()
     return _write(lambda xyz, rgb, radius, buf: splat_rows(xyz, rgb, radius, settings, buf),
                   splat_dtype(settings.sh_degree), SPLAT_COMMENTS, chunks, count, out, progress)
 

@@ -48,7 +48,7 @@ def session_path(session: SavedSession) -> CameraPath:
 
 def export_session(session: SavedSession, kind: str, out: str | Path,
                    progress: Callable[[int, int], None] | None = None,
-                   settings: SplatSettings = SplatSettings(), chunk_size: int = CHUNK_POINTS) -> ExportResult:
+                   settings: SplatSettings | None = None, chunk_size: int = CHUNK_POINTS) -> ExportResult:
     """Write ``session`` as ``kind`` (one of :data:`KINDS`) to ``out``."""
     if kind not in KINDS:
         raise ExportError(f"cannot export as {kind!r}; choose one of {', '.join(KINDS)}")

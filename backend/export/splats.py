@@ -17,8 +17,15 @@ The layout is what the reference code (graphdeco-inria ``GaussianModel.save_ply`
 - ``rot_0..3``: a unit quaternion (w, x, y, z) rotating the Gaussian's axes into the world.
 
 Sizes: a point of world radius ``r`` (its pixel's footprint at the view that made it) is a
-Gaussian of sigma ``sigma_scale * r``, the footprint the program's own splat renderers give
-it. Where the surface is known, the Gaussian is a disc on it: the quaternion turns its third
+Gaussian of sigma ``sigma_scale * r`` (0.35 r, a quarter of the pixel spacing ``sqrt(2) r``).
+Splat renderers widen every Gaussian by a 0.3 px^2 low-pass and blend front to back without
+normalising, so at the view that made a point its Gaussian is already about half a pixel
+wide whatever its own size: larger Gaussians blur the photo there (0.55 r, our viewer's
+footprint, renders the shared scenes at 28-30 dB against our own render), smaller ones
+leave seams when seen from closer. 0.35 r is the largest that keeps every shared scene at
+30 dB or more (``tests/test_export_render.py``).
+
+Where the surface is known, the Gaussian is a disc on it: the quaternion turns its third
 axis onto the normal and that axis is ``thin`` times narrower; elsewhere it is round (three
 equal scales, the identity quaternion).
 
@@ -50,8 +57,8 @@ FRAME_COMMENTS = [
 class SplatSettings:
     """How points become Gaussians."""
 
-    sigma_scale: float = 0.55
-    """Gaussian sigma in units of the point's world radius (the renderers' own footprint)."""
+    sigma_scale: float = 0.35
+    """Gaussian sigma in units of the point's world radius (see the module docstring)."""
     opacity: float = 0.99
     """Opacity of every Gaussian (stored as its logit)."""
     thin: float = 0.1
@@ -91,13 +98,14 @@ def quaternions_onto(normal: np.ndarray) -> np.ndarray:
 
 
 def splat_rows(xyz: np.ndarray, rgb: np.ndarray, radius: np.ndarray,
-               settings: SplatSettings = SplatSettings(), out: np.ndarray | None = None) -> np.ndarray:
+               settings: SplatSettings | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """One row of :func:`splat_dtype` per point (xyz N x 3, rgb N x 3 uint8, radius N).
 
     ``out``: a zeroed buffer of at least N rows to fill (its first N rows are returned);
     reusing one across chunks spares the allocation. Only ``f_rest`` is never written, so it
     must stay zero."""
     n = len(xyz)
+    settings = settings or SplatSettings()
     dtype = splat_dtype(settings.sh_degree)
     if out is None:
         out = np.zeros(n, dtype)
