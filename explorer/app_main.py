@@ -45,6 +45,8 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--image", help="photo to start from (default: a procedural valley with "
                                    "exact depth, so no depth model is needed)")
     d.add_argument("--out", default="journey.mp4", help="the MP4 to write (default journey.mp4)")
+    d.add_argument("--path", metavar="FILE", help="the camera path the keyframe editor flies near "
+                                                  "the end (default: configs/paths/demo.json)")
     _common(d)
     d.set_defaults(func=run_demo)
 
@@ -227,6 +229,7 @@ def run_demo(args: argparse.Namespace) -> int:
         check_engine(args.engine)
         size = parse_size(args.size) or (640, 360)
         photo = load_photo(args.image, settings.photo) if args.image else None
+        _load_path(args.path)  # checked now: a bad file is an error before anything starts
     except (InputError, SettingsError) as exc:
         return _fail(str(exc))
     settings.record.keep_hud = True  # the demo shows what a person sees, help and bars too
@@ -247,7 +250,7 @@ def run_demo(args: argparse.Namespace) -> int:
         win = ExplorerWindow(conn.client, settings, visible=False, size=size, record_path=out)
         name = session_name(Path(args.image or "valley"))
         win.explorer.session.open_scene(image, K=K, depth=depth, engine=args.engine, scene_id=name)
-        DemoDriver(win, journey_script(river), fps=settings.record.fps).run()
+        DemoDriver(win, journey_script(river, args.path), fps=settings.record.fps).run()
     except KeyboardInterrupt:
         logger.info("interrupted: finalising %s", out)
     except (TimeoutError, RuntimeError) as exc:

@@ -30,9 +30,11 @@ def test_demo_writes_a_journey_of_at_least_ten_seconds(tmp_path):
     assert means.min() > 10
     assert np.abs(frames[len(frames) // 2].astype(int) - frames[0]).mean() > 5
     assert np.abs(frames[-1].astype(int) - frames[len(frames) // 2]).mean() > 5
-    # the backend saved both committed transitions in the session; the pause asked for dynamics
+    # the backend saved the committed transitions in the session; the pause asked for dynamics
     manifests = list((tmp_path / "sessions").glob("*/manifest.json"))
     assert len(manifests) == 1
     clips = json.loads(manifests[0].read_text())["clips"]
-    assert [c["kind"] for c in clips].count("transition") >= 2
+    assert [c["kind"] for c in clips].count("transition") >= 3
     assert "dynamics at the current view" in proc.stdout + proc.stderr
+    # the keyframe editor flew the packaged camera path (configs/paths/demo.json) and sent it
+    assert "keyframe path sent" in proc.stdout + proc.stderr
