@@ -69,7 +69,7 @@ Step = Tap | Hold | Wait | WaitFor | Drag | LoadPath
 def journey_script(river: tuple | None = None, path: str | None = None) -> list[Step]:
     """Fly back, commit, watch; animate the river; turn, fly on, commit; back home, the
     keyframe editor loads a path (``path``, else the packaged ``configs/paths/demo.json``),
-    previews and sends it; stop."""
+    shows and sends it; stop."""
     arrow = (Drag(LEFT, None, None, 0.6, world=river) if river is not None
              else Drag(LEFT, (0.45, 0.8), (0.55, 0.8), 0.6))
     return [
@@ -91,8 +91,7 @@ def journey_script(river: tuple | None = None, path: str | None = None) -> list[
         WaitFor("clip_done"),
         Tap("HOME"),
         LoadPath(path),
-        Tap("P"),
-        WaitFor("preview_done"),
+        Wait(1.0),  # the loaded path is drawn in the view
         Tap("ENTER"),
         WaitFor("clip_done"),
         Wait(0.6),

@@ -12,6 +12,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # five clips' worth of work, rendered headless on the CPU
 def test_demo_writes_a_journey_of_at_least_ten_seconds(tmp_path):
     out = tmp_path / "journey.mp4"
     proc = subprocess.run(

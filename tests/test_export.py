@@ -69,7 +69,8 @@ def _plane_and_blob(seed: int = 0) -> tuple[PointCloud, np.ndarray, int]:
 
 def test_splat_ply_has_the_reference_layout_and_activations(tmp_path):
     cloud, normal, n_plane = _plane_and_blob()
-    out = write_splats([(cloud.xyz, cloud.rgb, cloud.radius)], len(cloud), tmp_path / "s.ply")
+    out = write_splats([(cloud.xyz, cloud.rgb, cloud.radius)], len(cloud), tmp_path / "s.ply",
+                       SplatSettings(sh_degree=3))
     ply = PlyData.read(str(out))
     assert ply.text is False and ply.byte_order == "<"
     v = ply["vertex"]
@@ -105,10 +106,9 @@ def test_splat_ply_has_the_reference_layout_and_activations(tmp_path):
     assert np.all(normals[blob] == 0)
 
 
-def test_splat_degree_zero_omits_f_rest_and_a_short_stream_leaves_no_file(tmp_path):
+def test_splat_default_degree_zero_omits_f_rest_and_a_short_stream_leaves_no_file(tmp_path):
     cloud, _, _ = _plane_and_blob(1)
-    out = write_splats([(cloud.xyz, cloud.rgb, cloud.radius)], len(cloud), tmp_path / "d0.ply",
-                       SplatSettings(sh_degree=0))
+    out = write_splats([(cloud.xyz, cloud.rgb, cloud.radius)], len(cloud), tmp_path / "d0.ply")
     names = [p.name for p in PlyData.read(str(out))["vertex"].properties]
     assert names == [n for n in REFERENCE_LAYOUT if not n.startswith("f_rest")]
     with pytest.raises(ValueError, match="announced"):
@@ -157,7 +157,8 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_export_points_and_splats_of_a_session(tmp_path, capsys):
+def test_export_points_and_splats_of_a_session(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     sessions, cloud, _, _ = _session(tmp_path)
     code, out, err = _run(capsys, tmp_path / "sessions" / "trip", "--as", "points",
                           "--out", tmp_path / "p.ply")
@@ -169,8 +170,10 @@ def test_export_points_and_splats_of_a_session(tmp_path, capsys):
     np.testing.assert_array_equal(np.stack([v["red"], v["green"], v["blue"]], 1), cloud.rgb)
     # by name under --folder, the default file name
     code, _, err = _run(capsys, "trip", "--as", "splats", "--folder", tmp_path / "sessions",
-                        "--sh-degree", "0")
+                        "--sh-degree", "3")
     assert code == 0, err
+    v = PlyData.read("trip-splats.ply")["vertex"]
+    assert len(v) == len(cloud) and [p.name for p in v.properties] == REFERENCE_LAYOUT
 
 
 def _nerfstudio_cameras(data: dict) -> tuple[np.ndarray, np.ndarray]:

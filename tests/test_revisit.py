@@ -52,7 +52,8 @@ def _loop(image: np.ndarray, guarded: bool) -> tuple[np.ndarray, np.ndarray]:
     d, pose, first, frames = scene.median_depth, np.eye(4), None, None
     for name in ("backward", "rotate_left", "forward"):
         poses = preset(name, 12, d, start=pose, distance=0.3 if name == "forward" else None)
-        frames = [e.image for e in engine.transition(scene, TransitionRequest(poses)) if isinstance(e, FrameOut)]
+        frames = [e.image for e in engine.transition(scene, TransitionRequest(poses))
+                  if isinstance(e, FrameOut)]
         first = frames[0] if first is None else first
         pose = poses[-1]
     home = np.stack([pose, np.eye(4)])

@@ -23,9 +23,9 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="file to write (default: NAME-splats.ply, NAME-points.ply, "
                                  "NAME-path.json or NAME.mp4 in the current folder)")
     p.add_argument("--folder", help="sessions folder for a name (default: settings session.folder)")
-    p.add_argument("--sh-degree", type=int, choices=(0, 3), default=3,
-                   help="splats: spherical-harmonic degree written (3: 45 zero f_rest, what the "
-                        "reference 3DGS loader expects; 0: none)")
+    p.add_argument("--sh-degree", type=int, choices=(0, 3), default=0,
+                   help="splats: spherical-harmonic degree written (0: no f_rest, the default; 3: "
+                        "45 zero f_rest, what the reference 3DGS loader expects at its default)")
     p.set_defaults(func=run_export)
 
 

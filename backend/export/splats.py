@@ -8,9 +8,10 @@ The layout is what the reference code (graphdeco-inria ``GaussianModel.save_ply`
   code writes zeros and never reads them);
 - ``f_dc_0..2``: the degree-0 spherical-harmonic coefficient per channel, ``(c - 0.5) /
   SH_C0`` for a colour ``c`` in [0, 1] (renderers show ``SH_C0 * f_dc + 0.5``);
-- ``f_rest_0..(3 (d + 1)^2 - 4)``: the higher bands, zeros (a view-independent colour); 45
-  of them for degree 3, which the reference loader asserts at its default ``sh_degree``, none
-  for degree 0;
+- ``f_rest_0..(3 (d + 1)^2 - 4)``: the higher bands, zeros (a view-independent colour):
+  none at degree 0 (the default: what a degree-0 model of the reference code writes, and what
+  splat viewers read; a file 3.6 times smaller), 45 at degree 3 (what the reference loader
+  asserts at its default ``--sh_degree 3``, and SIBR's viewer expects);
 - ``opacity``: a logit (renderers apply the sigmoid);
 - ``scale_0..2``: natural logs of the standard deviations along the Gaussian's axes (renderers
   apply exp);
@@ -63,9 +64,9 @@ class SplatSettings:
     """Opacity of every Gaussian (stored as its logit)."""
     thin: float = 0.1
     """Sigma across a known surface over sigma along it."""
-    sh_degree: int = 3
-    """Degree of the spherical harmonics written (3: 45 zero f_rest, what the reference
-    loader expects by default; 0: none)."""
+    sh_degree: int = 0
+    """Degree of the spherical harmonics written (0: no f_rest; 3: 45 zero f_rest, what the
+    reference loader expects at its default ``--sh_degree``)."""
 
     def __post_init__(self) -> None:
         if self.sh_degree not in (0, 1, 2, 3):
@@ -76,7 +77,7 @@ class SplatSettings:
             raise ValueError("sigma_scale must be positive and thin in (0, 1]")
 
 
-def splat_properties(sh_degree: int = 3) -> list[str]:
+def splat_properties(sh_degree: int = 0) -> list[str]:
     """The vertex properties in file order."""
     rest = 3 * (sh_degree + 1) ** 2 - 3
     return ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2",
@@ -84,7 +85,7 @@ def splat_properties(sh_degree: int = 3) -> list[str]:
             "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
 
 
-def splat_dtype(sh_degree: int = 3) -> np.dtype:
+def splat_dtype(sh_degree: int = 0) -> np.dtype:
     return np.dtype([(name, "<f4") for name in splat_properties(sh_degree)])
 
 

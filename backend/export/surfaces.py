@@ -83,13 +83,15 @@ def surface_normals(xyz: np.ndarray, radius: np.ndarray, min_points: int = 6,
         return Surfaces(nrm.astype(np.float32), known)
     xyz = np.asarray(xyz, np.float64)
     radius = np.asarray(radius)
-    # 1. each grid in turn names the normals of the points still unknown
+    # 1. each grid in turn names the normals of the points still unknown; only the voxels
+    #    holding such a point are fitted (with all their points, so the fit is the same)
     for coarser, shift in PASSES:
-        normal, plane = _voxel_planes(xyz, _voxel_keys(xyz, radius, coarser, shift), min_points,
-                                      flatness, min_spread)
-        new = plane & ~known
-        nrm[new] = normal[new]
-        known |= new
+        keys = _voxel_keys(xyz, radius, coarser, shift)
+        sub = np.flatnonzero(np.isin(keys, np.unique(keys[~known]))) if known.any() else np.arange(n)
+        normal, plane = _voxel_planes(xyz[sub], keys[sub], min_points, flatness, min_spread)
+        new = plane & ~known[sub]
+        nrm[sub[new]] = normal[new]
+        known[sub[new]] = True
         if known.all():
             break
     # 2. turned to face the first view's camera
