@@ -224,3 +224,24 @@ def test_orbit_picks_the_point_under_the_cursor_from_the_depth_buffer(app):
     last = ex.path_tools.editor.keyframes[-1]
     np.testing.assert_allclose(ex.camera.pose, last, atol=1e-12)
     assert np.linalg.norm(last[:3, 3] - pivot) == pytest.approx(np.linalg.norm(pivot), rel=1e-6)
+
+
+def test_the_editor_keys_are_bound_and_listed_in_the_f1_table():
+    from explorer.window import configure_pyglet
+
+    configure_pyglet(headless=True)  # before pyglet.window is imported, as the app fixture does
+    from pyglet.window import key
+
+    from explorer.path_tools import ACTIONS
+    from explorer.settings import KeyBindings
+
+    bindings = KeyBindings.load()
+    symbols = bindings.symbol_map()
+    expected = {key.K: "keyframe", key.O: "orbit", key.DELETE: "delete_keyframe", key.P: "preview",
+                key.BRACKETLEFT: "prev_keyframe", key.BRACKETRIGHT: "next_keyframe",
+                key.F5: "save_path", key.F6: "load_path", key.F8: "export_world"}
+    assert {s: symbols[s] for s in expected} == expected
+    assert set(ACTIONS) == set(expected.values())
+    listed = " | ".join(f"{r.keys}: {r.does}" for r in bindings.help.rows)
+    for words in ("K / O", "keyframe", "Delete", "P", "F5 / F6", "F8", "splats"):
+        assert words in listed
