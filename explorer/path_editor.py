@@ -53,7 +53,7 @@ class PathEditor:
         self.keyframes: list[np.ndarray] = []
         self.selected: int | None = None
         self._preview: np.ndarray | None = None
-        self._preview_t = 0.0
+        self._preview_t: float | None = None
         self._preview_fps = 24.0
 
     def __len__(self) -> int:
@@ -127,7 +127,8 @@ class PathEditor:
         return self._preview is not None
 
     def start_preview(self, poses: np.ndarray, fps: float) -> None:
-        self._preview, self._preview_t, self._preview_fps = np.asarray(poses), 0.0, fps
+        """Play ``poses`` at ``fps`` from the next :meth:`preview_pose` on."""
+        self._preview, self._preview_t, self._preview_fps = np.asarray(poses), None, fps
 
     def stop_preview(self) -> None:
         self._preview = None
@@ -136,7 +137,8 @@ class PathEditor:
         """The preview's pose after ``dt`` more seconds, or None once it has played out."""
         if self._preview is None:
             return None
-        self._preview_t += dt
+        # the first frame after the start shows frame 0: time from before the start is not played
+        self._preview_t = 0.0 if self._preview_t is None else self._preview_t + dt
         i = int(self._preview_t * self._preview_fps)
         if i >= len(self._preview):
             self._preview = None
