@@ -9,7 +9,8 @@ the recorder. The parts, each with one job:
 - :class:`~explorer.clip_view.ClipView`: the playing clip on screen, the camera handed over;
 - :class:`~explorer.annotation_tools.AnnotationTools`: motion arrows and the freeze brush;
 - :class:`~explorer.recording.Recording`: MP4 recordings and screenshots;
-- :class:`~explorer.hud_presenter.HudPresenter`: status, bars, fps, help.
+- :class:`~explorer.hud_presenter.HudPresenter`: status, bars, fps, help;
+- :class:`~explorer.path_tools.PathTools`: the keyframe path editor and the world export.
 
 :mod:`explorer.window` wires it to pyglet events; tests drive it directly or through the
 same pyglet handlers.
@@ -40,6 +41,7 @@ from explorer.recording import Recording
 from explorer.renderer import CloudRenderer, OverlayRenderer, PathRenderer, RenderTarget, ViewParams
 from explorer.session import ClientLike, ExplorerSession
 from explorer.settings import ExplorerSettings
+from protocol.camera_path import CameraPath
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class Explorer:
     def __init__(self, ctx: moderngl.Context, size: tuple[int, int], client: ClientLike,
                  settings: ExplorerSettings | None = None,
                  help_rows: list[tuple[str, str]] | None = None,
-                 record_path: str | Path | None = None, start_path=None):
+                 record_path: str | Path | None = None, start_path: CameraPath | None = None):
         self.ctx = ctx
         self.settings = s = settings or ExplorerSettings.load()
         self.time = 0.0

@@ -42,7 +42,7 @@ class Wait:
 @dataclass
 class WaitFor:
     condition: str
-    """``scene``, ``clip_done`` or ``looping`` (see :class:`DemoDriver`)."""
+    """``scene``, ``clip_done``, ``looping`` or ``preview_done`` (see :class:`DemoDriver`)."""
     timeout_s: float = 120.0
 
 

@@ -164,7 +164,7 @@ class CameraPath:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1))
+        path.write_text(json.dumps(self.to_json()))  # as nerfstudio's viewer writes it
         return path
 
     @classmethod

@@ -245,3 +245,18 @@ def test_the_editor_keys_are_bound_and_listed_in_the_f1_table():
     listed = " | ".join(f"{r.keys}: {r.does}" for r in bindings.help.rows)
     for words in ("K / O", "keyframe", "Delete", "P", "F5 / F6", "F8", "splats"):
         assert words in listed
+
+
+def test_a_bad_path_file_is_one_error_line_before_anything_starts(tmp_path, capsys):
+    from explorer.cli import main
+
+    (tmp_path / "p.json").write_text('{"render_width": 64}')
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photo)
+    assert main(["explore", str(photo), "--path", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --path") and "render_height" in err[0]
+    assert main(["demo", "--path", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
