@@ -61,7 +61,7 @@ def open_session(session: str | Path, folder: str | Path | None = None) -> Saved
         raise ExportError(f"no saved session at {session}{where} (see `dreamjourney sessions`)")
     try:
         saved = SessionStore(root).load(name)
-    except (SessionError, OSError) as exc:
+    except (SessionError, OSError, KeyError, TypeError, ValueError) as exc:  # a malformed manifest too
         raise ExportError(f"cannot read session {name}: {exc}") from None
     height, width = saved["image"].shape[:2]
     cloud = saved.get("cloud_path")
