@@ -9,7 +9,8 @@ the recorder. The parts, each with one job:
 - :class:`~explorer.clip_view.ClipView`: the playing clip on screen, the camera handed over;
 - :class:`~explorer.annotation_tools.AnnotationTools`: motion arrows and the freeze brush;
 - :class:`~explorer.recording.Recording`: MP4 recordings and screenshots;
-- :class:`~explorer.hud_presenter.HudPresenter`: status, bars, fps, help.
+- :class:`~explorer.hud_presenter.HudPresenter`: status, bars, fps, help;
+- :class:`~explorer.path_tools.PathTools`: the keyframe path editor and the world export.
 
 :mod:`explorer.window` wires it to pyglet events; tests drive it directly or through the
 same pyglet handlers.
@@ -31,6 +32,7 @@ from explorer.camera import FlyCamera
 from explorer.clip_view import ClipView
 from explorer.flight_control import FlightControl
 from explorer.hud_presenter import HudPresenter
+from explorer.path_tools import PathTools
 from explorer.paths import PRESET_NAMES, preset_path
 from explorer.player import ClipPlayer, PlayerState
 from explorer.point_buffer import PointCloudBuffer
@@ -39,6 +41,7 @@ from explorer.recording import Recording
 from explorer.renderer import CloudRenderer, OverlayRenderer, PathRenderer, RenderTarget, ViewParams
 from explorer.session import ClientLike, ExplorerSession
 from explorer.settings import ExplorerSettings
+from protocol.camera_path import CameraPath
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class Explorer:
     def __init__(self, ctx: moderngl.Context, size: tuple[int, int], client: ClientLike,
                  settings: ExplorerSettings | None = None,
                  help_rows: list[tuple[str, str]] | None = None,
-                 record_path: str | Path | None = None):
+                 record_path: str | Path | None = None, start_path: CameraPath | None = None):
         self.ctx = ctx
         self.settings = s = settings or ExplorerSettings.load()
         self.time = 0.0
@@ -71,6 +74,7 @@ class Explorer:
         self.tools = AnnotationTools(ctx, self.overlay, s.dynamics)
         self.recording = Recording(s.record, record_path)
         self.hud = HudPresenter(ctx, self.overlay, help_rows)
+        self.path_tools = PathTools(self, start_path)
         self.dynamics_job: str | None = None
         self.target: RenderTarget | None = None
         self._scene_id: str | None = None
@@ -132,6 +136,8 @@ class Explorer:
         }.get(action)
         if handler is not None:
             handler()
+        elif self.path_tools.handles(action):
+            self.path_tools.press(action)
         elif action.startswith("preset_"):
             self.send_preset(action.removeprefix("preset_"))
 
@@ -152,14 +158,23 @@ class Explorer:
     # --- paths and jobs ------------------------------------------------------------------
 
     def commit_path(self) -> str | None:
-        """Enter: send the flight since the last commit as a Transition (resampled)."""
+        """Enter: send the keyframe path, else the flight since the last commit (resampled),
+        as a Transition."""
         if not self._can_send("commit"):
             return None
+        p = self.settings.paths
+        keyed = self.path_tools.transition_poses()
+        if keyed is not None:
+            self.path_tools.editor.stop_preview()
+            self.controls.jump(self.controls.flight.start)
+            job_id = self.session.send_transition(keyed, p.fps, p.preset)
+            self.path_tools.sent(job_id, len(keyed))
+            self.controls.committed(job_id)
+            return job_id
         flight = self.controls.flight
         if flight.is_empty():
             self.session.status = "fly somewhere first: the path is empty"
             return None
-        p = self.settings.paths
         poses = flight.resampled(p.transition_frames, self.camera.scene_scale, p.smooth)
         job_id = self.session.send_transition(poses, p.fps, p.preset)
         self.controls.committed(job_id)
@@ -304,7 +319,8 @@ class Explorer:
             self.controls.flight.reset(self.camera.pose)
             logger.info("rendering at %.1f fps", self.hud.fps)
         self.session.consumed(self.player.take_credits())
-        # 3. flight
+        # 3. flight (or the keyframe path's preview)
+        self.path_tools.step(dt)
         if self.controls.update(dt, record=self.session.scene is not None):
             self.tools.forget_if_moved(self.camera.pose)
         # 4. render, capture, HUD
@@ -320,6 +336,7 @@ class Explorer:
         self._scene_id = scene.scene_id
         self.controls.adopt_scene(scene.K, scene.width, scene.height, scene.pose,
                                   scene.median_depth)
+        self.path_tools.on_scene()
 
     def _apply_undos(self) -> None:
         for msg in self.session.undone[self._undone_seen:]:
@@ -341,7 +358,9 @@ class Explorer:
         if path is not None:
             self.path_renderer.set_points(path)
             self.path_renderer.draw(params)
+        self.path_tools.draw_line(params)
         self.overlay.begin(w, h)
+        self.path_tools.draw_keyframes(K)
         self.clip_view.draw(K)
         pm = self.pixel_map()
         if pm is not None and not self.camera.locked:

@@ -36,12 +36,17 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record-on-start", action="store_true", help="start recording at once")
     p.add_argument("--keep-hud", action="store_true",
                    help="burn the HUD into recordings and screenshots")
+    p.add_argument("--path", metavar="FILE",
+                   help="a camera path (nerfstudio camera-path JSON, as F5 saves) sent as the "
+                        "first transition once the scene opens")
     p.set_defaults(func=run_explore)
 
     d = sub.add_parser("demo", help="a scripted journey, headless, recorded to MP4")
     d.add_argument("--image", help="photo to start from (default: a procedural valley with "
                                    "exact depth, so no depth model is needed)")
     d.add_argument("--out", default="journey.mp4", help="the MP4 to write (default journey.mp4)")
+    d.add_argument("--path", metavar="FILE", help="the camera path the keyframe editor flies near "
+                                                  "the end (default: configs/paths/demo.json)")
     _common(d)
     d.set_defaults(func=run_demo)
 
@@ -102,7 +107,19 @@ def _check_explore(args: argparse.Namespace):
         raise InputError("give a photo to explore, or --resume SESSION (not both)")
     photo = load_photo(args.image, settings.photo) if args.image else None
     depth = load_depth(args.depth, photo) if args.depth and photo else None
-    return settings, photo, depth, size
+    return settings, photo, depth, size, _load_path(args.path)
+
+
+def _load_path(path: str | None):
+    """The ``--path`` camera path, checked before anything starts."""
+    if path is None:
+        return None
+    from protocol.camera_path import CameraPath, CameraPathError
+
+    try:
+        return CameraPath.load(path)
+    except CameraPathError as exc:
+        raise InputError(f"--path {exc}") from None
 
 
 def run_explore(args: argparse.Namespace) -> int:
@@ -111,7 +128,7 @@ def run_explore(args: argparse.Namespace) -> int:
     from explorer.settings import SettingsError
 
     try:
-        settings, photo, depth, size = _check_explore(args)
+        settings, photo, depth, size, start_path = _check_explore(args)
     except (InputError, SettingsError) as exc:
         return _fail(str(exc))
     if args.preset:
@@ -139,7 +156,7 @@ def run_explore(args: argparse.Namespace) -> int:
     name = args.resume or session_name(photo.path)
     try:
         win = ExplorerWindow(link.client, settings, record_path=args.record, size=size,
-                             caption=f"DreamJourney - {name}", link=link)
+                             caption=f"DreamJourney - {name}", link=link, start_path=start_path)
         session = win.explorer.session
         if photo is not None:
             logger.info("photo %s: %dx%d, sent at %dx%d", photo.path, *photo.original_size,
@@ -212,6 +229,7 @@ def run_demo(args: argparse.Namespace) -> int:
         check_engine(args.engine)
         size = parse_size(args.size) or (640, 360)
         photo = load_photo(args.image, settings.photo) if args.image else None
+        _load_path(args.path)  # checked now: a bad file is an error before anything starts
     except (InputError, SettingsError) as exc:
         return _fail(str(exc))
     settings.record.keep_hud = True  # the demo shows what a person sees, help and bars too
@@ -232,7 +250,7 @@ def run_demo(args: argparse.Namespace) -> int:
         win = ExplorerWindow(conn.client, settings, visible=False, size=size, record_path=out)
         name = session_name(Path(args.image or "valley"))
         win.explorer.session.open_scene(image, K=K, depth=depth, engine=args.engine, scene_id=name)
-        DemoDriver(win, journey_script(river), fps=settings.record.fps).run()
+        DemoDriver(win, journey_script(river, args.path), fps=settings.record.fps).run()
     except KeyboardInterrupt:
         logger.info("interrupted: finalising %s", out)
     except (TimeoutError, RuntimeError) as exc:

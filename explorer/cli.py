@@ -1,4 +1,5 @@
-"""The ``dreamjourney`` command: ``keys``, ``serve``, ``explore``, ``demo``, ``doctor``, ``models``.
+"""The ``dreamjourney`` command: ``keys``, ``serve``, ``explore``, ``demo``, ``doctor``, ``models``,
+``export``.
 
 Each subcommand imports its heavy parts only when it runs, so ``dreamjourney keys`` and the
 explorer never load torch.
@@ -46,6 +47,7 @@ def _optional_subcommands() -> list[Callable[[argparse._SubParsersAction], None]
         ("explorer.app_main", "add_arguments"),
         ("backend.cluster.status_cli", "add_arguments"),
         ("backend.tools_cli", "add_arguments"),
+        ("backend.export.cli", "add_arguments"),
     ):
         try:
             mod = __import__(module, fromlist=[attr])

@@ -42,8 +42,14 @@ class Wait:
 @dataclass
 class WaitFor:
     condition: str
-    """``scene``, ``clip_done`` or ``looping`` (see :class:`DemoDriver`)."""
+    """``scene``, ``clip_done``, ``looping`` or ``preview_done`` (see :class:`DemoDriver`)."""
     timeout_s: float = 120.0
+
+
+@dataclass
+class LoadPath:
+    path: str | None = None
+    """A camera-path file for the keyframe editor (None: ``configs/paths/demo.json``)."""
 
 
 @dataclass
@@ -57,11 +63,13 @@ class Drag:
     """World points projected through the camera when the drag begins."""
 
 
-Step = Tap | Hold | Wait | WaitFor | Drag
+Step = Tap | Hold | Wait | WaitFor | Drag | LoadPath
 
 
-def journey_script(river: tuple | None = None) -> list[Step]:
-    """Fly back, commit, watch; animate the river; turn, fly on, commit; a preset; stop."""
+def journey_script(river: tuple | None = None, path: str | None = None) -> list[Step]:
+    """Fly back, commit, watch; animate the river; turn, fly on, commit; back home, the
+    keyframe editor loads a path (``path``, else the packaged ``configs/paths/demo.json``),
+    shows and sends it; stop."""
     arrow = (Drag(LEFT, None, None, 0.6, world=river) if river is not None
              else Drag(LEFT, (0.45, 0.8), (0.55, 0.8), 0.6))
     return [
@@ -79,6 +87,11 @@ def journey_script(river: tuple | None = None) -> list[Step]:
         Tap("SPACE"),
         Drag(RIGHT, (0.5, 0.5), (0.62, 0.5), 0.8),
         Hold("W", 1.0),
+        Tap("ENTER"),
+        WaitFor("clip_done"),
+        Tap("HOME"),
+        LoadPath(path),
+        Wait(1.0),  # the loaded path is drawn in the view
         Tap("ENTER"),
         WaitFor("clip_done"),
         Wait(0.6),
@@ -129,6 +142,8 @@ class DemoDriver:
                             and not ex.camera.locked)
         if name == "looping":
             return lambda: ex.player.active and ex.player.clip.loop
+        if name == "preview_done":
+            return lambda: not ex.path_tools.editor.previewing
         raise ValueError(f"unknown condition {name!r}")
 
     # --- running -------------------------------------------------------------------------
@@ -178,8 +193,24 @@ class DemoDriver:
                 yield not self.explorer.player.active
         elif isinstance(step, Drag):
             yield from self._drag(step)
+        elif isinstance(step, LoadPath):
+            self._load_path(step)
+            yield
         else:  # pragma: no cover - the Step union is closed
             raise TypeError(f"unknown step {step!r}")
+
+    def _load_path(self, step: LoadPath) -> None:
+        from importlib import resources
+
+        from protocol.camera_path import CameraPath
+
+        if step.path is not None:
+            camera_path = CameraPath.load(step.path)
+        else:
+            with resources.as_file(resources.files("configs").joinpath("paths/demo.json")) as file:
+                camera_path = CameraPath.load(file)
+        if not self.explorer.path_tools.load_path(camera_path):
+            raise RuntimeError(f"demo: cannot load the path: {self.explorer.session.status}")
 
     def _drag(self, step: Drag) -> Iterator[None]:
         if step.world is not None:

@@ -269,6 +269,12 @@ class OverlayRenderer:
     def rect(self, x: float, y: float, w: float, h: float, color) -> None:
         self._draw(_quad(x, y, w, h), moderngl.TRIANGLES, color)
 
+    def rects(self, boxes: np.ndarray, color) -> None:
+        """Many rectangles in one draw: an (M, 4) array of (x, y, w, h)."""
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        if len(boxes):
+            self._draw(np.concatenate([_quad(*box) for box in boxes]), moderngl.TRIANGLES, color)
+
     def image(self, texture: moderngl.Texture, x: float, y: float, w: float, h: float,
               alpha: float = 1.0) -> None:
         self._draw(_quad(x, y, w, h), moderngl.TRIANGLES, (1.0, 1.0, 1.0, alpha), texture)

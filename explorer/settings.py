@@ -151,6 +151,19 @@ class SplatSettings(_Section):
     """A footprint reaches this many screen radii (at least two sigmas) from its centre."""
 
 
+class EditorSettings(_Section):
+    """The keyframe path editor and the world export (see :mod:`explorer.path_tools`)."""
+
+    orbit_deg: float = 30.0
+    """Degrees the orbit key turns around the point under the cursor (Shift: the other way)."""
+    orbit_keyframes: int = 3
+    """Keyframes one orbit adds along its arc."""
+    paths_folder: str = "paths"
+    """Where F5 saves and F6 loads ``<scene>-path.json``."""
+    exports_folder: str = "exports"
+    """Where F8 writes ``<scene>-splats.ply``."""
+
+
 class ExplorerSettings(_Section):
     window: WindowSettings = msgspec.field(default_factory=WindowSettings)
     camera: CameraSettings = msgspec.field(default_factory=CameraSettings)
@@ -163,6 +176,7 @@ class ExplorerSettings(_Section):
     session: SessionSettings = msgspec.field(default_factory=SessionSettings)
     debug: DebugSettings = msgspec.field(default_factory=DebugSettings)
     splats: SplatSettings = msgspec.field(default_factory=SplatSettings)
+    editor: EditorSettings = msgspec.field(default_factory=EditorSettings)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ExplorerSettings:

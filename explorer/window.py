@@ -112,6 +112,7 @@ class InputRouter:
             self.explorer.drag_to(*self._to_pixels(x, y))
 
     def on_mouse_motion(self, x, y, dx, dy):
+        self.explorer.path_tools.pointer = self._to_pixels(x, y)
         if self.explorer.mouse_look:
             self.explorer.look(dx * self._scale(), -dy * self._scale())
 
@@ -125,7 +126,7 @@ class ExplorerWindow:
     def __init__(self, client, settings: ExplorerSettings | None = None,
                  bindings: KeyBindings | None = None, *, visible: bool = True,
                  caption: str = "DreamJourney explorer", record_path=None,
-                 size: tuple[int, int] | None = None, link=None):
+                 size: tuple[int, int] | None = None, link=None, start_path=None):
         import moderngl
         import pyglet
 
@@ -156,7 +157,8 @@ class ExplorerWindow:
             self.ctx = moderngl.create_context()
         fb = self.window.get_framebuffer_size()
         rows = [(r.keys, r.does) for r in self.bindings.help.rows]
-        self.explorer = Explorer(self.ctx, fb, client, self.settings, rows, record_path=record_path)
+        self.explorer = Explorer(self.ctx, fb, client, self.settings, rows, record_path=record_path,
+                                 start_path=start_path)
         self.presenter = Presenter(self.ctx)
         self.link = link
         """Optional :class:`~explorer.backend_process.BackendLink`: reconnects when lost."""

@@ -69,6 +69,13 @@ def opencv_to_gl_view(pose_c2w: np.ndarray) -> np.ndarray:
     return _CV_TO_GL @ invert_pose(np.asarray(pose_c2w, dtype=np.float64))
 
 
+def opencv_to_gl_pose(pose_c2w: np.ndarray) -> np.ndarray:
+    """The same camera as a camera-to-world pose with OpenGL camera axes (x right, y up, z
+    backward: nerfstudio's and three.js's convention); batched over leading axes. Its own
+    inverse: applying it twice gives the OpenCV pose back."""
+    return np.asarray(pose_c2w, dtype=np.float64) @ _CV_TO_GL
+
+
 def gl_projection(K: np.ndarray, width: int, height: int, near: float, far: float) -> np.ndarray:
     """GL projection matrix matching pinhole ``K`` for a ``width`` x ``height`` viewport.
 

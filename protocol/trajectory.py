@@ -15,7 +15,8 @@ default) and the path is relative to it.
 ``n`` poses evenly spaced by arc length (translation plus ``rotation_weight`` times the
 rotation angle), then smooths it (positions by averaging, rotations by slerp toward the
 neighbours' midpoint), keeping both ends. ``keyframe_spline(keyframes, n)`` passes a
-Catmull-Rom curve through keyframe positions with slerped rotations.
+Catmull-Rom curve through keyframe positions with slerped rotations; ``keyframe_spline_at``
+evaluates it at given parameters (the explorer's path editor spaces its frames by length).
 """
 
 from __future__ import annotations
@@ -167,13 +168,23 @@ def keyframe_spline(keyframes: np.ndarray, n_frames: int) -> np.ndarray:
     k = _check_path(keyframes)
     if n_frames < 2:
         raise ValueError(f"n_frames must be >= 2, got {n_frames}")
+    return keyframe_spline_at(k, np.linspace(0.0, len(k) - 1, n_frames))
+
+
+def keyframe_spline_at(keyframes: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Poses of the keyframe spline at spline parameters ``params`` (0 .. K - 1; keyframe i
+    sits at parameter i, and a whole-number parameter gives that keyframe exactly)."""
+    k = _check_path(keyframes)
+    params = np.asarray(params, np.float64)
+    if params.ndim != 1 or len(params) == 0 or params.min() < 0 or params.max() > len(k) - 1:
+        raise ValueError(f"params must be a non-empty list in [0, {len(k) - 1}]")
     if len(k) == 1:
-        return np.repeat(k, n_frames, axis=0)
+        return np.repeat(k, len(params), axis=0)
     pos = k[:, :3, 3]
     padded = np.concatenate([2 * pos[:1] - pos[1:2], pos, 2 * pos[-1:] - pos[-2:-1]])
     quats = [quat_from_matrix(m[:3, :3]) for m in k]
-    out = np.empty((n_frames, 4, 4))
-    for j, s in enumerate(np.linspace(0.0, len(k) - 1, n_frames)):
+    out = np.empty((len(params), 4, 4))
+    for j, s in enumerate(params):
         i = min(int(s), len(k) - 2)
         t = s - i
         R = matrix_from_quat(slerp(quats[i], quats[i + 1], t))

@@ -12,6 +12,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # five clips' worth of work, rendered headless on the CPU
 def test_demo_writes_a_journey_of_at_least_ten_seconds(tmp_path):
     out = tmp_path / "journey.mp4"
     proc = subprocess.run(
@@ -30,9 +31,11 @@ def test_demo_writes_a_journey_of_at_least_ten_seconds(tmp_path):
     assert means.min() > 10
     assert np.abs(frames[len(frames) // 2].astype(int) - frames[0]).mean() > 5
     assert np.abs(frames[-1].astype(int) - frames[len(frames) // 2]).mean() > 5
-    # the backend saved both committed transitions in the session; the pause asked for dynamics
+    # the backend saved the committed transitions in the session; the pause asked for dynamics
     manifests = list((tmp_path / "sessions").glob("*/manifest.json"))
     assert len(manifests) == 1
     clips = json.loads(manifests[0].read_text())["clips"]
-    assert [c["kind"] for c in clips].count("transition") >= 2
+    assert [c["kind"] for c in clips].count("transition") >= 3
     assert "dynamics at the current view" in proc.stdout + proc.stderr
+    # the keyframe editor flew the packaged camera path (configs/paths/demo.json) and sent it
+    assert "keyframe path sent" in proc.stdout + proc.stderr

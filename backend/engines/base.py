@@ -43,6 +43,9 @@ class Scene:
     """One line for the HUD about the depth in use."""
     points_budget: int = 0
     """Most points the scene's store keeps (0 = unbounded)."""
+    seen: object = None
+    """The views later fills must leave as they are (``geometry.seen.SeenViews``, classic
+    engine); None: not tracked."""
 
     @property
     def size(self) -> tuple[int, int]:

@@ -44,6 +44,7 @@ from backend.geometry.depth import clean_depth_edges, horizon_depth
 from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
 from backend.geometry.render import SplatRenderer
+from backend.geometry.seen import SeenViews
 from backend.geometry.store import PointStore
 from backend.geometry.unproject import DEFAULT_PIXEL_RADIUS, unproject
 from protocol.camera import intrinsics
@@ -173,7 +174,9 @@ class ClassicEngine(Engine):
         store.append(unproject(image, depth, K, np.eye(4), mask=keep))
         store.append(self._hidden_background(image, depth, K))
         scene = Scene(request.scene_id, image, K, store, median, request.text, engine=self.name,
-                      depth_source=source, depth_note=note, points_budget=self.capacity)
+                      depth_source=source, depth_note=note, points_budget=self.capacity,
+                      seen=SeenViews(K, w, h))
+        scene.seen.record(np.eye(4), np.where(keep, depth, 0))
         return scene, store.cloud()
 
     def _hidden_background(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray) -> PointCloud:
@@ -194,6 +197,10 @@ class ClassicEngine(Engine):
         scene = Scene(scene_id, saved["image"], np.asarray(saved["K"]), store, median, saved["text"],
                       pose=np.asarray(saved["pose"]), engine=self.name, depth_source="given",
                       depth_note="depth: as saved with the scene", points_budget=self.capacity)
+        w, h = scene.size
+        scene.seen = SeenViews(scene.K, w, h)  # the photo's view, as the saved cloud shows it
+        first = self.renderer.render(store, np.eye(4)[None], scene.K, w, h).numpy()
+        scene.seen.record(np.eye(4), first.depth[0])
         return scene, store.cloud()
 
     # -- transitions --
@@ -231,6 +238,9 @@ class ClassicEngine(Engine):
             return PointCloud.empty()
         colour, depth = self._fill(view.image[0], view.depth[0], hole)
         new = unproject(colour, depth, scene.K, pose, mask=hole)
+        if scene.seen is not None:  # never over what an earlier view saw (a revisit shows it)
+            new = new.take(scene.seen.keep(new))
+            scene.seen.record(pose, depth)
         return scene.cloud.append_within_budget(new, pose[:3, 3], 0.5 * (scene.K[0, 0] + scene.K[1, 1]))
 
     def _fill(self, rgb: np.ndarray, depth: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,10 +5,13 @@ Files are ``binary_little_endian 1.0`` with one ``vertex`` element of properties
 plyfile, Open3D and MeshLab read or ignore). The reader accepts any binary little-endian PLY
 whose vertex element has x y z and red green blue (radius optional, 0 when absent) with
 other vertex properties skipped; it refuses ASCII and big-endian files with a clear error.
+``iter_ply(path, chunk_size)`` reads the same files a chunk at a time (exports of large
+worlds), ``ply_vertex_count(path)`` reads the header only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,25 +76,56 @@ def _parse_header(f) -> tuple[list[tuple[str, int, list[tuple[str, str]]]], str]
             elements[-1][2].append((words[2], _PLY_TYPES[words[1]]))
 
 
-def read_ply(path: str | Path) -> PointCloud:
-    """Read a binary little-endian PLY point cloud."""
-    with open(path, "rb") as f:
-        elements, fmt = _parse_header(f)
-        if fmt != "binary_little_endian":
-            raise ValueError(f"only binary_little_endian PLY is supported, got {fmt!r}")
-        for name, count, props in elements:
-            dtype = np.dtype(props)
-            data = np.frombuffer(f.read(count * dtype.itemsize), dtype, count=count)
-            if name == "vertex":
-                break
-        else:
-            raise ValueError("PLY file has no vertex element")
+def _vertex_layout(f) -> tuple[np.dtype, int]:
+    """Parse the header of the open file ``f`` and seek to its vertex data: (dtype, count)."""
+    elements, fmt = _parse_header(f)
+    if fmt != "binary_little_endian":
+        raise ValueError(f"only binary_little_endian PLY is supported, got {fmt!r}")
+    for name, count, props in elements:
+        dtype = np.dtype(props)
+        if name == "vertex":
+            break
+        f.seek(count * dtype.itemsize, 1)
+    else:
+        raise ValueError("PLY file has no vertex element")
     missing = {"x", "y", "z", "red", "green", "blue"} - set(dtype.names)
     if missing:
         raise ValueError(f"PLY vertex element lacks {sorted(missing)}")
+    return dtype, count
+
+
+def _as_cloud(data: np.ndarray) -> PointCloud:
     xyz = np.stack([data["x"], data["y"], data["z"]], axis=1).astype(np.float32)
     rgb = np.stack([data["red"], data["green"], data["blue"]], axis=1).astype(np.uint8)
-    radius = (
-        data["radius"].astype(np.float32) if "radius" in dtype.names else np.zeros(count, np.float32)
-    )
+    names = data.dtype.names
+    radius = data["radius"].astype(np.float32) if "radius" in names else np.zeros(len(data), np.float32)
     return PointCloud(xyz, rgb, radius)
+
+
+def read_ply(path: str | Path) -> PointCloud:
+    """Read a binary little-endian PLY point cloud."""
+    with open(path, "rb") as f:
+        dtype, count = _vertex_layout(f)
+        data = np.frombuffer(f.read(count * dtype.itemsize), dtype, count=count)
+    return _as_cloud(data)
+
+
+def ply_vertex_count(path: str | Path) -> int:
+    """How many points a PLY point cloud holds (its header only is read)."""
+    with open(path, "rb") as f:
+        return _vertex_layout(f)[1]
+
+
+def iter_ply(path: str | Path, chunk_size: int = 1 << 18) -> Iterator[PointCloud]:
+    """The points of a PLY file in order, ``chunk_size`` at a time: a file of any size is
+    read with at most one chunk in memory."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    with open(path, "rb") as f:
+        dtype, count = _vertex_layout(f)
+        for start in range(0, count, chunk_size):
+            n = min(chunk_size, count - start)
+            data = np.frombuffer(f.read(n * dtype.itemsize), dtype)
+            if len(data) != n:
+                raise ValueError(f"{path} ends after {start + len(data)} of {count} points")
+            yield _as_cloud(data)
