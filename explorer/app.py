@@ -9,7 +9,8 @@ the recorder. The parts, each with one job:
 - :class:`~explorer.clip_view.ClipView`: the playing clip on screen, the camera handed over;
 - :class:`~explorer.annotation_tools.AnnotationTools`: motion arrows and the freeze brush;
 - :class:`~explorer.recording.Recording`: MP4 recordings and screenshots;
-- :class:`~explorer.hud_presenter.HudPresenter`: status, bars, fps, help.
+- :class:`~explorer.hud_presenter.HudPresenter`: status, bars, fps, help;
+- :class:`~explorer.photo_card.PhotoCard`: the photo on screen while its scene opens.
 
 :mod:`explorer.window` wires it to pyglet events; tests drive it directly or through the
 same pyglet handlers.
@@ -29,9 +30,10 @@ from explorer.annotation_tools import AnnotationTools
 from explorer.annotations import PixelMap
 from explorer.camera import FlyCamera
 from explorer.clip_view import ClipView
-from explorer.flight_control import FlightControl
+from explorer.flight_control import PHOTO_POSE, FlightControl
 from explorer.hud_presenter import HudPresenter
 from explorer.paths import PRESET_NAMES, preset_path
+from explorer.photo_card import PhotoCard
 from explorer.player import ClipPlayer, PlayerState
 from explorer.point_buffer import PointCloudBuffer
 from explorer.recorder import RecordingStats, VideoRecorder
@@ -69,8 +71,9 @@ class Explorer:
         self.controls = FlightControl(s.camera)
         self.clip_view = ClipView(ctx, self.overlay, s.player)
         self.tools = AnnotationTools(ctx, self.overlay, s.dynamics)
-        self.recording = Recording(s.record, record_path)
+        self.recording = Recording(s.record, record_path, s.debug.encode_sleep_s)
         self.hud = HudPresenter(ctx, self.overlay, help_rows)
+        self.card = PhotoCard(ctx, self.overlay)
         self.dynamics_job: str | None = None
         self.target: RenderTarget | None = None
         self._scene_id: str | None = None
@@ -184,6 +187,10 @@ class Explorer:
         self.controls.jump(self.controls.flight.start)
         self.session.status = "path discarded"
 
+    def show_photo(self, image: np.ndarray) -> None:
+        """Show the photo (H x W x 3 uint8) at once, until its scene's cloud is on screen."""
+        self.card.show(image)
+
     def cancel_all(self) -> None:
         """Cancel every job we are waiting for and stop the clip on screen."""
         ids = set(self.player.discard_all()) | set(self.session.jobs)
@@ -267,22 +274,39 @@ class Explorer:
 
     # --- recording -----------------------------------------------------------------------
 
-    def toggle_recording(self) -> RecordingStats | None:
+    def toggle_recording(self) -> None:
+        """R: stop the recording (its file is finished aside), or start a new one."""
         if self.recorder is not None:
-            return self.stop_recording()
-        self.start_recording()
-        return None
+            self.stop_recording()
+        else:
+            self.start_recording()
 
     def start_recording(self, path: str | Path | None = None) -> Path:
         path = self.recording.start(self.size, self.time, path)
         self.session.status = f"recording to {path}"
         return path
 
-    def stop_recording(self) -> RecordingStats | None:
-        stats = self.recording.stop()
-        if stats is not None:
-            self.session.status = f"saved {stats.frames_written} frames to {stats.path}"
-        return stats
+    def stop_recording(self, wait: bool = False) -> RecordingStats | None:
+        """Stop recording; the file is finalised on the recorder's thread and the HUD says
+        when it is saved. ``wait`` blocks until then and returns its statistics."""
+        recorder = self.recording.stop(self.time)
+        if recorder is None:
+            return None
+        self.session.status = f"saving the recording to {recorder.path}..."
+        if not wait:
+            return None
+        recorder.join()
+        self._report_recordings()
+        return recorder.stats
+
+    def _report_recordings(self) -> None:
+        for done in self.recording.poll():
+            if isinstance(done, str):
+                self.session.status = done
+                self.session.errors.append(done)
+            else:
+                self.session.status = (f"saved {done.duration_s:.1f} s ({done.frames_written} "
+                                       f"frames) to {done.path}")
 
     def screenshot(self, path: str | Path | None = None) -> Path:
         """F12: save the next rendered view as PNG (written on a background thread)."""
@@ -293,10 +317,12 @@ class Explorer:
     def step(self, dt: float) -> None:
         """Advance the app clock by ``dt`` s, handle the network, play, fly, render, record."""
         self.time += dt
-        # 1. network: messages in, the scene adopted once it opens, undos applied
-        self.session.pump()
+        # 1. network: messages in (more of them when frames are slow, so a slow machine still
+        #    takes a credit window's frames a tick), the scene adopted, undos and lost jobs
+        self.session.pump(budget_s=min(0.5, max(0.004, 0.25 * dt)))
         self._adopt_scene()
         self._apply_undos()
+        self._follow_lost_jobs()
         # 2. playback: the player's frame on screen, every frame it is done with credited
         ended = self.clip_view.follow(self.player.update(dt, self.time), self.camera,
                                       looping=self.dynamics_job is not None and self.player.active)
@@ -307,9 +333,11 @@ class Explorer:
         # 3. flight
         if self.controls.update(dt, record=self.session.scene is not None):
             self.tools.forget_if_moved(self.camera.pose)
-        # 4. render, capture, HUD
+        # 4. render, capture, HUD; recordings finished aside are reported
+        self._update_card()
         self.render()
         self.hud.tick()
+        self._report_recordings()
         if self.settings.debug.frame_sleep_s > 0:
             time.sleep(self.settings.debug.frame_sleep_s)
 
@@ -320,6 +348,39 @@ class Explorer:
         self._scene_id = scene.scene_id
         self.controls.adopt_scene(scene.K, scene.width, scene.height, scene.pose,
                                   scene.median_depth)
+
+    def _follow_lost_jobs(self) -> None:
+        """Jobs lost with the backend leave the screen; re-sent ones take their place."""
+        for job in self.session.lost_now:
+            if job.job_id == self.dynamics_job:
+                self.clip_view.clear()  # the camera stays at the paused view, waiting
+            elif self.camera.locked and self.dynamics_job is None:
+                self.clip_view.clear()
+                self.camera.locked = False
+                self.controls.flight.reset(self.camera.pose)
+        self.session.lost_now.clear()
+        for old, new in self.session.replaced.items():
+            if self.dynamics_job == old:
+                self.dynamics_job = new
+            if old in self.controls.starts:
+                self.controls.starts[new] = self.controls.starts.pop(old)
+        self.session.replaced.clear()
+        job = self.dynamics_job
+        if job is not None and job not in self.session.jobs and self.player.find(job) is None:
+            # it failed before any frame came (the HUD says why): the view is free again
+            self.dynamics_job = None
+            self.camera.locked = False
+
+    def _update_card(self) -> None:
+        """The photo stays until the cloud is loaded or the view is not the photo's."""
+        if not self.card.shown:
+            return
+        session = self.session
+        ready = session.scene is not None and session.opening_progress() is None
+        moved = session.scene is not None and not np.allclose(self.camera.pose, PHOTO_POSE,
+                                                              atol=1e-9)
+        if ready or moved or session.open_error is not None:
+            self.card.hide()
 
     def _apply_undos(self) -> None:
         for msg in self.session.undone[self._undone_seen:]:
@@ -342,6 +403,7 @@ class Explorer:
             self.path_renderer.set_points(path)
             self.path_renderer.draw(params)
         self.overlay.begin(w, h)
+        self.card.draw((w, h))
         self.clip_view.draw(K)
         pm = self.pixel_map()
         if pm is not None and not self.camera.locked:
@@ -376,5 +438,5 @@ class Explorer:
         return self.player.state == PlayerState.STALLED
 
     def shutdown(self) -> None:
-        """Finalise any recording; safe to call twice."""
-        self.stop_recording()
+        """Finalise any recording and wait for every file; safe to call twice."""
+        self.recording.finish(self.time)
