@@ -116,6 +116,7 @@ class ClipPlayer:
         self.started_at = 0.0
         self._passed = -1.0
         """Furthest point of the clip's timeline (frame index, unwrapped) the playhead reached."""
+        self._looped = False
         self._clock = 0.0
 
     # --- feeding -------------------------------------------------------------------------
@@ -235,6 +236,7 @@ class ClipPlayer:
             self.shown_index = -1
             self._passed = -1.0
             self._consumed = set()
+            self._looped = False
             self.state = PlayerState.PLAYING
         elif self.state != PlayerState.STALLED:  # a stalled clip resumes at the frame's start
             self.position += dt
@@ -249,6 +251,9 @@ class ClipPlayer:
         linear = int(math.floor(self.position * clip.fps + 1e-6))
         index = linear
         if clip.loop and clip.done and total > 0:
+            if index >= total and not self._looped:
+                self._looped = True
+                logger.info("clip %s looping: %d frames", clip.job_id, total)
             index %= total
         elif clip.loop and index >= clip.num_frames:
             index %= clip.num_frames

@@ -112,6 +112,9 @@ class VideoRecorder:
             raise RuntimeError(f"recording to {self.path} failed: {self._error}")
         if self._queue.qsize() >= self.queue_size:
             self.frames_dropped += 1
+            if self.frames_dropped == 1:
+                logger.warning("recording: the encoder is %d pictures behind; pictures are "
+                               "dropped (the others keep their times)", self.queue_size)
             return False
         self._queue.put((rgb, now - self._start_time))
         return True

@@ -371,6 +371,8 @@ class ExplorerSession:
     def _on_job_done(self, msg: JobDone, blobs) -> None:
         self._end_job(msg.job_id)
         total = msg.timings.get("total")
+        logger.info("job %s done: %d frames%s", msg.job_id, msg.num_frames,
+                    f" in {total:.1f} s" if total else "")
         self.status = f"{msg.job_id.split('-')[0]} done" + (f" in {total:.1f} s" if total else "")
 
     def _on_job_failed(self, msg: JobFailed, blobs) -> None:
