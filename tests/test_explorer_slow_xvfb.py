@@ -22,13 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_explorer_xvfb as xvfb
 from PIL import Image
-from test_explorer_xvfb import App, display, photo_psnr, wait_for, xdo  # noqa: F401 - fixture
 
 from explorer.testing import PhotoServer
 
 pytestmark = [pytest.mark.gl]
 LOG_DEADLINE = 120.0
+display = xvfb.display  # the Xvfb fixture
+App, photo_psnr, wait_for, xdo = xvfb.App, xvfb.photo_psnr, xvfb.wait_for, xvfb.xdo
 
 
 def gradient_photo(path: Path, w: int, h: int) -> np.ndarray:
@@ -212,3 +214,140 @@ def test_stopping_a_recording_never_blocks_the_window(display, tmp_path):
                             "json", str(record)], capture_output=True, text=True, check=True)
     assert float(json.loads(probe.stdout)["format"]["duration"]) == pytest.approx(duration, abs=0.1)
     assert "Traceback" not in app.log()
+
+
+# --- a saturated machine -------------------------------------------------------------------------
+
+BURNER = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+@pytest.mark.slow
+def test_saturated_cores_keep_the_backend_and_the_dynamics_loop(display, tmp_path):
+    """A real local backend (classic engine) animates the river while two processes keep
+    both cores busy for 60 s: no side declares the other gone, the loop plays on screen."""
+    from explorer.procedural_scene import make_valley, river_flow
+
+    scene = make_valley(320, 180)
+    Image.fromarray(scene.image).save(tmp_path / "valley.png")
+    np.save(tmp_path / "valley-depth.npy", scene.depth)
+    app = App(display, tmp_path, str(tmp_path / "valley.png"), "--depth",
+              str(tmp_path / "valley-depth.npy"), "--fov", "70", "--size", "480x270")
+    burners, shots = [], []
+    try:
+        app.wait_log(r"scene \S+ ready", timeout=LOG_DEADLINE)
+        app.key("F2")  # the view only: the loop's motion is what changes
+        # An arrow along the river, dragged in window pixels.
+        K = scene.K * (480 / 320)
+        K[2, 2] = 1.0
+        (x0, y0), (x1, y1) = (K[:2, :2] @ (np.array(p[:2]) / p[2]) + K[:2, 2]
+                              for p in river_flow())
+        xdo(display, "mousemove", "--window", app.wid, str(int(x0)), str(int(y0)))
+        xdo(display, "mousedown", "1")
+        for a in np.linspace(0, 1, 8)[1:]:
+            xdo(display, "mousemove", "--window", app.wid, str(int(x0 + a * (x1 - x0))),
+                str(int(y0 + a * (y1 - y0))))
+        xdo(display, "mouseup", "1")
+        t0 = time.monotonic()
+        burners = [subprocess.Popen([sys.executable, "-c", BURNER.format(s=60)])
+                   for _ in range(2)]
+        app.key("space")
+        job = app.wait_log(r"job (dynamics-\S+) done", timeout=LOG_DEADLINE)[0]
+        app.wait_log(rf"clip {job} looping", timeout=LOG_DEADLINE)
+        shots.append(app.screen())
+
+        def moves() -> bool:  # the loop shows other frames: the river's pixels change
+            shots.append(app.screen())
+            return int((np.abs(shots[-1].astype(int) - shots[0]).max(axis=2) > 8).sum()) > 200
+
+        changed = wait_for(moves, 30)
+        # Hold the load for the whole minute, watching that nobody is declared gone.
+        while time.monotonic() - t0 < 60 and any(b.poll() is None for b in burners):
+            assert "gone" not in app.log(), app.log()[-3000:]
+            time.sleep(1.0)
+        assert "looping" in app.log()
+        loaded = time.monotonic() - t0
+        assert app.quit() == 0
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait(10)
+        app.kill()
+        for i, shot in enumerate(shots[:1] + shots[-1:]):
+            Image.fromarray(shot).save(tmp_path / f"loop-{i}.png")
+    log = app.log()
+    assert loaded >= 60
+    assert changed, "the dynamics loop did not move on screen"
+    assert "backend gone" not in log and "no message for" not in log and "lost" not in log
+    assert "(1 arrows)" in log and "Traceback" not in log
+
+
+# --- resume as you left it --------------------------------------------------------------------
+
+
+def saved_session(root: Path, name: str, photo: np.ndarray, end_pose: np.ndarray) -> None:
+    """A session as a local backend saves it (its own SessionStore): the photo lifted on a
+    plane 4 units ahead, opened with the horizon prior, one clip that ended at ``end_pose``."""
+    from backend.geometry.store import PointStore
+    from backend.geometry.unproject import unproject
+    from backend.session import SessionStore
+    from protocol.camera import intrinsics
+    from protocol.messages import SceneText
+
+    h, w = photo.shape[:2]
+    K = intrinsics(w, h, 60.0)
+    store = PointStore()
+    store.append(unproject(photo, np.full((h, w), 4.0, np.float32), K, np.eye(4)))
+    sessions = SessionStore(root)
+    sessions.create(name, photo, K, SceneText(), "classic", 4.0, store=store,
+                    depth=("prior", "depth: horizon prior (a guess)"))
+    sessions.add_clip(name, "transition", [photo, photo], np.stack([np.eye(4), end_pose]), K,
+                      24.0, end_pose, store=store)
+
+
+def test_resume_opens_with_the_photo_shape_and_home_at_the_photo(display, tmp_path):
+    photo = gradient_photo(tmp_path / "square.png", 256, 256)
+    a = 0.6  # where the last clip ended: forward and turned right, the photo's edge in view
+    end = np.array([[np.cos(a), 0, np.sin(a), 0.5], [0, 1, 0, 0], [-np.sin(a), 0, np.cos(a), 1.0],
+                    [0, 0, 0, 1]])
+    saved_session(tmp_path / "sessions", "square-1", photo, end)
+    shots: dict = {}
+    app = App(display, tmp_path, "--resume", "square-1", "--config",
+              config(tmp_path, "[window]\nwidth = 400\n"))
+    try:
+        app.wait_log(r"scene square-1 ready", timeout=LOG_DEADLINE)
+        _, _, w, h = app.geometry()
+        app.key("F2")
+        def shows(name: str, predicate) -> bool:
+            def check() -> bool:
+                shots[name] = app.screen()
+                return predicate(photo_psnr(shots[name], photo))
+            return wait_for(check, 20)
+
+        # As left: at the last clip's end, which does not look like the photo ...
+        assert shows("left", lambda db: db < 16.0), photo_psnr(shots["left"], photo)
+        app.key("Home")  # ... and Home is the photo's own view
+        assert shows("home", lambda db: db > 22.0), photo_psnr(shots["home"], photo)
+        assert app.quit() == 0
+    finally:
+        app.kill()
+        for name, shot in shots.items():
+            Image.fromarray(shot).save(tmp_path / f"{name}.png")
+    assert (w, h) == (400, 400)  # the square photo's shape, not the 960 x 540 default
+    assert re.search(r"scene square-1 resumed \(classic engine, \d+ points, depth: prior\)",
+                     app.log()), app.log()[-2000:]
+    assert "Traceback" not in app.log()
+
+
+def test_resume_of_a_session_a_remote_backend_lacks_is_an_error(display, tmp_path):
+    from backend.config import BackendConfig
+    from backend.server import Backend
+
+    config_ = BackendConfig(bind="tcp://127.0.0.1:0", sessions=str(tmp_path / "remote"))
+    with Backend(config_) as backend:
+        out = subprocess.run([sys.executable, "-m", "explorer.cli", "explore", "--resume",
+                              "nosuchsession", "--backend", backend.address], env=display,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=LOG_DEADLINE)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert len(errors) == 1 and "nosuchsession" in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
