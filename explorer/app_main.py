@@ -69,15 +69,15 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _link(args: argparse.Namespace, settings):
+def _link(args: argparse.Namespace, settings, wait: bool = True):
+    """The connection; with ``wait=False`` a local backend starts while the window opens."""
     from explorer.backend_process import BackendLink
 
     serve = ["--sessions", settings.session.folder]
     if args.engine:
         serve += ["--engine", args.engine]
-    link = BackendLink(settings, args.backend, args.keys, serve)
-    settings.network.frame_codec = settings.network.codec_for(local_backend=link.local is not None)
-    return link
+    settings.network.frame_codec = settings.network.codec_for(local_backend=args.backend is None)
+    return BackendLink(settings, args.backend, args.keys, serve, wait=wait)
 
 
 def _sigterm_as_interrupt() -> None:
@@ -148,7 +148,7 @@ def run_explore(args: argparse.Namespace) -> int:
     try:
         from explorer.window import ExplorerWindow
 
-        link = _link(args, settings)
+        link = _link(args, settings, wait=False)
     except Exception as exc:  # noqa: BLE001 - one sentence to the person, not a traceback
         return _fail(str(exc))
     _sigterm_as_interrupt()
@@ -177,6 +177,9 @@ def run_explore(args: argparse.Namespace) -> int:
         if win is not None:
             win.close()
         link.close()
+    if link.failed is not None:
+        print(f"error: {link.failed}", file=sys.stderr)
+        return 1
     refused = win.explorer.session.open_error if win is not None else None
     if refused is not None and win.explorer.session.scene is None:
         return _fail(f"the backend cannot open {name!r}: {refused.message}")
@@ -269,7 +272,6 @@ def run_demo(args: argparse.Namespace) -> int:
     if stats is None:
         print("error: nothing was recorded", file=sys.stderr)
         return 1
-    seconds = stats.frames_written / stats.fps
-    print(f"wrote {stats.path}: {stats.frames_written} frames, {seconds:.1f} s at "
-          f"{stats.fps:.0f} fps ({stats.frames_dropped} dropped)")
+    print(f"wrote {stats.path}: {stats.duration_s:.1f} s, {stats.frames_written} pictures "
+          f"({stats.frames_dropped} dropped while the encoder was behind)")
     return 0

@@ -12,7 +12,9 @@ from __future__ import annotations
 import moderngl
 import numpy as np
 
+from explorer.flight_control import PHOTO_POSE
 from explorer.renderer import OverlayRenderer
+from explorer.session import ExplorerSession
 
 
 def letterbox(photo_size: tuple[int, int], window: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -50,6 +52,17 @@ class PhotoCard:
         if self.texture is not None:
             self.texture.release()
             self.texture = None
+
+    def follow(self, session: ExplorerSession, pose: np.ndarray) -> None:
+        """Hide once the cloud is loaded, the view left the photo's pose, or the scene was
+        refused."""
+        if self.texture is None:
+            return
+        scene = session.scene
+        ready = scene is not None and session.opening_progress() is None
+        moved = scene is not None and not np.allclose(pose, PHOTO_POSE, atol=1e-9)
+        if ready or moved or session.open_error is not None:
+            self.hide()
 
     def draw(self, window: tuple[int, int]) -> None:
         if self.texture is not None:

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 TIME_BASE = Fraction(1, 1000)
 """Timestamps in milliseconds of the app clock."""
+KEYFRAME_S = 1.0
+"""A keyframe (and so a closed MP4 fragment) at least this often, in recording seconds."""
 
 
 @dataclass
@@ -73,6 +75,7 @@ class VideoRecorder:
         self._stopped_at: float | None = None
         self._stop_wall = 0.0
         self._finished = threading.Event()
+        self._key_ms: int | None = None
         self.stats: RecordingStats | None = None
         """Set once the file is closed."""
         self.frames_written = 0
@@ -174,10 +177,11 @@ class VideoRecorder:
             stream.pix_fmt = "yuv420p"
             stream.codec_context.time_base = TIME_BASE
             stream.time_base = TIME_BASE
-            # No B-frames: timestamps go in as they are (no reordering delay shifts them), and a
-            # fragment about every second at the full rate.
-            stream.options = {"crf": str(self.crf), "preset": self.preset, "bf": "0",
-                              "g": str(max(1, round(self.fps)))}
+            # zerolatency: no B-frames (timestamps go in as they are, no reordering shifts
+            # them) and no look-ahead (each picture is in the file at once); a keyframe, so a
+            # fragment, every KEYFRAME_S of recording however slowly pictures come.
+            stream.options = {"crf": str(self.crf), "preset": self.preset, "tune": "zerolatency",
+                              "forced-idr": "1", "g": str(max(1, round(10 * self.fps)))}
             stream.thread_count = 1
             end_s = self._encode_queued(container, stream)
             container.mux(stream.encode(None))
@@ -194,7 +198,7 @@ class VideoRecorder:
         """Encode pictures until the stop marker; the recording's end in seconds."""
         import av
 
-        frame, last_ms = None, -1
+        frame, last_ms, self._key_ms = None, -1, None
         while True:
             rgb, t = self._queue.get()
             if rgb is None:
@@ -213,8 +217,15 @@ class VideoRecorder:
         return max(end_ms, last_ms) / 1000
 
     def _put(self, container, stream, frame, pts_ms: int) -> int:
+        import av
+
         frame.pts = pts_ms
         frame.time_base = TIME_BASE
+        if self._key_ms is None or pts_ms - self._key_ms >= KEYFRAME_S * 1000:
+            frame.pict_type = av.video.frame.PictureType.I
+            self._key_ms = pts_ms
+        else:
+            frame.pict_type = av.video.frame.PictureType.NONE
         container.mux(stream.encode(frame))
         self.frames_written += 1
         return pts_ms

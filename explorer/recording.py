@@ -79,6 +79,12 @@ class Recording:
             out.append(stats)
         return out
 
+    def report(self) -> list[str]:
+        """One status line per recording finished since the last call (saved, or failed)."""
+        return [done if isinstance(done, str) else
+                f"saved {done.duration_s:.1f} s ({done.frames_written} pictures) to {done.path}"
+                for done in self.poll()]
+
     def finish(self, now: float) -> list[RecordingStats | str]:
         """Stop any recording and wait until every file is closed (quitting)."""
         self.stop(now)
