@@ -46,12 +46,18 @@ class Recording:
         return Path(path)
 
     def _next_path(self) -> Path:
+        """``--record``'s path (later ones ``-2``, ``-3``, ...), else a time-stamped one; never
+        the file of a recording still being finished."""
         if self.record_path is None:
-            return Path(self.settings.folder) / time.strftime("journey-%Y%m%d-%H%M%S.mp4")
-        made = len(self.recordings) + len(self.finalising)
-        if not made:
-            return self.record_path
-        return Path(f"{self.record_path.with_suffix('')}-{made + 1}.mp4")
+            first, n = Path(self.settings.folder) / time.strftime("journey-%Y%m%d-%H%M%S.mp4"), 1
+        else:
+            first, n = self.record_path, len(self.recordings) + len(self.finalising) + 1
+        busy = {r.path for r in self.finalising}
+        path = first if n == 1 else Path(f"{first.with_suffix('')}-{n}.mp4")
+        while path in busy:
+            n += 1
+            path = Path(f"{first.with_suffix('')}-{n}.mp4")
+        return path
 
     def stop(self, now: float) -> VideoRecorder | None:
         """Stop recording at app-clock ``now``; the file is finished on the recorder's thread

@@ -396,3 +396,16 @@ def test_a_cached_model_is_found_without_the_network(hub, monkeypatch):
     monkeypatch.setattr(depth_model, "offline_reason",
                         lambda *a: pytest.fail("probed the network for a cached model"))
     assert Path(depth_model.fetch("some-org/depth")) == snapshot
+
+
+def test_a_recording_started_while_one_is_finished_gets_its_own_file(tmp_path):
+    from explorer.recording import Recording
+    from explorer.settings import RecordSettings
+
+    recording = Recording(RecordSettings(folder=str(tmp_path)), encode_delay_s=0.3)
+    first = recording.start((32, 32), 0.0)
+    recording.capture(lambda: np.zeros((32, 32, 3), np.uint8), 0.0, with_hud=False)
+    recording.stop(0.5)
+    second = recording.start((32, 32), 0.6)  # R again, within the same second
+    assert second != first and recording.finalising[0].path == first
+    assert [s.path for s in recording.finish(1.0)] == [first, second]
