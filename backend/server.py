@@ -381,7 +381,8 @@ class Backend:
         request = OpenRequest(msg.scene_id, image, K, depth, msg.text, progress=progress)
         scene, cloud = engine.open_scene(request)
         self.sessions.create(scene.scene_id, scene.image, scene.K, scene.text, engine.name,
-                             scene.median_depth, store=scene.cloud, owner=client)
+                             scene.median_depth, store=scene.cloud, owner=client,
+                             depth=(scene.depth_source, scene.depth_note))
         return scene, cloud, False
 
     def _send_points(self, peer: bytes, scene_id: str, cloud: PointCloud, total: int,

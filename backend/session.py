@@ -174,10 +174,12 @@ class SessionStore:
     # -- create --
 
     def create(self, scene_id: str, image: np.ndarray, K: np.ndarray, text: SceneText,
-               engine: str, median_depth: float, store=None, owner: str = "") -> Path:
+               engine: str, median_depth: float, store=None, owner: str = "",
+               depth: tuple[str, str] = ("", "")) -> Path:
         """A complete new session (image, cloud, manifest), renamed into place in one step.
 
         Raises SessionExists if ``scene_id`` is already saved: sessions are never overwritten.
+        ``depth`` is the first view's depth source and HUD note, given back on resume.
         """
         folder = self.folder(scene_id)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -199,6 +201,8 @@ class SessionStore:
                 "median_depth": float(median_depth),
                 "text": {k: getattr(text, k) for k in text.__struct_fields__},
                 "pose": np.eye(4).tolist(),
+                "depth_source": depth[0],
+                "depth_note": depth[1],
                 "cloud": cloud,
                 "clips": [],
             }

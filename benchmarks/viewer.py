@@ -160,7 +160,7 @@ def recording_overhead(ctx, ex: Explorer, tmp: Path) -> tuple[float, float, int]
         off.append(time_frames(frame, FRAMES // 2))
         ex.start_recording(tmp / f"bench-{i}.mp4")
         on.append(time_frames(frame, FRAMES // 2))
-        dropped += ex.stop_recording().frames_dropped
+        dropped += ex.stop_recording(wait=True).frames_dropped
     return statistics.median(off), statistics.median(on), dropped
 
 

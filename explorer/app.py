@@ -11,9 +11,11 @@ the recorder. The parts, each with one job:
 - :class:`~explorer.recording.Recording`: MP4 recordings and screenshots;
 - :class:`~explorer.hud_presenter.HudPresenter`: status, bars, fps, help;
 - :class:`~explorer.path_tools.PathTools`: the keyframe path editor and the world export.
+- :class:`~explorer.photo_card.PhotoCard`: the photo on screen while its scene opens.
 
 :mod:`explorer.window` wires it to pyglet events; tests drive it directly or through the
-same pyglet handlers.
+same pyglet handlers. (A little over 400 lines: this is where the parts meet, one short method
+per key and per step of the frame; each part's own logic lives in its module.)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from explorer.flight_control import FlightControl
 from explorer.hud_presenter import HudPresenter
 from explorer.path_tools import PathTools
 from explorer.paths import PRESET_NAMES, preset_path
+from explorer.photo_card import PhotoCard
 from explorer.player import ClipPlayer, PlayerState
 from explorer.point_buffer import PointCloudBuffer
 from explorer.recorder import RecordingStats, VideoRecorder
@@ -72,9 +75,10 @@ class Explorer:
         self.controls = FlightControl(s.camera)
         self.clip_view = ClipView(ctx, self.overlay, s.player)
         self.tools = AnnotationTools(ctx, self.overlay, s.dynamics)
-        self.recording = Recording(s.record, record_path)
+        self.recording = Recording(s.record, record_path, s.debug.encode_sleep_s)
         self.hud = HudPresenter(ctx, self.overlay, help_rows)
         self.path_tools = PathTools(self, start_path)
+        self.card = PhotoCard(ctx, self.overlay)
         self.dynamics_job: str | None = None
         self.target: RenderTarget | None = None
         self._scene_id: str | None = None
@@ -199,6 +203,10 @@ class Explorer:
         self.controls.jump(self.controls.flight.start)
         self.session.status = "path discarded"
 
+    def show_photo(self, image: np.ndarray) -> None:
+        """Show the photo (H x W x 3 uint8) at once, until its scene's cloud is on screen."""
+        self.card.show(image)
+
     def cancel_all(self) -> None:
         """Cancel every job we are waiting for and stop the clip on screen."""
         ids = set(self.player.discard_all()) | set(self.session.jobs)
@@ -282,22 +290,34 @@ class Explorer:
 
     # --- recording -----------------------------------------------------------------------
 
-    def toggle_recording(self) -> RecordingStats | None:
+    def toggle_recording(self) -> None:
+        """R: stop the recording (its file is finished aside), or start a new one."""
         if self.recorder is not None:
-            return self.stop_recording()
-        self.start_recording()
-        return None
+            self.stop_recording()
+        else:
+            self.start_recording()
 
     def start_recording(self, path: str | Path | None = None) -> Path:
         path = self.recording.start(self.size, self.time, path)
         self.session.status = f"recording to {path}"
         return path
 
-    def stop_recording(self) -> RecordingStats | None:
-        stats = self.recording.stop()
-        if stats is not None:
-            self.session.status = f"saved {stats.frames_written} frames to {stats.path}"
-        return stats
+    def stop_recording(self, wait: bool = False) -> RecordingStats | None:
+        """Stop recording; the file is finalised on the recorder's thread and the HUD says
+        when it is saved. ``wait`` blocks until then and returns its statistics."""
+        recorder = self.recording.stop(self.time)
+        if recorder is None:
+            return None
+        self.session.status = f"saving the recording to {recorder.path}..."
+        if not wait:
+            return None
+        recorder.join()
+        self._report_recordings()
+        return recorder.stats
+
+    def _report_recordings(self) -> None:
+        for line in self.recording.report():
+            self.session.status = line
 
     def screenshot(self, path: str | Path | None = None) -> Path:
         """F12: save the next rendered view as PNG (written on a background thread)."""
@@ -308,10 +328,12 @@ class Explorer:
     def step(self, dt: float) -> None:
         """Advance the app clock by ``dt`` s, handle the network, play, fly, render, record."""
         self.time += dt
-        # 1. network: messages in, the scene adopted once it opens, undos applied
-        self.session.pump()
+        # 1. network: messages in (more of them when frames are slow, so a slow machine still
+        #    takes a credit window's frames a tick), the scene adopted, undos and lost jobs
+        self.session.pump(budget_s=min(0.5, max(0.004, 0.25 * dt)))
         self._adopt_scene()
         self._apply_undos()
+        self._follow_lost_jobs()
         # 2. playback: the player's frame on screen, every frame it is done with credited
         ended = self.clip_view.follow(self.player.update(dt, self.time), self.camera,
                                       looping=self.dynamics_job is not None and self.player.active)
@@ -323,9 +345,11 @@ class Explorer:
         self.path_tools.step(dt)
         if self.controls.update(dt, record=self.session.scene is not None):
             self.tools.forget_if_moved(self.camera.pose)
-        # 4. render, capture, HUD
+        # 4. render, capture, HUD; recordings finished aside are reported
+        self.card.follow(self.session, self.camera.pose)
         self.render()
         self.hud.tick()
+        self._report_recordings()
         if self.settings.debug.frame_sleep_s > 0:
             time.sleep(self.settings.debug.frame_sleep_s)
 
@@ -337,6 +361,28 @@ class Explorer:
         self.controls.adopt_scene(scene.K, scene.width, scene.height, scene.pose,
                                   scene.median_depth)
         self.path_tools.on_scene()
+
+    def _follow_lost_jobs(self) -> None:
+        """Jobs lost with the backend leave the screen; re-sent ones take their place."""
+        for job in self.session.lost_now:
+            if job.job_id == self.dynamics_job:
+                self.clip_view.clear()  # the camera stays at the paused view, waiting
+            elif self.camera.locked and self.dynamics_job is None:
+                self.clip_view.clear()
+                self.camera.locked = False
+                self.controls.flight.reset(self.camera.pose)
+        self.session.lost_now.clear()
+        for old, new in self.session.replaced.items():
+            if self.dynamics_job == old:
+                self.dynamics_job = new
+            if old in self.controls.starts:
+                self.controls.starts[new] = self.controls.starts.pop(old)
+        self.session.replaced.clear()
+        job = self.dynamics_job
+        if job is not None and job not in self.session.jobs and self.player.find(job) is None:
+            # it failed before any frame came (the HUD says why): the view is free again
+            self.dynamics_job = None
+            self.camera.locked = False
 
     def _apply_undos(self) -> None:
         for msg in self.session.undone[self._undone_seen:]:
@@ -360,6 +406,7 @@ class Explorer:
             self.path_renderer.draw(params)
         self.path_tools.draw_line(params)
         self.overlay.begin(w, h)
+        self.card.draw((w, h))
         self.path_tools.draw_keyframes(K)
         self.clip_view.draw(K)
         pm = self.pixel_map()
@@ -395,5 +442,5 @@ class Explorer:
         return self.player.state == PlayerState.STALLED
 
     def shutdown(self) -> None:
-        """Finalise any recording; safe to call twice."""
-        self.stop_recording()
+        """Finalise any recording and wait for every file; safe to call twice."""
+        self.recording.finish(self.time)

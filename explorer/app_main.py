@@ -74,15 +74,15 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _link(args: argparse.Namespace, settings):
+def _link(args: argparse.Namespace, settings, wait: bool = True):
+    """The connection; with ``wait=False`` a local backend starts while the window opens."""
     from explorer.backend_process import BackendLink
 
     serve = ["--sessions", settings.session.folder]
     if args.engine:
         serve += ["--engine", args.engine]
-    link = BackendLink(settings, args.backend, args.keys, serve)
-    settings.network.frame_codec = settings.network.codec_for(local_backend=link.local is not None)
-    return link
+    settings.network.frame_codec = settings.network.codec_for(local_backend=args.backend is None)
+    return BackendLink(settings, args.backend, args.keys, serve, wait=wait)
 
 
 def _sigterm_as_interrupt() -> None:
@@ -93,8 +93,18 @@ def _sigterm_as_interrupt() -> None:
 
 
 def _check_explore(args: argparse.Namespace):
-    """Every input of ``explore``, checked before a window or backend starts."""
-    from explorer.inputs import check_engine, check_fov, load_depth, load_photo, parse_size
+    """Every input of ``explore``, checked before a window or backend starts. A session to
+    resume is looked up in the sessions folder when the backend is our own (a remote backend
+    says itself whether it has it)."""
+    from explorer.inputs import (
+        check_engine,
+        check_fov,
+        check_session_name,
+        load_depth,
+        load_photo,
+        load_session,
+        parse_size,
+    )
     from explorer.settings import ExplorerSettings
 
     settings = ExplorerSettings.load(args.config)
@@ -107,7 +117,12 @@ def _check_explore(args: argparse.Namespace):
         raise InputError("give a photo to explore, or --resume SESSION (not both)")
     photo = load_photo(args.image, settings.photo) if args.image else None
     depth = load_depth(args.depth, photo) if args.depth and photo else None
-    return settings, photo, depth, size, _load_path(args.path)
+    saved = None
+    if args.resume is not None:
+        check_session_name(args.resume)
+        if args.backend is None:
+            saved = load_session(args.resume, Path(settings.session.folder))
+    return settings, photo, depth, size, saved, _load_path(args.path)
 
 
 def _load_path(path: str | None):
@@ -128,7 +143,7 @@ def run_explore(args: argparse.Namespace) -> int:
     from explorer.settings import SettingsError
 
     try:
-        settings, photo, depth, size, start_path = _check_explore(args)
+        settings, photo, depth, size, saved, start_path = _check_explore(args)
     except (InputError, SettingsError) as exc:
         return _fail(str(exc))
     if args.preset:
@@ -143,12 +158,14 @@ def run_explore(args: argparse.Namespace) -> int:
     K = None
     if photo is not None and args.fov:
         K = intrinsics(photo.image.shape[1], photo.image.shape[0], args.fov)
-    if size is None and photo is not None and settings.window.fit_photo:
-        size = window_size(photo.original_size, settings.window.width)
+    fit_on_open = size is None and settings.window.fit_photo
+    shape = photo.original_size if photo else saved.original_size if saved else None
+    if fit_on_open and shape is not None:
+        size, fit_on_open = window_size(shape, settings.window.width), False
     try:
         from explorer.window import ExplorerWindow
 
-        link = _link(args, settings)
+        link = _link(args, settings, wait=False)
     except Exception as exc:  # noqa: BLE001 - one sentence to the person, not a traceback
         return _fail(str(exc))
     _sigterm_as_interrupt()
@@ -156,8 +173,11 @@ def run_explore(args: argparse.Namespace) -> int:
     name = args.resume or session_name(photo.path)
     try:
         win = ExplorerWindow(link.client, settings, record_path=args.record, size=size,
-                             caption=f"DreamJourney - {name}", link=link, start_path=start_path)
+                             caption=f"DreamJourney - {name}", link=link, start_path=start_path,
+                             fit_on_open=fit_on_open, quit_if_unopened=True)
         session = win.explorer.session
+        if photo is not None or saved is not None:
+            win.explorer.show_photo(photo.image if photo is not None else saved.photo)
         if photo is not None:
             logger.info("photo %s: %dx%d, sent at %dx%d", photo.path, *photo.original_size,
                         photo.image.shape[1], photo.image.shape[0])
@@ -174,6 +194,12 @@ def run_explore(args: argparse.Namespace) -> int:
         if win is not None:
             win.close()
         link.close()
+    if link.failed is not None:
+        print(f"error: {link.failed}", file=sys.stderr)
+        return 1
+    refused = win.explorer.session.open_error if win is not None else None
+    if refused is not None and win.explorer.session.scene is None:
+        return _fail(f"the backend cannot open {name!r}: {refused.message}")
     return 0
 
 
@@ -264,7 +290,6 @@ def run_demo(args: argparse.Namespace) -> int:
     if stats is None:
         print("error: nothing was recorded", file=sys.stderr)
         return 1
-    seconds = stats.frames_written / stats.fps
-    print(f"wrote {stats.path}: {stats.frames_written} frames, {seconds:.1f} s at "
-          f"{stats.fps:.0f} fps ({stats.frames_dropped} dropped)")
+    print(f"wrote {stats.path}: {stats.duration_s:.1f} s, {stats.frames_written} pictures "
+          f"({stats.frames_dropped} dropped while the encoder was behind)")
     return 0

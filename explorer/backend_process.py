@@ -11,6 +11,9 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from protocol.messages import Error
 
 logger = logging.getLogger(__name__)
 
@@ -129,14 +132,37 @@ def is_loopback(address: str) -> bool:
         or host.startswith("127.")
 
 
+class PendingClient:
+    """Stands in for the connection while a local backend starts: requests wait here, in
+    order, and go out on the real connection once it is up (:meth:`BackendLink.watch`)."""
+
+    def __init__(self):
+        self.queued: list[tuple[Any, Any]] = []
+
+    def send(self, msg: Any, blobs: Any = ()) -> None:
+        self.queued.append((msg, blobs))
+
+    def poll(self, timeout: float | None = 0.0) -> None:
+        return None
+
+    def credit(self, frames: int) -> None:
+        pass  # no frame can have come before the connection
+
+    def close(self) -> None:
+        self.queued.clear()
+
+
 class BackendLink:
     """The explorer's connection, kept alive.
 
     With no address it starts a local ``dreamjourney serve`` (saving sessions under
-    ``session_folder``). :meth:`watch`, called every frame, notices a lost backend: it
-    restarts a local one that died, or reconnects to the remote address, on a background
-    thread with ``network.reconnect_s`` between attempts, then resumes the scene on the new
-    connection.
+    ``session_folder``); with ``wait=False`` that happens on a background thread, so the
+    window opens at once, ``client`` is a :class:`PendingClient` meanwhile, and
+    :meth:`watch` hands over the real connection when it is up (or says in
+    :attr:`failed` why there is none). :meth:`watch`, called every frame, also notices a lost
+    backend: it restarts a local one that died, or reconnects to the remote address, on a
+    background thread with ``network.reconnect_s`` between attempts, then resumes the scene
+    on the new connection.
 
     On loopback a scene belongs to the identity token the backend's Welcome handed out: the
     link presents it again on every reconnection, and keeps it in :func:`identity_path`
@@ -145,26 +171,56 @@ class BackendLink:
     """
 
     def __init__(self, settings, address: str | None = None, keys_folder: str | None = None,
-                 serve_args: list[str] = ()):
+                 serve_args: list[str] = (), wait: bool = True):
         self.settings = settings
         self.keys_folder = keys_folder
         self.local: LocalBackend | None = None
-        if address is None:
-            self.local = start_local_backend(list(serve_args))
-            address = self.local.address
+        self.serve_args = list(serve_args)
         self.address = address
-        self._identity = identity_path(settings) if is_loopback(address) and not keys_folder else None
-        self.token = load_token(self._identity) if self._identity else None
-        self.client = connect(address, settings, keys_folder, self.token)
-        self._keep_token(self.client)
+        self._identity = None
+        self.token = None
         self.reconnects = 0
+        self.failed: str | None = None
+        """Why the first connection could not be made (``wait=False`` only)."""
         self._thread: threading.Thread | None = None
         self._fresh = None
         self._closed = threading.Event()
+        if wait or address is not None:
+            self.client = self._first_connection()
+        else:
+            self.client = PendingClient()
+            self._thread = threading.Thread(target=self._connect_aside, name="dj-connect",
+                                            daemon=True)
+            self._thread.start()
+
+    def _first_connection(self):
+        if self.address is None:
+            self.local = start_local_backend(self.serve_args)
+            self.address = self.local.address
+        if is_loopback(self.address) and not self.keys_folder:
+            self._identity = identity_path(self.settings)
+            self.token = load_token(self._identity)
+        client = connect(self.address, self.settings, self.keys_folder, self.token)
+        self._keep_token(client)
+        return client
+
+    def _connect_aside(self) -> None:
+        try:
+            self._fresh = self._first_connection()
+        except Exception as exc:  # noqa: BLE001 - said in the window and on exit
+            self.failed = str(exc)
+            logger.error("no backend: %s", exc)
 
     def watch(self, session) -> None:
         """Once per frame: start reconnecting when the session lost its peer; hand a new
         connection to the session when one is ready."""
+        if self._fresh is not None and isinstance(self.client, PendingClient):
+            pending, self.client, self._fresh = self.client, self._fresh, None
+            self._thread = None
+            for msg, blobs in pending.queued:  # what the app asked for while it started
+                self.client.send(msg, blobs)
+            session.client = self.client
+            return
         if self._fresh is not None:
             old, self.client, self._fresh = self.client, self._fresh, None
             self._thread = None
@@ -172,6 +228,13 @@ class BackendLink:
             threading.Thread(target=old.close, daemon=True).start()
             session.reattach(self.client)
             session.status = "reconnected: resuming the scene..."
+            return
+        if isinstance(self.client, PendingClient):
+            if self.failed is None:
+                session.status = "starting the local backend..."
+            elif session.open_error is None:
+                session.status = f"no backend: {self.failed}"
+                session.open_error = Error(code="internal", message=self.failed)
             return
         if session.peer_gone and self._thread is None:
             session.status = "backend lost: " + ("restarting it..." if self.local else "reconnecting...")
@@ -206,8 +269,11 @@ class BackendLink:
 
     def close(self) -> None:
         self._closed.set()
+        if self._thread is not None and isinstance(self.client, PendingClient):
+            self._thread.join()  # a backend starting now is stopped, not left behind
         self.client.close()
         if self._fresh is not None:
             self._fresh.close()
+            self._fresh = None
         if self.local is not None:
             self.local.stop()

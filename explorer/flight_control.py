@@ -16,6 +16,8 @@ MOVE_ACTIONS = {
 }
 MAX_STEP_S = 0.1
 """The camera integrates at most this much time per frame (a stalled frame is no leap)."""
+PHOTO_POSE = np.eye(4)
+"""The photo's viewpoint: the world is the first view's camera frame (DESIGN conventions)."""
 
 
 class FlightControl:
@@ -26,19 +28,21 @@ class FlightControl:
         self.flight = FlightPath(np.eye(4))
         self.held: set[str] = set()
         self.mouse_look = False
-        self.home = np.eye(4)
+        self.home = PHOTO_POSE.copy()
         """The photo's viewpoint (``home`` key)."""
         self.starts: dict[str, np.ndarray] = {}
         """Job id -> the pose its transition started from (where undo returns)."""
 
     def adopt_scene(self, K: np.ndarray, width: int, height: int, pose: np.ndarray,
                     median_depth: float) -> None:
-        """A new scene: scale speeds by its depth, fit its photo, stand at its viewpoint."""
+        """A new scene: scale speeds by its depth, fit its photo, stand at ``pose`` (the
+        photo's view, or for a resumed scene where the last clip ended); Home is always the
+        photo's view."""
         cam = self.camera
         cam.scene_scale = max(median_depth, 1e-6)
         cam.fov_x_deg = fov_from_K(K, width)
         cam.fit = (width, height)
-        self.home = np.array(pose, dtype=np.float64)
+        self.home = PHOTO_POSE.copy()
         self.jump(pose)
 
     def press(self, action: str) -> None:

@@ -1,7 +1,9 @@
-"""The heads-up display: status line, one progress bar per running job, fps, key help (F1).
+"""The heads-up display: status lines, one progress bar per running job, fps, key help (F1).
 
 Text is rendered with Pillow into small RGBA textures (cached by content), which is robust on
-every GL driver, llvmpipe included; bars are flat quads. Layout is in window pixels.
+every GL driver, llvmpipe included; bars are flat quads. Layout is in window pixels. Every
+line is wrapped to the window's width (:func:`wrap_text`), so nothing runs off the edge: the
+panel at the bottom grows by the lines it needs.
 """
 
 from __future__ import annotations
@@ -91,6 +93,31 @@ def render_table(rows: tuple[tuple[str, str], ...], font: ImageFont.ImageFont, p
     return img.size, 4, np.asarray(img).tobytes()
 
 
+def wrap_text(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
+    """``text`` broken at spaces (or inside a word longer than a line) into lines no wider
+    than ``width`` pixels in ``font`` (outline included)."""
+    def fits(line: str) -> bool:
+        return font.getlength(line) + 2 <= width
+
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        candidate = f"{line} {word}" if line else word
+        if fits(candidate):
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        while word and not fits(word):  # a word wider than a line: cut it
+            cut = max(1, max((n for n in range(1, len(word) + 1) if fits(word[:n])), default=1))
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    if line or not lines:
+        lines.append(line)
+    return lines
+
+
 @dataclass
 class JobBar:
     label: str
@@ -99,15 +126,15 @@ class JobBar:
 
 @dataclass
 class HudState:
-    status: str = ""
+    lines: list[str] = field(default_factory=list)
+    """The panel at the bottom, top line first (status, scene, depth, playback): each is
+    wrapped to the window's width."""
     fps: float = 0.0
     jobs: dict[str, JobBar] = field(default_factory=dict)
     show_help: bool = False
     help_rows: tuple[tuple[str, str], ...] = ()
     """The F1 table: (keys, what they do) per row."""
     recording: bool = False
-    extra: str = ""
-    """A second line under the status (e.g. annotation mode)."""
 
 
 class Hud:
@@ -116,44 +143,65 @@ class Hud:
     def __init__(self, ctx: moderngl.Context, overlay: OverlayRenderer, font_size: int = 16):
         self.overlay = overlay
         self.text = TextCache(ctx)
+        self.base_size = font_size
+        """Text size in windows 720 px wide or more."""
         self.font_size = font_size
+        self._wrapped: dict[tuple[str, int, int], list[str]] = {}
 
     def _label(self, text: str, x: float, y: float, size: int | None = None) -> tuple[int, int]:
         tex = self.text.get(text, size or self.font_size)
         self.overlay.image(tex, x, y, tex.width, tex.height)
         return tex.width, tex.height
 
+    def wrap(self, text: str, width: float) -> list[str]:
+        """:func:`wrap_text` in the HUD's font, remembered (the same lines come every frame)."""
+        key = (text, int(width), self.font_size)
+        rows = self._wrapped.get(key)
+        if rows is None:
+            rows = wrap_text(text, self.text.font(self.font_size), max(1.0, width))
+            if len(self._wrapped) > 256:
+                self._wrapped.clear()
+            self._wrapped[key] = rows
+        return rows
+
+    def size_for(self, width: int) -> int:
+        """The text size for a window ``width`` pixels wide (smaller in small windows)."""
+        return self.base_size if width >= 720 else max(10, self.base_size - (2 if width >= 480 else 5))
+
     def draw(self, state: HudState, width: int, height: int) -> None:
-        line = self.font_size + 10
-        self.overlay.rect(0, height - 2 * line - 6, width, 2 * line + 6, (0.0, 0.0, 0.0, 0.45))
-        if state.status:
-            self._label(state.status, 8, height - 2 * line - 2)
-        if state.extra:
-            self._label(state.extra, 8, height - line - 2)
+        self.font_size = self.size_for(width)
+        line = self.font_size + 6
+        rows = [r for text in state.lines if text for r in self.wrap(text, width - 24)]
+        panel = len(rows) * line + 8
+        self.overlay.rect(0, height - panel, width, panel, (0.0, 0.0, 0.0, 0.45))
+        for i, row in enumerate(rows):
+            self._label(row, 8, height - panel + 2 + i * line)
         fps_text = f"{state.fps:5.1f} fps"
         tex = self.text.get(fps_text, self.font_size)
         self.overlay.image(tex, width - tex.width - 8, 6, tex.width, tex.height)
         if state.recording:
             self.overlay.rect(width - tex.width - 30, 12, 14, 14, (0.9, 0.1, 0.1, 1.0))
-        self._draw_bars(state, width)
+        self._draw_bars(state, width - tex.width - 48)
         if state.show_help and state.help_rows:
-            room = height - 2 * line - 24  # above the status lines
-            for size in (self.font_size, 14, 12, 10):
+            room = height - panel - 24  # above the status lines
+            for size in (self.base_size, 14, 12, 10):
                 help_tex = self.text.table(state.help_rows, size)
                 if help_tex.height <= room:
                     break
             x = (width - help_tex.width) / 2
-            y = max(8.0, (height - 2 * line - help_tex.height) / 2)
+            y = max(8.0, (height - panel - help_tex.height) / 2)
             self.overlay.rect(x - 12, y - 8, help_tex.width + 24, help_tex.height + 16,
                               (0.0, 0.0, 0.0, 0.8))
             self.overlay.image(help_tex, x, y, help_tex.width, help_tex.height)
 
-    def _draw_bars(self, state: HudState, width: int) -> None:
+    def _draw_bars(self, state: HudState, room: float) -> None:
+        """Each job's label (wrapped to ``room`` pixels, left of the fps) and its bar."""
         y = 8.0
-        bar_w = min(360.0, width * 0.4)
+        bar_w = min(360.0, room - 16)
         for bar in state.jobs.values():
-            _, h = self._label(bar.label, 8, y)
-            y += h
+            for row in self.wrap(bar.label, room - 16):
+                _, h = self._label(row, 8, y)
+                y += h
             frac = float(np.clip(bar.fraction, 0.0, 1.0))
             self.overlay.rect(8, y, bar_w, 8, (1.0, 1.0, 1.0, 0.25))
             self.overlay.rect(8, y, bar_w * frac, 8, (0.2, 0.8, 1.0, 0.9))

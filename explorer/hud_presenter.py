@@ -14,6 +14,7 @@ from explorer.renderer import OverlayRenderer
 from explorer.session import ExplorerSession
 
 DEPTH_SOURCES = {"model": "depth model", "given": "your depth map", "prior": "horizon guess"}
+"""What a depth source is called when the backend sent no note of its own."""
 
 
 class HudPresenter:
@@ -51,25 +52,28 @@ class HudPresenter:
         if not self.visible:
             return
         st = self.state
-        st.status = "  |  ".join([session.status, *self._scene_lines(session, points)])
-        st.extra = "  |  ".join(self._player_lines(player) + extra)
+        scene, depth = self._scene_lines(session, points)
+        st.lines = [session.status, "  |  ".join([scene, *self._player_lines(player), *extra]),
+                    depth]
         st.recording = recording
         st.fps = self.fps
         st.jobs = self._bars(session)
         self.hud.draw(st, *size)
 
     @staticmethod
-    def _scene_lines(session: ExplorerSession, points: int) -> list[str]:
+    def _scene_lines(session: ExplorerSession, points: int) -> tuple[str, str]:
+        """The cloud's size and the depth in use (its own line: the longest)."""
         scene = session.scene
         if scene is None:
-            return ["no scene yet"]
+            return "no scene yet", ""
         budget = f" of {scene.points_budget:,} max" if scene.points_budget else ""
         full = " (full: the world stops growing)" if (
             scene.points_budget and points >= scene.points_budget) else ""
-        depth = f"depth: {DEPTH_SOURCES.get(scene.depth_source, scene.depth_source)}"
-        if scene.depth_note:
-            depth += f" ({scene.depth_note})"
-        return [f"{points:,} points{budget}{full}", depth]
+        depth = scene.depth_note  # the backend's own line says it best (and how to do better)
+        if not depth.startswith("depth"):
+            named = f"depth: {DEPTH_SOURCES.get(scene.depth_source, scene.depth_source)}"
+            depth = f"{named} ({depth})" if depth else named
+        return f"{points:,} points{budget}{full}", depth
 
     @staticmethod
     def _player_lines(player: ClipPlayer) -> list[str]:
@@ -90,7 +94,13 @@ class HudPresenter:
             label, fraction = opening
             bars["open"] = JobBar(label, fraction)
         for job in session.jobs.values():
-            label = (f"{job.kind} {job.stage} {job.step}/{job.total}" if not job.frames_received
-                     else f"{job.kind} frames {job.frames_received}/{job.num_frames}")
-            bars[job.job_id] = JobBar(label, job.fraction)
+            if job.lost:
+                label = f"{job.kind} lost with the backend: re-sent when it is back (X cancels)"
+            elif not job.frames_received:
+                label = f"{job.kind} {job.stage} {job.step}/{job.total}"
+            else:
+                label = f"{job.kind} frames {job.frames_received}/{job.num_frames}"
+            if job.resent_from:
+                label += " (re-sent)"
+            bars[job.job_id] = JobBar(label, 0.0 if job.lost else job.fraction)
         return bars

@@ -20,6 +20,8 @@ from explorer.settings import PhotoSettings
 ENGINES = ("classic", "diffusion")
 SIZE_RANGE = (64, 8192)
 """Smallest and largest window side in pixels."""
+MIN_PHOTO_SIDE = 64
+"""A photo's shortest side must have at least this many pixels (less is no place to walk)."""
 
 
 class InputError(ValueError):
@@ -55,6 +57,9 @@ def load_photo(path: str | Path, settings: PhotoSettings) -> Photo:
             w, h = im.size
             if w * h > settings.max_pixels:
                 raise InputError(f"{path} is {w}x{h}, more than {settings.max_pixels:,} pixels")
+            if min(w, h) < MIN_PHOTO_SIDE:
+                raise InputError(f"{path} is {w}x{h}: a photo needs at least {MIN_PHOTO_SIDE} "
+                                 "pixels a side")
             target = _working_size((w, h), settings.working_size)
             im.draft("RGB", target)  # JPEG: decode at a reduced scale, much faster
             im = im.convert("RGB")
@@ -128,6 +133,50 @@ def window_size(photo_size: tuple[int, int], width: int, max_height: int = 900) 
     pw, ph = photo_size
     s = min(width / pw, max_height / ph)
     return max(SIZE_RANGE[0], round(pw * s)), max(SIZE_RANGE[0], round(ph * s))
+
+
+@dataclass
+class SavedSession:
+    """A session folder this explorer can read (its local backend's)."""
+
+    name: str
+    photo: np.ndarray
+    """The photo as the backend lifted it (``input.png``, H x W x 3 uint8)."""
+    original_size: tuple[int, int]
+    """(width, height) of the original photo if it was kept, else of ``photo``."""
+
+
+SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_session_name(name: str) -> str:
+    """A name ``--resume`` can take (a scene id)."""
+    if not SESSION_NAME.fullmatch(name) or ".." in name:
+        raise InputError(f"--resume {name!r} is not a session name (see `dreamjourney sessions`)")
+    return name
+
+
+def load_session(name: str, root: Path) -> SavedSession:
+    """The saved session ``name`` under ``root``: its photo and the original's size."""
+    from PIL import Image
+
+    folder = root / check_session_name(name)
+    if not (folder / "manifest.json").is_file():
+        raise InputError(f"no saved session {name!r} under {root} "
+                         "(`dreamjourney sessions` lists them)")
+    try:
+        with Image.open(folder / "input.png") as im:
+            photo = np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        raise InputError(f"session {name!r} has no readable photo: {exc}") from None
+    size = (photo.shape[1], photo.shape[0])
+    for original in folder.glob("original.*"):
+        try:
+            with Image.open(original) as im:
+                size = im.size
+        except OSError:
+            pass
+    return SavedSession(name, photo, size)
 
 
 def session_name(photo: Path, now: float | None = None) -> str:

@@ -5,6 +5,12 @@ The player is pure logic on the app clock (no GL, no sockets): ``add`` takes dec
 once enough frames are buffered to play through at the measured arrival rate, and ends on its
 last pose; a dynamics clip (``loop``) repeats until stopped.
 
+A slow renderer (a tick longer than a frame) skips frames: the playhead keeps the wall clock
+and each tick shows the newest frame it has reached. The end waits for the last frame: a
+clip whose playhead is past its end while its last frames are still on their way holds on
+the newest one it has, so it always ends on its last pose (once the backend has sent it),
+never where the tick happened to land. ``show_every_frame`` advances at most one frame a tick.
+
 Credits are accounted per frame *received*: every frame that arrives is credited exactly
 once, when the playhead reaches or passes it (shown or skipped), when its clip ends or is
 dropped, or at once if its clip is already over. :meth:`ClipPlayer.take_credits` hands the
@@ -110,6 +116,7 @@ class ClipPlayer:
         self.started_at = 0.0
         self._passed = -1.0
         """Furthest point of the clip's timeline (frame index, unwrapped) the playhead reached."""
+        self._looped = False
         self._clock = 0.0
 
     # --- feeding -------------------------------------------------------------------------
@@ -176,6 +183,10 @@ class ClipPlayer:
         self._credit_frames(clip, math.inf)
         self._over.add(clip.job_id)
 
+    def find(self, job_id: str) -> Clip | None:
+        """The clip of ``job_id``, playing or queued."""
+        return self._find(job_id)
+
     def _find(self, job_id: str) -> Clip | None:
         if self.clip is not None and self.clip.job_id == job_id:
             return self.clip
@@ -225,9 +236,12 @@ class ClipPlayer:
             self.shown_index = -1
             self._passed = -1.0
             self._consumed = set()
+            self._looped = False
             self.state = PlayerState.PLAYING
         elif self.state != PlayerState.STALLED:  # a stalled clip resumes at the frame's start
             self.position += dt
+            if self.settings.show_every_frame and self._passed >= 0:
+                self.position = min(self.position, (self._passed + 1) / self.clip.fps)
         return self._frame_at_position()
 
     def _frame_at_position(self) -> ShowFrame | None:
@@ -237,25 +251,31 @@ class ClipPlayer:
         linear = int(math.floor(self.position * clip.fps + 1e-6))
         index = linear
         if clip.loop and clip.done and total > 0:
+            if index >= total and not self._looped:
+                self._looped = True
+                logger.info("clip %s looping: %d frames", clip.job_id, total)
             index %= total
         elif clip.loop and index >= clip.num_frames:
             index %= clip.num_frames
-        if not clip.loop and index >= total and (clip.done or index >= clip.num_frames):
+        if not clip.loop and index >= total and (clip.done or total - 1 in clip.frames):
+            # The end, on the last frame's pose (or, for a job that ended early, its last one).
             last = clip.frames.get(max(clip.frames)) if clip.frames else None
             self._end_clip(natural=True)
             return ShowFrame(last, new=False, alpha=0.0, ended=True) if last is not None else None
+        if not clip.loop:
+            index = linear = min(index, total - 1)  # past the end: wait for the last frame
         if index not in clip.frames and clip.done:  # a gap nothing will fill: skip it
             gap = min(i for i in clip.frames if i > index) - index
             self.position += gap / clip.fps
             index, linear = index + gap, linear + gap
         if index not in clip.frames:
-            # Not here yet: hold the clock on the last shown frame.
+            # Not here yet: hold the clock there, on the newest frame reached so far.
             self.state = PlayerState.STALLED
             if self.shown_index >= 0:
                 self.stalls += 1
             self.position = linear / clip.fps
             self._pass(clip, linear - 1)
-            index = self.shown_index
+            index = self._newest_reached(clip, index)
             if index < 0:
                 return None
         else:
@@ -265,6 +285,14 @@ class ClipPlayer:
         self._consumed.add(index)
         self.shown_index = index
         return ShowFrame(clip.frames[index], new=new, alpha=self._alpha(clip))
+
+    def _newest_reached(self, clip: Clip, index: int) -> int:
+        """The newest received frame after the one shown and before ``index`` (frames the
+        playhead skipped over), else the one shown (-1: none yet)."""
+        if clip.loop:
+            return self.shown_index
+        reached = [i for i in clip.frames if self.shown_index < i < index]
+        return max(reached) if reached else self.shown_index
 
     def _pass(self, clip: Clip, linear: float) -> None:
         """The playhead reached ``linear``: credit what it reached or skipped."""

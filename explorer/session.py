@@ -4,6 +4,13 @@
 and ``credit`` methods (the real :class:`protocol.transport.Client`, or an in-process fake in
 tests). ``pump`` drains what has arrived without blocking: points go to ``on_points``, frames
 are decoded into the :class:`~explorer.player.ClipPlayer`, progress into job bars.
+
+Jobs outlive a lost backend: when the connection is lost, every unfinished job is marked
+``lost`` (its clip taken off the screen, its bar saying so) and, once the scene is resumed on
+a new connection, sent again under a new id (:attr:`ExplorerSession.replaced` maps old ids to
+new ones). Cancelling (X) drops lost jobs too.
+
+(A little over 400 lines: one handler per message the backend sends, each a few lines.)
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ from protocol.messages import (
 
 logger = logging.getLogger(__name__)
 
+RETRY_RESUME_S = 2.0
+"""Seconds between attempts to resume a scene the backend still holds for a lost connection."""
+
 
 class ClientLike(Protocol):
     def send(self, msg: Any, blobs: Any = ()) -> None: ...
@@ -46,6 +56,8 @@ class ClientLike(Protocol):
 
 
 PointsSink = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+RequestBuilder = Callable[[str], tuple[Any, list]]
+"""A job's request for a given job id: (message, blobs), to send it again under a new id."""
 TruncateSink = Callable[[int], None]
 
 
@@ -79,6 +91,12 @@ class JobInfo:
     frames_received: int = 0
     sent_at: float = field(default_factory=time.monotonic)
     done: bool = False
+    build: RequestBuilder | None = None
+    """Makes the job's request again (re-sent after a lost connection)."""
+    lost: bool = False
+    """The connection was lost before the job ended: it is re-sent once the scene is back."""
+    resent_from: str | None = None
+    """The id of the lost job this one replaces."""
 
     @property
     def fraction(self) -> float:
@@ -115,7 +133,15 @@ class ExplorerSession:
         self._pending_scene: str | None = None
         self._opening_since: float | None = None
         self._discarded: set[str] = set()
+        self._reattached = False
+        self._retry_resume_at: float | None = None
         self.credits_granted = 0
+        self.lost_now: list[JobInfo] = []
+        """Jobs lost with the connection since the app last looked (it clears the list)."""
+        self.replaced: dict[str, str] = {}
+        """Lost job id -> the id it was re-sent under."""
+        self.open_error: Error | None = None
+        """The backend's answer when it refused to open (or resume) the scene."""
 
     # --- requests ------------------------------------------------------------------------
 
@@ -149,23 +175,40 @@ class ExplorerSession:
         return f"loading points ({waited:.0f} s)", 0.0
 
     def send_transition(self, poses: np.ndarray, fps: float, preset: str | None = None) -> str:
-        scene = self._require_scene()
-        job_id = self.new_id("transition")
-        self.client.send(*requests.transition(job_id, scene.scene_id, poses, fps, preset,
-                                              frame_codec=self.frame_codec))
-        self.jobs[job_id] = JobInfo(job_id, "transition", len(poses), fps)
+        scene_id, codec = self._require_scene().scene_id, self.frame_codec
+        poses = np.array(poses, dtype=np.float32)
+        job_id = self._submit("transition", len(poses), fps, lambda job_id: requests.transition(
+            job_id, scene_id, poses, fps, preset, frame_codec=codec))
         self.status = f"transition of {len(poses)} frames requested"
         return job_id
 
     def send_dynamics(self, pose: np.ndarray, arrows: list[Arrow], frozen: np.ndarray | None,
                       num_frames: int, fps: float) -> str:
-        scene = self._require_scene()
-        job_id = self.new_id("dynamics")
-        self.client.send(*requests.dynamics(job_id, scene.scene_id, pose, num_frames, fps,
-                                            arrows, frozen, frame_codec=self.frame_codec))
-        self.jobs[job_id] = JobInfo(job_id, "dynamics", num_frames, fps)
+        scene_id, codec = self._require_scene().scene_id, self.frame_codec
+        pose = np.array(pose, dtype=np.float64)
+        frozen = None if frozen is None else np.array(frozen)
+        job_id = self._submit("dynamics", num_frames, fps, lambda job_id: requests.dynamics(
+            job_id, scene_id, pose, num_frames, fps, arrows, frozen, frame_codec=codec))
         self.status = f"animating this view ({len(arrows)} arrows)"
         return job_id
+
+    def _submit(self, kind: str, num_frames: int, fps: float, build: RequestBuilder) -> str:
+        job_id = self.new_id(kind)
+        self.client.send(*build(job_id))
+        self.jobs[job_id] = JobInfo(job_id, kind, num_frames, fps, build=build)
+        return job_id
+
+    def _resend_lost(self) -> None:
+        """The scene is back on a new connection: send every lost job again, under a new id."""
+        lost = [job for job in self.jobs.values() if job.lost]
+        for job in lost:
+            del self.jobs[job.job_id]
+            new_id = self._submit(job.kind, job.num_frames, job.fps, job.build)
+            self.jobs[new_id].resent_from = job.job_id
+            self.replaced[job.job_id] = new_id
+            logger.info("re-sent %s lost with the backend as %s", job.job_id, new_id)
+        if lost:
+            self.status = f"re-sent {len(lost)} job(s) lost with the backend"
 
     def undo(self) -> str:
         """Ask the backend to take back the scene's last transition."""
@@ -181,6 +224,7 @@ class ExplorerSession:
         self.peer_gone = False
         self._discarded.clear()
         if self.scene is not None:
+            self._reattached = True
             self.open_scene(None, scene_id=self.scene.scene_id, resume=True)
 
     def cancel(self, job_id: str) -> None:
@@ -191,9 +235,10 @@ class ExplorerSession:
     def discard(self, job_id: str) -> None:
         """Stop wanting ``job_id``: cancel it; frames of it still in flight are credited as
         they arrive (the player credits those it already had)."""
-        self.cancel(job_id)
+        job = self.jobs.pop(job_id, None)
+        if job is not None and not job.lost:
+            self.client.send(Cancel(job_id=job_id))
         self._discarded.add(job_id)
-        self.jobs.pop(job_id, None)
 
     def _require_scene(self) -> SceneInfo:
         if self.scene is None:
@@ -204,6 +249,9 @@ class ExplorerSession:
 
     def pump(self, max_messages: int = 256, budget_s: float = 0.004) -> int:
         """Handle what has arrived, up to ``max_messages`` or ``budget_s`` seconds of work."""
+        if self._retry_resume_at is not None and time.monotonic() >= self._retry_resume_at:
+            self._retry_resume_at = None
+            self.open_scene(None, scene_id=self.scene.scene_id, resume=True)
         start = time.perf_counter()
         handled = 0
         while handled < max_messages and time.perf_counter() - start < budget_s:
@@ -249,8 +297,12 @@ class ExplorerSession:
         logger.info("scene %s %s (%s engine, %d points, depth: %s)", msg.scene_id, verb,
                     msg.engine, msg.num_points, msg.depth_source)
         self.status = f"scene {verb} ({msg.engine} engine), loading {msg.num_points} points"
+        self.open_error = None
         if self.on_opened is not None:
             self.on_opened(self.scene)
+        if self._reattached and msg.resumed:
+            self._reattached = False
+            self._resend_lost()
 
     def _on_points(self, msg: PointsDelta, blobs) -> None:
         xyz = read_array(msg.xyz, blobs)
@@ -321,6 +373,8 @@ class ExplorerSession:
     def _on_job_done(self, msg: JobDone, blobs) -> None:
         self._end_job(msg.job_id)
         total = msg.timings.get("total")
+        logger.info("job %s done: %d frames%s", msg.job_id, msg.num_frames,
+                    f" in {total:.1f} s" if total else "")
         self.status = f"{msg.job_id.split('-')[0]} done" + (f" in {total:.1f} s" if total else "")
 
     def _on_job_failed(self, msg: JobFailed, blobs) -> None:
@@ -341,10 +395,27 @@ class ExplorerSession:
         self.errors.append(f"{msg.code}: {msg.message}")
         if msg.request_id in self.jobs:
             self._end_job(msg.request_id)
+        if msg.request_id is None or msg.request_id != self._pending_scene:
+            return
+        if self.scene is not None and msg.code == "busy":
+            # Resuming on a new connection while the backend still holds the scene for the
+            # lost one (until it notices that one is gone): ask again shortly.
+            self._retry_resume_at = time.monotonic() + RETRY_RESUME_S
+            self.status = "the backend still holds the scene for the lost connection: retrying"
+            return
+        self.open_error = msg
+        self._opening_since = None
 
     def _on_peer_gone(self, reason: str) -> None:
         self.peer_gone = True
-        self.status = f"backend gone: {reason}"
         logger.warning("backend gone: %s", reason)
-        for job_id in list(self.jobs):
-            self._end_job(job_id)
+        lost = [job for job in self.jobs.values() if not job.lost]
+        for job in lost:
+            job.lost, job.stage = True, "lost"
+            self.player.discard(job.job_id)
+            self.lost_now.append(job)
+            logger.warning("%s lost with the backend: it is re-sent once the scene is back",
+                           job.job_id)
+        self.status = f"backend gone: {reason}"
+        if lost:
+            self.status += f"; {len(lost)} job(s) lost: re-sent when it is back (X cancels)"

@@ -72,6 +72,10 @@ class PlayerSettings(_Section):
     fade_s: float = 0.15
     clip_alpha: float = 1.0
     """Opacity of the clip drawn over the cloud."""
+    show_every_frame: bool = False
+    """Wait for every frame: the clip advances at most one frame per rendered frame, so a
+    slow machine shows each one (and takes longer than the clip); false: the clip keeps the
+    wall clock and skips what the renderer cannot show. Either way it ends on its last pose."""
 
 
 class DynamicsSettings(_Section):
@@ -133,6 +137,9 @@ class SessionSettings(_Section):
 class DebugSettings(_Section):
     frame_sleep_s: float = 0.0
     """Sleep this long in every frame: a deliberately slow renderer, for tests."""
+    encode_sleep_s: float = 0.0
+    """Sleep this long per recorded picture on the encoder thread: a deliberately slow
+    encoder, for tests (a stop then has seconds of finalising to do)."""
 
 
 class SplatSettings(_Section):

@@ -126,7 +126,8 @@ class ExplorerWindow:
     def __init__(self, client, settings: ExplorerSettings | None = None,
                  bindings: KeyBindings | None = None, *, visible: bool = True,
                  caption: str = "DreamJourney explorer", record_path=None,
-                 size: tuple[int, int] | None = None, link=None, start_path=None):
+                 size: tuple[int, int] | None = None, link=None, start_path=None,
+                 fit_on_open: bool = False, quit_if_unopened: bool = False):
         import moderngl
         import pyglet
 
@@ -162,6 +163,10 @@ class ExplorerWindow:
         self.presenter = Presenter(self.ctx)
         self.link = link
         """Optional :class:`~explorer.backend_process.BackendLink`: reconnects when lost."""
+        self.fit_on_open = fit_on_open
+        """Take the photo's shape once the scene opens (its size was not known before)."""
+        self.quit_if_unopened = quit_if_unopened
+        """Close when the backend refuses to open the scene (nothing to show)."""
         self._last_tick: float | None = None
         if not self.headless:
             self._finalise_if_display_lost()
@@ -207,9 +212,22 @@ class ExplorerWindow:
         if self.link is not None:
             self.link.watch(self.explorer.session)
         self.explorer.step(dt)
+        self._follow_scene()
         if not self.headless:  # flipping would make pyglet's own EGL context current
             self.window.dispatch_event("on_draw")
             self.window.flip()
+
+    def _follow_scene(self) -> None:
+        session = self.explorer.session
+        if self.fit_on_open and session.scene is not None:
+            from explorer.inputs import window_size
+
+            self.fit_on_open = False
+            self.window.set_size(*window_size((session.scene.width, session.scene.height),
+                                              self.settings.window.width))
+        if self.quit_if_unopened and session.open_error is not None and session.scene is None:
+            logger.error("the backend refused the scene: %s", session.open_error.message)
+            self.request_close()
 
     def run(self) -> None:
         """The interactive loop on pyglet's clock until the window closes."""

@@ -150,6 +150,10 @@ class Client:
                 self._send(encode(Ping(seq=next(seq), sent_at=now)))
                 next_ping = now + self.heartbeat_s
             if not gone and now - last_seen > self.peer_timeout_s:
+                if self._sock.poll(0, zmq.POLLIN):
+                    # Messages are waiting: this thread was what went quiet (it waited for the
+                    # GIL since its poll, e.g. behind a long GL call of the render thread).
+                    continue
                 gone = True
                 reason = f"no message from the backend for {self.peer_timeout_s:.1f} s"
                 self._events.put(PeerGone(None, reason))

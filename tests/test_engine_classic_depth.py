@@ -61,7 +61,8 @@ def test_offline_default_falls_back_to_the_prior_and_says_how_to_get_the_model(t
     # conftest sets HF_HUB_OFFLINE=1 and the hub cache here has no Depth Anything
     opened = _open_on_backend(tmp_path, {})
     assert opened.depth_source == "prior"
-    assert "Depth-Anything-V2-Small-hf" in opened.depth_note and "hf download" in opened.depth_note
+    assert "Depth-Anything-V2-Small-hf" in opened.depth_note
+    assert "dreamjourney models fetch" in opened.depth_note and "offline" in opened.depth_note
     assert "\n" not in opened.depth_note
 
 

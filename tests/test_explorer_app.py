@@ -77,6 +77,8 @@ def test_scene_loads_and_renders(app):
     ex = app.explorer
     assert ex.points.count == 64 * 48
     assert ex.camera.scene_scale == pytest.approx(4.0)
+    press(app, app.key.F2)  # the HUD's wrapped lines cover much of a 160 x 120 window
+    app.tick(DT)
     img = ex.target.read_rgb()
     # The cloud (red ramp) fills the window's middle: fov matches the scene's K.
     assert img[60, 80, 0] > 150 and img[60, 80, 1] < 40
@@ -105,6 +107,7 @@ def test_holding_w_moves_forward_and_enter_sends_flown_path(app):
 
 def test_clip_plays_aligned_then_hands_camera_back(app):
     ex = app.explorer
+    press(app, app.key.F2)  # no HUD over the middle of this small window
     press(app, app.key.D, ticks=15)
     end = ex.camera.pose.copy()
     press(app, app.key.ENTER)
@@ -180,21 +183,33 @@ def test_credits_bound_frames_in_flight(app):
     assert credits == 12 == app.backend.frames_delivered
 
 
-def test_record_toggle_writes_constant_rate_mp4(app, tmp_path):
+def test_record_toggle_writes_a_timestamped_mp4(app, tmp_path):
     import av
 
     ex = app.explorer
+    ex.settings.record.queue_size = 64  # ticks here outrun the wall clock: keep every picture
     press(app, app.key.R)
     assert ex.recorder is not None
-    for _ in range(45):  # 1.5 s of app clock at 30 ticks/s, recorded at 30 fps
+    for _ in range(45):  # 1.5 s of app clock at 30 ticks/s, recorded at up to 30 fps
         app.tick(DT)
+    for _ in range(3):  # then 0.9 s at about 3 fps: three pictures, each lasting 0.3 s
+        app.tick(0.3)
     press(app, app.key.R)
-    stats = ex.recordings[-1]
+    assert ex.recorder is None and not ex.recordings  # finalised aside: R returned at once
+    (recorder,) = ex.recording.finalising
+    stats = recorder.wait(30)
     with av.open(str(stats.path)) as container:
         stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        assert float(stream.average_rate) == pytest.approx(30.0)
-    assert len(frames) == stats.frames_written == 46
+        frames = [(f.time, f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+        duration = float(stream.duration * stream.time_base)
+    assert len(frames) == stats.frames_written == 45 + 3 and stats.frames_dropped == 0
+    assert stats.duration_s == pytest.approx(44 * DT + 0.9, abs=2e-3)  # first picture to stop
+    assert duration == pytest.approx(stats.duration_s, abs=0.05)
+    times = [t for t, _ in frames]
+    assert times[0] == 0.0 and np.all(np.diff(times) > 0)
+    np.testing.assert_allclose(np.diff(times)[:44], DT, atol=2e-3)
+    np.testing.assert_allclose(np.diff(times)[44:], 0.3, atol=2e-3)  # the slow pictures
+    frames = [f for _, f in frames]
     assert frames[0].shape == (120, 160, 3)
     # What was recorded is what the window showed: the red cloud in the middle.
     assert frames[-1][60, 80, 0] > 140

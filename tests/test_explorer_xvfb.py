@@ -223,11 +223,13 @@ def test_window_fly_commit_and_record(display, tmp_path):
     with av.open(str(record)) as container:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        fps = float(stream.average_rate)
-    assert fps == pytest.approx(30.0)
+        duration = float(stream.duration * stream.time_base)
     assert len(frames) == written
-    # Real time: the file lasts as long as the keys were apart, however fast the renderer.
-    assert 0.8 * held * 30 <= written <= (held + 1.0) * 30
+    # Real time: the file lasts as long as the keys were apart, however fast the renderer
+    # (each picture stamped with its time, at most 30 a second; each key is taken at the
+    # next frame, so a slow frame at either end shortens or lengthens it by that much).
+    assert held - 0.5 <= duration <= held + 1.0
+    assert written <= (held + 1.0) * 30
     assert frames[0].shape == (240, 320, 3)
 
 

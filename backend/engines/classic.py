@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import typing
 from collections.abc import Iterator
 
 import cv2
@@ -48,12 +49,20 @@ from backend.geometry.seen import SeenViews
 from backend.geometry.store import PointStore
 from backend.geometry.unproject import DEFAULT_PIXEL_RADIUS, unproject
 from protocol.camera import intrinsics
+from protocol.messages import SceneOpened
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
-_GET_MODEL = (f"for real depth, run once online (it is fetched and cached) or "
-              f"`hf download {DEFAULT_DEPTH_MODEL}`")
+_GET_MODEL = "for real depth run `dreamjourney models fetch` once online"
+
+
+def _saved_depth(manifest: dict) -> tuple[str, str]:
+    """The depth source and note a session was opened with (older sessions: unknown)."""
+    source = manifest.get("depth_source")
+    if source not in typing.get_args(typing.get_type_hints(SceneOpened)["depth_source"]):
+        return "given", "depth: as saved with the scene"
+    return source, str(manifest.get("depth_note") or "")[:500]
 
 
 def inpaint(image: np.ndarray, hole: np.ndarray, radius: int, small_frac: float = 0.01) -> np.ndarray:
@@ -142,7 +151,8 @@ class ClassicEngine(Engine):
             why = 'depth_model = "none"'
             return f"depth: {'your depth map' if source == 'given' else 'horizon prior (a guess)'} ({why})"
         what = "your depth map" if source == "given" else "horizon prior (a guess: flat ground, far sky)"
-        return f"depth: {what}; model {self.depth_model_id} unavailable; {_GET_MODEL}"
+        why = f" ({self._depth_reason})" if self._depth_reason else ""
+        return f"depth: {what}; model {self.depth_model_id} unavailable{why}; {_GET_MODEL}"
 
     def _load_depth_model(self, progress=None):
         if self.depth_model_id in (None, "", "none"):
@@ -194,9 +204,10 @@ class ClassicEngine(Engine):
         saved = sessions.load(scene_id)
         store = PointStore.load(saved["cloud_path"], capacity=self.capacity)
         median = float(saved["median_depth"])
+        source, note = _saved_depth(saved)
         scene = Scene(scene_id, saved["image"], np.asarray(saved["K"]), store, median, saved["text"],
-                      pose=np.asarray(saved["pose"]), engine=self.name, depth_source="given",
-                      depth_note="depth: as saved with the scene", points_budget=self.capacity)
+                      pose=np.asarray(saved["pose"]), engine=self.name, depth_source=source,
+                      depth_note=note, points_budget=self.capacity)
         w, h = scene.size
         scene.seen = SeenViews(scene.K, w, h)  # the photo's view, as the saved cloud shows it
         first = self.renderer.render(store, np.eye(4)[None], scene.K, w, h).numpy()
