@@ -43,6 +43,9 @@ class Scene:
     """One line for the HUD about the depth in use."""
     points_budget: int = 0
     """Most points the scene's store keeps (0 = unbounded)."""
+    layout: object | None = None
+    """The first view's ground plane and sky (backend.geometry.layout.SceneLayout) when the
+    depth came from the pop-up prior; None otherwise."""
 
     @property
     def size(self) -> tuple[int, int]:

@@ -2,8 +2,11 @@
 
 - Depth: a transformers depth model (Depth Anything V2 Small by default), fetched once into
   the hub cache on first use with progress; when it cannot be had, the depth map the explorer
-  sent, else the horizon prior. The scene says which (``depth_source``) in one line for the
-  HUD (``depth_note``); ``depth_model = "none"`` forces the fallbacks.
+  sent, else the pop-up prior (``geometry.popup``: sky, ground and standing regions, the
+  standing ones upright on the ground), whose ground plane and sky the scene keeps
+  (``Scene.layout``) so that fills continue sky from sky and ground from ground. The scene
+  says which (``depth_source``) in one line for the HUD (``depth_note``);
+  ``depth_model = "none"`` forces the fallbacks.
 - Open: lift the first view into the cloud, then fill what the foreground hides with the
   layered depth (Make-It-4D): each background layer's occluded part is inpainted and lifted
   behind the foreground, so moving sideways reveals plausible background instead of holes.
@@ -40,9 +43,11 @@ from backend.engines.base import (
     TransitionRequest,
 )
 from backend.geometry.cloud import PointCloud
-from backend.geometry.depth import clean_depth_edges, horizon_depth
+from backend.geometry.depth import clean_depth_edges
 from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
+from backend.geometry.layout import SceneLayout, view_layout
+from backend.geometry.popup import popup_depth
 from backend.geometry.render import SplatRenderer
 from backend.geometry.store import PointStore
 from backend.geometry.unproject import DEFAULT_PIXEL_RADIUS, unproject
@@ -124,14 +129,20 @@ class ClassicEngine(Engine):
         self, image: np.ndarray, K: np.ndarray, given: np.ndarray | None, progress=None
     ) -> tuple[np.ndarray, str]:
         """Z-depth for ``image`` and its source: "model", "given" (the client's) or "prior"."""
+        depth, source, _ = self._depth_and_layout(image, K, given, progress)
+        return depth, source
+
+    def _depth_and_layout(self, image: np.ndarray, K: np.ndarray, given: np.ndarray | None,
+                          progress=None) -> tuple[np.ndarray, str, SceneLayout | None]:
         model = self._load_depth_model(progress)
         if model is not None:
-            return model(image), "model"
+            return model(image), "model", None
         if given is not None:
             if not np.all(np.isfinite(given)) or given.min() <= 0:
                 raise EngineError("the depth map must be finite and positive everywhere")
-            return given.astype(np.float32), "given"
-        return horizon_depth(image, K), "prior"
+            return given.astype(np.float32), "given", None
+        prior = popup_depth(image, K)
+        return prior.depth, "prior", SceneLayout(prior.camera_height, prior.sky_depth)
 
     def depth_note(self, source: str) -> str:
         """One line for the HUD: which depth is in use and, without the model, how to get it."""
@@ -139,8 +150,8 @@ class ClassicEngine(Engine):
             return f"depth: {self.depth_model_id}"
         if self.depth_model_id in (None, "", "none"):
             why = 'depth_model = "none"'
-            return f"depth: {'your depth map' if source == 'given' else 'horizon prior (a guess)'} ({why})"
-        what = "your depth map" if source == "given" else "horizon prior (a guess: flat ground, far sky)"
+            return f"depth: {'your depth map' if source == 'given' else 'pop-up prior (a guess)'} ({why})"
+        what = "your depth map" if source == "given" else "pop-up prior (a guess: sky, ground, standing)"
         return f"depth: {what}; model {self.depth_model_id} unavailable; {_GET_MODEL}"
 
     def _load_depth_model(self, progress=None):
@@ -164,26 +175,29 @@ class ClassicEngine(Engine):
         image = request.image
         h, w = image.shape[:2]
         K = request.K if request.K is not None else intrinsics(w, h, self.fov_x_deg)
-        depth, source = self.estimate_depth(image, K, request.depth, request.progress)
+        depth, source, layout = self._depth_and_layout(image, K, request.depth, request.progress)
         note = self.depth_note(source)
         log.info("scene %s: %s", request.scene_id, note)
         median = float(np.median(depth))
         store = PointStore(capacity=self.capacity)
         depth, keep = clean_depth_edges(depth, mode="push")  # same rays: the first view stays exact
         store.append(unproject(image, depth, K, np.eye(4), mask=keep))
-        store.append(self._hidden_background(image, depth, K))
+        store.append(self._hidden_background(image, depth, K, layout))
         scene = Scene(request.scene_id, image, K, store, median, request.text, engine=self.name,
-                      depth_source=source, depth_note=note, points_budget=self.capacity)
+                      depth_source=source, depth_note=note, points_budget=self.capacity, layout=layout)
         return scene, store.cloud()
 
-    def _hidden_background(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray) -> PointCloud:
+    def _hidden_background(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                           layout: SceneLayout | None = None) -> PointCloud:
         """Points behind the foreground: each back layer's occluded part, inpainted and lifted."""
         parts = []
         for layer in split_layers(image, depth, self.layers).layers[1:]:
             hole = layer.occluded
             if not hole.any() or not layer.mask.any():
                 continue
-            filled = texture_fill(layer.color, np.where(layer.mask, layer.depth, 0), ~layer.mask)
+            known_depth = np.where(layer.mask, layer.depth, 0)
+            labels = None if layout is None else view_layout(known_depth, layer.mask, K, np.eye(4), layout)
+            filled = texture_fill(layer.color, known_depth, ~layer.mask, layout=labels)
             parts.append(unproject(filled.image, layer.depth, K, np.eye(4), mask=hole))
         return PointCloud.concat(parts)
 
@@ -229,14 +243,15 @@ class ClassicEngine(Engine):
         hole = ~view.mask[0]
         if not hole.any():
             return PointCloud.empty()
-        colour, depth = self._fill(view.image[0], view.depth[0], hole)
+        colour, depth = self._fill(view.image[0], view.depth[0], hole, scene, pose)
         new = unproject(colour, depth, scene.K, pose, mask=hole)
         return scene.cloud.append_within_budget(new, pose[:3, 3], 0.5 * (scene.K[0, 0] + scene.K[1, 1]))
 
-    def _fill(self, rgb: np.ndarray, depth: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _fill(self, rgb: np.ndarray, depth: np.ndarray, hole: np.ndarray, scene: Scene | None = None,
+              pose: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Fill colour and depth inside ``hole``: gaps between magnified splats are
         interpolated (pull-push), the rest was never seen and continues the background
-        (texture_fill)."""
+        (texture_fill; sky from sky and ground from ground when the scene has a layout)."""
         known = ~hole & (depth > 0)
         if not known.any():
             raise EngineError("nothing of the scene is visible from this pose")
@@ -247,7 +262,10 @@ class ClassicEngine(Engine):
             rgb = np.where(gaps[..., None], pull_push(rgb, known), rgb)
             depth = np.where(gaps, pull_push(np.where(known, depth, 0).astype(np.float32), known), depth)
             known = known | gaps
-        filled = texture_fill(rgb, np.where(known, depth, 0), ~known)
+        layout = None
+        if scene is not None and pose is not None and scene.layout is not None:
+            layout = view_layout(np.where(known, depth, 0), known, scene.K, pose, scene.layout)
+        filled = texture_fill(rgb, np.where(known, depth, 0), ~known, layout=layout)
         depth_out = np.where(known, depth, filled.depth).astype(np.float32)
         if np.any(depth_out[hole] <= 0):
             depth_out[hole & (depth_out <= 0)] = float(np.median(depth[known]))
@@ -284,8 +302,9 @@ class ClassicEngine(Engine):
         yield Progress("view", 0, 1, "lifting the paused view")
         view = self.renderer.render(scene.cloud, request.pose[None], scene.K, w, h).numpy()
         hole = ~view.mask[0]
-        colour, depth = self._fill(view.image[0], view.depth[0], hole) if hole.any() else (
-            view.image[0], view.depth[0])
+        colour, depth = view.image[0], view.depth[0]
+        if hole.any():
+            colour, depth = self._fill(colour, depth, hole, scene, request.pose)
         field, _ = animation.motion_field(colour, depth, request.arrows, request.frozen)
         yield Progress("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
         ys, xs = np.mgrid[0:h, 0:w]
