@@ -7,12 +7,17 @@ view moves. Each pixel's path is found by integrating ``M`` (Euler steps); a loo
 frame after the last are both the still view, so the clip loops without a seam. The paths
 are lifted to 3D by keeping each pixel's depth, so the clip renders from any nearby pose.
 
-Motion stays where it belongs: :func:`motion_field` segments the moving region from the
-arrows (GrabCut seeded by the stroked pixels, the freeze brush as certain background, the
-components the strokes touch), interpolates the arrows' velocities inside it only and fades
-them to zero over a feather band *inside* its edge, so every pixel outside stays exactly
-still and particles slow down before they reach the edge (no seam, nothing dragged out).
-Without arrows the region is a sky/water guess, confined the same way.
+Motion stays where it belongs: :func:`motion_field` takes as the moving region the whole
+coherent region each arrow lies in (``geometry.regions.select_region``: a graph segmentation
+of superpixels by colour, texture and edges, holding the stroke; the freeze brush bounds it),
+interpolates the arrows' velocities inside it only and fades them to zero over a feather band
+*inside* its edge, so every pixel outside stays exactly still and particles slow down before
+they reach the edge (no seam, nothing dragged out). Without arrows the region is a sky/water
+guess, confined the same way.
+
+Only the moving pixels are animated: :func:`splat` pushes them to their positions of a frame
+(bilinear splatting, the still view everywhere else), so a frame costs the region's size, not
+the view's.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
+from backend.geometry.regions import select_region
 from protocol.messages import Arrow
 
 
@@ -100,15 +106,43 @@ def loop_frames(field: np.ndarray, start: np.ndarray, num_frames: int) -> Iterat
         forward = forward + _sample(field, forward)
 
 
-def blend(img_f: np.ndarray, mask_f: np.ndarray, img_b: np.ndarray, mask_b: np.ndarray,
-          alpha: float, still: np.ndarray) -> np.ndarray:
-    """Symmetric-splatting blend of the forward and backward renders; ``still`` fills gaps."""
-    wf = (1 - alpha) * mask_f.astype(np.float32)
-    wb = alpha * mask_b.astype(np.float32)
-    total = wf + wb
-    out = (img_f.astype(np.float32) * wf[..., None] + img_b.astype(np.float32) * wb[..., None])
-    out = np.where(total[..., None] > 1e-6, out / np.maximum(total, 1e-6)[..., None], still)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+def splat(colour: np.ndarray, pos: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(H x W x 3 float32 sum of weighted colours, H x W float32 sum of weights): N x 3
+    ``colour`` pushed to N x 2 pixel positions ``pos`` (x, y; pixel centres at .5), each
+    spread bilinearly over the 4 pixels around it."""
+    h, w = shape
+    x, y = pos[:, 0] - 0.5, pos[:, 1] - 0.5
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    acc = np.zeros((h * w, 4), np.float32)
+    for dx, dy, wt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy),
+                       (1, 1, fx * fy)):
+        xi, yi = x0 + dx, y0 + dy
+        ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        flat = yi[ok] * w + xi[ok]
+        wk = wt[ok]
+        for c in range(3):
+            acc[:, c] += np.bincount(flat, colour[ok, c] * wk, h * w)
+        acc[:, 3] += np.bincount(flat, wk, h * w)
+    return acc[:, :3].reshape(h, w, 3), acc[:, 3].reshape(h, w)
+
+
+def loop_frame(still: np.ndarray, moving: np.ndarray, colour: np.ndarray, forward: np.ndarray,
+               backward: np.ndarray, alpha: float, min_weight: float = 0.3) -> np.ndarray:
+    """One frame of the loop: the ``moving`` pixels (H x W bool) of ``still`` replaced by the
+    symmetric splat of their ``colour`` (N x 3) pushed ``forward`` and ``backward`` (N x 2),
+    weighted ``1 - alpha`` and ``alpha``; where too little arrives the still view shows."""
+    shape = still.shape[:2]
+    acc_f, w_f = splat(colour, forward, shape)
+    acc_b, w_b = splat(colour, backward, shape)
+    a = np.float32(alpha)
+    acc = (1 - a) * acc_f + a * acc_b
+    wsum = (1 - a) * w_f + a * w_b
+    out = still.copy()
+    take = moving & (wsum >= min_weight)
+    out[take] = np.clip(acc[take] / wsum[take, None] + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def _stroke_mask(arrows: Sequence[Arrow], width: int, height: int, scale: float, thickness: int,
@@ -128,43 +162,19 @@ def _stroke_mask(arrows: Sequence[Arrow], width: int, height: int, scale: float,
     return mask.astype(bool)
 
 
-def segment_region(image: np.ndarray, arrows: Sequence[Arrow], frozen: np.ndarray | None = None,
-                   work_px: int = 192, iterations: int = 4) -> np.ndarray:
-    """H x W bool: the region the arrows point into (GrabCut seeded by the strokes).
-
-    Runs at ``work_px`` on the longer side; stroked pixels are certain foreground, frozen
-    pixels certain background, the rest probable background; only the components that the
-    strokes touch are kept, and frozen pixels never belong to it.
-    """
+def segment_region(image: np.ndarray, arrows: Sequence[Arrow], frozen: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """H x W bool: the union of the coherent regions the arrows lie in (``select_region`` of
+    each arrow's stroke); frozen pixels never belong to it."""
     h, w = image.shape[:2]
-    if not arrows:
-        return np.zeros((h, w), bool)
-    scale = min(1.0, work_px / max(h, w))
-    sw, sh = max(8, int(round(w * scale))), max(8, int(round(h * scale)))
-    small = cv2.resize(np.ascontiguousarray(image), (sw, sh), interpolation=cv2.INTER_AREA)
-    strokes = _stroke_mask(arrows, sw, sh, sw / w, thickness=max(2, sw // 64))
-    gc = np.full((sh, sw), cv2.GC_PR_BGD, np.uint8)
-    grown = cv2.dilate(strokes.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
-    gc[grown] = cv2.GC_PR_FGD
-    gc[strokes] = cv2.GC_FGD
-    frozen_small = None
-    if frozen is not None:
-        frozen_small = cv2.resize(frozen.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
-        gc[frozen_small] = cv2.GC_BGD
-    if (gc == cv2.GC_PR_BGD).any() or (gc == cv2.GC_BGD).any():
-        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-        cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, iterations,
-                    cv2.GC_INIT_WITH_MASK)
-    region = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
-    region = cv2.morphologyEx(region.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
-    region |= strokes
-    count, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
-    touched = np.unique(labels[strokes & region])
-    region = np.isin(labels, touched[touched > 0])
-    full = cv2.resize(region.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR) > 0
-    if frozen is not None:
-        full &= ~frozen.astype(bool)
-    return full
+    region = np.zeros((h, w), bool)
+    for arrow in arrows:
+        stroke = _stroke_mask([arrow], w, h, 1.0, thickness=3)
+        if frozen is not None:
+            stroke &= ~frozen.astype(bool)
+        if stroke.any() and not region[stroke].all():
+            region |= select_region(image, stroke, frozen)
+    return region
 
 
 def feather(region: np.ndarray, width_px: float = 8.0) -> np.ndarray:

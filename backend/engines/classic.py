@@ -50,7 +50,7 @@ from backend.geometry.layout import SceneLayout, view_layout
 from backend.geometry.popup import popup_depth
 from backend.geometry.render import SplatRenderer
 from backend.geometry.store import PointStore
-from backend.geometry.unproject import DEFAULT_PIXEL_RADIUS, unproject
+from backend.geometry.unproject import unproject
 from protocol.camera import intrinsics
 
 log = logging.getLogger(__name__)
@@ -305,27 +305,17 @@ class ClassicEngine(Engine):
         colour, depth = view.image[0], view.depth[0]
         if hole.any():
             colour, depth = self._fill(colour, depth, hole, scene, request.pose)
-        field, _ = animation.motion_field(colour, depth, request.arrows, request.frozen)
+        field, region = animation.motion_field(colour, depth, request.arrows, request.frozen)
         yield Progress("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
-        ys, xs = np.mgrid[0:h, 0:w]
-        start = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1).astype(np.float32)
-        z = depth.reshape(-1)
-        rgb = colour.reshape(-1, 3)
+        # only the pixels that move (the region, its feathered edge included) are animated; the
+        # camera stays at the paused pose, so moving a pixel in 3D at its own depth and
+        # projecting it back is moving it in the image
+        moving = np.abs(field).max(axis=2) > 0
+        ys, xs = np.nonzero(moving)
+        start = np.stack([xs + 0.5, ys + 0.5], axis=1).astype(np.float32)
+        rgb = colour[ys, xs].astype(np.float32)
         # one frame's positions at a time: memory does not grow with num_frames
         for t, forward, backward, alpha in animation.loop_frames(field, start, n):
-            img_f, m_f = self._render_moved(scene, request.pose, forward, z, rgb)
-            img_b, m_b = self._render_moved(scene, request.pose, backward, z, rgb)
-            frame = animation.blend(img_f, m_f, img_b, m_b, float(alpha), colour)
+            frame = animation.loop_frame(colour, moving, rgb, forward, backward, float(alpha))
             yield FrameOut(t, frame, request.pose)
 
-    def _render_moved(self, scene: Scene, pose: np.ndarray, pos: np.ndarray, z: np.ndarray,
-                      rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Render the view's pixels moved to ``pos`` (x, y) at their own depth (3D scene flow)."""
-        w, h = scene.size
-        K = scene.K
-        cam = np.stack([(pos[:, 0] - K[0, 2]) / K[0, 0] * z, (pos[:, 1] - K[1, 2]) / K[1, 1] * z, z], 1)
-        world = cam @ pose[:3, :3].T + pose[:3, 3]
-        radius = (DEFAULT_PIXEL_RADIUS * z / (0.5 * (K[0, 0] + K[1, 1]))).astype(np.float32)
-        cloud = PointCloud(world.astype(np.float32), rgb, radius)
-        out = self.renderer.render(cloud, pose[None], K, w, h).numpy()
-        return out.image[0], out.mask[0]

@@ -356,11 +356,13 @@ def _upsample_labels(labels: np.ndarray, image: np.ndarray, radius: int = 3) -> 
     scores = []
     for k in (SKY, GROUND, VERTICAL):
         p = cv2.resize((labels == k).astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
-        scores.append(_guided(grey, p, radius, 1e-3))
+        scores.append(edge_guided(grey, p, radius, 1e-3))
     return np.argmax(np.stack(scores), axis=0).astype(np.uint8)
 
 
-def _guided(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.ndarray:
+def edge_guided(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """Guided filter (He et al.) of ``src`` by a grey ``guide`` (both H x W float32, OpenCV box
+    filters): smooths ``src`` while keeping the guide's edges."""
     k = (2 * r + 1, 2 * r + 1)
     mi, mp = cv2.blur(guide, k), cv2.blur(src, k)
     var = cv2.blur(guide * guide, k) - mi * mi

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from backend.geometry.popup import GROUND, SKY, VERTICAL
@@ -144,3 +145,34 @@ def labels_from_depth(depth: np.ndarray, K: np.ndarray, camera_height: float, sk
     labels[np.abs(y - camera_height) <= tol * depth] = GROUND
     labels[depth >= 0.999 * sky_depth] = SKY
     return labels
+
+
+def composite_water(image: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` with a lake composited into its lower part: (image, H x W bool mask).
+
+    The lake's far shore is a wavy line; its water mirrors the photo above the shore
+    (flipped about the shore, blurred along the rows, displaced by ripples, darkened and
+    tinted), so it holds the photo's own colours; the shore is blended over 2 pixels.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = image.shape[:2]
+    x = np.arange(w) / w
+    far = (0.55 + 0.06 * np.sin(2 * np.pi * (x * rng.uniform(0.8, 1.6) + rng.uniform()))) * h
+    left, right = rng.uniform(0.0, 0.25) * w, rng.uniform(0.75, 1.0) * w
+    bottom = h - rng.uniform(0.0, 0.1) * h
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    inside = np.minimum.reduce([v - far[None, :], u - left, right - u, bottom - v])
+    mask = inside > 0
+    # 1. the mirror image: row far - (v - far), rippled
+    ripple = 2.5 * np.sin(v * 0.7 + 2.0 * np.sin(u / 23.0)) * (1 + (v - far[None, :]) / h)
+    src_v = np.clip(2 * far[None, :] - v + ripple, 0, h - 1).astype(np.float32)
+    src_u = (u + 1.5 * np.sin(v * 0.5)).astype(np.float32)
+    mirror = cv2.remap(np.ascontiguousarray(image), src_u, src_v, cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REFLECT)
+    mirror = cv2.blur(mirror, (9, 1)).astype(np.float32)
+    # 2. darkened and tinted, with fine ripples of light
+    glint = 10 * np.sin(v * 1.7 + 3 * np.sin(u / 41.0)) + rng.normal(0, 4, (h, w))
+    water = 0.6 * mirror + np.array([10, 22, 34]) + glint[..., None]
+    alpha = np.clip(inside / 2.0, 0, 1)[..., None]
+    out = (alpha * np.clip(water, 0, 255) + (1 - alpha) * image).astype(np.uint8)
+    return out, mask
