@@ -189,10 +189,16 @@ class ClassicEngine(Engine):
 
     def _hidden_background(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray,
                            layout: SceneLayout | None = None) -> PointCloud:
-        """Points behind the foreground: each back layer's occluded part, inpainted and lifted."""
+        """Points behind the foreground: each back layer's occluded part, inpainted and lifted.
+
+        Only where the layer lies clearly behind what the first view shows (beyond twice the
+        renderer's depth tolerance): nearer, the splats would blend into the front surface, a
+        seam along every layer boundary (a dashed line across water, walls and jackets).
+        """
         parts = []
+        behind = 1.0 + 2.0 * self.renderer.config.depth_tolerance
         for layer in split_layers(image, depth, self.layers).layers[1:]:
-            hole = layer.occluded
+            hole = layer.occluded & (layer.depth > behind * depth)
             if not hole.any() or not layer.mask.any():
                 continue
             known_depth = np.where(layer.mask, layer.depth, 0)
