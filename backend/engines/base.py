@@ -150,3 +150,9 @@ class Engine(ABC):
     @abstractmethod
     def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
         """A looping clip of the view at ``request.pose``; leaves the cloud as it is."""
+
+    def select_region(self, scene: Scene, pose: np.ndarray, arrows: tuple[Arrow, ...],
+                      frozen: np.ndarray | None) -> np.ndarray:
+        """H x W bool: the region a dynamics request with these marks would animate at ``pose``
+        (shown to the person before they start it). Engines that animate regions override it."""
+        raise EngineError(f"the {self.name} engine does not outline regions")

@@ -302,15 +302,25 @@ class ClassicEngine(Engine):
 
     # -- dynamics --
 
-    def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
+    def _paused_view(self, scene: Scene, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(colour, depth) of the view at ``pose``, holes filled."""
         w, h = scene.size
-        n = request.num_frames
-        yield Progress("view", 0, 1, "lifting the paused view")
-        view = self.renderer.render(scene.cloud, request.pose[None], scene.K, w, h).numpy()
+        view = self.renderer.render(scene.cloud, pose[None], scene.K, w, h).numpy()
         hole = ~view.mask[0]
         colour, depth = view.image[0], view.depth[0]
         if hole.any():
-            colour, depth = self._fill(colour, depth, hole, scene, request.pose)
+            colour, depth = self._fill(colour, depth, hole, scene, pose)
+        return colour, depth
+
+    def select_region(self, scene: Scene, pose: np.ndarray, arrows: tuple, frozen: np.ndarray | None
+                      ) -> np.ndarray:
+        colour, depth = self._paused_view(scene, pose)
+        return animation.motion_field(colour, depth, arrows, frozen)[1]
+
+    def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
+        n = request.num_frames
+        yield Progress("view", 0, 1, "lifting the paused view")
+        colour, depth = self._paused_view(scene, request.pose)
         field, region = animation.motion_field(colour, depth, request.arrows, request.frozen)
         yield Progress("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
         # only the pixels that move (the region, its feathered edge included) are animated; the

@@ -107,7 +107,7 @@ def cue_costs(image: np.ndarray, horizon: float) -> np.ndarray:
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
     r = max(2, h // 48)
     ex, ey = _box(gx * gx, r), _box(gy * gy, r)
-    energy = np.sqrt(ex + ey)
+    energy = np.sqrt(np.maximum(ex + ey, 0))
     texture = energy / max(float(np.percentile(energy, 75)), 1e-4)
     vertical_edges = ex / np.maximum(ex + ey, 1e-8)  # vertical edges have horizontal gradients
     chroma = np.hypot(a, b)
