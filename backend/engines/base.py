@@ -44,8 +44,8 @@ class Scene:
     points_budget: int = 0
     """Most points the scene's store keeps (0 = unbounded)."""
     layout: object | None = None
-    """The first view's ground plane and sky (backend.geometry.layout.SceneLayout) when the
-    depth came from the pop-up prior; None otherwise."""
+    """The first view's ground plane and sky (backend.geometry.layout.SceneLayout); None when
+    the view shows no level ground."""
 
     @property
     def size(self) -> tuple[int, int]:

@@ -3,8 +3,9 @@
 - Depth: a transformers depth model (Depth Anything V2 Small by default), fetched once into
   the hub cache on first use with progress; when it cannot be had, the depth map the explorer
   sent, else the pop-up prior (``geometry.popup``: sky, ground and standing regions, the
-  standing ones upright on the ground), whose ground plane and sky the scene keeps
-  (``Scene.layout``) so that fills continue sky from sky and ground from ground. The scene
+  standing ones upright on the ground). The scene keeps its ground plane and sky
+  (``Scene.layout``: the prior's, or fitted to the other depths' ground pixels) so that fills
+  continue sky from sky and ground from ground. The scene
   says which (``depth_source``) in one line for the HUD (``depth_note``);
   ``depth_model = "none"`` forces the fallbacks.
 - Open: lift the first view into the cloud, then fill what the foreground hides with the
@@ -46,7 +47,7 @@ from backend.geometry.cloud import PointCloud
 from backend.geometry.depth import clean_depth_edges
 from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
-from backend.geometry.layout import SceneLayout, view_layout
+from backend.geometry.layout import SceneLayout, fit_layout, view_layout
 from backend.geometry.popup import popup_depth
 from backend.geometry.render import SplatRenderer
 from backend.geometry.store import PointStore
@@ -136,11 +137,13 @@ class ClassicEngine(Engine):
                           progress=None) -> tuple[np.ndarray, str, SceneLayout | None]:
         model = self._load_depth_model(progress)
         if model is not None:
-            return model(image), "model", None
+            depth = model(image)
+            return depth, "model", fit_layout(depth, popup_depth(image, K).labels, K)
         if given is not None:
             if not np.all(np.isfinite(given)) or given.min() <= 0:
                 raise EngineError("the depth map must be finite and positive everywhere")
-            return given.astype(np.float32), "given", None
+            depth = given.astype(np.float32)
+            return depth, "given", fit_layout(depth, popup_depth(image, K).labels, K)
         prior = popup_depth(image, K)
         return prior.depth, "prior", SceneLayout(prior.camera_height, prior.sky_depth)
 
@@ -262,8 +265,14 @@ class ClassicEngine(Engine):
         if not known.any():
             raise EngineError("nothing of the scene is visible from this pose")
         k = self.gap_px * 2 + 1
-        closed = cv2.morphologyEx(known.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((k, k), np.uint8)) > 0
-        gaps = closed & ~known
+        box = np.ones((k, k), np.uint8)
+        closed = cv2.morphologyEx(known.astype(np.uint8), cv2.MORPH_CLOSE, box) > 0
+        # a gap between magnified splats of one surface, not a disocclusion beside a depth
+        # edge (interpolating that would smear the object in front into what it uncovers)
+        seen = np.where(known, depth, 0).astype(np.float32)
+        far = cv2.dilate(seen, box)
+        near = cv2.dilate(np.where(known, 1.0 / np.maximum(depth, 1e-6), 0).astype(np.float32), box)
+        gaps = closed & ~known & (far * near < 1.15)
         if gaps.any():
             rgb = np.where(gaps[..., None], pull_push(rgb, known), rgb)
             depth = np.where(gaps, pull_push(np.where(known, depth, 0).astype(np.float32), known), depth)

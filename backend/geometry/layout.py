@@ -37,12 +37,37 @@ class ViewLayout:
     """z-depth given to sky pixels (world units)."""
 
 
+def fit_layout(depth: np.ndarray, labels: np.ndarray, K: np.ndarray, min_share: float = 0.02,
+               max_spread: float = 0.25) -> SceneLayout | None:
+    """The layout of a first view with a depth of its own (a model's, the explorer's): the
+    ground height is the median world y of the pixels labelled GROUND (None when too few, or
+    when their heights spread more than ``max_spread`` of it: no level ground plane there);
+    the sky's depth the median depth of the SKY pixels, else 1.5 x the farthest depth."""
+    h, w = depth.shape
+    ground = labels == GROUND
+    if ground.mean() < min_share:
+        return None
+    v = np.arange(h, dtype=np.float64)[:, None] + 0.5
+    y = ((v - K[1, 2]) / K[1, 1] * depth)[ground]
+    y = y[y > 0]
+    if y.size < min_share * h * w:
+        return None
+    height = float(np.median(y))
+    if 1.4826 * float(np.median(np.abs(y - height))) > max_spread * height:
+        return None
+    sky = labels == SKY
+    sky_depth = float(np.median(depth[sky])) if sky.any() else 1.5 * float(depth.max())
+    return SceneLayout(height, max(sky_depth, float(np.percentile(depth, 99))))
+
+
 def view_layout(depth: np.ndarray, known: np.ndarray, K: np.ndarray, pose: np.ndarray,
-                layout: SceneLayout, ground_tol: float = 0.04, sky_ratio: float = 0.7) -> ViewLayout:
+                layout: SceneLayout, ground_tol: float = 0.015, sky_ratio: float = 0.7,
+                flat_rows: int = 3) -> ViewLayout:
     """Labels of the known pixels of a view at ``pose`` and its rays' ground depth.
 
-    A known point is GROUND within ``ground_tol`` x its depth of the plane, SKY at or beyond
-    ``sky_ratio`` x the sky's depth, VERTICAL otherwise.
+    A known point is GROUND within ``ground_tol`` x its depth of the plane when the points of
+    the ``flat_rows`` pixels above it are too (the plane lies flat; a post's foot does not),
+    SKY at or beyond ``sky_ratio`` x the sky's depth, VERTICAL otherwise.
     """
     h, w = depth.shape
     v, u = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
@@ -51,7 +76,12 @@ def view_layout(depth: np.ndarray, known: np.ndarray, K: np.ndarray, pose: np.nd
     world_dir_y = rays @ R[1]  # world y of each ray (z-depth 1)
     world_y = c[1] + depth * world_dir_y
     labels = np.full((h, w), VERTICAL, np.uint8)
-    labels[known & (np.abs(world_y - layout.ground_height) <= ground_tol * depth)] = GROUND
+    on_plane = known & (np.abs(world_y - layout.ground_height) <= ground_tol * depth)
+    # and lying flat: the foot of a post is on the plane too, but not the pixels above it
+    flat = on_plane.copy()
+    for k in range(1, flat_rows + 1):
+        flat[k:] &= on_plane[:-k] | ~known[:-k]
+    labels[flat] = GROUND
     labels[known & (depth >= sky_ratio * layout.sky_depth)] = SKY
     with np.errstate(divide="ignore", invalid="ignore"):
         t = (layout.ground_height - c[1]) / world_dir_y

@@ -72,8 +72,12 @@ def _wave(x: np.ndarray, z: np.ndarray, seed: int) -> np.ndarray:
 
 def make_boxes(width: int = 384, height: int = 288, fov_x_deg: float = 60.0,
                camera_height: float = 1.6, post: tuple[float, float] | None = None,
-               boxes: tuple[Box, ...] = (*PEOPLE, HOUSE)) -> SyntheticScene:
-    """Boxes standing on a ground plane (module doc); ``post=(x, z)`` adds a magenta post."""
+               boxes: tuple[Box, ...] = (*PEOPLE, HOUSE), camera: tuple[float, float] = (0.0, 0.0)
+               ) -> SyntheticScene:
+    """Boxes standing on a ground plane (module doc); ``post=(x, z)`` adds a magenta post;
+    ``camera=(x, z)`` moves the (level, forward-looking) camera over the ground (world units;
+    the sky stays at ``sky_depth`` from it)."""
+    ox, oz = camera
     K = intrinsics(width, height, fov_x_deg)
     u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
     dx, dy = (u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]
@@ -85,7 +89,7 @@ def make_boxes(width: int = 384, height: int = 288, fov_x_deg: float = 60.0,
     depth = np.full((height, width), sky_depth)
     # the ground plane y = camera_height
     tg = camera_height / np.maximum(dy, 1e-4)
-    gx, gz = dx * tg, tg
+    gx, gz = ox + dx * tg, oz + tg
     hit = (dy > 1e-4) & (tg < depth)
     grass = (0.6 + 0.4 * _wave(gx * 3, gz * 3, 2))[..., None] * np.array([95, 150, 70])
     paving = ((np.floor(gx * 1.5) + np.floor(gz * 1.5)) % 2 == 0)[..., None] * 14.0
@@ -98,11 +102,11 @@ def make_boxes(width: int = 384, height: int = 288, fov_x_deg: float = 60.0,
     if post is not None:
         items.append(Box(post[0], post[1], 0.15, 0.15, 2.2, POST_COLOUR))
     for i, box in enumerate(items):
-        lo = np.array([box.x - box.width / 2, camera_height - box.height, box.z - box.depth / 2])
-        hi = np.array([box.x + box.width / 2, camera_height, box.z + box.depth / 2])
+        lo = np.array([box.x - box.width / 2 - ox, camera_height - box.height, box.z - box.depth / 2 - oz])
+        hi = np.array([box.x + box.width / 2 - ox, camera_height, box.z + box.depth / 2 - oz])
         t_near, t_far, axis = _slab(dx, dy, lo, hi)
         hit = (t_near <= t_far) & (t_near > 0) & (t_near < depth)
-        px, py = dx * t_near, dy * t_near
+        px, py = ox + dx * t_near, dy * t_near
         shade = np.where(axis == 0, 0.75, 1.0)[..., None]
         tex = (0.75 + 0.25 * _wave(px * 8 + i, py * 8, 10 + i))[..., None] * np.array(box.colour)
         if box.colour == POST_COLOUR:
