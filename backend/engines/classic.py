@@ -145,7 +145,8 @@ class ClassicEngine(Engine):
             depth = given.astype(np.float32)
             return depth, "given", fit_layout(depth, popup_depth(image, K).labels, K)
         prior = popup_depth(image, K)
-        return prior.depth, "prior", SceneLayout(prior.camera_height, prior.sky_depth)
+        return prior.depth, "prior", SceneLayout.from_horizon(prior.horizon, K, prior.camera_height,
+                                                             prior.sky_depth)
 
     def depth_note(self, source: str) -> str:
         """One line for the HUD: which depth is in use and, without the model, how to get it."""

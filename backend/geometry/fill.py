@@ -284,7 +284,8 @@ def _colour_correction(work: _Work, offsets: Offsets, min_known: float = 0.25) -
 def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px: int = 128,
                  edge_ratio: float = 0.5, near_ratio: float = 0.85, edge_window: int = 5,
                  thin_px: int = 12, porous_known: float = 0.6,
-                 config: SearchConfig | None = None, layout: ViewLayout | None = None) -> Filled:
+                 config: SearchConfig | None = None, layout: ViewLayout | None = None,
+                 rarity_weight: float = 1.0) -> Filled:
     """Fill ``hole`` with texture copied from the background side (PatchMatch at reduced size).
 
     1. the photo is reduced to blocks of ``f`` pixels (longest side ``work_px``);
@@ -305,7 +306,9 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     before the background, else sky or standing as the background around it): sources are
     searched among their own label only, a copy whose source pixel has another label is
     replaced by a smooth fill from that label's pixels (no object lands in the sky or on the
-    ground), and ground and sky take the plane's and the sky's depth.
+    ground), and ground and sky take the plane's and the sky's depth; a source's colour costs
+    ``rarity_weight`` x its rarity among the known blocks (a red tractor is rare, foliage
+    is not), so a wide reveal continues the common texture instead of repeating an object.
     """
     hole = np.asarray(hole, bool)
     img = np.ascontiguousarray(image)
@@ -323,11 +326,12 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     work = _work(img, dep, hole, known, work_px)
     expected, anchors = _background_depth(work, edge_window, edge_ratio, near_ratio)
     hc, wc = work.hole.shape
-    labels = own = None
+    labels = own = rarity = None
     if layout is not None:
         own = block_labels(layout.labels, known, work.f, hc, wc)
         ground_depth = block_ground_depth(layout.ground_depth, work.f, hc, wc)
         labels = expected_labels(own, ground_depth, expected, work.hole, anchors, pull_push)
+        rarity = rarity_weight * colour_rarity(work.mean, work.known >= 1.0)
         expected = np.where(work.hole & (labels == GROUND), ground_depth,
                             np.where(work.hole & (labels == SKY), layout.sky_depth, expected))
         expected = expected.astype(np.float32)
@@ -335,7 +339,7 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     # 3. the nearest-patch field (a sieve with no whole known block is all interpolated)
     if (work.known >= 1.0).any():
         offsets = nearest_patches(work.image, work.hole, anchors, log_depth.astype(np.float32),
-                                  config or SearchConfig(near_ratio=near_ratio), labels)
+                                  config or SearchConfig(near_ratio=near_ratio), labels, rarity)
     else:
         zero = np.zeros(work.hole.shape, np.int32)
         offsets = Offsets(zero, zero, zero.astype(np.float32))
@@ -374,6 +378,19 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
         blurred = cv2.GaussianBlur(out_img, (3, 3), 0)
         out_img[seams] = blurred[seams]
     return Filled(out_img, out_dep)
+
+
+def colour_rarity(colour: np.ndarray, where: np.ndarray, bins: int = 6) -> np.ndarray:
+    """H x W float32 in [0, 1]: how much rarer each pixel's colour (0..1 RGB) is than the
+    typical colour of the ``where`` pixels (1: ten times rarer or more)."""
+    q = np.clip((colour * bins).astype(np.int32), 0, bins - 1)
+    code = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    if not where.any():
+        return np.zeros(where.shape, np.float32)
+    p = np.bincount(code[where], minlength=bins**3).astype(np.float32) + 0.5
+    p /= p.sum()
+    typical = float(np.median(np.log(p[code[where]])))
+    return np.clip((typical - np.log(p[code])) / np.log(10.0), 0, 1).astype(np.float32)
 
 
 def _pixel_labels(labels: np.ndarray, layout: ViewLayout, expected: np.ndarray, ys: np.ndarray,

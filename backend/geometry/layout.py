@@ -1,8 +1,10 @@
 """A scene's layout (its ground plane and sky) and what it says about any view's pixels.
 
-``SceneLayout`` is what the pop-up prior found in the first view: a level ground plane
-``ground_height`` below the first camera (world y = ``ground_height``, OpenCV y down) and a
-sky at ``sky_depth``. ``view_layout(depth, known, K, pose, layout) -> ViewLayout`` labels a
+``SceneLayout`` is what the first view shows of the world's layout: a ground plane
+(``normal . X = offset`` in world coordinates, the normal pointing down, OpenCV y down; the
+pop-up prior's, whose horizon need not be at the principal point, so the camera may look
+slightly up or down at it, or one fitted to a depth map's ground) and a sky at ``sky_depth``.
+``view_layout(depth, known, K, pose, layout) -> ViewLayout`` labels a
 rendered view's known pixels (SKY, GROUND, VERTICAL) from where their points lie, and gives
 for every pixel the z-depth at which its ray meets the ground plane (inf where it does not),
 so a fill can continue sky from sky and ground from ground, with the ground's depth in its
@@ -21,10 +23,22 @@ from backend.geometry.popup import GROUND, SKY, VERTICAL
 
 @dataclass(frozen=True)
 class SceneLayout:
-    ground_height: float
-    """World y of the ground plane (the first camera is level, y down)."""
+    normal: tuple[float, float, float]
+    """Unit normal of the ground plane in world coordinates, pointing down (y > 0)."""
+    offset: float
+    """``normal . X`` of every ground point X (world units): the first camera's height."""
     sky_depth: float
     """Depth of the sky plane from the first camera (world units)."""
+
+    @classmethod
+    def from_horizon(cls, horizon_row: float, K: np.ndarray, camera_height: float,
+                     sky_depth: float) -> SceneLayout:
+        """The ground of a view whose horizon is row ``horizon_row``, ``camera_height`` below
+        the camera: the points with ``z = camera_height * fy / (v - horizon_row)``."""
+        t = (horizon_row - float(K[1][2])) / float(K[1][1])
+        n = np.array([0.0, 1.0, -t]) / np.hypot(1.0, t)
+        return cls((float(n[0]), float(n[1]), float(n[2])), camera_height / float(np.hypot(1.0, t)),
+                   float(sky_depth))
 
 
 @dataclass(frozen=True)
@@ -38,26 +52,34 @@ class ViewLayout:
 
 
 def fit_layout(depth: np.ndarray, labels: np.ndarray, K: np.ndarray, min_share: float = 0.02,
-               max_spread: float = 0.25) -> SceneLayout | None:
-    """The layout of a first view with a depth of its own (a model's, the explorer's): the
-    ground height is the median world y of the pixels labelled GROUND (None when too few, or
-    when their heights spread more than ``max_spread`` of it: no level ground plane there);
-    the sky's depth the median depth of the SKY pixels, else 1.5 x the farthest depth."""
+               max_spread: float = 0.05, rounds: int = 3) -> SceneLayout | None:
+    """The layout of a first view with a depth of its own (a model's, the explorer's): a plane
+    fitted to the points of the pixels labelled GROUND (least squares, refitted on the points
+    within ``max_spread`` x their depth of it), None when too few pixels are ground, the plane
+    does not face up or too few points lie on it; the sky's depth the median depth of the SKY
+    pixels, else 1.5 x the farthest depth."""
     h, w = depth.shape
     ground = labels == GROUND
     if ground.mean() < min_share:
         return None
-    v = np.arange(h, dtype=np.float64)[:, None] + 0.5
-    y = ((v - K[1, 2]) / K[1, 1] * depth)[ground]
-    y = y[y > 0]
-    if y.size < min_share * h * w:
-        return None
-    height = float(np.median(y))
-    if 1.4826 * float(np.median(np.abs(y - height))) > max_spread * height:
+    v, u = np.nonzero(ground)
+    z = depth[v, u].astype(np.float64)
+    pts = np.column_stack([(u + 0.5 - K[0, 2]) / K[0, 0] * z, (v + 0.5 - K[1, 2]) / K[1, 1] * z, z])
+    use = np.ones(len(pts), bool)
+    for _ in range(rounds):
+        centre = pts[use].mean(0)
+        normal = np.linalg.svd(pts[use] - centre, full_matrices=False)[2][-1]
+        normal = normal if normal[1] > 0 else -normal
+        use = np.abs((pts - centre) @ normal) <= max_spread * z
+        if use.sum() < min_share * h * w:
+            return None
+    offset = float(centre @ normal)
+    if normal[1] < 0.8 or offset <= 0:  # not a floor below the camera
         return None
     sky = labels == SKY
     sky_depth = float(np.median(depth[sky])) if sky.any() else 1.5 * float(depth.max())
-    return SceneLayout(height, max(sky_depth, float(np.percentile(depth, 99))))
+    return SceneLayout((float(normal[0]), float(normal[1]), float(normal[2])), offset,
+                       max(sky_depth, float(np.percentile(depth, 99))))
 
 
 def view_layout(depth: np.ndarray, known: np.ndarray, K: np.ndarray, pose: np.ndarray,
@@ -73,10 +95,11 @@ def view_layout(depth: np.ndarray, known: np.ndarray, K: np.ndarray, pose: np.nd
     v, u = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
     rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
     R, c = pose[:3, :3].astype(np.float32), pose[:3, 3].astype(np.float32)
-    world_dir_y = rays @ R[1]  # world y of each ray (z-depth 1)
-    world_y = c[1] + depth * world_dir_y
+    n = np.asarray(layout.normal, np.float32)
+    along = rays @ (R.T @ n)  # normal . world direction of each ray (z-depth 1)
+    height = float(n @ c) - layout.offset  # the camera's signed distance to the plane (< 0 above)
     labels = np.full((h, w), VERTICAL, np.uint8)
-    on_plane = known & (np.abs(world_y - layout.ground_height) <= ground_tol * depth)
+    on_plane = known & (np.abs(height + depth * along) <= ground_tol * depth)
     # and lying flat: the foot of a post is on the plane too, but not the pixels above it
     flat = on_plane.copy()
     for k in range(1, flat_rows + 1):
@@ -84,15 +107,16 @@ def view_layout(depth: np.ndarray, known: np.ndarray, K: np.ndarray, pose: np.nd
     labels[flat] = GROUND
     labels[known & (depth >= sky_ratio * layout.sky_depth)] = SKY
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = (layout.ground_height - c[1]) / world_dir_y
-    ground_depth = np.where((world_dir_y > 1e-6) & (t > 0), t, np.inf).astype(np.float32)
+        t = -height / along
+    ground_depth = np.where((along > 1e-6) & (t > 0), t, np.inf).astype(np.float32)
     return ViewLayout(labels, ground_depth, float(layout.sky_depth))
 
 
 def expected_labels(view_labels: np.ndarray, ground_depth: np.ndarray, expected_depth: np.ndarray,
                     hole: np.ndarray, anchors: np.ndarray, pull_push) -> np.ndarray:
     """Labels for the hole: GROUND where the ray meets the ground nearer than the background
-    the hole continues, else SKY where the nearby background is mostly sky, else VERTICAL.
+    the hole continues, else SKY where the nearby background, or the background in the same
+    row, is mostly sky, else VERTICAL.
 
     All arrays at one resolution; ``anchors`` are the background pixels the hole continues,
     ``pull_push(values, weights)`` spreads their sky share into the hole.
@@ -100,7 +124,12 @@ def expected_labels(view_labels: np.ndarray, ground_depth: np.ndarray, expected_
     out = view_labels.copy()
     ground = hole & np.isfinite(ground_depth) & (ground_depth <= 1.05 * expected_depth)
     sky_share = pull_push((view_labels == SKY).astype(np.float32), anchors.astype(np.float32))
-    sky = hole & ~ground & (sky_share > 0.5)
+    # rows are heights above the horizon: a row mostly sky among the anchors is sky in the
+    # hole too (a wide reveal far from any sky anchor, after turning)
+    counted = anchors.sum(1)
+    row_sky = ((view_labels == SKY) & anchors).sum(1) / np.maximum(counted, 1)
+    row_sky = np.where(counted >= 3, row_sky, 0.0)[:, None]
+    sky = hole & ~ground & ((sky_share > 0.5) | (row_sky > 0.6))
     out[hole] = VERTICAL
     out[ground] = GROUND
     out[sky] = SKY
