@@ -15,9 +15,9 @@ interpolates the arrows' velocities inside it only and fades them to zero over a
 they reach the edge (no seam, nothing dragged out). Without arrows the region is a sky/water
 guess, confined the same way.
 
-Only the moving pixels are animated: :func:`splat` pushes them to their positions of a frame
-(bilinear splatting, the still view everywhere else), so a frame costs the region's size, not
-the view's.
+Only the moving pixels are animated: :func:`loop_frame` reads each one's colour from where the
+field carried it from (and will carry it from), the still view everywhere else, so a frame
+costs the region's size, not the view's.
 """
 
 from __future__ import annotations
@@ -33,16 +33,18 @@ from protocol.messages import Arrow
 
 
 def _sample(field: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """Bilinear sample of an H x W x 2 field at N x 2 pixel positions (x, y), edge-clamped."""
-    h, w = field.shape[:2]
-    x = np.clip(pos[:, 0] - 0.5, 0, w - 1)
-    y = np.clip(pos[:, 1] - 0.5, 0, h - 1)
-    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
-    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    top = field[y0, x0] * (1 - fx) + field[y0, x1] * fx
-    bottom = field[y1, x0] * (1 - fx) + field[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
+    """Bilinear sample of an H x W x C array at N x 2 pixel positions (x, y; pixel centres at
+    .5), edge-clamped (OpenCV's remap: positions resolved to 1/32 pixel)."""
+    c = 1 if field.ndim == 2 else field.shape[2]
+    n = len(pos)
+    cols = 1024  # remap's maps are images: N positions as rows of 1024 (fewer than 32767 each way)
+    rows = max(1, -(-n // cols))
+    maps = np.zeros((rows * cols, 2), np.float32)
+    maps[:n] = pos - 0.5
+    maps = maps.reshape(rows, cols, 2)
+    out = cv2.remap(np.ascontiguousarray(field, dtype=np.float32), maps, None, cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(-1, c)[:n]
 
 
 def integrate(field: np.ndarray, start: np.ndarray, steps: int) -> list[np.ndarray]:
@@ -106,42 +108,17 @@ def loop_frames(field: np.ndarray, start: np.ndarray, num_frames: int) -> Iterat
         forward = forward + _sample(field, forward)
 
 
-def splat(colour: np.ndarray, pos: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(H x W x 3 float32 sum of weighted colours, H x W float32 sum of weights): N x 3
-    ``colour`` pushed to N x 2 pixel positions ``pos`` (x, y; pixel centres at .5), each
-    spread bilinearly over the 4 pixels around it."""
-    h, w = shape
-    x, y = pos[:, 0] - 0.5, pos[:, 1] - 0.5
-    x0, y0 = np.floor(x), np.floor(y)
-    fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
-    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
-    acc = np.zeros((h * w, 4), np.float32)
-    for dx, dy, wt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy),
-                       (1, 1, fx * fy)):
-        xi, yi = x0 + dx, y0 + dy
-        ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-        flat = yi[ok] * w + xi[ok]
-        wk = wt[ok]
-        for c in range(3):
-            acc[:, c] += np.bincount(flat, colour[ok, c] * wk, h * w)
-        acc[:, 3] += np.bincount(flat, wk, h * w)
-    return acc[:, :3].reshape(h, w, 3), acc[:, 3].reshape(h, w)
-
-
-def loop_frame(still: np.ndarray, moving: np.ndarray, colour: np.ndarray, forward: np.ndarray,
-               backward: np.ndarray, alpha: float, min_weight: float = 0.3) -> np.ndarray:
-    """One frame of the loop: the ``moving`` pixels (H x W bool) of ``still`` replaced by the
-    symmetric splat of their ``colour`` (N x 3) pushed ``forward`` and ``backward`` (N x 2),
-    weighted ``1 - alpha`` and ``alpha``; where too little arrives the still view shows."""
-    shape = still.shape[:2]
-    acc_f, w_f = splat(colour, forward, shape)
-    acc_b, w_b = splat(colour, backward, shape)
+def loop_frame(still: np.ndarray, ys: np.ndarray, xs: np.ndarray, from_back: np.ndarray,
+               from_ahead: np.ndarray, alpha: float) -> np.ndarray:
+    """One frame of the loop, by warping: the moving pixels (``ys``, ``xs``) of ``still``
+    show ``1 - alpha`` of the still view where their content came from (``from_back``: traced
+    t steps against the field) and ``alpha`` of where it will come from (``from_ahead``:
+    traced N - t steps along it); the rest of the view is ``still``. This is symmetric
+    splatting (the module doc) read backwards: no holes, and a frame costs the region's size."""
     a = np.float32(alpha)
-    acc = (1 - a) * acc_f + a * acc_b
-    wsum = (1 - a) * w_f + a * w_b
+    colour = (1 - a) * _sample(still, from_back) + a * _sample(still, from_ahead)
     out = still.copy()
-    take = moving & (wsum >= min_weight)
-    out[take] = np.clip(acc[take] / wsum[take, None] + 0.5, 0, 255).astype(np.uint8)
+    out[ys, xs] = np.clip(colour + 0.5, 0, 255).astype(np.uint8)
     return out
 
 

@@ -22,6 +22,14 @@ Issue 21's figures (``--parts``, all by default):
   ``prior_absrel_over_horizon`` (AbsRel of each, median-scaled, over the non-sky pixels; goal
   at most 0.5) and ``upright_fraction`` (the share of standing objects' pixels whose lifted
   points form a near-vertical surface; goal at least 0.8), with the horizon prior's beside it.
+- ``region``: each shared scene with a lake composited into it (``synthetic.composite_water``:
+  the photo mirrored, rippled and tinted, its mask known; other lake shapes than the ones the
+  segmentation was tuned on) and arrows drawn on the water. The backend's ``RegionOutline``
+  is filled back into a mask and compared with the lake's: ``region_iou`` (mean over scenes,
+  three arrows; goal at least 0.7), ``region_iou_min`` and ``region_iou_one_stroke`` (one
+  arrow). A Dynamics with the same three arrows follows: ``dynamics_realtime_factor`` (clip
+  length at its fps over the time to its last frame, median; goal at least 1) and
+  ``moving_share`` (the share of the lake's pixels that change during the clip, mean).
 """
 
 from __future__ import annotations
@@ -50,12 +58,15 @@ from protocol.trajectory import preset  # noqa: E402
 
 SCENES = Path(__file__).resolve().parents[2] / "shared" / "scenes"
 DEFAULT_SCENES = ("03_ancient", "09_countryside", "58_woodland")
+REGION_SCENES = ("03_ancient", "05_city_2", "09_countryside", "12_desert", "16_ink_lake",
+                 "23_pirate_2", "56_village", "58_woodland")
 GOALS = {"consistency_max": 1.0, "consistency_target": 0.5, "realtime_factor_min": 1.0,
          "ttff_s_max": 0.5, "grid_energy_max": 1.2, "prior_absrel_over_horizon_max": 0.5,
-         "upright_fraction_min": 0.8}
+         "upright_fraction_min": 0.8, "region_iou_min": 0.7, "dynamics_realtime_factor_min": 1.0}
 """Issue 14: mean consistency at most 1.0 (target 0.5), median realtime factor at least 1,
 median time to first frame at most 0.5 s, forward frames' grid energy within 1.2x the photo's.
-Issue 21: the depth prior's AbsRel at most half the horizon prior's, standing things upright."""
+Issue 21: the depth prior's AbsRel at most half the horizon prior's, standing things upright,
+arrows select the lake (mean IoU), dynamics at least as fast as playback."""
 
 
 def clip_consistency(frames, poses, points, K) -> float:
@@ -180,6 +191,51 @@ def depth_figures() -> dict:
     }
 
 
+def region_figures(args) -> dict:
+    """Issue 21: arrows on a composited lake select it, and its dynamics keep up with playback."""
+    from backend.geometry.regions import fill_outline
+    from backend.geometry.synthetic import composite_water, water_strokes
+    from protocol.messages import Arrow
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=Path(tmp), save_clips=False)
+        with Backend(config) as backend:
+            for k, name in enumerate(args.region_scenes):
+                with Image.open(args.scenes_dir / f"{name}.jpg") as im:
+                    photo = np.asarray(im.convert("RGB").resize((args.size, args.size)))
+                image, lake = composite_water(photo, seed=100 + k)
+                with ScriptedClient(backend.address, credits=8) as client:
+                    opened = client.open_scene(image, scene_id=f"lake-{name}")
+                    sid = opened.scene.scene_id
+                    arrows = [Arrow(start=a, vector=((b[0] - a[0]) / 24, (b[1] - a[1]) / 24))
+                              for a, b in water_strokes(lake, 3)]
+                    iou = {}
+                    for n in (1, 3):
+                        picked = arrows[1:2] if n == 1 else arrows
+                        _, lines = client.select_region(sid, np.eye(4), picked)
+                        region = fill_outline(lines, lake.shape)
+                        iou[n] = float((region & lake).sum() / max((region | lake).sum(), 1))
+                    job = client.dynamics(sid, np.eye(4), num_frames=48, arrows=arrows,
+                                          frame_codec=args.frame_codec)
+                    still = job.frames[0].astype(np.int16)
+                    changed = np.zeros(lake.shape, bool)
+                    for f in job.frames[1:]:
+                        changed |= np.abs(f.astype(np.int16) - still).max(2) > 8
+                    rows.append({"scene": name, "iou_3": iou[3], "iou_1": iou[1],
+                                 "realtime_factor": (48 / 24.0) / job.frame_times[-1],
+                                 "moving_share": float(changed[lake].mean())})
+                    print(json.dumps({k2: round(v, 4) if isinstance(v, float) else v
+                                      for k2, v in rows[-1].items()}), flush=True)
+    return {
+        "region_iou": round(float(np.mean([r["iou_3"] for r in rows])), 4),
+        "region_iou_min": round(float(np.min([r["iou_3"] for r in rows])), 4),
+        "region_iou_one_stroke": round(float(np.mean([r["iou_1"] for r in rows])), 4),
+        "dynamics_realtime_factor": round(float(np.median([r["realtime_factor"] for r in rows])), 3),
+        "moving_share": round(float(np.mean([r["moving_share"] for r in rows])), 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenes", nargs="+", default=list(DEFAULT_SCENES),
@@ -192,8 +248,10 @@ def main() -> None:
                         help="how frames travel (raw: the explorer's own backend; jpeg: remote)")
     parser.add_argument("--scenes-dir", type=Path, default=SCENES)
     parser.add_argument("--sheets", type=Path, default=None, help="write contact sheets here")
-    parser.add_argument("--parts", nargs="+", default=["depth", "transitions"],
-                        choices=["depth", "transitions"], help="which figures to measure")
+    parser.add_argument("--parts", nargs="+", default=["depth", "region", "transitions"],
+                        choices=["depth", "region", "transitions"], help="which figures to measure")
+    parser.add_argument("--region-scenes", nargs="+", default=list(REGION_SCENES),
+                        help="shared scenes a lake is composited into")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.scenes == ["all"]:
@@ -207,6 +265,9 @@ def main() -> None:
         result.update(depth_figures())
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}),
               flush=True)
+    if "region" in args.parts:
+        result.update(region_figures(args))
+        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}), flush=True)
     if "transitions" in args.parts:
         run_transitions(args, rows)
         result.update(transition_summary(args, rows))
@@ -252,6 +313,9 @@ def goals_met(result: dict) -> dict:
         "prior_absrel_over_horizon": ("prior_absrel_over_horizon",
                                       lambda v: v <= GOALS["prior_absrel_over_horizon_max"]),
         "upright_fraction": ("upright_fraction", lambda v: v >= GOALS["upright_fraction_min"]),
+        "region_iou": ("region_iou", lambda v: v >= GOALS["region_iou_min"]),
+        "dynamics_realtime_factor": ("dynamics_realtime_factor",
+                                     lambda v: v >= GOALS["dynamics_realtime_factor_min"]),
     }
     return {name: bool(test(result[key])) for name, (key, test) in checks.items() if key in result}
 

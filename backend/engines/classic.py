@@ -334,14 +334,13 @@ class ClassicEngine(Engine):
         field, region = animation.motion_field(colour, depth, request.arrows, request.frozen)
         yield Progress("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
         # only the pixels that move (the region, its feathered edge included) are animated; the
-        # camera stays at the paused pose, so moving a pixel in 3D at its own depth and
+        # camera stays at the paused pose, so moving a point in 3D at its own depth and
         # projecting it back is moving it in the image
-        moving = np.abs(field).max(axis=2) > 0
-        ys, xs = np.nonzero(moving)
+        ys, xs = np.nonzero(np.abs(field).max(axis=2) > 0)
         start = np.stack([xs + 0.5, ys + 0.5], axis=1).astype(np.float32)
-        rgb = colour[ys, xs].astype(np.float32)
-        # one frame's positions at a time: memory does not grow with num_frames
-        for t, forward, backward, alpha in animation.loop_frames(field, start, n):
-            frame = animation.loop_frame(colour, moving, rgb, forward, backward, float(alpha))
+        # each moving pixel traced against the field (where its content came from) and along
+        # it (where it will come from): loop_frames of the negated field, one frame at a time
+        for t, from_back, from_ahead, alpha in animation.loop_frames(-field, start, n):
+            frame = animation.loop_frame(colour, ys, xs, from_back, from_ahead, float(alpha))
             yield FrameOut(t, frame, request.pose)
 

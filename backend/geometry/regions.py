@@ -188,3 +188,14 @@ def outline(region: np.ndarray, max_points: int = 2000, epsilon_px: float = 1.0)
         out.append(c + 0.5)  # pixel centres
         total += len(c)
     return out
+
+
+def fill_outline(polylines: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """H x W bool from closed polylines (as ``outline`` gives them): a pixel is inside when
+    an odd number of them enclose it (so a hole's border cuts the hole out)."""
+    count = np.zeros(shape, np.uint8)
+    for line in polylines:
+        one = np.zeros(shape, np.uint8)
+        cv2.fillPoly(one, [np.round(np.asarray(line) - 0.5).astype(np.int32)], 1)
+        count += one
+    return count % 2 == 1

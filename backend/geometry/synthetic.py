@@ -180,3 +180,17 @@ def composite_water(image: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.nd
     alpha = np.clip(inside / 2.0, 0, 1)[..., None]
     out = (alpha * np.clip(water, 0, 255) + (1 - alpha) * image).astype(np.uint8)
     return out, mask
+
+
+def water_strokes(mask: np.ndarray, count: int = 3, length_px: float = 40.0
+                  ) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """``count`` short horizontal strokes inside ``mask``, spread across it from left to
+    right, each as (start (x, y), end (x, y)) in pixels."""
+    ys, xs = np.nonzero(mask)
+    out = []
+    for q in np.linspace(0.25, 0.75, count) if count > 1 else (0.5,):
+        cx = float(np.quantile(xs, q))
+        rows = ys[np.abs(xs - cx) < 3]
+        cy = float(np.median(rows)) + 0.5
+        out.append(((cx - length_px / 2, cy), (cx + length_px / 2, cy)))
+    return out
