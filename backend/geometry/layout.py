@@ -52,12 +52,12 @@ class ViewLayout:
 
 
 def fit_layout(depth: np.ndarray, labels: np.ndarray, K: np.ndarray, min_share: float = 0.02,
-               max_spread: float = 0.05, rounds: int = 3) -> SceneLayout | None:
+               spreads: tuple[float, ...] = (0.05, 0.02, 0.01)) -> SceneLayout | None:
     """The layout of a first view with a depth of its own (a model's, the explorer's): a plane
     fitted to the points of the pixels labelled GROUND (least squares, refitted on the points
-    within ``max_spread`` x their depth of it), None when too few pixels are ground, the plane
-    does not face up or too few points lie on it; the sky's depth the median depth of the SKY
-    pixels, else 1.5 x the farthest depth."""
+    within each of ``spreads`` x their depth of it in turn), None when too few pixels are
+    ground, the plane does not face up or too few points lie on it; the sky's depth the median
+    depth of the SKY pixels, else 1.5 x the farthest depth."""
     h, w = depth.shape
     ground = labels == GROUND
     if ground.mean() < min_share:
@@ -66,11 +66,11 @@ def fit_layout(depth: np.ndarray, labels: np.ndarray, K: np.ndarray, min_share: 
     z = depth[v, u].astype(np.float64)
     pts = np.column_stack([(u + 0.5 - K[0, 2]) / K[0, 0] * z, (v + 0.5 - K[1, 2]) / K[1, 1] * z, z])
     use = np.ones(len(pts), bool)
-    for _ in range(rounds):
+    for spread in spreads:
         centre = pts[use].mean(0)
         normal = np.linalg.svd(pts[use] - centre, full_matrices=False)[2][-1]
         normal = normal if normal[1] > 0 else -normal
-        use = np.abs((pts - centre) @ normal) <= max_spread * z
+        use = np.abs((pts - centre) @ normal) <= spread * z
         if use.sum() < min_share * h * w:
             return None
     offset = float(centre @ normal)
