@@ -48,7 +48,7 @@ from backend.geometry.depth import clean_depth_edges
 from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
 from backend.geometry.layout import SceneLayout, fit_layout, view_layout
-from backend.geometry.popup import popup_depth
+from backend.geometry.popup import VERTICAL, popup_depth
 from backend.geometry.render import SplatRenderer
 from backend.geometry.store import PointStore
 from backend.geometry.unproject import unproject
@@ -209,7 +209,27 @@ class ClassicEngine(Engine):
             labels = None if layout is None else view_layout(known_depth, layer.mask, K, np.eye(4), layout)
             filled = texture_fill(layer.color, known_depth, ~layer.mask, layout=labels)
             parts.append(unproject(filled.image, layer.depth, K, np.eye(4), mask=hole))
+        if layout is not None:
+            parts.append(self._behind_standing(image, depth, K, layout, behind))
         return PointCloud.concat(parts)
+
+    def _behind_standing(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                         layout: SceneLayout, behind: float) -> PointCloud:
+        """The ground and sky behind standing things (people, posts, walls stand on the ground
+        at its own depth, so no depth layer separates them from the ground behind): filled
+        from ground and sky only, kept where the fill is ground on the plane or sky, behind
+        the standing pixel."""
+        eye = np.eye(4)
+        labels = view_layout(depth, np.ones(depth.shape, bool), K, eye, layout)
+        standing = labels.labels == VERTICAL
+        if not standing.any() or standing.all():
+            return PointCloud.empty()
+        filled = texture_fill(image, np.where(standing, 0, depth), standing, layout=labels)
+        plane = np.isfinite(labels.ground_depth) & (np.abs(filled.depth - labels.ground_depth)
+                                                      <= 1e-3 * labels.ground_depth)
+        sky = filled.depth >= layout.sky_depth * 0.999
+        hole = standing & (plane | sky) & (filled.depth > behind * depth)
+        return unproject(filled.image, filled.depth, K, eye, mask=hole)
 
     def resume_scene(self, scene_id: str, sessions) -> tuple[Scene, PointCloud]:
         saved = sessions.load(scene_id)
