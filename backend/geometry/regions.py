@@ -45,27 +45,6 @@ def _lab(image: np.ndarray) -> np.ndarray:
     return lab
 
 
-def _adjacency(segments: np.ndarray, lab: np.ndarray) -> dict[int, list[tuple[int, float]]]:
-    """Each superpixel's neighbours with the mean Lab step across their shared border."""
-    pairs, steps = [], []
-    for a, b, la, lb in ((segments[:, :-1], segments[:, 1:], lab[:, :-1], lab[:, 1:]),
-                         (segments[:-1], segments[1:], lab[:-1], lab[1:])):
-        cross = a != b
-        pairs.append(np.sort(np.stack([a[cross], b[cross]], 1), 1))
-        steps.append(np.linalg.norm(la[cross] - lb[cross], axis=1))
-    pairs_all, step_all = np.concatenate(pairs), np.concatenate(steps)
-    n = int(segments.max()) + 1
-    code = pairs_all[:, 0].astype(np.int64) * n + pairs_all[:, 1]
-    uniq, inv = np.unique(code, return_inverse=True)
-    mean = np.bincount(inv, step_all) / np.bincount(inv)
-    graph: dict[int, list[tuple[int, float]]] = {}
-    for c, m in zip(uniq, mean, strict=True):
-        i, j = divmod(int(c), n)
-        graph.setdefault(i, []).append((j, float(m)))
-        graph.setdefault(j, []).append((i, float(m)))
-    return graph
-
-
 def select_region(image: np.ndarray, stroke: np.ndarray, frozen: np.ndarray | None = None,
                   config: RegionConfig = RegionConfig()) -> np.ndarray:
     """H x W bool: the coherent region ``stroke`` (H x W bool) lies in (module doc)."""
