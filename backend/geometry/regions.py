@@ -3,17 +3,20 @@
 ``select_region(image, stroke, frozen) -> H x W bool``:
 
 1. superpixels of the photo at ``work_px`` (``popup.superpixels``: a watershed of the colour
-   gradient from a seed grid), each with its mean Lab colour and texture (the spread of its
-   lightness);
-2. the superpixels the stroke touches are the seed; their pixels give the region's colour
-   model (mean and spread per Lab channel, the spread floored so a flat seed still accepts
-   ripples);
-3. the region grows over the superpixel adjacency, cheapest first: a neighbour joins when its
-   colour and texture are within ``tolerance`` spreads of the model and the edge between them
-   (the mean colour step across their shared border) is weaker than ``edge_max``; superpixels
-   under the freeze brush never join;
+   gradient from a seed grid), each with its mean Lab colour, lightness spread (texture) and
+   the share of its gradient energy that is vertical (ripples and reflections streak along
+   the rows);
+2. a graph over adjacent superpixels, each edge weighted by the mean colour step across the
+   shared border plus the distance of the two superpixels' features; superpixels under the
+   freeze brush are cut out of the graph;
+3. Felzenszwalb-Huttenlocher merging over that graph (edges cheapest first; two components
+   join when the edge is no heavier than either's internal variation plus ``scale`` over its
+   size): the region is every component that holds a superpixel the stroke touches;
 4. small holes closed, and back at full size the border follows the photo's edges (a guided
    filter of the mask); frozen pixels are never in it.
+
+``outline(region)`` gives its border as closed polylines (what ``RegionOutline`` carries) and
+``fill_outline`` turns them back into a mask.
 """
 
 from __future__ import annotations
