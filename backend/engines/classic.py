@@ -357,10 +357,12 @@ class ClassicEngine(Engine):
         # camera stays at the paused pose, so moving a point in 3D at its own depth and
         # projecting it back is moving it in the image
         ys, xs = np.nonzero(np.abs(field).max(axis=2) > 0)
-        start = np.stack([xs + 0.5, ys + 0.5], axis=1).astype(np.float32)
         # each moving pixel traced against the field (where its content came from) and along
-        # it (where it will come from): loop_frames of the negated field, one frame at a time
-        for t, from_back, from_ahead, alpha in animation.loop_frames(-field, start, n):
-            frame = animation.loop_frame(colour, ys, xs, from_back, from_ahead, float(alpha))
+        # it (where it will come from): loop_frames of the negated field, one frame at a time.
+        # Frames sit half a step off the still view (t + 1/2), so every frame, the last and
+        # the first too, is sampled between pixels alike and the loop's seam is like any step
+        start = np.stack([xs + 0.5, ys + 0.5], axis=1).astype(np.float32) - 0.5 * field[ys, xs]
+        for t, from_back, from_ahead, _ in animation.loop_frames(-field, start, n):
+            frame = animation.loop_frame(colour, ys, xs, from_back, from_ahead, (t + 0.5) / n)
             yield FrameOut(t, frame, request.pose)
 
