@@ -47,7 +47,7 @@ from backend.geometry.cloud import PointCloud
 from backend.geometry.depth import clean_depth_edges
 from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
-from backend.geometry.layout import SceneLayout, fit_layout, view_layout
+from backend.geometry.layout import SceneLayout, ViewLayout, fit_layout, view_layout
 from backend.geometry.popup import VERTICAL, popup_depth
 from backend.geometry.render import SplatRenderer
 from backend.geometry.store import PointStore
@@ -201,26 +201,27 @@ class ClassicEngine(Engine):
         """
         parts = []
         behind = 1.0 + 2.0 * self.renderer.config.depth_tolerance
+        # the first view's labels (by where its points lie): every layer's fill reads them
+        labels = None if layout is None else view_layout(depth, np.ones(depth.shape, bool), K,
+                                                         np.eye(4), layout)
         for layer in split_layers(image, depth, self.layers).layers[1:]:
             hole = layer.occluded & (layer.depth > behind * depth)
             if not hole.any() or not layer.mask.any():
                 continue
             known_depth = np.where(layer.mask, layer.depth, 0)
-            labels = None if layout is None else view_layout(known_depth, layer.mask, K, np.eye(4), layout)
             filled = texture_fill(layer.color, known_depth, ~layer.mask, layout=labels)
             parts.append(unproject(filled.image, layer.depth, K, np.eye(4), mask=hole))
-        if layout is not None:
-            parts.append(self._behind_standing(image, depth, K, layout, behind))
+        if labels is not None:
+            parts.append(self._behind_standing(image, depth, K, labels, layout, behind))
         return PointCloud.concat(parts)
 
     def _behind_standing(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray,
-                         layout: SceneLayout, behind: float) -> PointCloud:
+                         labels: ViewLayout, layout: SceneLayout, behind: float) -> PointCloud:
         """The ground and sky behind standing things (people, posts, walls stand on the ground
         at its own depth, so no depth layer separates them from the ground behind): filled
         from ground and sky only, kept where the fill is ground on the plane or sky, behind
         the standing pixel."""
         eye = np.eye(4)
-        labels = view_layout(depth, np.ones(depth.shape, bool), K, eye, layout)
         standing = labels.labels == VERTICAL
         if not standing.any() or standing.all():
             return PointCloud.empty()

@@ -92,11 +92,13 @@ def view_layout(depth: np.ndarray, known: np.ndarray, K: np.ndarray, pose: np.nd
     SKY at or beyond ``sky_ratio`` x the sky's depth, VERTICAL otherwise.
     """
     h, w = depth.shape
-    v, u = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
-    R, c = pose[:3, :3].astype(np.float32), pose[:3, 3].astype(np.float32)
-    n = np.asarray(layout.normal, np.float32)
-    along = rays @ (R.T @ n)  # normal . world direction of each ray (z-depth 1)
+    R, c = pose[:3, :3].astype(np.float64), pose[:3, 3].astype(np.float64)
+    n = np.asarray(layout.normal, np.float64)
+    nc = R.T @ n  # the normal in camera axes
+    # normal . world direction of each pixel's ray (z-depth 1), as a row term plus a column term
+    col = (nc[0] * ((np.arange(w) + 0.5 - K[0, 2]) / K[0, 0])).astype(np.float32)
+    row = (nc[1] * ((np.arange(h) + 0.5 - K[1, 2]) / K[1, 1]) + nc[2]).astype(np.float32)
+    along = row[:, None] + col[None, :]
     height = float(n @ c) - layout.offset  # the camera's signed distance to the plane (< 0 above)
     labels = np.full((h, w), VERTICAL, np.uint8)
     on_plane = known & (np.abs(height + depth * along) <= ground_tol * depth)

@@ -272,11 +272,14 @@ def _standing_depth(labels: np.ndarray, objects: np.ndarray, horizon: float, fy:
     ids = np.unique(objects[objects >= 0])
     if ids.size == 0:
         return depth
-    # each object's lowest row per column, objects nearest the bottom first
+    # each object's pixels (one sort of all of them), objects nearest the bottom first
     below = np.vstack([labels[1:], np.full((1, w), 255, np.uint8)])
+    flat = np.flatnonzero(objects >= 0)
+    flat = flat[np.argsort(objects.ravel()[flat], kind="stable")]
+    starts = np.searchsorted(objects.ravel()[flat], ids)
     order = []
-    for i in ids:
-        ys, xs = np.nonzero(objects == i)
+    for a, b in zip(starts, np.append(starts[1:], flat.size), strict=True):
+        ys, xs = np.divmod(flat[a:b], w)
         order.append((ys.max(), ys, xs))
     order.sort(key=lambda t: -t[0])
     for _, ys, xs in order:
