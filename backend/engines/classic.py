@@ -225,7 +225,7 @@ class ClassicEngine(Engine):
         standing = labels.labels == VERTICAL
         if not standing.any() or standing.all():
             return PointCloud.empty()
-        filled = texture_fill(image, np.where(standing, 0, depth), standing, layout=labels)
+        filled = texture_fill(image, np.where(standing, 0, depth), standing, work_px=64, layout=labels)
         plane = np.isfinite(labels.ground_depth) & (np.abs(filled.depth - labels.ground_depth)
                                                       <= 1e-3 * labels.ground_depth)
         sky = filled.depth >= layout.sky_depth * 0.999

@@ -55,7 +55,7 @@ class PopUp:
 
 @dataclass(frozen=True)
 class PopUpConfig:
-    work_px: int = 224
+    work_px: int = 192
     """Longer side of the working copy (pixels)."""
     seed_step: int = 7
     """Superpixel seed spacing at the working size (pixels)."""
@@ -95,11 +95,43 @@ def _box(a: np.ndarray, r: int) -> np.ndarray:
     return cv2.blur(a, (2 * r + 1, 2 * r + 1), borderType=cv2.BORDER_REFLECT)
 
 
-def cue_costs(image: np.ndarray, horizon: float) -> np.ndarray:
-    """3 x H x W float32 costs (lower is likelier) of SKY, GROUND, VERTICAL per pixel."""
+@dataclass(frozen=True)
+class Cues:
+    """What a photo shows of itself, before the horizon is known (all H x W float32)."""
+
+    lab: np.ndarray
+    """H x W x 3 Lab as OpenCV stores it for uint8 (L, a, b each 0..255)."""
+    vertical_edges: np.ndarray
+    """Share of the local gradient energy across columns (vertical edges), 0..1."""
+    skyish: np.ndarray
+    """Sky-like colour (blue, white, overcast grey near the top, a warm glow) on a smooth
+    texture, 0..1."""
+    green: np.ndarray
+    """Vegetation green, 0..1."""
+
+
+def rgb_to_lab(image: np.ndarray) -> np.ndarray:
+    """H x W x 3 float32 CIE Lab (D65) of an sRGB uint8 image, scaled as OpenCV scales 8-bit
+    Lab (L x 255/100, a + 128, b + 128). Computed here: OpenCV's own conversion builds its
+    tables on first use, a tenth of a second that would land on the first scene's opening."""
+    c = np.asarray(image, np.float32) * np.float32(1 / 255)
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = c @ np.array([[0.412453, 0.212671, 0.019334], [0.357580, 0.715160, 0.119193],
+                        [0.180423, 0.072169, 0.950227]], np.float32)
+    xyz /= np.array([0.950456, 1.0, 1.088754], np.float32)
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    lab = np.empty_like(xyz)
+    lab[..., 0] = (116 * f[..., 1] - 16) * (255 / 100)
+    lab[..., 1] = 500 * (f[..., 0] - f[..., 1]) + 128
+    lab[..., 2] = 200 * (f[..., 1] - f[..., 2]) + 128
+    return lab
+
+
+def cues(image: np.ndarray) -> Cues:
+    """The horizon-independent cues of an H x W x 3 uint8 RGB image."""
     h, w = image.shape[:2]
-    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)
-    L = lab[..., 0] * (100 / 255)
+    lab = rgb_to_lab(image)
+    L = lab[..., 0] * np.float32(100 / 255)
     a = lab[..., 1] - 128
     b = lab[..., 2] - 128
     grey = L / 100
@@ -116,22 +148,31 @@ def cue_costs(image: np.ndarray, horizon: float) -> np.ndarray:
     white = bright * np.clip(1 - chroma / 22, 0, 1)
     warm_glow = np.clip((L - 60) / 25, 0, 1) * np.clip((b - 10) / 30, 0, 1) * np.clip(1 - texture, 0, 1)
     smooth = np.clip(1.2 - texture, 0, 1)
-    green = np.clip((-a - 4) / 14, 0, 1)
-    rows = (np.arange(h, dtype=np.float32)[:, None] + 0.5 - horizon) / h  # > 0 below the horizon
-    rows = np.broadcast_to(rows, (h, w))
-    above = np.clip(-rows * 6, 0, 1)
-    below = np.clip(rows * 6, 0, 1)
     depth_in = (np.arange(h, dtype=np.float32)[:, None] + 0.5) / (0.4 * h)
     top = np.broadcast_to(np.clip(1 - depth_in, 0, 1), (h, w))
     overcast = top * np.clip((L - 12) / 12, 0, 1) * np.clip(1 - chroma / 22, 0, 1) * smooth
     skyish = np.maximum.reduce([blue, white, warm_glow, overcast]) * smooth
+    green = np.clip((-a - 4) / 14, 0, 1)
+    return Cues(lab, vertical_edges.astype(np.float32), skyish.astype(np.float32),
+                green.astype(np.float32))
+
+
+def cue_costs(c: Cues, horizon: float) -> np.ndarray:
+    """3 x H x W float32 costs (lower is likelier) of SKY, GROUND, VERTICAL per pixel, with
+    the horizon at row ``horizon``."""
+    h, w = c.skyish.shape
+    rows = (np.arange(h, dtype=np.float32)[:, None] + 0.5 - horizon) / h  # > 0 below the horizon
+    rows = np.broadcast_to(rows, (h, w))
+    above = np.clip(-rows * 6, 0, 1)
+    below = np.clip(rows * 6, 0, 1)
+    skyish, ve = c.skyish, c.vertical_edges
     sky = 1.0 - skyish + 2.5 * below
-    standing_colour = _colour_log_ratio(lab, above > 0.5, (rows > 0.25) & (skyish < 0.5), skyish)
-    rare = _rarity(lab, rows > 0.03)
-    ground = (0.75 + 2.5 * above - 0.25 * np.clip(rows * 3, 0, 1) - 0.2 * green * below
-              + 0.45 * vertical_edges - 0.15 * skyish * below
+    standing_colour = _colour_log_ratio(c.lab, above > 0.5, (rows > 0.25) & (skyish < 0.5), skyish)
+    rare = _rarity(c.lab, rows > 0.03)
+    ground = (0.75 + 2.5 * above - 0.25 * np.clip(rows * 3, 0, 1) - 0.2 * c.green * below
+              + 0.45 * ve - 0.15 * skyish * below
               + below * (0.5 * standing_colour + 1.0 * rare))
-    vertical = 0.55 + 0.25 * (1 - vertical_edges) + 0.35 * skyish * above
+    vertical = 0.55 + 0.25 * (1 - ve) + 0.35 * skyish * above
     return np.stack([sky, ground, vertical]).astype(np.float32)
 
 
@@ -183,20 +224,18 @@ def column_labels(costs: np.ndarray, switch_cost: float, smooth_px: int = 4) -> 
     back = np.zeros((h, n, w), np.int8)
     start_penalty = np.array([0, 0, 0, 1, 1], np.float32)[:, None] * switch_cost
     total += start_penalty
+    states = np.arange(n, dtype=np.int8)[:, None]
     for v in range(1, h):
-        new = np.empty_like(total)
-        for s in range(n):
-            stay = total[s]
-            best = stay.copy()
-            arg = np.full(w, s, np.int8)
-            for p in range(s):
-                cand = total[p] + switch_cost
-                better = cand < best
-                best = np.where(better, cand, best)
-                arg = np.where(better, p, arg)
-            new[s] = best + per_state[s, v]
-            back[v, s] = arg
-        total = new
+        # the cheapest earlier state (and which) for every state at once: a running minimum
+        prefix = np.minimum.accumulate(total, axis=0)
+        which = np.zeros((n, w), np.int8)
+        for s in range(1, n):
+            which[s] = np.where(total[s] < prefix[s - 1], s, which[s - 1])
+        switch = np.vstack([np.full((1, w), np.inf, np.float32), prefix[:-1] + switch_cost])
+        came = np.vstack([which[:1], which[:-1]])
+        move = switch < total
+        back[v] = np.where(move, came, states)
+        total = np.where(move, switch, total) + per_state[:, v]
     state = np.argmin(total, axis=0).astype(np.int8)
     out = np.empty((h, w), np.uint8)
     cols = np.arange(w)
@@ -328,16 +367,16 @@ def popup_depth(image: np.ndarray, K: np.ndarray, camera_height: float = 1.0,
     fy, cy = float(K[1][1]) * sy, float(K[1][2]) * sy
     # 1. superpixels; 2.-3. labels, twice: the second with the horizon the first one implies
     segments = superpixels(small, config.seed_step)
+    seen = cues(small)
     horizon = cy
     for _ in range(2):
-        labels = _majority(column_labels(cue_costs(small, horizon), config.switch_cost), segments)
+        labels = _majority(column_labels(cue_costs(seen, horizon), config.switch_cost), segments)
         # 4. the horizon
         horizon = _estimate_horizon(labels, cy, config.horizon_band)
     # 5. depth at the working size
     sky_depth = camera_height * fy / 2.0
     far_standing = 0.5 * sky_depth
-    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
-    objects = _objects(labels, segments, lab, config.merge_lab)
+    objects = _objects(labels, segments, seen.lab, config.merge_lab)
     standing = _standing_depth(labels, objects, horizon, fy, camera_height, far_standing,
                                config.far_fraction * h)
     # to full size: labels smoothed along the photo's edges, depth per label

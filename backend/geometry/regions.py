@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from backend.geometry.popup import edge_guided, superpixels
+from backend.geometry.popup import edge_guided, rgb_to_lab, superpixels
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class RegionConfig:
 
 
 def _lab(image: np.ndarray) -> np.ndarray:
-    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab = rgb_to_lab(image)
     lab[..., 0] *= 100.0 / 255.0
     lab[..., 1:] -= 128.0
     return lab
