@@ -119,10 +119,20 @@ class ClassicEngine(Engine):
         self.keyframe_every = keyframe_every
         self.gap_px = gap_px
         self.renderer = SplatRenderer(device)
-        # compile the CPU splatting loops while the first scene is still being opened
-        threading.Thread(target=self.renderer.warm_up, name="splat-warm-up", daemon=True).start()
+        self._warm_up_started = False
+        self._warm_up_lock = threading.Lock()
         self._depth_model = None
         self._depth_reason = ""
+
+    def _start_warm_up(self) -> None:
+        """Compile the CPU splatting loops in the background, once: started when the first
+        scene is lifted (its many small steps would otherwise wait on the compiler), done
+        while it is saved, sent and flown, before the first clip needs them."""
+        with self._warm_up_lock:
+            if self._warm_up_started:
+                return
+            self._warm_up_started = True
+        threading.Thread(target=self.renderer.warm_up, name="splat-warm-up", daemon=True).start()
 
     # -- depth --
 
@@ -189,6 +199,7 @@ class ClassicEngine(Engine):
         store.append(self._hidden_background(image, depth, K, layout))
         scene = Scene(request.scene_id, image, K, store, median, request.text, engine=self.name,
                       depth_source=source, depth_note=note, points_budget=self.capacity, layout=layout)
+        self._start_warm_up()
         return scene, store.cloud()
 
     def _hidden_background(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray,
@@ -233,6 +244,7 @@ class ClassicEngine(Engine):
         return unproject(filled.image, filled.depth, K, eye, mask=hole)
 
     def resume_scene(self, scene_id: str, sessions) -> tuple[Scene, PointCloud]:
+        self._start_warm_up()
         saved = sessions.load(scene_id)
         store = PointStore.load(saved["cloud_path"], capacity=self.capacity)
         median = float(saved["median_depth"])
@@ -244,6 +256,7 @@ class ClassicEngine(Engine):
     # -- transitions --
 
     def transition(self, scene: Scene, request: TransitionRequest) -> Iterator[Event]:
+        self._start_warm_up()
         poses = request.poses
         w, h = scene.size
         n = len(poses)
@@ -335,6 +348,7 @@ class ClassicEngine(Engine):
 
     def _paused_view(self, scene: Scene, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(colour, depth) of the view at ``pose``, holes filled."""
+        self._start_warm_up()
         w, h = scene.size
         view = self.renderer.render(scene.cloud, pose[None], scene.K, w, h).numpy()
         hole = ~view.mask[0]
