@@ -7,12 +7,17 @@ view moves. Each pixel's path is found by integrating ``M`` (Euler steps); a loo
 frame after the last are both the still view, so the clip loops without a seam. The paths
 are lifted to 3D by keeping each pixel's depth, so the clip renders from any nearby pose.
 
-Motion stays where it belongs: :func:`motion_field` segments the moving region from the
-arrows (GrabCut seeded by the stroked pixels, the freeze brush as certain background, the
-components the strokes touch), interpolates the arrows' velocities inside it only and fades
-them to zero over a feather band *inside* its edge, so every pixel outside stays exactly
-still and particles slow down before they reach the edge (no seam, nothing dragged out).
-Without arrows the region is a sky/water guess, confined the same way.
+Motion stays where it belongs: :func:`motion_field` takes as the moving region the whole
+coherent region each arrow lies in (``geometry.regions.select_region``: a graph segmentation
+of superpixels by colour, texture and edges, holding the stroke; the freeze brush bounds it),
+interpolates the arrows' velocities inside it only and fades them to zero over a feather band
+*inside* its edge, so every pixel outside stays exactly still and particles slow down before
+they reach the edge (no seam, nothing dragged out). Without arrows the region is a sky/water
+guess, confined the same way.
+
+Only the moving pixels are animated: :func:`loop_frame` reads each one's colour from where the
+field carried it from (and will carry it from), the still view everywhere else, so a frame
+costs the region's size, not the view's.
 """
 
 from __future__ import annotations
@@ -23,20 +28,23 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
+from backend.geometry.regions import select_region
 from protocol.messages import Arrow
 
 
 def _sample(field: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """Bilinear sample of an H x W x 2 field at N x 2 pixel positions (x, y), edge-clamped."""
-    h, w = field.shape[:2]
-    x = np.clip(pos[:, 0] - 0.5, 0, w - 1)
-    y = np.clip(pos[:, 1] - 0.5, 0, h - 1)
-    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
-    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    top = field[y0, x0] * (1 - fx) + field[y0, x1] * fx
-    bottom = field[y1, x0] * (1 - fx) + field[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
+    """Bilinear sample of an H x W x C array at N x 2 pixel positions (x, y; pixel centres at
+    .5), edge-clamped (OpenCV's remap: positions resolved to 1/32 pixel)."""
+    c = 1 if field.ndim == 2 else field.shape[2]
+    n = len(pos)
+    cols = 1024  # remap's maps are images: N positions as rows of 1024 (fewer than 32767 each way)
+    rows = max(1, -(-n // cols))
+    maps = np.zeros((rows * cols, 2), np.float32)
+    maps[:n] = pos - 0.5
+    maps = maps.reshape(rows, cols, 2)
+    out = cv2.remap(np.ascontiguousarray(field, dtype=np.float32), maps, None, cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(-1, c)[:n]
 
 
 def integrate(field: np.ndarray, start: np.ndarray, steps: int) -> list[np.ndarray]:
@@ -100,15 +108,18 @@ def loop_frames(field: np.ndarray, start: np.ndarray, num_frames: int) -> Iterat
         forward = forward + _sample(field, forward)
 
 
-def blend(img_f: np.ndarray, mask_f: np.ndarray, img_b: np.ndarray, mask_b: np.ndarray,
-          alpha: float, still: np.ndarray) -> np.ndarray:
-    """Symmetric-splatting blend of the forward and backward renders; ``still`` fills gaps."""
-    wf = (1 - alpha) * mask_f.astype(np.float32)
-    wb = alpha * mask_b.astype(np.float32)
-    total = wf + wb
-    out = (img_f.astype(np.float32) * wf[..., None] + img_b.astype(np.float32) * wb[..., None])
-    out = np.where(total[..., None] > 1e-6, out / np.maximum(total, 1e-6)[..., None], still)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+def loop_frame(still: np.ndarray, ys: np.ndarray, xs: np.ndarray, from_back: np.ndarray,
+               from_ahead: np.ndarray, alpha: float) -> np.ndarray:
+    """One frame of the loop, by warping: the moving pixels (``ys``, ``xs``) of ``still``
+    show ``1 - alpha`` of the still view where their content came from (``from_back``: traced
+    t steps against the field) and ``alpha`` of where it will come from (``from_ahead``:
+    traced N - t steps along it); the rest of the view is ``still``. This is symmetric
+    splatting (the module doc) read backwards: no holes, and a frame costs the region's size."""
+    a = np.float32(alpha)
+    colour = (1 - a) * _sample(still, from_back) + a * _sample(still, from_ahead)
+    out = still.copy()
+    out[ys, xs] = np.clip(colour + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def _stroke_mask(arrows: Sequence[Arrow], width: int, height: int, scale: float, thickness: int,
@@ -128,43 +139,19 @@ def _stroke_mask(arrows: Sequence[Arrow], width: int, height: int, scale: float,
     return mask.astype(bool)
 
 
-def segment_region(image: np.ndarray, arrows: Sequence[Arrow], frozen: np.ndarray | None = None,
-                   work_px: int = 192, iterations: int = 4) -> np.ndarray:
-    """H x W bool: the region the arrows point into (GrabCut seeded by the strokes).
-
-    Runs at ``work_px`` on the longer side; stroked pixels are certain foreground, frozen
-    pixels certain background, the rest probable background; only the components that the
-    strokes touch are kept, and frozen pixels never belong to it.
-    """
+def segment_region(image: np.ndarray, arrows: Sequence[Arrow], frozen: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """H x W bool: the union of the coherent regions the arrows lie in (``select_region`` of
+    each arrow's stroke); frozen pixels never belong to it."""
     h, w = image.shape[:2]
-    if not arrows:
-        return np.zeros((h, w), bool)
-    scale = min(1.0, work_px / max(h, w))
-    sw, sh = max(8, int(round(w * scale))), max(8, int(round(h * scale)))
-    small = cv2.resize(np.ascontiguousarray(image), (sw, sh), interpolation=cv2.INTER_AREA)
-    strokes = _stroke_mask(arrows, sw, sh, sw / w, thickness=max(2, sw // 64))
-    gc = np.full((sh, sw), cv2.GC_PR_BGD, np.uint8)
-    grown = cv2.dilate(strokes.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
-    gc[grown] = cv2.GC_PR_FGD
-    gc[strokes] = cv2.GC_FGD
-    frozen_small = None
-    if frozen is not None:
-        frozen_small = cv2.resize(frozen.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
-        gc[frozen_small] = cv2.GC_BGD
-    if (gc == cv2.GC_PR_BGD).any() or (gc == cv2.GC_BGD).any():
-        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-        cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, iterations,
-                    cv2.GC_INIT_WITH_MASK)
-    region = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
-    region = cv2.morphologyEx(region.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
-    region |= strokes
-    count, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
-    touched = np.unique(labels[strokes & region])
-    region = np.isin(labels, touched[touched > 0])
-    full = cv2.resize(region.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR) > 0
-    if frozen is not None:
-        full &= ~frozen.astype(bool)
-    return full
+    region = np.zeros((h, w), bool)
+    for arrow in arrows:
+        stroke = _stroke_mask([arrow], w, h, 1.0, thickness=3)
+        if frozen is not None:
+            stroke &= ~frozen.astype(bool)
+        if stroke.any() and not region[stroke].all():
+            region |= select_region(image, stroke, frozen)
+    return region
 
 
 def feather(region: np.ndarray, width_px: float = 8.0) -> np.ndarray:

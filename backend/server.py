@@ -42,6 +42,7 @@ from backend.engines.base import (
 )
 from backend.geometry.cloud import PointCloud
 from backend.geometry.store import PointStore
+from backend.region_reply import check_view_marks, region_reply
 from backend.scheduler import FairScheduler, JobKind, Ticket
 from backend.session import SessionError, SessionExists, SessionStore, check_scene_id
 from protocol import codec
@@ -57,6 +58,7 @@ from protocol.messages import (
     OpenScene,
     PointsDelta,
     SceneOpened,
+    SelectRegion,
     Status,
     Transition,
     Undo,
@@ -224,6 +226,8 @@ class Backend:
             self._cancel(peer, client, msg.job_id)
         elif isinstance(msg, Undo):
             self._undo(peer, client, msg)
+        elif isinstance(msg, SelectRegion):
+            self._submit_region(peer, client, msg, ev.blobs)
         elif isinstance(msg, Status):
             from backend.cluster.status import status_reply  # Ray only with --cluster
 
@@ -456,15 +460,7 @@ class Backend:
                 check_pose(p, f"pose {i}")
             return TransitionRequest(poses, msg.fps, msg.prompt, msg.seed, msg.preset)
         pose = check_pose(codec.pose_array(msg.pose))
-        frozen = None
-        if msg.frozen is not None:
-            frozen = np.asarray(codec.read_array(msg.frozen, job.blobs)) != 0
-            if frozen.shape != scene.image.shape[:2]:
-                raise BadArray(f"frozen mask is {frozen.shape}, views are {scene.image.shape[:2]}")
-        w, h = scene.size
-        for a in msg.arrows:
-            if not (0 <= a.start[0] <= w and 0 <= a.start[1] <= h):
-                raise BadValue(f"arrow start {a.start} is outside the {w}x{h} view")
+        frozen = check_view_marks(scene, msg.arrows, msg.frozen, job.blobs)
         return DynamicsRequest(pose, msg.num_frames, msg.fps, tuple(msg.arrows), frozen,
                                msg.prompt, msg.seed)
 
@@ -566,6 +562,38 @@ class Backend:
             if time.monotonic() - start > timeout:
                 raise _Stop("credit_timeout", f"no frame credit for {timeout:g} s "
                             "(scheduler.credit_timeout_s): the job was cancelled")
+
+    # -- region outlines --
+
+    def _submit_region(self, peer: bytes, client: str, msg: SelectRegion, blobs) -> None:
+        """Outline the region the arrows would animate, on an open slot (it renders the view)."""
+        with self._lock:
+            scene = self._scenes.get((peer, msg.scene_id))
+        if scene is None:
+            self._error(peer, "unknown_scene", f"no open scene {msg.scene_id!r}", msg.request_id)
+            return
+        ticket = Ticket(client, _key(peer, msg.request_id),
+                        partial(self._select_region, peer, scene, msg, blobs))
+        try:
+            self._open_slots.submit(ticket)
+        except Busy as exc:
+            self._error(peer, "busy", str(exc), msg.request_id)
+
+    def _select_region(self, peer: bytes, scene: Scene, msg: SelectRegion, blobs) -> None:
+        try:
+            reply, reply_blobs = region_reply(self.engine(scene.engine), scene, msg, blobs)
+        except (ProtocolError, ValueError) as exc:  # check_pose raises ValueError on bad poses
+            self._error(peer, getattr(exc, "code", "bad_value"), str(exc), msg.request_id)
+            return
+        except EngineError as exc:
+            self._error(peer, "bad_value", str(exc), msg.request_id)
+            return
+        except Exception as exc:
+            log.exception("outlining a region of %s failed", msg.scene_id)
+            self._error(peer, "internal", f"outlining the region failed: {type(exc).__name__}: {exc}",
+                        msg.request_id)
+            return
+        self.endpoint.send(peer, reply, reply_blobs)
 
     # -- undo --
 

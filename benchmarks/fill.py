@@ -10,6 +10,15 @@ photo's: streaks raise it) and ``mirror_corr`` (detail correlation with the mirr
 across the band's edge: 1 = a reflection) and ``block_seams`` (steps across the search's
 4 px block grid over steps elsewhere: 1 = no mosaic). Last line: one JSON object; goal
 ``texture_fill`` <= 60 ms on a quiet machine.
+
+Reveals that respect what they fill (issue 21): a synthetic scene of people-sized boxes on a
+ground plane with a magenta post (found nowhere else) is opened by the classic engine, with its
+exact depth and with the pop-up prior, and viewed from camera positions that uncover ground
+and sky beside the boxes; each view's holes are filled as a transition fills them.
+``cross_layer_copies`` counts the blobs of post-coloured pixels that the fills put where the
+exact scene from that camera shows sky or ground, more than 3 px from the post itself (goal 0);
+``cross_layer_copies_without_labels`` is the same fill with the scene's layout taken away (no
+sky/ground labels), measured side by side.
 """
 
 from __future__ import annotations
@@ -22,8 +31,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from backend.engines.base import OpenRequest
+from backend.engines.classic import ClassicEngine
 from backend.geometry.depth import horizon_depth
 from backend.geometry.fill import mirror_fill, texture_fill
+from backend.geometry.popup import GROUND, SKY
+from backend.geometry.synthetic import POST_COLOUR, make_boxes
 from backend.geometry.texture_stats import (
     block_seam_ratio,
     coherence,
@@ -56,6 +69,34 @@ def fills():
     }
 
 
+POSTS = ((0.6, 7.0), (-1.8, 5.5), (1.6, 9.0))
+CAMERAS = ((0.8, -2.0), (-0.6, -2.5), (1.5, -1.0), (0.0, -3.0))
+
+
+def cross_layer_copies(engine: ClassicEngine, post: tuple[float, float], exact: bool,
+                       labels: bool, size: tuple[int, int] = (384, 288)) -> int:
+    """Blobs of the post's colour that fills put in the sky or on the ground (module doc)."""
+    scene0 = make_boxes(*size, post=post)
+    scene, _ = engine.open_scene(OpenRequest("posts", scene0.image, K=scene0.K,
+                                             depth=scene0.depth if exact else None))
+    if not labels:
+        scene.layout = None
+    blobs = 0
+    for cam in CAMERAS:
+        pose = np.eye(4)
+        pose[0, 3], pose[2, 3] = cam
+        truth = make_boxes(*size, post=post, camera=cam)
+        view = engine.renderer.render(scene.cloud, pose[None], scene.K, *size).numpy()
+        hole = ~view.mask[0]
+        colour, _ = engine._fill(view.image[0], view.depth[0], hole, scene, pose)
+        magenta = np.abs(colour.astype(int) - np.array(POST_COLOUR)).sum(2) < 90
+        near_post = cv2.dilate(truth.post.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        open_air = (truth.labels == SKY) | (truth.labels == GROUND)
+        copies = hole & magenta & open_air & ~near_post
+        blobs += cv2.connectedComponents(copies.astype(np.uint8))[0] - 1
+    return blobs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -82,6 +123,9 @@ def main() -> None:
                 fn(img, dep, hole)
                 times[m].append(time.perf_counter() - start)
     ms = {m: round(1e3 * float(np.median(t)), 1) for m, t in times.items()}
+    engine = ClassicEngine(depth_model="none")
+    copies = {labels: sum(cross_layer_copies(engine, post, exact, labels)
+                          for post in POSTS for exact in (True, False)) for labels in (True, False)}
     hole_frac = float(np.mean([c[2].mean() for c in cases.values()]))
     result = {
         "size": args.size,
@@ -90,6 +134,9 @@ def main() -> None:
         "texture_vs_telea": round(ms["texture_fill"] / ms["telea"], 2),
         "texture_vs_mirror": round(ms["texture_fill"] / ms["mirror_fill"], 2),
         "goal_ms": 60,
+        "cross_layer_copies": copies[True],
+        "cross_layer_copies_without_labels": copies[False],
+        "reveals": len(POSTS) * 2 * len(CAMERAS),
         **{k: {m: round(float(np.mean(v[k])), 3) for m, v in metrics.items()}
            for k in ("hf_ratio", "coherence_excess", "mirror_corr", "block_seams")},
     }

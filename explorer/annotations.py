@@ -58,10 +58,22 @@ class ViewAnnotations:
         self.arrows.append((start, end))
         return True
 
-    def paint_frozen(self, center: np.ndarray, radius: float) -> None:
-        cx, cy = center
-        ys, xs = np.ogrid[: self.height, : self.width]
-        self.frozen[(xs + 0.5 - cx) ** 2 + (ys + 0.5 - cy) ** 2 <= radius**2] = 255
+    def paint_frozen(self, center: np.ndarray, radius: float, previous: np.ndarray | None = None) -> None:
+        """Paint a disc of ``radius`` at ``center`` or, from ``previous``, the capsule swept
+        between them (a fast drag paints a continuous stroke, not beads)."""
+        b = np.asarray(center, float)
+        a = b if previous is None else np.asarray(previous, float)
+        x0 = max(int(np.floor(min(a[0], b[0]) - radius)), 0)
+        x1 = min(int(np.ceil(max(a[0], b[0]) + radius)) + 1, self.width)
+        y0 = max(int(np.floor(min(a[1], b[1]) - radius)), 0)
+        y1 = min(int(np.ceil(max(a[1], b[1]) + radius)) + 1, self.height)
+        if x0 >= x1 or y0 >= y1:
+            return
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64) + 0.5
+        d = b - a
+        t = np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / max(float(d @ d), 1e-12), 0, 1)
+        near = (xs - a[0] - t * d[0]) ** 2 + (ys - a[1] - t * d[1]) ** 2 <= radius**2
+        self.frozen[y0:y1, x0:x1][near] = 255
         self.version += 1
 
     def clear(self) -> None:
@@ -78,15 +90,43 @@ class ViewAnnotations:
         ]
 
 
-def arrow_segments(start: np.ndarray, end: np.ndarray, head: float = 10.0) -> np.ndarray:
-    """Line segments (3, 2, 2) of an arrow with a two-stroke head, in the same pixels."""
+def arrow_triangles(start: np.ndarray, end: np.ndarray, width: float = 5.0, head: float = 18.0
+                    ) -> np.ndarray:
+    """(M, 2) triangle vertices of a bold arrow: a ``width``-pixel shaft with round ends and
+    a filled head ``head`` pixels long, in the same pixels as ``start`` and ``end``."""
     start, end = np.asarray(start, float), np.asarray(end, float)
     d = end - start
     n = np.linalg.norm(d)
     if n < 1e-6:
-        return np.zeros((0, 2, 2))
+        return np.zeros((0, 2))
     d /= n
-    h = min(head, 0.4 * n)
-    left = end - h * (d * np.cos(0.5) - np.array([-d[1], d[0]]) * np.sin(0.5))
-    right = end - h * (d * np.cos(0.5) + np.array([-d[1], d[0]]) * np.sin(0.5))
-    return np.array([[start, end], [end, left], [end, right]])
+    side = np.array([-d[1], d[0]])
+    h = min(head, 0.5 * n)
+    base = end - h * d
+    half = max(0.45 * h, width)
+    tip = np.array([end, base + side * half, base - side * half])
+    return np.concatenate([polyline_triangles(np.array([start, base]), width), tip])
+
+
+def polyline_triangles(points: np.ndarray, width: float, closed: bool = False, fan: int = 8
+                       ) -> np.ndarray:
+    """(M, 2) triangle vertices of a continuous ``width``-pixel stroke along ``points`` (K x 2):
+    a quad per segment and a round joint (a ``fan``-sided disc) at every vertex, so the
+    stroke has no gaps at its corners."""
+    p = np.asarray(points, float)
+    if closed and len(p) > 2:
+        p = np.vstack([p, p[:1]])
+    if len(p) < 2:
+        return np.zeros((0, 2))
+    r = 0.5 * width
+    a, b = p[:-1], p[1:]
+    d = b - a
+    n = np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
+    side = np.column_stack([-d[:, 1], d[:, 0]]) / n * r
+    quads = np.stack([a + side, b + side, b - side, a + side, b - side, a - side], 1).reshape(-1, 2)
+    angles = np.linspace(0, 2 * np.pi, fan + 1)
+    ring = np.column_stack([np.cos(angles), np.sin(angles)]) * r
+    centre = p[:, None, :]
+    joints = np.stack([np.broadcast_to(centre, (len(p), fan, 2)), centre + ring[None, :-1],
+                       centre + ring[None, 1:]], 2).reshape(-1, 2)
+    return np.concatenate([quads, joints])

@@ -262,8 +262,7 @@ class Explorer:
         self.dynamics_job = self.session.send_dynamics(self.camera.pose, arrows, frozen,
                                                        d.num_frames, d.fps)
         self.camera.locked = True
-        if marks is not None:
-            marks.clear()
+        self.tools.clear()
         logger.info("dynamics at the current view (%d arrows) for %s", len(arrows),
                     self.session.scene.scene_id)
 
@@ -287,6 +286,13 @@ class Explorer:
 
     def drag_end(self, x: float, y: float) -> None:
         self.tools.end(self.pixel_map(), self._marks(), x, y)
+        marks = self._marks()
+        if self.tools.marks_changed and marks is not None and marks.arrows:
+            # outline the region the arrows will animate before Space starts it
+            self.tools.marks_changed = False
+            frozen = marks.frozen if marks.frozen.any() else None
+            self.session.select_region(self.camera.pose,
+                                       marks.to_messages(self.settings.dynamics.arrow_frames), frozen)
 
     # --- recording -----------------------------------------------------------------------
 
@@ -334,6 +340,9 @@ class Explorer:
         self._adopt_scene()
         self._apply_undos()
         self._follow_lost_jobs()
+        if self.session.region_outline is not None:
+            self.tools.set_outline(self.session.region_outline)
+            self.session.region_outline = None
         # 2. playback: the player's frame on screen, every frame it is done with credited
         ended = self.clip_view.follow(self.player.update(dt, self.time), self.camera,
                                       looping=self.dynamics_job is not None and self.player.active)

@@ -13,7 +13,7 @@ from explorer.player import ClipPlayer, PlayerState
 from explorer.renderer import OverlayRenderer
 from explorer.session import ExplorerSession
 
-DEPTH_SOURCES = {"model": "depth model", "given": "your depth map", "prior": "horizon guess"}
+DEPTH_SOURCES = {"model": "depth model", "given": "your depth map", "prior": "pop-up guess"}
 """What a depth source is called when the backend sent no note of its own."""
 
 

@@ -279,6 +279,17 @@ class OverlayRenderer:
               alpha: float = 1.0) -> None:
         self._draw(_quad(x, y, w, h), moderngl.TRIANGLES, (1.0, 1.0, 1.0, alpha), texture)
 
+    def triangles(self, vertices: np.ndarray, color) -> None:
+        """Filled triangles, an (M, 2) array of pixel vertices (3 per triangle), drawn in
+        batches that fit the vertex buffer."""
+        v = np.asarray(vertices, dtype=np.float32).reshape(-1, 2)
+        step = self.max_vertices - self.max_vertices % 3
+        for i in range(0, len(v) - len(v) % 3, step):
+            chunk = v[i : i + step]
+            verts = np.zeros((len(chunk), 4), dtype=np.float32)
+            verts[:, :2] = chunk
+            self._draw(verts, moderngl.TRIANGLES, color)
+
     def lines(self, segments: np.ndarray, color) -> None:
         """Line segments as an (M, 2, 2) array of pixel endpoints."""
         seg = np.asarray(segments, dtype=np.float32).reshape(-1, 2)

@@ -38,6 +38,7 @@ from protocol.messages import (
     JobFailed,
     PointsDelta,
     Progress,
+    RegionOutline,
     SceneOpened,
     SceneText,
     Undone,
@@ -122,6 +123,10 @@ class ExplorerSession:
         self.on_opened: Callable[[SceneInfo], None] | None = None
         """Called with the scene once SceneOpened arrives (new or resumed)."""
         self.undone: list[Undone] = []
+        self.region_request: str | None = None
+        """The latest SelectRegion sent; older outlines are ignored."""
+        self.region_outline: list[np.ndarray] | None = None
+        """Its answer once it arrives: closed polylines in image pixels (taken by the app)."""
         self.clock = clock
         self.scene: SceneInfo | None = None
         self.jobs: dict[str, JobInfo] = {}
@@ -210,6 +215,14 @@ class ExplorerSession:
         if lost:
             self.status = f"re-sent {len(lost)} job(s) lost with the backend"
 
+    def select_region(self, pose: np.ndarray, arrows: list[Arrow], frozen: np.ndarray | None) -> str:
+        """Ask which region these arrows would animate (answered by ``region_outline``)."""
+        scene = self._require_scene()
+        self.region_request = self.new_id("region")
+        self.client.send(*requests.select_region(self.region_request, scene.scene_id, pose,
+                                                 arrows, frozen))
+        return self.region_request
+
     def undo(self) -> str:
         """Ask the backend to take back the scene's last transition."""
         scene = self._require_scene()
@@ -284,7 +297,16 @@ class ExplorerSession:
             JobFailed: self._on_job_failed,
             Error: self._on_error,
             Undone: self._on_undone,
+            RegionOutline: self._on_region_outline,
         }
+
+    def _on_region_outline(self, msg: RegionOutline, blobs) -> None:
+        if msg.request_id != self.region_request:
+            return  # an older request's answer: the marks have changed since
+        points = np.asarray(read_array(msg.points, blobs), np.float32).reshape(-1, 2)
+        ends = np.cumsum(msg.lengths)
+        self.region_outline = [points[e - n : e] for n, e in zip(msg.lengths, ends, strict=True)]
+        self.status = f"the arrows will animate {msg.coverage:.0%} of the view: Space to start"
 
     def _on_scene_opened(self, msg: SceneOpened, blobs) -> None:
         if self.scene is not None and self.scene.scene_id == msg.scene_id:

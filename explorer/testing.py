@@ -24,7 +24,9 @@ from protocol.messages import (
     JobFailed,
     OpenScene,
     PointsDelta,
+    RegionOutline,
     SceneOpened,
+    SelectRegion,
     Transition,
 )
 from protocol.transport import Incoming
@@ -69,6 +71,8 @@ class FakeBackend:
                        codec=msg.frame_codec)
         elif isinstance(msg, Cancel):
             self._reply(JobFailed(job_id=msg.job_id, code="cancelled", message="cancelled"))
+        elif isinstance(msg, SelectRegion):
+            self._outline(msg)
 
     def credit(self, frames: int) -> None:
         if frames > 0:
@@ -92,6 +96,15 @@ class FakeBackend:
     def _reply(self, msg, blobs=(), frame=False):
         decoded = Incoming(*decode(encode(msg, blobs)))
         (self.held_frames if frame else self.outbox).append(decoded)
+
+    def _outline(self, msg: SelectRegion) -> None:
+        """The region of a SelectRegion: a 16 px square centred on the first arrow's start."""
+        x, y = msg.arrows[0].start
+        square = np.array([[x - 8, y - 8], [x + 8, y - 8], [x + 8, y + 8], [x - 8, y + 8]], np.float32)
+        ref, data = array_blob(square, 0)
+        w, h = self.size
+        self._reply(RegionOutline(request_id=msg.request_id, scene_id=msg.scene_id, points=ref,
+                                  lengths=[4], coverage=256 / (w * h)), [data])
 
     def _open(self, msg: OpenScene) -> None:
         w, h = self.size

@@ -201,7 +201,7 @@ class SceneOpened(Message, tag="scene_opened"):
     resumed: bool = False
     depth_source: Literal["model", "given", "prior"] = "prior"
     """Where the first view's depth came from: a depth model, the explorer's map, or the
-    horizon prior (a guess: flat ground and a far sky)."""
+    pop-up prior (a guess: sky, ground, and standing things upright on the ground)."""
     depth_note: str = ""
     """One line for the HUD about the depth in use, e.g. how to get the model."""
     points_budget: int = 0
@@ -266,6 +266,35 @@ class Dynamics(Message, tag="dynamics"):
     seed: Count | None = None
     frame_codec: ImageCodec = "jpeg"
     """As ``Transition.frame_codec``."""
+
+
+class SelectRegion(Message, tag="select_region"):
+    """Explorer -> backend: which region would these arrows animate at this pose? Answered by
+    :class:`RegionOutline`; a Dynamics with the same pose, arrows and frozen mask animates
+    exactly that region."""
+
+    request_id: Id
+    scene_id: Id
+    pose: Pose
+    """The paused view, camera-to-world (OpenCV), as ``Dynamics.pose``."""
+    arrows: Annotated[list[Arrow], Meta(min_length=1, max_length=64)]
+    """As ``Dynamics.arrows``: start (u, v) in the view's pixels, vector in pixels per frame."""
+    frozen: ArrayRef | None = None
+    """As ``Dynamics.frozen``: optional H x W uint8 mask in the view's pixels, nonzero = still."""
+
+
+class RegionOutline(Message, tag="region_outline"):
+    """Backend -> explorer: the border of the region a :class:`SelectRegion` would animate."""
+
+    request_id: str
+    scene_id: str
+    points: ArrayRef
+    """N x 2 float32: the border's vertices, (u, v) in the view's pixels (pixel centres at
+    .5), its closed polylines one after another."""
+    lengths: list[int]
+    """Vertices in each closed polyline, in order (they sum to N; empty: no region)."""
+    coverage: float
+    """Share of the view's pixels inside the region, 0..1."""
 
 
 class Cancel(Message, tag="cancel"):
@@ -403,6 +432,8 @@ AnyMessage = Union[  # noqa: UP007 - msgspec needs a real Union for the tagged d
     PointsDelta,
     Transition,
     Dynamics,
+    SelectRegion,
+    RegionOutline,
     Cancel,
     Undo,
     Undone,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from protocol import codec
-from protocol.messages import Arrow, Dynamics, OpenScene, SceneText, Transition, Undo
+from protocol.messages import ArrayRef, Arrow, Dynamics, OpenScene, SceneText, SelectRegion, Transition, Undo
 
 PHOTO_FORMAT = "jpeg"
 PHOTO_QUALITY = 95
@@ -49,13 +49,26 @@ def dynamics(job_id: str, scene_id: str, pose: np.ndarray, num_frames: int = 48,
              fps: float = 24.0, arrows: Sequence[Arrow] = (), frozen: np.ndarray | None = None,
              **extra) -> tuple[Dynamics, list]:
     """Dynamics at ``pose``; ``frozen`` (H x W, nonzero = still) is sent only if set."""
-    blobs, frozen_ref = [], None
-    if frozen is not None and np.any(frozen):
-        frozen_ref, arr = codec.array_blob(np.array(frozen, dtype=np.uint8), index=0)
-        blobs.append(arr)
+    frozen_ref, blobs = _frozen(frozen)
     return Dynamics(job_id=job_id, scene_id=scene_id, pose=codec.pose_list(pose),
                     num_frames=num_frames, fps=fps, arrows=list(arrows), frozen=frozen_ref,
                     **extra), blobs
+
+
+def select_region(request_id: str, scene_id: str, pose: np.ndarray, arrows: Sequence[Arrow],
+                  frozen: np.ndarray | None = None) -> tuple[SelectRegion, list]:
+    """SelectRegion: the region ``arrows`` would animate at ``pose`` (as ``dynamics`` sends them)."""
+    frozen_ref, blobs = _frozen(frozen)
+    return SelectRegion(request_id=request_id, scene_id=scene_id, pose=codec.pose_list(pose),
+                        arrows=list(arrows), frozen=frozen_ref), blobs
+
+
+def _frozen(frozen: np.ndarray | None) -> tuple[ArrayRef | None, list]:
+    """The frozen mask as blob 0 (uint8), only when any pixel is set."""
+    if frozen is None or not np.any(frozen):
+        return None, []
+    ref, arr = codec.array_blob(np.array(frozen, dtype=np.uint8), index=0)
+    return ref, [arr]
 
 
 def undo(request_id: str, scene_id: str) -> tuple[Undo, list]:

@@ -25,6 +25,7 @@ from protocol.messages import (
     JobFailed,
     PointsDelta,
     Progress,
+    RegionOutline,
     SceneOpened,
     SceneText,
     Transition,
@@ -129,6 +130,21 @@ class ScriptedClient:
         msg, blobs = requests.dynamics(f"d-{uuid.uuid4().hex[:8]}", scene_id, pose, num_frames,
                                        arrows=arrows, frozen=frozen, **extra)
         return self.run(msg, blobs, cancel_after)
+
+    def select_region(self, scene_id: str, pose: np.ndarray, arrows: list[Arrow],
+                      frozen: np.ndarray | None = None) -> tuple[RegionOutline, list[np.ndarray]]:
+        """The region these arrows would animate: the backend's answer and its closed
+        polylines (each K x 2 float32, image pixels)."""
+        msg, blobs = requests.select_region(f"r-{uuid.uuid4().hex[:8]}", scene_id, pose, arrows, frozen)
+        self.client.send(msg, blobs)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            ev = self._next(deadline)
+            if isinstance(ev.msg, RegionOutline) and ev.msg.request_id == msg.request_id:
+                points = np.asarray(codec.read_array(ev.msg.points, ev.blobs), np.float32).reshape(-1, 2)
+                ends = np.cumsum(ev.msg.lengths)
+                lines = [points[e - n : e].copy() for n, e in zip(ev.msg.lengths, ends, strict=True)]
+                return ev.msg, lines
 
     def undo(self, scene_id: str) -> Undone:
         """Take back the scene's last transition; the backend's answer."""

@@ -46,6 +46,9 @@ class Scene:
     seen: object = None
     """The views later fills must leave as they are (``geometry.seen.SeenViews``, classic
     engine); None: not tracked."""
+    layout: object | None = None
+    """The first view's ground plane and sky (backend.geometry.layout.SceneLayout); None when
+    the view shows no level ground."""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -150,3 +153,9 @@ class Engine(ABC):
     @abstractmethod
     def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
         """A looping clip of the view at ``request.pose``; leaves the cloud as it is."""
+
+    def select_region(self, scene: Scene, pose: np.ndarray, arrows: tuple[Arrow, ...],
+                      frozen: np.ndarray | None) -> np.ndarray:
+        """H x W bool: the region a dynamics request with these marks would animate at ``pose``
+        (shown to the person before they start it). Engines that animate regions override it."""
+        raise EngineError(f"the {self.name} engine does not outline regions")

@@ -2,8 +2,12 @@
 
 - Depth: a transformers depth model (Depth Anything V2 Small by default), fetched once into
   the hub cache on first use with progress; when it cannot be had, the depth map the explorer
-  sent, else the horizon prior. The scene says which (``depth_source``) in one line for the
-  HUD (``depth_note``); ``depth_model = "none"`` forces the fallbacks.
+  sent, else the pop-up prior (``geometry.popup``: sky, ground and standing regions, the
+  standing ones upright on the ground). The scene keeps its ground plane and sky
+  (``Scene.layout``: the prior's, or fitted to the other depths' ground pixels) so that fills
+  continue sky from sky and ground from ground. The scene
+  says which (``depth_source``) in one line for the HUD (``depth_note``);
+  ``depth_model = "none"`` forces the fallbacks.
 - Open: lift the first view into the cloud, then fill what the foreground hides with the
   layered depth (Make-It-4D): each background layer's occluded part is inpainted and lifted
   behind the foreground, so moving sideways reveals plausible background instead of holes.
@@ -41,13 +45,15 @@ from backend.engines.base import (
     TransitionRequest,
 )
 from backend.geometry.cloud import PointCloud
-from backend.geometry.depth import clean_depth_edges, horizon_depth
+from backend.geometry.depth import clean_depth_edges
 from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
+from backend.geometry.layout import SceneLayout, ViewLayout, fit_layout, view_layout
+from backend.geometry.popup import VERTICAL, popup_depth
 from backend.geometry.render import SplatRenderer
 from backend.geometry.seen import SeenViews
 from backend.geometry.store import PointStore
-from backend.geometry.unproject import DEFAULT_PIXEL_RADIUS, unproject
+from backend.geometry.unproject import unproject
 from protocol.camera import intrinsics
 from protocol.messages import SceneOpened
 
@@ -123,10 +129,20 @@ class ClassicEngine(Engine):
         self.keyframe_every = keyframe_every
         self.gap_px = gap_px
         self.renderer = SplatRenderer(device)
-        # compile the CPU splatting loops while the first scene is still being opened
-        threading.Thread(target=self.renderer.warm_up, name="splat-warm-up", daemon=True).start()
+        self._warm_up_started = False
+        self._warm_up_lock = threading.Lock()
         self._depth_model = None
         self._depth_reason = ""
+
+    def _start_warm_up(self) -> None:
+        """Compile the CPU splatting loops in the background, once: started when the first
+        scene is lifted (its many small steps would otherwise wait on the compiler), done
+        while it is saved, sent and flown, before the first clip needs them."""
+        with self._warm_up_lock:
+            if self._warm_up_started:
+                return
+            self._warm_up_started = True
+        threading.Thread(target=self.renderer.warm_up, name="splat-warm-up", daemon=True).start()
 
     # -- depth --
 
@@ -134,14 +150,23 @@ class ClassicEngine(Engine):
         self, image: np.ndarray, K: np.ndarray, given: np.ndarray | None, progress=None
     ) -> tuple[np.ndarray, str]:
         """Z-depth for ``image`` and its source: "model", "given" (the client's) or "prior"."""
+        depth, source, _ = self._depth_and_layout(image, K, given, progress)
+        return depth, source
+
+    def _depth_and_layout(self, image: np.ndarray, K: np.ndarray, given: np.ndarray | None,
+                          progress=None) -> tuple[np.ndarray, str, SceneLayout | None]:
         model = self._load_depth_model(progress)
         if model is not None:
-            return model(image), "model"
+            depth = model(image)
+            return depth, "model", fit_layout(depth, popup_depth(image, K).labels, K)
         if given is not None:
             if not np.all(np.isfinite(given)) or given.min() <= 0:
                 raise EngineError("the depth map must be finite and positive everywhere")
-            return given.astype(np.float32), "given"
-        return horizon_depth(image, K), "prior"
+            depth = given.astype(np.float32)
+            return depth, "given", fit_layout(depth, popup_depth(image, K).labels, K)
+        prior = popup_depth(image, K)
+        return prior.depth, "prior", SceneLayout.from_horizon(prior.horizon, K, prior.camera_height,
+                                                             prior.sky_depth)
 
     def depth_note(self, source: str) -> str:
         """One line for the HUD: which depth is in use and, without the model, how to get it."""
@@ -149,8 +174,8 @@ class ClassicEngine(Engine):
             return f"depth: {self.depth_model_id}"
         if self.depth_model_id in (None, "", "none"):
             why = 'depth_model = "none"'
-            return f"depth: {'your depth map' if source == 'given' else 'horizon prior (a guess)'} ({why})"
-        what = "your depth map" if source == "given" else "horizon prior (a guess: flat ground, far sky)"
+            return f"depth: {'your depth map' if source == 'given' else 'pop-up prior (a guess)'} ({why})"
+        what = "your depth map" if source == "given" else "pop-up prior (a guess: sky, ground, standing)"
         why = f" ({self._depth_reason})" if self._depth_reason else ""
         return f"depth: {what}; model {self.depth_model_id} unavailable{why}; {_GET_MODEL}"
 
@@ -175,32 +200,64 @@ class ClassicEngine(Engine):
         image = request.image
         h, w = image.shape[:2]
         K = request.K if request.K is not None else intrinsics(w, h, self.fov_x_deg)
-        depth, source = self.estimate_depth(image, K, request.depth, request.progress)
+        depth, source, layout = self._depth_and_layout(image, K, request.depth, request.progress)
         note = self.depth_note(source)
         log.info("scene %s: %s", request.scene_id, note)
         median = float(np.median(depth))
         store = PointStore(capacity=self.capacity)
         depth, keep = clean_depth_edges(depth, mode="push")  # same rays: the first view stays exact
         store.append(unproject(image, depth, K, np.eye(4), mask=keep))
-        store.append(self._hidden_background(image, depth, K))
+        store.append(self._hidden_background(image, depth, K, layout))
         scene = Scene(request.scene_id, image, K, store, median, request.text, engine=self.name,
                       depth_source=source, depth_note=note, points_budget=self.capacity,
-                      seen=SeenViews(K, w, h))
+                      seen=SeenViews(K, w, h), layout=layout)
         scene.seen.record(np.eye(4), np.where(keep, depth, 0))
+        self._start_warm_up()
         return scene, store.cloud()
 
-    def _hidden_background(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray) -> PointCloud:
-        """Points behind the foreground: each back layer's occluded part, inpainted and lifted."""
+    def _hidden_background(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                           layout: SceneLayout | None = None) -> PointCloud:
+        """Points behind the foreground: each back layer's occluded part, inpainted and lifted.
+
+        Only where the layer lies clearly behind what the first view shows (beyond twice the
+        renderer's depth tolerance): nearer, the splats would blend into the front surface, a
+        seam along every layer boundary (a dashed line across water, walls and jackets).
+        """
         parts = []
+        behind = 1.0 + 2.0 * self.renderer.config.depth_tolerance
+        # the first view's labels (by where its points lie): every layer's fill reads them
+        labels = None if layout is None else view_layout(depth, np.ones(depth.shape, bool), K,
+                                                         np.eye(4), layout)
         for layer in split_layers(image, depth, self.layers).layers[1:]:
-            hole = layer.occluded
+            hole = layer.occluded & (layer.depth > behind * depth)
             if not hole.any() or not layer.mask.any():
                 continue
-            filled = texture_fill(layer.color, np.where(layer.mask, layer.depth, 0), ~layer.mask)
+            known_depth = np.where(layer.mask, layer.depth, 0)
+            filled = texture_fill(layer.color, known_depth, ~layer.mask, layout=labels)
             parts.append(unproject(filled.image, layer.depth, K, np.eye(4), mask=hole))
+        if labels is not None:
+            parts.append(self._behind_standing(image, depth, K, labels, layout, behind))
         return PointCloud.concat(parts)
 
+    def _behind_standing(self, image: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                         labels: ViewLayout, layout: SceneLayout, behind: float) -> PointCloud:
+        """The ground and sky behind standing things (people, posts, walls stand on the ground
+        at its own depth, so no depth layer separates them from the ground behind): filled
+        from ground and sky only, kept where the fill is ground on the plane or sky, behind
+        the standing pixel."""
+        eye = np.eye(4)
+        standing = labels.labels == VERTICAL
+        if not standing.any() or standing.all():
+            return PointCloud.empty()
+        filled = texture_fill(image, np.where(standing, 0, depth), standing, work_px=64, layout=labels)
+        plane = np.isfinite(labels.ground_depth) & (np.abs(filled.depth - labels.ground_depth)
+                                                      <= 1e-3 * labels.ground_depth)
+        sky = filled.depth >= layout.sky_depth * 0.999
+        hole = standing & (plane | sky) & (filled.depth > behind * depth)
+        return unproject(filled.image, filled.depth, K, eye, mask=hole)
+
     def resume_scene(self, scene_id: str, sessions) -> tuple[Scene, PointCloud]:
+        self._start_warm_up()
         saved = sessions.load(scene_id)
         store = PointStore.load(saved["cloud_path"], capacity=self.capacity)
         median = float(saved["median_depth"])
@@ -217,6 +274,7 @@ class ClassicEngine(Engine):
     # -- transitions --
 
     def transition(self, scene: Scene, request: TransitionRequest) -> Iterator[Event]:
+        self._start_warm_up()
         poses = request.poses
         w, h = scene.size
         n = len(poses)
@@ -247,28 +305,38 @@ class ClassicEngine(Engine):
         hole = ~view.mask[0]
         if not hole.any():
             return PointCloud.empty()
-        colour, depth = self._fill(view.image[0], view.depth[0], hole)
+        colour, depth = self._fill(view.image[0], view.depth[0], hole, scene, pose)
         new = unproject(colour, depth, scene.K, pose, mask=hole)
         if scene.seen is not None:  # never over what an earlier view saw (a revisit shows it)
             new = new.take(scene.seen.keep(new))
             scene.seen.record(pose, depth)
         return scene.cloud.append_within_budget(new, pose[:3, 3], 0.5 * (scene.K[0, 0] + scene.K[1, 1]))
 
-    def _fill(self, rgb: np.ndarray, depth: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _fill(self, rgb: np.ndarray, depth: np.ndarray, hole: np.ndarray, scene: Scene | None = None,
+              pose: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Fill colour and depth inside ``hole``: gaps between magnified splats are
         interpolated (pull-push), the rest was never seen and continues the background
-        (texture_fill)."""
+        (texture_fill; sky from sky and ground from ground when the scene has a layout)."""
         known = ~hole & (depth > 0)
         if not known.any():
             raise EngineError("nothing of the scene is visible from this pose")
         k = self.gap_px * 2 + 1
-        closed = cv2.morphologyEx(known.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((k, k), np.uint8)) > 0
-        gaps = closed & ~known
+        box = np.ones((k, k), np.uint8)
+        closed = cv2.morphologyEx(known.astype(np.uint8), cv2.MORPH_CLOSE, box) > 0
+        # a gap between magnified splats of one surface, not a disocclusion beside a depth
+        # edge (interpolating that would smear the object in front into what it uncovers)
+        seen = np.where(known, depth, 0).astype(np.float32)
+        far = cv2.dilate(seen, box)
+        near = cv2.dilate(np.where(known, 1.0 / np.maximum(depth, 1e-6), 0).astype(np.float32), box)
+        gaps = closed & ~known & (far * near < 1.15)
         if gaps.any():
             rgb = np.where(gaps[..., None], pull_push(rgb, known), rgb)
             depth = np.where(gaps, pull_push(np.where(known, depth, 0).astype(np.float32), known), depth)
             known = known | gaps
-        filled = texture_fill(rgb, np.where(known, depth, 0), ~known)
+        layout = None
+        if scene is not None and pose is not None and scene.layout is not None:
+            layout = view_layout(np.where(known, depth, 0), known, scene.K, pose, scene.layout)
+        filled = texture_fill(rgb, np.where(known, depth, 0), ~known, layout=layout)
         depth_out = np.where(known, depth, filled.depth).astype(np.float32)
         if np.any(depth_out[hole] <= 0):
             depth_out[hole & (depth_out <= 0)] = float(np.median(depth[known]))
@@ -299,35 +367,38 @@ class ClassicEngine(Engine):
 
     # -- dynamics --
 
-    def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
+    def _paused_view(self, scene: Scene, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(colour, depth) of the view at ``pose``, holes filled."""
+        self._start_warm_up()
         w, h = scene.size
+        view = self.renderer.render(scene.cloud, pose[None], scene.K, w, h).numpy()
+        hole = ~view.mask[0]
+        colour, depth = view.image[0], view.depth[0]
+        if hole.any():
+            colour, depth = self._fill(colour, depth, hole, scene, pose)
+        return colour, depth
+
+    def select_region(self, scene: Scene, pose: np.ndarray, arrows: tuple, frozen: np.ndarray | None
+                      ) -> np.ndarray:
+        colour, depth = self._paused_view(scene, pose)
+        return animation.motion_field(colour, depth, arrows, frozen)[1]
+
+    def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
         n = request.num_frames
         yield Progress("view", 0, 1, "lifting the paused view")
-        view = self.renderer.render(scene.cloud, request.pose[None], scene.K, w, h).numpy()
-        hole = ~view.mask[0]
-        colour, depth = self._fill(view.image[0], view.depth[0], hole) if hole.any() else (
-            view.image[0], view.depth[0])
-        field, _ = animation.motion_field(colour, depth, request.arrows, request.frozen)
+        colour, depth = self._paused_view(scene, request.pose)
+        field, region = animation.motion_field(colour, depth, request.arrows, request.frozen)
         yield Progress("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
-        ys, xs = np.mgrid[0:h, 0:w]
-        start = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1).astype(np.float32)
-        z = depth.reshape(-1)
-        rgb = colour.reshape(-1, 3)
-        # one frame's positions at a time: memory does not grow with num_frames
-        for t, forward, backward, alpha in animation.loop_frames(field, start, n):
-            img_f, m_f = self._render_moved(scene, request.pose, forward, z, rgb)
-            img_b, m_b = self._render_moved(scene, request.pose, backward, z, rgb)
-            frame = animation.blend(img_f, m_f, img_b, m_b, float(alpha), colour)
+        # only the pixels that move (the region, its feathered edge included) are animated; the
+        # camera stays at the paused pose, so moving a point in 3D at its own depth and
+        # projecting it back is moving it in the image
+        ys, xs = np.nonzero(np.abs(field).max(axis=2) > 0)
+        # each moving pixel traced against the field (where its content came from) and along
+        # it (where it will come from): loop_frames of the negated field, one frame at a time.
+        # Frames sit half a step off the still view (t + 1/2), so every frame, the last and
+        # the first too, is sampled between pixels alike and the loop's seam is like any step
+        start = np.stack([xs + 0.5, ys + 0.5], axis=1).astype(np.float32) - 0.5 * field[ys, xs]
+        for t, from_back, from_ahead, _ in animation.loop_frames(-field, start, n):
+            frame = animation.loop_frame(colour, ys, xs, from_back, from_ahead, (t + 0.5) / n)
             yield FrameOut(t, frame, request.pose)
 
-    def _render_moved(self, scene: Scene, pose: np.ndarray, pos: np.ndarray, z: np.ndarray,
-                      rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Render the view's pixels moved to ``pos`` (x, y) at their own depth (3D scene flow)."""
-        w, h = scene.size
-        K = scene.K
-        cam = np.stack([(pos[:, 0] - K[0, 2]) / K[0, 0] * z, (pos[:, 1] - K[1, 2]) / K[1, 1] * z, z], 1)
-        world = cam @ pose[:3, :3].T + pose[:3, 3]
-        radius = (DEFAULT_PIXEL_RADIUS * z / (0.5 * (K[0, 0] + K[1, 1]))).astype(np.float32)
-        cloud = PointCloud(world.astype(np.float32), rgb, radius)
-        out = self.renderer.render(cloud, pose[None], K, w, h).numpy()
-        return out.image[0], out.mask[0]

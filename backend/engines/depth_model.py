@@ -12,7 +12,7 @@
   model and one sentence saying why; the engine then falls back.
 
 Depth Anything V2 and DPT predict relative inverse depth (disparity); it is turned into
-z-depth with the median at ``median_depth`` world units, the scale the horizon prior gives.
+z-depth with the median at ``median_depth`` world units, about the scale the priors give.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The diffusion engine: DreamJourney (Pan et al., TMM 2025) on diffusers and transformers.
 
 - Open: depth from the depth model (relative disparity -> z-depth), else the client's depth,
-  else the horizon prior; lifted into the point store by a composed classic engine (its
+  else the pop-up prior; lifted into the point store by a composed classic engine (its
   public API only), hidden background layers included.
 - Transition (Stage I, paper sec. IV-A):
   1. render the start view I_0 and the end view from the cloud;

@@ -15,7 +15,10 @@ The pieces and how they fit (the classic engine's transition):
     store.append(unproject(filled, new_depth, K, poses[-1], mask=holes))
 
 Modules: ``cloud`` (PointCloud), ``unproject``, ``depth`` (align_depth, horizon_depth,
-clean_depth_edges), ``layers`` (split_layers), ``store`` (PointStore), ``ply`` (read/write),
+clean_depth_edges), ``popup`` (the no-model depth prior: sky, ground, standing regions),
+``layout`` (a scene's ground plane and sky; views labelled for fills), ``regions`` (the region
+a stroke lies in), ``depth_metrics``, ``synthetic`` (scenes with exact depth for tests and
+benchmarks), ``layers`` (split_layers), ``store`` (PointStore), ``ply`` (read/write),
 ``render`` (SplatRenderer, SplatConfig, RenderOutput), ``render_pytorch3d`` (adapter),
 ``metrics`` (consistency). Trajectories live in ``protocol.trajectory`` (numpy only) because
 the explorer uses them too.

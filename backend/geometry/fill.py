@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from backend.geometry.layout import ViewLayout, block_ground_depth, block_labels, expected_labels
 from backend.geometry.patchmatch import Offsets, SearchConfig, nearest_patches
+from backend.geometry.popup import GROUND, SKY, VERTICAL
 
 
 @dataclass(frozen=True)
@@ -221,9 +223,11 @@ def _background_depth(work: _Work, window: int, edge_ratio: float, near_ratio: f
 
 
 def _copy_full(image: np.ndarray, depth: np.ndarray, known: np.ndarray, hole: np.ndarray, offsets: Offsets,
-               blocks: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+               blocks: np.ndarray, f: int, labels: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Hole pixels' colour and depth copied at full resolution through their block's offset:
-    (rows, cols, N x 4 values, whether a known pixel was reached).
+    (rows, cols, N x 4 values, whether a known pixel was reached, the source's label when
+    ``labels`` is given).
 
     A pixel whose own block's source pixel is unknown tries the offsets of the neighbouring
     blocks. Flat indices run over copies padded by ``f`` unknown pixels, so an offset that
@@ -255,7 +259,8 @@ def _copy_full(image: np.ndarray, depth: np.ndarray, known: np.ndarray, hole: np
     values = np.empty((ys.size, 4), np.float32)
     values[:, :3] = img[src]
     values[:, 3] = dep[src]
-    return ys, xs, values, good
+    src_labels = None if labels is None else np.pad(labels, f, mode="edge").ravel()[src]
+    return ys, xs, values, good, src_labels
 
 
 def _colour_correction(work: _Work, offsets: Offsets, min_known: float = 0.25) -> np.ndarray:
@@ -279,7 +284,8 @@ def _colour_correction(work: _Work, offsets: Offsets, min_known: float = 0.25) -
 def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px: int = 128,
                  edge_ratio: float = 0.5, near_ratio: float = 0.85, edge_window: int = 5,
                  thin_px: int = 12, porous_known: float = 0.6,
-                 config: SearchConfig | None = None) -> Filled:
+                 config: SearchConfig | None = None, layout: ViewLayout | None = None,
+                 rarity_weight: float = 1.0) -> Filled:
     """Fill ``hole`` with texture copied from the background side (PatchMatch at reduced size).
 
     1. the photo is reduced to blocks of ``f`` pixels (longest side ``work_px``);
@@ -294,6 +300,15 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
        depth), and so are holes in a sieve (more than ``porous_known`` of the 5 x 5 blocks
        around known): a copied texture there is a mosaic; soft seams (a 3 x 3 blur) at the
        hole's border and between blocks copied from different places.
+
+    With a ``layout`` (the view's sky, ground and standing labels and its rays' ground depth)
+    the hole is labelled too (``layout.expected_labels``: ground where the ray meets the ground
+    before the background, else sky or standing as the background around it): sources are
+    searched among their own label only, a copy whose source pixel has another label is
+    replaced by a smooth fill from that label's pixels (no object lands in the sky or on the
+    ground), and ground and sky take the plane's and the sky's depth; a source's colour costs
+    ``rarity_weight`` x its rarity among the known blocks (a red tractor is rare, foliage
+    is not), so a wide reveal continues the common texture instead of repeating an object.
     """
     hole = np.asarray(hole, bool)
     img = np.ascontiguousarray(image)
@@ -310,16 +325,27 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     # 1.-2. the search resolution and the background depth
     work = _work(img, dep, hole, known, work_px)
     expected, anchors = _background_depth(work, edge_window, edge_ratio, near_ratio)
+    hc, wc = work.hole.shape
+    labels = own = rarity = None
+    if layout is not None:
+        own = block_labels(layout.labels, known, work.f, hc, wc)
+        ground_depth = block_ground_depth(layout.ground_depth, work.f, hc, wc)
+        labels = expected_labels(own, ground_depth, expected, work.hole, anchors, pull_push)
+        rarity = rarity_weight * colour_rarity(work.mean, work.known >= 1.0)
+        expected = np.where(work.hole & (labels == GROUND), ground_depth,
+                            np.where(work.hole & (labels == SKY), layout.sky_depth, expected))
+        expected = expected.astype(np.float32)
     log_depth = np.log(np.where(work.hole | ~(work.known > 0), expected, np.maximum(work.depth, 1e-6)))
     # 3. the nearest-patch field (a sieve with no whole known block is all interpolated)
     if (work.known >= 1.0).any():
         offsets = nearest_patches(work.image, work.hole, anchors, log_depth.astype(np.float32),
-                                  config or SearchConfig(near_ratio=near_ratio))
+                                  config or SearchConfig(near_ratio=near_ratio), labels, rarity)
     else:
         zero = np.zeros(work.hole.shape, np.int32)
         offsets = Offsets(zero, zero, zero.astype(np.float32))
     # 4. full-resolution copy
-    ys, xs, values, good = _copy_full(img, dep, known, hole, offsets, work.hole, work.f)
+    ys, xs, values, good, src_labels = _copy_full(img, dep, known, hole, offsets, work.hole, work.f,
+                                                  None if layout is None else layout.labels)
     h, w = hole.shape
     flat = ys * w + xs
     # 5. colour matched to the border, smoothly
@@ -332,7 +358,14 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     wide = cv2.morphologyEx(hole.astype(np.uint8), cv2.MORPH_OPEN, np.ones((k, k), np.uint8)) > 0
     porous = cv2.blur(work.known, (5, 5)) >= porous_known  # gaps in a sieve of magnified splats
     smooth = ~good | ~wide.ravel()[flat] | porous[ys // work.f, xs // work.f]
-    if smooth.any():
+    if layout is not None:
+        want = _pixel_labels(labels, layout, expected, ys, xs, work.f, size)
+        smooth |= src_labels != want
+        _label_smooth(values, smooth, want, work, own, expected, ys, xs, size)
+        plane = want == GROUND
+        values[plane, 3] = layout.ground_depth[ys[plane], xs[plane]]
+        values[want == SKY, 3] = layout.sky_depth
+    elif smooth.any():
         colour = pull_push(work.mean, work.known) * 255.0
         up = cv2.resize(np.dstack([colour, expected]), size, interpolation=cv2.INTER_LINEAR)
         values[smooth] = up[:h, :w].reshape(-1, 4)[flat[smooth]]
@@ -345,6 +378,45 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
         blurred = cv2.GaussianBlur(out_img, (3, 3), 0)
         out_img[seams] = blurred[seams]
     return Filled(out_img, out_dep)
+
+
+def colour_rarity(colour: np.ndarray, where: np.ndarray, bins: int = 6) -> np.ndarray:
+    """H x W float32 in [0, 1]: how much rarer each pixel's colour (0..1 RGB) is than the
+    typical colour of the ``where`` pixels (1: ten times rarer or more)."""
+    q = np.clip((colour * bins).astype(np.int32), 0, bins - 1)
+    code = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    if not where.any():
+        return np.zeros(where.shape, np.float32)
+    p = np.bincount(code[where], minlength=bins**3).astype(np.float32) + 0.5
+    p /= p.sum()
+    typical = float(np.median(np.log(p[code[where]])))
+    return np.clip((typical - np.log(p[code])) / np.log(10.0), 0, 1).astype(np.float32)
+
+
+def _pixel_labels(labels: np.ndarray, layout: ViewLayout, expected: np.ndarray, ys: np.ndarray,
+                  xs: np.ndarray, f: int, size: tuple[int, int]) -> np.ndarray:
+    """Each hole pixel's expected label at full resolution: GROUND where its own ray meets the
+    ground before the (upsampled) expected background, else its block's label if not GROUND."""
+    up = cv2.resize(expected, size, interpolation=cv2.INTER_LINEAR)[ys, xs]
+    block = labels[ys // f, xs // f]
+    ground = layout.ground_depth[ys, xs] <= 1.05 * up
+    return np.where(ground, GROUND, np.where(block == GROUND, VERTICAL, block)).astype(np.uint8)
+
+
+def _label_smooth(values: np.ndarray, smooth: np.ndarray, want: np.ndarray, work: _Work,
+                  own: np.ndarray, expected: np.ndarray, ys: np.ndarray, xs: np.ndarray,
+                  size: tuple[int, int]) -> None:
+    """``values`` of the ``smooth`` pixels: colour spread from the known blocks of the pixel's
+    own label only (pull-push), depth the expected background's."""
+    depth_up = cv2.resize(expected, size, interpolation=cv2.INTER_LINEAR)
+    for label in np.unique(want[smooth]):
+        sel = smooth & (want == label)
+        weight = (work.known * (own == label)).astype(np.float32)
+        if not (weight > 0).any():
+            weight = work.known
+        colour = cv2.resize(pull_push(work.mean, weight) * 255.0, size, interpolation=cv2.INTER_LINEAR)
+        values[sel, :3] = colour[ys[sel], xs[sel]]
+        values[sel, 3] = depth_up[ys[sel], xs[sel]]
 
 
 def _offset_seams(offsets: Offsets, f: int, shape: tuple[int, int]) -> np.ndarray:

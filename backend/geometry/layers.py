@@ -6,7 +6,7 @@ a fine histogram's bins start as clusters and the two adjacent clusters whose me
 increases the within-cluster variance (Ward) are merged until ``n_layers`` remain. Layer 0
 is the nearest. Each :class:`DepthLayer` holds the layer's own pixels and the region hidden
 behind nearer layers that an inpainter must fill (``occluded``), with a first guess of the
-depth there (the layer's depth spread outward, clamped to the layer's interval).
+depth there (the layer's depth carried in by pull-push, clamped to the layer's interval).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from backend.geometry.fill import pull_push
 
 
 @dataclass(frozen=True)
@@ -92,28 +94,13 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
 
 
 def _spread(depth: np.ndarray, known: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Fill ``target`` pixels by repeatedly averaging known 4-neighbours (outward growth)."""
-    d = np.where(known, depth, 0.0)
-    k = known.astype(np.float64)
-    todo = target & ~known
-    while todo.any():
-        num = np.zeros_like(d)
-        den = np.zeros_like(d)
-        for sl_dst, sl_src in (
-            ((slice(1, None),), (slice(None, -1),)),
-            ((slice(None, -1),), (slice(1, None),)),
-            ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-            ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-        ):
-            num[sl_dst] += (d * k)[sl_src]
-            den[sl_dst] += k[sl_src]
-        grow = todo & (den > 0)
-        if not grow.any():
-            break
-        d[grow] = num[grow] / den[grow]
-        k[grow] = 1.0
-        todo &= ~grow
-    return d
+    """``depth`` of the ``known`` pixels carried into ``target`` (pull-push: normalised
+    averages over a pyramid, so a pixel takes the depth of the known ones around it, the
+    nearest weighing most); 0 elsewhere."""
+    if not known.any():
+        return np.zeros(depth.shape)
+    filled = pull_push(np.where(known, depth, 0.0).astype(np.float32), known)
+    return np.where(known | target, filled, 0.0)
 
 
 def split_layers(

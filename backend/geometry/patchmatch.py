@@ -16,7 +16,11 @@ coarse to fine over an image pyramid:
 3. the cost of a source is the patch SSD plus a depth term: the log-depth difference from the
    background depth expected at the hole pixel, and a large penalty for a source nearer than
    ``near_ratio`` of it (a disocclusion copies the wall behind, never the object in front);
-   it is raised by up to ``coherence`` (relative) the fewer neighbours share its offset (as
+   with ``labels`` (sky, ground, standing), a source of another label than the hole pixel's
+   expected one costs more than any colour difference (sky is filled from sky, ground from
+   ground); ``source_cost`` adds a cost of each source's own (the fill makes rare colours
+   dear, so a distinct object is not copied into a wallpaper); it is raised by up to
+   ``coherence`` (relative) the fewer neighbours share its offset (as
    the smoothness term of a shift map), so the field forms coherent regions, not a mosaic;
 4. vote: the hole is re-estimated as the cost-weighted mean of what the overlapping patches
    copy; the offsets are doubled onto the next finer level.
@@ -68,17 +72,25 @@ class SearchConfig:
 
 
 _NEAR_PENALTY = 1.0  # per patch dimension: more than any colour difference can cost
+_LABEL_PENALTY = 4.0  # per patch dimension: above the near penalty too
 
 
 def nearest_patches(image: np.ndarray, hole: np.ndarray, source: np.ndarray, log_depth: np.ndarray,
-                    config: SearchConfig = SearchConfig()) -> Offsets:
+                    config: SearchConfig = SearchConfig(), labels: np.ndarray | None = None,
+                    source_cost: np.ndarray | None = None) -> Offsets:
     """Offsets from every ``hole`` pixel to a similar source patch (module doc).
 
     ``image`` H x W x C float32 (values about 0..1, the hole pre-filled smoothly), ``log_depth`` H x W
-    float32: the log-depth of sources and the expected background log-depth in the hole.
+    float32: the log-depth of sources and the expected background log-depth in the hole;
+    ``labels`` H x W uint8 (optional): each source's region label and each hole pixel's expected one;
+    ``source_cost`` H x W float32 (optional): a source's own cost per patch dimension.
     """
     rng = np.random.default_rng(config.seed)
-    pyramid = _pyramid(image, hole, source, log_depth, config)
+    if labels is None:
+        labels = np.zeros(hole.shape, np.uint8)
+    if source_cost is None:
+        source_cost = np.zeros(hole.shape, np.float32)
+    pyramid = _pyramid(image, hole, source, log_depth, labels, source_cost, config)
     offsets = None
     estimate = None
     for i, level in enumerate(reversed(pyramid)):
@@ -108,6 +120,8 @@ class _Level:
     hole: np.ndarray
     source: np.ndarray
     log_depth: np.ndarray
+    labels: np.ndarray
+    source_cost: np.ndarray
     radius: int
 
     @property
@@ -115,7 +129,7 @@ class _Level:
         return self.hole.shape[1], self.hole.shape[0]
 
 
-def _pyramid(image, hole, source, log_depth, config: SearchConfig) -> list[_Level]:
+def _pyramid(image, hole, source, log_depth, labels, source_cost, config: SearchConfig) -> list[_Level]:
     """Finest first; a coarse pixel is hole if any of its 2 x 2 is, source if most of it is.
 
     Sources stay generous (a small known region must still offer its texture at the coarsest
@@ -124,7 +138,7 @@ def _pyramid(image, hole, source, log_depth, config: SearchConfig) -> list[_Leve
     """
     r = config.patch_radius
     raw = [source & ~hole]
-    levels = [_Level(image, hole, _erode(raw[0], 1), log_depth, r)]
+    levels = [_Level(image, hole, _erode(raw[0], 1), log_depth, labels, source_cost, r)]
     frac = raw[0].astype(np.float32)
     while min(levels[-1].hole.shape) // 2 >= config.min_side:
         prev = levels[-1]
@@ -135,9 +149,12 @@ def _pyramid(image, hole, source, log_depth, config: SearchConfig) -> list[_Leve
         img = cv2.resize(prev.image, (w2, h2), interpolation=cv2.INTER_AREA).reshape(h2, w2, -1)
         frac = cv2.resize(frac, (w2, h2), interpolation=cv2.INTER_AREA)
         ld = cv2.resize(prev.log_depth, (w2, h2), interpolation=cv2.INTER_AREA)
-        levels.append(_Level(img.astype(np.float32), k < 0.999, frac >= 0.5, ld, r))
+        lab = cv2.resize(prev.labels, (w2, h2), interpolation=cv2.INTER_NEAREST)
+        sc = cv2.resize(prev.source_cost, (w2, h2), interpolation=cv2.INTER_AREA)
+        levels.append(_Level(img.astype(np.float32), k < 0.999, frac >= 0.5, ld, lab, sc, r))
     last = levels[-1]
-    levels[-1] = _Level(last.image, last.hole, last.source, last.log_depth, config.coarse_patch_radius)
+    levels[-1] = _Level(last.image, last.hole, last.source, last.log_depth, last.labels,
+                        last.source_cost, config.coarse_patch_radius)
     return levels
 
 
@@ -184,6 +201,9 @@ class _LevelSearch:
         ld = level.log_depth.ravel().astype(np.float32)
         self.ld = ld
         self.lt = ld[self.target]
+        self.lab = level.labels.ravel()
+        self.own_cost = level.source_cost.ravel().astype(np.float32)
+        self.lab_t = self.lab[self.target]
         self.near = np.float32(np.log(config.near_ratio))
         self.src = np.zeros(self.target.size, np.int64)
         self.cost = np.full(self.target.size, np.inf, np.float32)
@@ -233,12 +253,12 @@ class _LevelSearch:
             mask /= np.maximum(mask.sum(1, keepdims=True), 1.0) / len(taps)
             mask = np.repeat(mask, c, axis=1)
             tdesc = est[pf].reshape(sel.size, -1)
-            lt = self.lt[sel]
+            lt, lab = self.lt[sel], self.lab_t[sel]
 
-            def cost(cand, tdesc=tdesc, mask=mask, lt=lt, ty=ty):
+            def cost(cand, tdesc=tdesc, mask=mask, lt=lt, ty=ty, lab=lab):
                 diff = src_desc[cand] - tdesc
                 return (np.einsum("ij,ij->i", diff * mask, diff)
-                        + self._priors(cand, lt, ty, tdesc.shape[1]))
+                        + self._priors(cand, lt, ty, lab, tdesc.shape[1]))
 
             best = self.src[sel]
             best_cost = cost(best)
@@ -271,15 +291,19 @@ class _LevelSearch:
 
     def _costs(self, desc: np.ndarray, target_desc: np.ndarray, cand: np.ndarray) -> np.ndarray:
         diff = desc[cand] - target_desc
-        return np.einsum("ij,ij->i", diff, diff) + self._priors(cand, self.lt, self.ty, target_desc.shape[1])
+        return np.einsum("ij,ij->i", diff, diff) + self._priors(cand, self.lt, self.ty, self.lab_t,
+                                                                target_desc.shape[1])
 
-    def _priors(self, cand: np.ndarray, lt: np.ndarray, ty: np.ndarray, dims: int) -> np.ndarray:
+    def _priors(self, cand: np.ndarray, lt: np.ndarray, ty: np.ndarray, lab: np.ndarray,
+                dims: int) -> np.ndarray:
         """The cost beyond colour of sources ``cand`` for targets of log depth ``lt`` in rows
-        ``ty``: the depth term, the near penalty and the row prior (per patch dimension)."""
+        ``ty`` expecting label ``lab``: the depth term, the near penalty, the row prior and
+        the label penalty and the source's own cost (per patch dimension)."""
         dl = self.ld[cand] - lt
         dy = (cand // self.w - ty).astype(np.float32) / self.h
         return dims * (self.config.depth_weight * dl * dl + _NEAR_PENALTY * (dl < self.near)
-                       + self.config.row_weight * dy * dy)
+                       + self.config.row_weight * dy * dy + _LABEL_PENALTY * (self.lab[cand] != lab)
+                       + self.own_cost[cand])
 
     def _incoherence(self, cand: np.ndarray) -> np.ndarray:
         """1 + coherence x the share of target neighbours whose offset differs from cand's."""
