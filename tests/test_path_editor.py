@@ -254,7 +254,7 @@ def test_a_bad_path_file_is_one_error_line_before_anything_starts(tmp_path, caps
     photo = tmp_path / "photo.png"
     from PIL import Image
 
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photo)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(photo)
     assert main(["explore", str(photo), "--path", str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --path") and "render_height" in err[0]
