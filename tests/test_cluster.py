@@ -251,7 +251,9 @@ def test_scene_versions_follow_the_work(backend, scenes_dir):
         second = client.transition("affinity", preset("forward", 5, opened.scene.median_depth,
                                                       start=first.poses[-1]))
         # the front door's scene (dropped once its explorer leaves) grew as the explorer's cloud did
-        scene = backend._scenes[next(k for k in backend._scenes if k[1] == "affinity")]
+        from protocol.identity import token_identity
+
+        scene = backend.scenes.get(token_identity(client.client.token), "affinity").scene
         total = opened.points.count() + first.points.count() + second.points.count()
         assert len(scene.cloud) == total
     assert isinstance(first.outcome, JobDone) and isinstance(second.outcome, JobDone)

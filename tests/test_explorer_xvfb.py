@@ -58,6 +58,27 @@ def wait_for(predicate, timeout: float = TIMEOUT, every: float = 0.1) -> bool:
     return bool(predicate())
 
 
+def log_time(log: str, pattern: str) -> float:
+    """The wall-clock time (``time.time()``) of the first log line matching ``pattern``."""
+    import datetime
+
+    line = next(line for line in log.splitlines() if re.search(pattern, line))
+    stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
+
+
+def settled_screen(app, timeout: float = TIMEOUT) -> np.ndarray:
+    """The window's pixels once two grabs in a row agree (points uploaded, nothing moving)."""
+    shots = [app.screen()]
+
+    def same() -> bool:
+        shots.append(app.screen())
+        return np.array_equal(shots[-2], shots[-1])
+
+    assert wait_for(same, timeout), "the view never settled"
+    return shots[-1]
+
+
 def xdo(env, *args) -> str:
     out = subprocess.run(["xdotool", *args], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
@@ -195,18 +216,26 @@ def test_window_fly_commit_and_record(display, tmp_path):
               "--size", "320x240")
     try:
         app.wait_log(r"scene \S+ ready")
+        app.key("F2")  # without the HUD only the camera changes what the window shows
+        first = settled_screen(app)
+        # W is held until the view has visibly moved (however slowly a loaded machine renders)
         xdo(display, "keydown", "--window", app.wid, "w")
-        time.sleep(1.0)
+        moved = wait_for(lambda: np.abs(app.screen().astype(int) - first).mean() > 3.0)
         xdo(display, "keyup", "--window", app.wid, "w")
-        assert wait_for(lambda: "speed" in app.log() or True, 1)
+        assert moved, app.log()
+        app.key("F2")
         app.key("Return")
         assert wait_for(lambda: server.transitions), app.log()
-        t0 = time.monotonic()
+        first_key = time.time()
         app.key("r")
-        time.sleep(1.5)
+        app.wait_log(r"recording to ")
+        started = log_time(app.log(), r"recording to ")
+        while time.time() < started + 1.5:  # a second and a half of the app's own recording
+            time.sleep(0.05)
+        second_key = time.time()
         app.key("r")
-        held = time.monotonic() - t0
         app.wait_log(r"recorded \d+ frames")
+        finished = log_time(app.log(), r"recorded \d+ frames")
         assert app.quit() == 0, app.log()
     finally:
         app.kill()
@@ -216,7 +245,7 @@ def test_window_fly_commit_and_record(display, tmp_path):
     assert poses.shape == (48, 4, 4)
     np.testing.assert_allclose(poses[0], np.eye(4), atol=1e-5)
     forward = poses[-1][:3, 3]
-    assert forward[2] > 0.3 and abs(forward[0]) < 1e-4 and abs(forward[1]) < 1e-4
+    assert forward[2] > 0 and abs(forward[0]) < 1e-4 and abs(forward[1]) < 1e-4
     import av
 
     written = int(re.search(r"recorded (\d+) frames", app.log()).group(1))
@@ -226,8 +255,10 @@ def test_window_fly_commit_and_record(display, tmp_path):
         fps = float(stream.average_rate)
     assert fps == pytest.approx(30.0)
     assert len(frames) == written
-    # Real time: the file lasts as long as the keys were apart, however fast the renderer.
-    assert 0.8 * held * 30 <= written <= (held + 1.0) * 30
+    # Real time: the file lasts as long as the recording ran, however fast the renderer: at
+    # least from its start (the app's log) to the second key, at most from the first key to
+    # the end of the recording (the app's log), wherever a loaded machine put the keys.
+    assert 0.8 * (second_key - started) * 30 <= written <= (finished - first_key + 0.5) * 30
     assert frames[0].shape == (240, 320, 3)
 
 
