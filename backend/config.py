@@ -104,10 +104,10 @@ class QuotasConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     scenes_per_client: Between(1, 1 << 20, int) = 64
     """Saved sessions of one identity."""
     scenes_total: Between(1, 1 << 24, int) = 4096
-    disk_mb_per_client: Between(1.0, 1e9) = 4096.0
+    disk_mb_per_client: Between(0.01, 1e9) = 4096.0
     """Bytes on disk of one identity's sessions (MB); a job that would pass it fails with
     ``quota`` and leaves nothing behind."""
-    disk_mb_total: Between(1.0, 1e9) = 65536.0
+    disk_mb_total: Between(0.01, 1e9) = 65536.0
     resident_scenes_per_client: Between(1, 1024, int) = 4
     """Scenes of one identity held in memory; beyond it the least recently used idle one is
     unloaded (it stays saved, and is loaded again by its next request)."""

@@ -251,7 +251,9 @@ class Backend:
             return
         try:
             check_scene_id(msg.scene_id)
-            if not msg.resume:
+            if msg.resume:
+                self.sessions.owned_by(client).folder(msg.scene_id)  # SessionMissing at once
+            else:
                 self.quotas.check_new_scene(client)
             entry = self._reserve(peer, client, msg, engine)
         except (SessionError, Busy) as exc:
