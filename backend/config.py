@@ -141,6 +141,10 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     frames_ahead: Between(1, 64, int) = 2
     """Frames a job may queue beyond the client's credit before it waits."""
     save_clips: bool = True
+    io_process: bool = True
+    """Run the network endpoint (sockets, handshakes, heartbeats, credits) in a process of
+    its own, so engines holding the GIL never delay its heartbeats; false runs it on a
+    thread of this process."""
     status_shows: Literal["own", "all"] = "own"
     """What a Status answer tells a client of others' jobs: ``own`` names only the asker's
     (others are ``other-N``, their scenes hidden); ``all`` names everyone (a trusted team)."""

@@ -98,8 +98,12 @@ class SceneTable:
 
     def opening(self, peer: bytes) -> bool:
         """Whether connection ``peer`` has a scene being opened."""
+        return peer in self.opening_peers()
+
+    def opening_peers(self) -> set[bytes]:
+        """Connections with a scene being opened."""
         with self.lock:
-            return any(e.peer == peer and e.opening for e in self._entries.values())
+            return {e.peer for e in self._entries.values() if e.opening}
 
     def owners(self) -> set[str]:
         with self.lock:

@@ -38,6 +38,7 @@ from backend.scenes import OpenEntry, ResidentLimit, SceneTable
 from backend.scheduler import FairScheduler, JobKind, Ticket
 from backend.session import SessionError, SessionExists, SessionStore, check_scene_id
 from protocol import codec
+from protocol.endpoint_process import EndpointProcess
 from protocol.errors import BadArray, BadValue, Busy, ErrorCode, JobFailCode, ProtocolError
 from protocol.messages import (
     Cancel,
@@ -81,7 +82,8 @@ class Backend:
         self._engines: dict[str, Engine] = {}
         self._engine_lock = threading.Lock()
         keys = ServerKeys.from_folder(config.keys) if config.keys else None
-        self.endpoint = ServerEndpoint(
+        endpoint = EndpointProcess if config.io_process else ServerEndpoint
+        self.endpoint = endpoint(
             config.bind,
             engines=config.offered(),
             default_engine=config.engine,
@@ -231,6 +233,13 @@ class Backend:
             if any(j.peer == peer for j in self._jobs.values()):
                 return True
         return self.scenes.opening(peer)
+
+    def snapshot(self) -> tuple[set[str], set[bytes]]:
+        """(identities that own scenes, connections with work), for an endpoint that runs in
+        a process of its own."""
+        with self._lock:
+            working = {j.peer for j in self._jobs.values()}
+        return self.scenes.owners() | self.sessions.owners(), working | self.scenes.opening_peers()
 
     def _cancel(self, peer: bytes, client: str, job_id: str) -> None:
         with self._lock:

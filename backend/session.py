@@ -276,6 +276,11 @@ class SessionStore:
             mine = [e for e in self._entries.values() if owner is None or e.owner == owner]
         return len(mine), sum(e.bytes for e in mine)
 
+    def owners(self) -> set[str]:
+        """Identities with saved sessions."""
+        with self._lock:
+            return {e.owner for e in self._entries.values() if e.owner}
+
     def refresh_usage(self, folder: str) -> None:
         size = folder_bytes(self.root / folder)
         with self._lock:

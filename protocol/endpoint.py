@@ -53,7 +53,7 @@ from protocol.admission import AdmissionCaps, HelloGate, TokenBucket
 from protocol.channel import Channel, next_event
 from protocol.codec import Blob, decode, encode
 from protocol.errors import ErrorCode, public_text
-from protocol.events import Incoming, PeerGone
+from protocol.events import Incoming, PeerGone, Released, Welcomed
 from protocol.identity import TokenSigner, token_identity
 from protocol.keys import ServerKeys
 from protocol.limits import DEFAULT_LIMITS, Limits, ProtocolError
@@ -205,10 +205,12 @@ class ServerEndpoint:
         caps: EndpointCaps = EndpointCaps(),
         token_key: bytes | None = None,
         occupancy: Occupancy | None = None,
+        report_state: bool = False,
     ):
         """``token_key`` signs the loopback identity tokens (a random key when None: tokens
         then last as long as this endpoint); ``occupancy`` says who owns what and who has
-        work, for eviction (none when None)."""
+        work, for eviction (none when None); ``report_state`` adds :class:`Welcomed` and
+        :class:`Released` events to :meth:`poll` (for ``protocol.endpoint_process``)."""
         check_bind(address, keys is not None)
         if peer_timeout_s <= heartbeat_s:
             raise ValueError("peer_timeout_s must be longer than heartbeat_s")
@@ -230,6 +232,7 @@ class ServerEndpoint:
         self._gate = HelloGate(caps.admission)
         self._signer = TokenSigner(token_key)
         self._occupancy = occupancy or NoOccupancy()
+        self._report_state = report_state
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._peers: dict[bytes, _Peer] = {}
         self._pending: collections.Counter = collections.Counter()
@@ -266,7 +269,7 @@ class ServerEndpoint:
             self._sock.curve_server = True
         self._monitor = self._sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         try:
-            self._sock.bind(address)
+            _bind(self._sock, address)
         except zmq.ZMQError as exc:
             self._teardown()
             raise OSError(f"cannot bind {address}: {exc}") from None
@@ -290,11 +293,16 @@ class ServerEndpoint:
 
     def _queue_out(self, peer: bytes, msg: Message, blobs, refusal: bool) -> None:
         is_frame = isinstance(msg, Frame)
-        if is_frame:
+        self.send_encoded(peer, msg.job_id if is_frame else None, encode(_public(msg), blobs),
+                          refusal)
+
+    def send_encoded(self, peer: bytes, frame_of: str | None, frames: list, refusal: bool) -> None:
+        """Queue a message already encoded (with paths taken out): ``frame_of`` is the job id
+        of a Frame, None for other messages; ``refusal`` as for :meth:`error`."""
+        if frame_of is not None:
             with self._cond:
                 self._pending[peer] += 1
-        self._chan.put((peer, msg.job_id if is_frame else None, encode(_public(msg), blobs),
-                        refusal))
+        self._chan.put((peer, frame_of, frames, refusal))
 
     def discard_frames(self, peer: bytes, job_id: str) -> None:
         """Drop the Frames of ``job_id`` still waiting for credit (a Cancel does this too)."""
@@ -368,9 +376,10 @@ class ServerEndpoint:
         poller.register(self._monitor, zmq.POLLIN)
         poller.register(self._chan.fileno(), zmq.POLLIN)
         seq = itertools.count()
-        next_ping = time.monotonic() + self.heartbeat_s
+        next_ping = last_turn = time.monotonic() + self.heartbeat_s
         while not self._stop.is_set():
             try:
+                last_turn = self._forgive_own_stall(last_turn)
                 ready = dict(poller.poll(timeout=100))
                 if self._monitor in ready:
                     self._on_monitor()
@@ -390,6 +399,17 @@ class ServerEndpoint:
             except Exception:  # the I/O thread must outlive any single fault
                 self.stats.io_faults += 1
                 log.exception("transport I/O loop fault (continuing)")
+
+    def _forgive_own_stall(self, last_turn: float) -> float:
+        """When this loop itself could not run for a while (its process starved of CPU),
+        that time does not count against the peers' silence: their messages wait unread in
+        the socket. Returns the time of this turn."""
+        now = time.monotonic()
+        stall = now - last_turn - 0.1  # a turn waits at most 0.1 s in poll
+        if stall > 0.5:
+            for peer in self._peers.values():
+                peer.last_seen += stall
+        return now
 
     def _receive_some(self) -> None:
         for _ in range(256):
@@ -682,6 +702,8 @@ class ServerEndpoint:
         if refusal is not None:
             self._refuse(peer_id, "busy", refusal)
             return
+        if self._report_state:
+            self._events.put(Welcomed(peer_id, identity))
         bucket = self._buckets.get(peer_id)
         if bucket is not None:  # welcomed: the full message rate at once from now on
             bucket.burst = bucket.tokens = self.caps.max_messages_per_s
@@ -758,6 +780,8 @@ class ServerEndpoint:
         with self._cond:
             self._pending[peer_id] -= frames
             self._cond.notify_all()
+        if self._report_state:
+            self._events.put(Released(peer_id, frames))
 
     def _flush(self, peer_id: bytes, peer: _Peer) -> None:
         sent_frames = 0
@@ -775,6 +799,20 @@ class ServerEndpoint:
         if sent_frames:
             self.stats.frames_sent += sent_frames
             self._release_pending(peer_id, sent_frames)
+
+
+def _bind(sock: zmq.Socket, address: str, patience_s: float = 2.0) -> None:
+    """Bind, waiting up to ``patience_s`` while the address is in use (a backend that was
+    just killed may still be letting its port go)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            sock.bind(address)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _source_fd(frame) -> int:
