@@ -31,7 +31,7 @@ from pathlib import Path
 
 from backend.manifest import Manifest, is_scene_id, referenced
 from backend.session import read_manifest
-from backend.session_root import MARKER, QUARANTINE
+from backend.session_root import MARKER, QUARANTINE, is_plain_file
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,10 @@ def _judge_session(folder: Path) -> Verdict:
                 if manifest.version >= 3 else name == manifest.scene_id)
     if not expected:
         return Verdict(name, "foreign", manifest, "its name does not match its manifest")
-    links = _symlinks(folder)
+    links = _walk(folder)[1]
     if links:
         return Verdict(name, "foreign", manifest, f"it holds a symbolic link ({links[0]})")
-    missing = sorted(p for p in referenced(manifest) if not _is_file(folder / p))
+    missing = sorted(p for p in referenced(manifest) if not is_plain_file(folder / p))
     if missing:
         return Verdict(name, "foreign", manifest, f"it lacks {', '.join(missing)}")
     return Verdict(name, "session", manifest)
@@ -157,7 +157,7 @@ def orphans(root: Path) -> list[Path]:
             out.append(root / verdict.name)
         elif verdict.kind == "session" and verdict.problem is None:
             keep = referenced(verdict.manifest)
-            out += [root / verdict.name / rel for rel in _files(root / verdict.name)
+            out += [root / verdict.name / rel for rel in _walk(root / verdict.name)[0]
                     if _OURS.fullmatch(rel) and rel not in keep]
     return out
 
@@ -165,42 +165,29 @@ def orphans(root: Path) -> list[Path]:
 def _prune(folder: Path, manifest: Manifest) -> list[str]:
     keep = referenced(manifest)
     removed = []
-    for rel in _files(folder):
+    for rel in _walk(folder)[0]:
         if _OURS.fullmatch(rel) and rel not in keep:
             (folder / rel).unlink(missing_ok=True)
             removed.append(rel)
     return removed
 
 
-def _files(folder: Path, prefix: str = "") -> list[str]:
-    """Plain files under ``folder`` (relative paths), walking real folders only."""
-    out = []
+def _walk(folder: Path, prefix: str = "") -> tuple[list[str], list[str]]:
+    """(plain files, symbolic links) under ``folder`` as relative paths, walking real
+    folders only."""
+    files, links = [], []
     with os.scandir(folder) as entries:
         for entry in entries:
             rel = prefix + entry.name
-            if entry.is_dir(follow_symlinks=False):
-                out += _files(Path(entry.path), rel + "/")
-            elif entry.is_file(follow_symlinks=False):
-                out.append(rel)
-    return out
-
-
-def _symlinks(folder: Path, prefix: str = "") -> list[str]:
-    out = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
             if entry.is_symlink():
-                out.append(prefix + entry.name)
+                links.append(rel)
             elif entry.is_dir(follow_symlinks=False):
-                out += _symlinks(Path(entry.path), prefix + entry.name + "/")
-    return out
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
+                more_files, more_links = _walk(Path(entry.path), rel + "/")
+                files += more_files
+                links += more_links
+            elif entry.is_file(follow_symlinks=False):
+                files.append(rel)
+    return files, links
 
 
 def _utf8(name: str) -> bool:

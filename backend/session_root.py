@@ -48,7 +48,7 @@ def check_root(path: str | Path) -> Path:
     if not root.is_dir():
         raise RootRefused(f"sessions folder {root} is not a folder")
     marker = root / MARKER
-    if not _is_plain_file(marker):
+    if not is_plain_file(marker):
         if marker.is_symlink() or marker.exists():
             raise RootRefused(f"{marker} is not a plain file")
         if any(True for _ in os.scandir(root)):
@@ -72,7 +72,8 @@ def _refuse_shared(root: Path, given: str) -> None:
                               "own, e.g. ./sessions")
 
 
-def _is_plain_file(path: Path) -> bool:
+def is_plain_file(path: Path) -> bool:
+    """A regular file, not a link to one."""
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except OSError:

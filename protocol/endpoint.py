@@ -313,16 +313,7 @@ class ServerEndpoint:
 
         Returns False on timeout or when the peer is gone, True when there is room.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._pending[peer] >= max_pending:
-                if peer not in self._peers:
-                    return False
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left if left is not None else 0.5)
-            return peer in self._peers
+        return wait_for_room(self._cond, self._pending, self._peers, peer, max_pending, timeout)
 
     def is_connected(self, peer: bytes) -> bool:
         with self._cond:
@@ -799,6 +790,22 @@ class ServerEndpoint:
         if sent_frames:
             self.stats.frames_sent += sent_frames
             self._release_pending(peer_id, sent_frames)
+
+
+def wait_for_room(cond: threading.Condition, pending: collections.Counter, peers: dict,
+                  peer: bytes, max_pending: int, timeout: float | None) -> bool:
+    """Under ``cond``, wait while ``pending[peer]`` is at ``max_pending`` or more: True once
+    there is room, False on timeout or when ``peer`` left ``peers``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with cond:
+        while pending[peer] >= max_pending:
+            if peer not in peers:
+                return False
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            cond.wait(left if left is not None else 0.5)
+        return peer in peers
 
 
 def _bind(sock: zmq.Socket, address: str, patience_s: float = 2.0) -> None:

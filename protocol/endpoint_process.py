@@ -47,7 +47,14 @@ import zmq
 from protocol.admission import AdmissionCaps
 from protocol.channel import Channel, next_event
 from protocol.codec import Blob, decode, encode
-from protocol.endpoint import EndpointCaps, EndpointStats, Occupancy, ServerEndpoint, _public
+from protocol.endpoint import (
+    EndpointCaps,
+    EndpointStats,
+    Occupancy,
+    ServerEndpoint,
+    _public,
+    wait_for_room,
+)
 from protocol.errors import ErrorCode
 from protocol.events import Incoming, PeerGone, Released, Welcomed
 from protocol.keys import ServerKeys
@@ -160,16 +167,7 @@ class EndpointProcess:
     def wait_writable(self, peer: bytes, max_pending: int = 2, timeout: float | None = None) -> bool:
         """Block while ``max_pending`` or more Frames to ``peer`` wait for credit; False on
         timeout or when the peer is gone."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._pending[peer] >= max_pending:
-                if peer not in self._peers:
-                    return False
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left if left is not None else 0.5)
-            return peer in self._peers
+        return wait_for_room(self._cond, self._pending, self._peers, peer, max_pending, timeout)
 
     def is_connected(self, peer: bytes) -> bool:
         with self._cond:
