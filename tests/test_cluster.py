@@ -54,6 +54,7 @@ def backend(cluster, tmp_path_factory):
         bind="tcp://127.0.0.1:0", sessions=tmp_path_factory.mktemp("sessions"), heartbeat_s=0.2,
         peer_timeout_s=3.0, cluster="auto", status_shows="all",  # an operator's view
         cluster_options={"workers": 2, "status_log_s": 0, "max_restarts": 4,
+                         "ready_timeout_s": 3000.0,  # a loaded machine starts Ray workers slowly
                          "engine_classes": {"classic": "backend.cluster.simulated:PacedEngine"}},
         # the horizon prior: these tests are about scheduling, not about loading a depth model
         engine_options={"classic": {"start_s": START_S, "frame_s": FRAME_S, "depth_model": "none"}})
