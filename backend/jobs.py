@@ -124,8 +124,9 @@ class JobRun:
         try:
             if self.started is None:
                 self._start()
-            if self._stream():
-                return Resume(ready=self._can_go_on)
+            resume = self._stream()
+            if resume is not None:
+                return resume
             outcome = self._finish()
         except _Stop as stop:
             self.host.endpoint.discard_frames(job.peer, job.job_id)
@@ -177,22 +178,23 @@ class JobRun:
             self.writer = owned.begin_clip(scene.scene_id, self.request.fps)
         self.K = codec.k_list(scene.K)
 
-    def _stream(self) -> bool:
-        """Send events until the engine is done (False) or the slot is handed back (True)."""
+    def _stream(self) -> Resume | None:
+        """Send events until the engine is done (None) or the slot is handed back: parked
+        until credit comes, or queued again after a time slice."""
         slice_end = time.monotonic() + self.host.config.scheduler.slice_s
         while True:
             self._check_stop()
             if self.held is None:
                 self.held = next(self.events, _END)
             if self.held is _END:
-                return False
+                return None
             if isinstance(self.held, FrameOut) and not self._await_room():
-                return True
+                return Resume(ready=self._can_go_on)
             event, self.held = self.held, None
             self._emit(event)
             if (self.preemptible and time.monotonic() > slice_end
                     and self.scheduler.others_waiting(self.job.client)):
-                return True
+                return Resume()
 
     def _emit(self, ev) -> None:
         job, endpoint, scene = self.job, self.host.endpoint, self.scene
@@ -268,10 +270,10 @@ class JobRun:
         """Whether a parked job should run again: room for a frame, or a reason to end."""
         job, endpoint, now = self.job, self.host.endpoint, time.monotonic()
         sched = self.host.config.scheduler
+        waited = now - (self.waiting_since or now)
         return (job.cancel.is_set() or not endpoint.is_connected(job.peer)
                 or endpoint.wait_writable(job.peer, self.host.config.frames_ahead, timeout=0)
-                or now - self.waiting_since > sched.credit_timeout_s
-                or now - self.started > sched.max_job_s)
+                or waited > sched.credit_timeout_s or now - self.started > sched.max_job_s)
 
     def _check_stop(self) -> None:
         job, sched, now = self.job, self.host.config.scheduler, time.monotonic()

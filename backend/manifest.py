@@ -63,6 +63,11 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     text: SceneText = SceneText()
     pose: Annotated[list[list[Finite]], Meta(min_length=4, max_length=4)]
     """Camera-to-world pose of the last view reached (OpenCV)."""
+    depth_source: Annotated[str, Meta(max_length=16)] = ""
+    """Where the first view's depth came from (``model``, ``given``, ``prior``; empty in
+    sessions saved before it was recorded)."""
+    depth_note: Annotated[str, Meta(max_length=500)] = ""
+    """The HUD's line about that depth."""
     cloud: PlainName | None = "cloud.ply"
     """The point cloud PLY (version 1 sessions all used ``cloud.ply``)."""
     clips: list[ClipEntry] = []

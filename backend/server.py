@@ -368,7 +368,8 @@ class Backend:
         except QuotaExceeded as exc:
             raise SessionError(str(exc)) from None
         owned.create(scene.scene_id, scene.image, scene.K, scene.text, engine.name,
-                     scene.median_depth, store=scene.cloud)
+                     scene.median_depth, store=scene.cloud,
+                     depth=(scene.depth_source, scene.depth_note))
         return scene, cloud, False
 
     def send_points(self, peer: bytes, scene_id: str, cloud: PointCloud, total: int,

@@ -198,6 +198,28 @@ def read_manifest(folder: Path) -> Manifest:
     return decode_manifest(path.read_bytes())
 
 
+def read_session(folder: Path) -> dict:
+    """A session folder, read and checked without claiming its root (for resuming and for
+    tools): ``scene_id``, ``engine``, ``K``, ``median_depth``, ``text`` (a SceneText),
+    ``pose``, ``depth_source``, ``depth_note``, ``image`` (H x W x 3 uint8), ``cloud_path``
+    (None when it has no cloud) and ``clips`` (manifest entries as dicts). SessionError
+    saying what is wrong (never a path)."""
+    try:
+        manifest = read_manifest(folder)
+    except (OSError, ValueError) as exc:
+        raise SessionError(f"the saved session cannot be read ({exc})") from None
+    try:
+        with Image.open(folder / "input.png") as im:
+            image = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise SessionError(f"the saved session {manifest.scene_id!r} has no readable photo") from None
+    return {"scene_id": manifest.scene_id, "engine": manifest.engine, "K": manifest.K,
+            "median_depth": manifest.median_depth, "text": manifest.text, "pose": manifest.pose,
+            "depth_source": manifest.depth_source, "depth_note": manifest.depth_note,
+            "image": image, "cloud_path": folder / manifest.cloud if manifest.cloud else None,
+            "clips": msgspec.to_builtins(manifest.clips)}
+
+
 def folder_bytes(folder: Path) -> int:
     """Bytes of the plain files in ``folder`` and its real subfolders (links not followed)."""
     total = 0
@@ -298,9 +320,11 @@ class SessionStore:
     # -- create --
 
     def create(self, owner: str, scene_id: str, image: np.ndarray, K: np.ndarray,
-               text: SceneText, engine: str, median_depth: float, store=None) -> str:
+               text: SceneText, engine: str, median_depth: float, store=None,
+               depth: tuple[str, str] = ("", "")) -> str:
         """A complete new session (image, cloud, manifest), renamed into place in one step;
-        returns its folder name. SessionExists if ``owner`` has a session ``scene_id``."""
+        returns its folder name. SessionExists if ``owner`` has a session ``scene_id``.
+        ``depth`` is the first view's depth source and HUD note, given back on resume."""
         check_scene_id(scene_id)
         if self.find(owner, scene_id) is not None:
             raise SessionExists(f"a saved session {scene_id!r} exists: resume it or pick another id")
@@ -314,7 +338,8 @@ class SessionStore:
             manifest = Manifest(version=MANIFEST_VERSION, scene_id=scene_id, owner=owner,
                                 engine=engine, K=np.asarray(K, float).tolist(),
                                 median_depth=float(median_depth), text=text,
-                                pose=np.eye(4).tolist(), cloud=cloud, clips=[])
+                                pose=np.eye(4).tolist(), depth_source=depth[0],
+                                depth_note=depth[1][:500], cloud=cloud, clips=[])
             atomic_write(tmp / "manifest.json", encode_manifest(manifest))
             folder = f"{scene_id}-{secrets.token_hex(4)}"
             with self._lock:
@@ -348,8 +373,10 @@ class OwnerSessions:
         return self.store.find(self.owner, scene_id) is not None
 
     def create(self, scene_id: str, image: np.ndarray, K: np.ndarray, text: SceneText,
-               engine: str, median_depth: float, store=None) -> str:
-        return self.store.create(self.owner, scene_id, image, K, text, engine, median_depth, store)
+               engine: str, median_depth: float, store=None,
+               depth: tuple[str, str] = ("", "")) -> str:
+        return self.store.create(self.owner, scene_id, image, K, text, engine, median_depth,
+                                 store, depth)
 
     def manifest(self, scene_id: str) -> Manifest:
         try:
@@ -358,19 +385,8 @@ class OwnerSessions:
             raise SessionError(f"the saved session {scene_id!r} cannot be read ({exc})") from None
 
     def load(self, scene_id: str) -> dict:
-        """What an engine needs to resume: ``image``, ``K``, ``median_depth``, ``text``,
-        ``pose`` and ``cloud_path`` (None when the session has no cloud)."""
-        manifest = self.manifest(scene_id)
-        folder = self.store.path(self.folder(scene_id))
-        try:
-            with Image.open(folder / "input.png") as im:
-                image = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            raise SessionError(f"the saved session {scene_id!r} has no readable photo") from None
-        return {"scene_id": scene_id, "engine": manifest.engine, "K": manifest.K,
-                "median_depth": manifest.median_depth, "text": manifest.text,
-                "pose": manifest.pose, "image": image,
-                "cloud_path": folder / manifest.cloud if manifest.cloud else None}
+        """What an engine needs to resume (see :func:`read_session`)."""
+        return read_session(self.store.path(self.folder(scene_id)))
 
     # -- changes --
 
