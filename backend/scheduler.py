@@ -172,7 +172,7 @@ class FairScheduler:
             if current.key in self._running_keys:
                 return None  # one job per client at a time
             ready = current.resume.ready if current.resume else None
-            return current if self._stopping or ready is None or ready() else None
+            return current if self._stopping or ready is None or _safe(ready) else None
         queue = self._queues.get(client)
         return queue[0] if queue and not self._stopping else None
 
@@ -226,3 +226,12 @@ class FairScheduler:
                 self._cond.notify_all()
             if resume is None:
                 ticket.done.set()
+
+
+def _safe(ready: Callable[[], bool]) -> bool:
+    """``ready()``; a bug in it runs the job (whose body then reports it), never kills a slot."""
+    try:
+        return bool(ready())
+    except Exception:
+        log.exception("a waiting job's readiness check raised")
+        return True
