@@ -76,11 +76,16 @@ HUGE = 512
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory of ``pid`` and its children (the backend and its network endpoint)."""
+    total = 0.0
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    for p in [pid, *map(int, children.split())]:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total
 
 
 def free_port() -> int:
