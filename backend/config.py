@@ -1,18 +1,24 @@
 """The backend's one typed config (configs/backend.toml), loaded and checked with msgspec.
 
-Unknown keys are errors that name the key and the file. Every ``[engines.NAME]`` table is
-checked against that engine's constructor, and a diffusion engine's models TOML is read
-through backend.models, all at start, so a typo never waits for the first request.
+Unknown keys are errors that name the key and the file. Every key carries its bounds in its
+type (``Annotated[..., Meta(...)]``), so a value out of range (NaN and inf included) is one
+line naming the key and the file, whether it came from the file, the command line or a
+``BackendConfig`` built in code (:func:`check_config` converts it again). Every
+``[engines.NAME]`` table is checked against that engine's constructor (numbers against
+``ENGINE_OPTION_BOUNDS``), a diffusion engine's models TOML is read through backend.models,
+and a CUDA device must exist, all at start, so a typo never waits for the first request.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from protocol.admission import AdmissionCaps
 from protocol.endpoint import EndpointCaps
@@ -23,82 +29,129 @@ class ConfigError(ValueError):
     """The config cannot be used; the message names the file and the key."""
 
 
-class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """How jobs share the machine: round-robin across clients, bounded per client."""
+def Between(lo: float, hi: float, kind: type = float, open_low: bool = False):  # noqa: N802
+    """A number in [lo, hi] (``(lo, hi]`` with ``open_low``); NaN and inf fail the bounds."""
+    low = {"gt": lo} if open_low else {"ge": lo}
+    return Annotated[kind, Meta(le=hi, **low)]
 
-    job_slots: int = 1
+
+Seconds = Between(0.0, 86400.0, open_low=True)
+"""A duration in (0, 1 day]: every timeout is finite and positive."""
+Rate = Between(0.0, 1e6, open_low=True)
+"""Per second, in (0, 1e6]."""
+
+
+class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How jobs share the machine: round-robin across clients, fair in time, bounded."""
+
+    job_slots: Between(1, 64, int) = 1
     """Jobs (transitions, dynamics) running at once. 1 on a single GPU; a pool of remote
     workers sets it to the number of workers."""
-    open_slots: int = 1
+    open_slots: Between(1, 64, int) = 1
     """Scenes being opened (image decoding, depth, lifting) at once."""
-    max_jobs_per_client: int = 4
+    max_jobs_per_client: Between(1, 1024, int) = 4
     """Jobs of one client queued or running; more are refused with ``busy``."""
-    max_scenes_per_client: int = 16
+    max_scenes_per_client: Between(1, 1024, int) = 16
     """Scenes one client has open (or opening) at once."""
-    credit_timeout_s: float = 30.0
-    """A job waiting this long for frame credit fails with ``credit_timeout``."""
+    credit_timeout_s: Seconds = 30.0
+    """A job granted no frame credit for this long fails with ``credit_timeout``."""
+    slice_s: Between(0.01, 3600.0) = 1.0
+    """A running job whose slot another client's job waits for hands the slot over after
+    this long (at its next frame or step) and queues again; a job waiting for frame credit
+    hands it over at once. Not with ``cluster`` (a remote job keeps its worker)."""
+    max_job_s: Seconds = 1800.0
+    """A job (queued time excluded) that runs longer fails with ``time_limit``."""
 
 
 class ConnectionsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    hello_timeout_s: float = 5.0
+    hello_timeout_s: Between(0.1, 600.0) = 5.0
     """Connections that have not said Hello by then are shut."""
-    max_clients: int = 64
-    """Connected clients at once."""
-    max_connections_per_client: int = 4
-    max_waiting_requests_per_client: int = 64
+    max_clients: Between(1, 4096, int) = 64
+    """Connected clients at once; when all are taken, a Hello evicts the longest-idle
+    client without work (a newcomer only clients that own no scenes)."""
+    max_connections_per_client: Between(1, 64, int) = 4
+    max_waiting_requests_per_client: Between(1, 4096, int) = 64
     """Requests of one client received but not yet dispatched; more get ``busy``."""
-    max_messages_per_s: float = 2000.0
+    max_messages_per_s: Between(10.0, 1e6) = 2000.0
     """Messages one connection may send per second; over it, it is disconnected."""
-    max_refused_per_s: float = 5.0
+    max_refused_per_s: Rate = 5.0
     """Messages of one connection answered with an Error per second (20 at once); over it,
     it is disconnected."""
-    new_clients_per_s: float = 10.0
+    new_clients_per_s: Rate = 10.0
     """Hellos per second from clients not seen before, all together (20 at once); more wait."""
-    reconnects_per_client_per_s: float = 1.0
+    reconnects_per_client_per_s: Rate = 1.0
     """Hellos per second from one known client (4 at once); more wait."""
-    max_waiting_hellos: int = 64
+    max_waiting_hellos: Between(1, 65536, int) = 64
     """Hellos waiting for those rates; beyond it a Hello gets ``busy``."""
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Bounds that keep memory set by this file, not by requests."""
+    """Bounds that keep memory and time set by this file, not by requests."""
 
-    max_message_mb: float = 48.0
+    max_message_mb: Between(0.0625, 1024.0) = 48.0
     """Largest message (all frames together), also ZeroMQ's per-frame MAXMSGSIZE."""
-    max_image_pixels: int = 2048 * 2048
+    max_image_pixels: Between(64, 8192 * 8192, int) = 2048 * 2048
     """Largest photo (width x height), checked from its header before decoding."""
-    max_frames: int = 240
+    max_frames: Between(1, 1024, int) = 240
     """Most frames in one clip (transition poses or dynamics num_frames)."""
+    max_job_pixel_frames: Between(4096, 1 << 40, int) = 1024 * 1024 * 240
+    """Most work one job may ask: view width x height x frames (answered ``too_large``)."""
+
+
+class QuotasConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What one client identity, and everyone together, may keep; a refusal names the key."""
+
+    scenes_per_client: Between(1, 1 << 20, int) = 64
+    """Saved sessions of one identity."""
+    scenes_total: Between(1, 1 << 24, int) = 4096
+    disk_mb_per_client: Between(0.01, 1e9) = 4096.0
+    """Bytes on disk of one identity's sessions (MB); a job that would pass it fails with
+    ``quota`` and leaves nothing behind."""
+    disk_mb_total: Between(0.01, 1e9) = 65536.0
+    resident_scenes_per_client: Between(1, 1024, int) = 4
+    """Scenes of one identity held in memory; beyond it the least recently used idle one is
+    unloaded (it stays saved, and is loaded again by its next request)."""
+    resident_scenes_total: Between(1, 4096, int) = 16
+    min_free_disk_mb: Between(0.0, 1e9) = 512.0
+    """New scenes and clips are refused while the disk has less free space than this."""
 
 
 class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Settings of ``dreamjourney serve`` (defaults in configs/backend.toml)."""
 
-    bind: str = "tcp://127.0.0.1:5555"
-    sessions: str = "sessions"
-    """Root of the session folders."""
-    engine: str = "classic"
+    bind: Annotated[str, Meta(max_length=256)] = "tcp://127.0.0.1:5555"
+    sessions: Annotated[str, Meta(max_length=4096)] = "sessions"
+    """Root of the session folders: a new or empty folder, or one this backend made (see
+    backend.session_root); never "", ".", "/" or the home folder."""
+    engine: Annotated[str, Meta(max_length=64)] = "classic"
     """Default engine for requests that name none."""
-    offer: list[str] = []
+    offer: Annotated[list[str], Meta(max_length=16)] = []
     """Engines clients may ask for; empty offers only ``engine``."""
-    device: str = "cpu"
-    cpu_jobs: int | None = None
+    device: Annotated[str, Meta(pattern=r"^(cpu|cuda|cuda:[0-9]{1,2})$")] = "cpu"
+    """``cpu``, ``cuda`` or ``cuda:N`` (which must exist)."""
+    cpu_jobs: Between(1, 64, int) | None = None
     """Deprecated alias of ``scheduler.job_slots``."""
-    heartbeat_s: float = 1.0
-    peer_timeout_s: float = 10.0
-    keys: str | None = None
-    jpeg_quality: int = 95
-    chunk_points: int = 65536
+    heartbeat_s: Between(0.05, 60.0) = 1.0
+    peer_timeout_s: Between(0.1, 3600.0) = 10.0
+    """A client silent this long is gone; longer than ``heartbeat_s``."""
+    keys: Annotated[str, Meta(max_length=4096)] | None = None
+    jpeg_quality: Between(1, 100, int) = 95
+    chunk_points: Between(1, 1 << 20, int) = 65536
     """Points per PointsDelta message."""
-    frames_ahead: int = 2
+    frames_ahead: Between(1, 64, int) = 2
     """Frames a job may queue beyond the client's credit before it waits."""
     save_clips: bool = True
+    io_process: bool = True
+    """Run the network endpoint (sockets, handshakes, heartbeats, credits) in a process of
+    its own, so engines holding the GIL never delay its heartbeats; false runs it on a
+    thread of this process."""
     status_shows: Literal["own", "all"] = "own"
     """What a Status answer tells a client of others' jobs: ``own`` names only the asker's
     (others are ``other-N``, their scenes hidden); ``all`` names everyone (a trusted team)."""
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     connections: ConnectionsConfig = msgspec.field(default_factory=ConnectionsConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    quotas: QuotasConfig = msgspec.field(default_factory=QuotasConfig)
     engine_options: dict[str, dict[str, Any]] = msgspec.field(name="engines", default_factory=dict)
     """Per-engine keyword options (the ``[engines.NAME]`` tables)."""
     cluster: str | None = None
@@ -153,25 +206,48 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         raise ConfigError(f"{source}: {_where(exc)}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if overrides:
-        config = msgspec.structs.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    check_config(config, source)
+        config = msgspec.structs.replace(config, **overrides)
+    check_config(config, source, given=set(overrides))
     return config
 
 
-def _where(exc: msgspec.ValidationError) -> str:
+def _where(exc: msgspec.ValidationError, given: set[str] = frozenset()) -> str:
+    """One line naming the key (and the command line when it came from there)."""
     text = str(exc)
-    if text.startswith("Object contains unknown field"):
-        key, _, at = text.partition(" - at ")
-        name = key.split("`")[1]
-        table = at.strip("`$").lstrip(".") if at else ""
-        return f"unknown key {(table + '.' if table else '') + name!r}"
-    return text
+    what, _, at = text.partition(" - at ")
+    key = at.strip("`$").lstrip(".").split("[")[0]
+    if what.startswith("Object contains unknown field"):
+        name = what.split("`")[1]
+        return f"unknown key {(key + '.' if key else '') + name!r}"
+    if what.startswith("Object missing required field"):
+        name = what.split("`")[1]
+        return f"{(key + '.' if key else '') + name}: missing"
+    origin = " (from the command line)" if key.split(".")[0] in given else ""
+    return f"{key or 'config'}: {what[0].lower() + what[1:]}{origin}"
 
 
-def check_config(config: BackendConfig, source: str = "config") -> None:
-    """Values in range, the default engine offered, and every offered engine's options valid."""
-    from backend.engines import engine_names
+def check_config(config: BackendConfig, source: str = "config", given: set[str] = frozenset()) -> None:
+    """Every key in its bounds (the struct converted again, so values set in code or on the
+    command line are checked like the file's), keys that depend on each other, the default
+    engine offered, the device present, and every offered engine's options valid. ``given``
+    names the top-level keys set on the command line."""
+    try:
+        msgspec.convert(msgspec.to_builtins(config, enc_hook=str), BackendConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_where(exc, given)}") from None
+    from backend.session_root import RootRefused, check_root
+
+    try:
+        check_root(config.sessions)
+    except RootRefused as exc:
+        origin = " (from the command line)" if "sessions" in given else ""
+        raise ConfigError(f"{source}: sessions{origin}: {exc}") from None
+    if config.peer_timeout_s <= config.heartbeat_s:
+        raise ConfigError(f"{source}: peer_timeout_s ({config.peer_timeout_s:g}) must be longer "
+                          f"than heartbeat_s ({config.heartbeat_s:g})")
+    from backend.engines import engine_names  # torch: after the cheap checks
 
     offered = config.offered()
     if config.engine not in offered:
@@ -179,13 +255,31 @@ def check_config(config: BackendConfig, source: str = "config") -> None:
     for name in offered:
         if name not in engine_names():
             raise ConfigError(f"{source}: engine {name!r} is not installed; known: {engine_names()}")
-    for name, table in (("scheduler", config.scheduler), ("limits", config.limits)):
-        for key in table.__struct_fields__:
-            if getattr(table, key) <= 0:
-                raise ConfigError(f"{source}: {name}.{key} must be positive")
+    _check_device(config.device, source)
     replaced = _cluster_engine_classes(config, source)
     for name in offered:
         check_engine_options(name, config.engine_options.get(name, {}), source, replaced.get(name))
+
+
+def _check_device(device: str, source: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        raise ConfigError(f"{source}: device {device!r}: this machine has "
+                          f"{torch.cuda.device_count()} CUDA devices")
+
+
+ENGINE_OPTION_BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
+    "classic": {"inpaint_radius": (0, 64), "layers": (1, 8), "fov_x_deg": (1, 170),
+                "capacity": (1000, 100_000_000), "frames_per_batch": (1, 64),
+                "keyframe_every": (1, 1024), "gap_px": (0, 64)},
+    "diffusion": {"inpaint_steps": (1, 1000), "inpaint_guidance": (0, 100),
+                  "min_hole_fraction": (0, 1)},
+}
+"""[lo, hi] of the numeric ``[engines.NAME]`` options; any other number must be finite."""
 
 
 def _cluster_engine_classes(config: BackendConfig, source: str) -> dict[str, type]:
@@ -218,6 +312,14 @@ def check_engine_options(name: str, options: dict, source: str = "config", cls: 
     from backend.engines import engine_class
 
     cls = cls or engine_class(name)
+    bounds = ENGINE_OPTION_BOUNDS.get(name, {})
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        lo, hi = bounds.get(key, (-math.inf, math.inf))
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise ConfigError(f"{source}: engines.{name}.{key} = {value!r} is outside "
+                              f"[{lo:g}, {hi:g}]")
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         allowed = sorted(k for k in params if k not in ("self", "device"))

@@ -31,6 +31,9 @@ def check_view_marks(scene: Scene, arrows: list[Arrow], frozen_ref: ArrayRef | N
     for a in arrows:
         if not (0 <= a.start[0] <= w and 0 <= a.start[1] <= h):
             raise BadValue(f"arrow start {a.start} is outside the {w}x{h} view")
+        if float(np.hypot(*a.vector)) > max(w, h):
+            raise BadValue(f"arrow vector {a.vector} is longer than the {w}x{h} view (pixels "
+                           "per frame)")
     return frozen
 
 

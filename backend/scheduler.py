@@ -1,10 +1,19 @@
-"""Fair, bounded job scheduling: round-robin across clients over a fixed number of slots.
+"""Fair, bounded job scheduling: round-robin across clients over a fixed number of slots,
+fair in time as well as in jobs.
 
 Each client has its own FIFO queue. A free slot takes the next job from the next client in
-turn (round-robin), and never runs two jobs of one client at once, so a client with 300
-queued jobs delays another client by at most the one job already running per slot. Each
-client may have at most ``max_per_client`` jobs queued or running; beyond that
+turn (round-robin), and never has two jobs of one client in progress at once, so a client
+with 300 queued jobs delays another client by at most the one job already in progress.
+Each client may have at most ``max_per_client`` jobs queued or in progress; beyond that
 :meth:`FairScheduler.submit` raises :class:`protocol.errors.Busy` with the limit.
+
+A job need not hold its slot to its end: its body may return a :class:`Resume` to hand the
+slot back and continue later (a generator-driven job keeps its place between events). It
+then waits, holding no thread, until ``Resume.ready()`` says it can go on (e.g. its client
+granted frame credit) and queues again as its client's next job, behind the clients already
+waiting. Job bodies do so after a time slice when others wait (:meth:`others_waiting`), and
+at once when they would wait for a slow reader, so neither a long job nor a slow client
+holds a slot that others need.
 
 A job is any callable; the backend's job bodies only talk to the :class:`Engine` interface,
 so an engine whose generators run elsewhere (remote workers) plugs in with ``slots`` set to
@@ -24,6 +33,9 @@ from protocol.errors import Busy
 
 log = logging.getLogger(__name__)
 
+PARKED_POLL_S = 0.02
+"""How often parked jobs are asked whether they can go on."""
+
 
 class JobKind(StrEnum):
     """What a scheduled job does."""
@@ -33,16 +45,28 @@ class JobKind(StrEnum):
     DYNAMICS = "dynamics"
 
 
+@dataclass(frozen=True)
+class Resume:
+    """A job body's answer when it hands its slot back before its end."""
+
+    ready: Callable[[], bool] | None = None
+    """Whether the job can go on (called under the scheduler's lock: answer at once);
+    None: at once, behind the clients already waiting."""
+
+
 @dataclass
 class Ticket:
     client: str
     """Who the job is for (the client identity)."""
     key: str
     """Id of the job (unique per client) for cancelling it while queued."""
-    run: Callable[[], None]
+    run: Callable[[], Resume | None]
+    """The job body; it returns None when the job is over, a Resume to continue later."""
     on_dropped: Callable[[], None] | None = None
     """Called instead of ``run`` when the job is removed before it starts."""
     done: threading.Event = field(default_factory=threading.Event)
+    resume: Resume | None = None
+    """Set while the job waits between two runs of its body."""
 
 
 class FairScheduler:
@@ -55,9 +79,11 @@ class FairScheduler:
         self.max_per_client = max_per_client
         self.what = what
         self._queues: dict[str, collections.deque[Ticket]] = {}
+        """Jobs not started yet, per client."""
+        self._current: dict[str, Ticket] = {}
+        """The job each client has in progress (running, or waiting to go on)."""
         self._turn: collections.deque[str] = collections.deque()
-        """Clients with queued jobs, in the order they are served next."""
-        self._running: collections.Counter = collections.Counter()
+        """Clients with queued or waiting jobs, in the order they are served next."""
         self._running_keys: set[str] = set()
         self._cond = threading.Condition()
         self._stopping = False
@@ -69,17 +95,17 @@ class FairScheduler:
     def submit(self, ticket: Ticket) -> int:
         """Queue ``ticket``; returns the number of jobs ahead of it (0 = starts now).
 
-        Raises Busy when the client already has ``max_per_client`` jobs queued or running.
+        Raises Busy when the client already has ``max_per_client`` jobs queued or in progress.
         """
         with self._cond:
             if self._stopping:
                 raise Busy("the backend is shutting down")
             queue = self._queues.setdefault(ticket.client, collections.deque())
-            mine = len(queue) + self._running[ticket.client]
+            mine = len(queue) + (ticket.client in self._current)
             if mine >= self.max_per_client:
                 raise Busy(f"you already have {mine} {self.what} queued or running; the limit "
                            f"per client is {self.max_per_client}", ticket.key)
-            ahead = sum(len(q) for q in self._queues.values()) + sum(self._running.values())
+            ahead = sum(len(q) for q in self._queues.values()) + len(self._current)
             queue.append(ticket)
             if ticket.client not in self._turn:
                 self._turn.append(ticket.client)
@@ -100,12 +126,17 @@ class FairScheduler:
         return True
 
     def pending(self, client: str) -> int:
-        """Jobs of ``client`` queued or running."""
+        """Jobs of ``client`` queued or in progress."""
         with self._cond:
-            return len(self._queues.get(client, ())) + self._running[client]
+            return len(self._queues.get(client, ())) + (client in self._current)
+
+    def others_waiting(self, client: str) -> bool:
+        """Whether another client has a job that could use a slot now."""
+        with self._cond:
+            return any(c != client and self._eligible(c) is not None for c in self._turn)
 
     def running_keys(self) -> set[str]:
-        """Keys of the jobs running now (on a slot, not queued)."""
+        """Keys of the jobs running now (on a slot, not queued or waiting)."""
         with self._cond:
             return set(self._running_keys)
 
@@ -118,59 +149,89 @@ class FairScheduler:
         return all(t.is_alive() for t in self._threads)
 
     def shutdown(self) -> None:
-        """Drop queued jobs and wait for the running ones to return."""
+        """Drop queued jobs, let jobs in progress reach their end (their bodies see the
+        backend stopping), and wait for the slots."""
         with self._cond:
             self._stopping = True
             dropped = [t for q in self._queues.values() for t in q]
             self._queues.clear()
-            self._turn.clear()
             self._cond.notify_all()
         for ticket in dropped:
             if ticket.on_dropped is not None:
                 ticket.on_dropped()
+            ticket.done.set()
         for t in self._threads:
             t.join()
 
     # -- workers --
 
+    def _eligible(self, client: str) -> Ticket | None:
+        """The job ``client`` could run now (call with the lock held)."""
+        current = self._current.get(client)
+        if current is not None:
+            if current.key in self._running_keys:
+                return None  # one job per client at a time
+            ready = current.resume.ready if current.resume else None
+            return current if self._stopping or ready is None or _safe(ready) else None
+        queue = self._queues.get(client)
+        return queue[0] if queue and not self._stopping else None
+
     def _next(self) -> Ticket | None:
-        """The next job in turn, skipping clients that already have one running."""
+        """The next job in turn; clients with nothing to run now keep their place."""
         for _ in range(len(self._turn)):
             client = self._turn.popleft()
-            queue = self._queues.get(client)
-            if not queue:
-                self._queues.pop(client, None)
+            ticket = self._eligible(client)
+            if ticket is None:
+                if client in self._current or self._queues.get(client):
+                    self._turn.append(client)
+                else:
+                    self._queues.pop(client, None)
                 continue
-            if self._running[client]:
-                self._turn.append(client)  # one job per client at a time; keep its place
-                continue
-            ticket = queue.popleft()
-            if queue:
+            if self._current.get(client) is not ticket:
+                self._queues[client].popleft()
+                self._current[client] = ticket
+            ticket.resume = None
+            self._running_keys.add(ticket.key)
+            if self._queues.get(client):
                 self._turn.append(client)
-            else:
-                self._queues.pop(client, None)
             return ticket
         return None
+
+    def _idle(self) -> bool:
+        return self._stopping and not self._current
 
     def _work(self) -> None:
         while True:
             with self._cond:
                 ticket = None
-                while not self._stopping and (ticket := self._next()) is None:
-                    self._cond.wait(0.5)
+                while not self._idle() and (ticket := self._next()) is None:
+                    waiting = any(t.resume is not None for t in self._current.values())
+                    self._cond.wait(PARKED_POLL_S if waiting or self._stopping else 0.5)
                 if ticket is None:
                     return
-                self._running[ticket.client] += 1
-                self._running_keys.add(ticket.key)
+            resume = None
             try:
-                ticket.run()
+                resume = ticket.run()
             except Exception:  # a job body must report its own failure; a bug must not kill a slot
                 log.exception("job %s of %s raised", ticket.key, ticket.client)
-            finally:
+            with self._cond:
+                self._running_keys.discard(ticket.key)
+                if resume is None:
+                    del self._current[ticket.client]
+                else:
+                    ticket.resume = resume
+                if ticket.client not in self._turn and (resume is not None
+                                                        or self._queues.get(ticket.client)):
+                    self._turn.append(ticket.client)
+                self._cond.notify_all()
+            if resume is None:
                 ticket.done.set()
-                with self._cond:
-                    self._running[ticket.client] -= 1
-                    self._running_keys.discard(ticket.key)
-                    if not self._running[ticket.client]:
-                        del self._running[ticket.client]
-                    self._cond.notify_all()
+
+
+def _safe(ready: Callable[[], bool]) -> bool:
+    """``ready()``; a bug in it runs the job (whose body then reports it), never kills a slot."""
+    try:
+        return bool(ready())
+    except Exception:
+        log.exception("a waiting job's readiness check raised")
+        return True

@@ -65,16 +65,21 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     backend.start()
     print(f"dreamjourney backend listening on {backend.address}", flush=True)
+    code = 0
     try:
         while not done.wait(0.5):
             if args.parent_pid and not _alive(args.parent_pid):
                 log.warning("parent process %d ended: shutting down", args.parent_pid)
                 break
+            if not backend.endpoint.alive():
+                log.error("the network endpoint stopped: shutting down")
+                code = 1
+                break
     except KeyboardInterrupt:
         pass
     log.info("shutting down")
     backend.stop()
-    return 0
+    return code
 
 
 def _alive(pid: int) -> bool:

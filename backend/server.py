@@ -1,19 +1,21 @@
 """The backend server: many explorers, their scenes, and fair job scheduling.
 
-One :class:`Backend` owns the protocol's ServerEndpoint. Its main loop only dispatches:
-cheap checks (ownership, caps, engine on offer), then the work goes to a
+One :class:`Backend` owns the protocol's ServerEndpoint and a claimed sessions root
+(``backend.session``; recovered at start, anything that does not load quarantined). Its main
+loop only dispatches: cheap checks (caps, quotas, engine on offer), then the work goes to a
 :class:`~backend.scheduler.FairScheduler` — scene opening (image decoding, depth, lifting) on
-``scheduler.open_slots`` slots, jobs (transitions, dynamics) on ``scheduler.job_slots`` — taken
-round-robin across clients. So no request of one client holds the threads that serve others.
-
-A job validates its request, then pulls events from the engine's generator and streams them:
-Progress as is, frames as JPEG under the client's credit (a job waiting longer than
-``credit_timeout_s`` for credit fails with ``credit_timeout`` and frees its slot), each frame
-also streamed into the clip's MP4, added points as PointsDelta chunks. Every job ends with
-JobDone or JobFailed. Cancel, or the client disappearing, stops a job at its next event.
+``scheduler.open_slots`` slots, jobs (transitions, dynamics, undo) on ``scheduler.job_slots``
+— taken round-robin across clients and handed over in time (``backend.jobs``). So no request
+of one client holds the threads that serve others.
 
 Scenes belong to the client identity that created them (its CURVE key, or its loopback
-token): another client cannot resume, overwrite or cancel them.
+token), and scene ids are per identity (``backend.scenes``): whatever a client names, it
+only ever reaches its own scenes, and one it does not have is ``unknown_scene`` whether or
+not another client has one of that name. Open scenes beyond ``quotas.resident_scenes_*`` are
+unloaded when idle and loaded again on demand; disk use is bounded by ``backend.quotas``.
+
+(Over 400 lines: dispatch, scene opening and undo still share this class; issue 23 splits
+the server and the endpoint.)
 """
 
 from __future__ import annotations
@@ -21,39 +23,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 
 from backend.config import BackendConfig, check_config
 from backend.engines import create_engine
-from backend.engines.base import (
-    DynamicsRequest,
-    Engine,
-    EngineError,
-    FrameOut,
-    OpenRequest,
-    PointsOut,
-    Progress,
-    Scene,
-    TransitionRequest,
-    WorkerLost,
-)
+from backend.engines.base import Engine, EngineError, OpenRequest, Scene
 from backend.geometry.cloud import PointCloud
 from backend.geometry.store import PointStore
-from backend.region_reply import check_view_marks, region_reply
+from backend.jobs import Job, JobRun
+from backend.quotas import QuotaExceeded, Quotas, cloud_bytes
+from backend.region_reply import region_reply
+from backend.scenes import OpenEntry, ResidentLimit, SceneTable
 from backend.scheduler import FairScheduler, JobKind, Ticket
 from backend.session import SessionError, SessionExists, SessionStore, check_scene_id
 from protocol import codec
-from protocol.camera import check_pose
+from protocol.endpoint_process import EndpointProcess
 from protocol.errors import BadArray, BadValue, Busy, ErrorCode, JobFailCode, ProtocolError
 from protocol.messages import (
     Cancel,
     Dynamics,
-    Frame,
+    Error,
     JobAccepted,
-    JobDone,
     JobFailed,
     OpenScene,
     PointsDelta,
@@ -72,31 +64,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Backend", "BackendConfig"]
 
 
-@dataclass
-class Job:
-    job_id: str
-    peer: bytes
-    client: str
-    """The client identity (owner)."""
-    kind: JobKind
-    scene: Scene
-    msg: Transition | Dynamics
-    blobs: list
-    engine: str
-    """Name of the engine to run it (created on the job's slot if not resident yet)."""
-    num_frames: int
-    cancel: threading.Event = field(default_factory=threading.Event)
-    accepted_at: float = field(default_factory=time.perf_counter)
-
-
-class _Stop(Exception):
-    """A job stops early; ``code`` and the message go into its JobFailed."""
-
-    def __init__(self, code: JobFailCode, message: str):
-        super().__init__(message)
-        self.code = code
-
-
 class Backend:
     """Serves explorers over one ServerEndpoint until :meth:`stop`."""
 
@@ -105,12 +72,20 @@ class Backend:
         check_config(config)
         self.limits = config.protocol_limits()
         self.sessions = SessionStore(config.sessions)
-        for removed in self.sessions.recover():
-            log.warning("session recovery removed %s", removed)
+        report = self.sessions.recover()
+        for removed in report.removed:
+            log.info("session recovery removed %s", removed)
+        if report.quarantined:
+            log.warning("sessions: %d kept, %d quarantined (see %s)", len(report.sessions),
+                        len(report.quarantined), self.sessions.root / ".quarantine")
+        self.quotas = Quotas(config.quotas, self.sessions)
+        self.scenes = SceneTable(config.quotas.resident_scenes_per_client,
+                                 config.quotas.resident_scenes_total, self._unload)
         self._engines: dict[str, Engine] = {}
         self._engine_lock = threading.Lock()
         keys = ServerKeys.from_folder(config.keys) if config.keys else None
-        self.endpoint = ServerEndpoint(
+        endpoint = EndpointProcess if config.io_process else ServerEndpoint
+        self.endpoint = endpoint(
             config.bind,
             engines=config.offered(),
             default_engine=config.engine,
@@ -119,14 +94,11 @@ class Backend:
             keys=keys,
             limits=self.limits,
             caps=config.endpoint_caps(),
+            token_key=self.sessions.token_key,
+            occupancy=self,
         )
         self.address = self.endpoint.address
-        self._scenes: dict[tuple[bytes, str], Scene] = {}
-        self._open_ids: dict[str, tuple[bytes, str]] = {}
-        """Scene id -> (peer, identity) for scenes open or opening anywhere."""
         self._jobs: dict[tuple[bytes, str], Job] = {}
-        self._undo_stacks: dict[tuple[str, str], list[tuple[str, int, np.ndarray, int]]] = {}
-        """(client, scene id) -> (job id, points before it, pose before it) per finished transition."""
         self._lock = threading.Lock()
         sched = config.scheduler
         slots = config.job_slots()
@@ -248,13 +220,30 @@ class Backend:
         log.info("explorer %s gone (%s): cancelling its jobs", peer.hex(), reason)
         with self._lock:
             jobs = [j for j in self._jobs.values() if j.peer == peer]
-            for key in [k for k in self._scenes if k[0] == peer]:
-                del self._scenes[key]
-            for scene_id in [s for s, (p, _) in self._open_ids.items() if p == peer]:
-                del self._open_ids[scene_id]
+        self.scenes.drop_peer(peer)
         for job in jobs:
             job.cancel.set()
             self._job_slots.remove(job.client, _key(peer, job.job_id))
+
+    # -- occupancy (asked by the endpoint's I/O thread) --
+
+    def owns(self, identity: str) -> bool:
+        """Whether ``identity`` has open scenes or saved sessions."""
+        return identity in self.scenes.owners() or self.sessions.usage(identity)[0] > 0
+
+    def working(self, peer: bytes) -> bool:
+        """Whether connection ``peer`` has a job, or a scene opening."""
+        with self._lock:
+            if any(j.peer == peer for j in self._jobs.values()):
+                return True
+        return self.scenes.opening(peer)
+
+    def snapshot(self) -> tuple[set[str], set[bytes]]:
+        """(identities that own scenes, connections with work), for an endpoint that runs in
+        a process of its own."""
+        with self._lock:
+            working = {j.peer for j in self._jobs.values()}
+        return self.scenes.owners() | self.sessions.owners(), working | self.scenes.opening_peers()
 
     def _cancel(self, peer: bytes, client: str, job_id: str) -> None:
         with self._lock:
@@ -275,101 +264,94 @@ class Backend:
             return
         try:
             check_scene_id(msg.scene_id)
-        except SessionError as exc:
+            if msg.resume:
+                self.sessions.owned_by(client).folder(msg.scene_id)  # SessionMissing at once
+            else:
+                self.quotas.check_new_scene(client)
+            entry = self._reserve(peer, client, msg, engine)
+        except (SessionError, Busy) as exc:
             self._error(peer, exc.code, str(exc), msg.request_id)
             return
-        cap = self.config.scheduler.max_scenes_per_client
-        with self._lock:
-            holder = self._open_ids.get(msg.scene_id)
-            mine = sum(1 for _, c in self._open_ids.values() if c == client)
-            if holder is not None and self._may_take_over(holder, client, msg):
-                self._scenes.pop((holder[0], msg.scene_id), None)
-                holder = None
-                mine -= 1
-            if holder is None and mine < cap:
-                self._open_ids[msg.scene_id] = (peer, client)
-        if holder is not None:
-            if holder[1] != client:
-                self._error(peer, "forbidden", f"scene {msg.scene_id!r} belongs to another client",
-                            msg.request_id)
-            elif not msg.resume and self.sessions.exists(msg.scene_id):
-                self._error(peer, "scene_exists", f"a saved session {msg.scene_id!r} exists: "
-                            "resume it or pick another id", msg.request_id)
-            else:
-                self._error(peer, "busy", f"scene {msg.scene_id!r} is already open", msg.request_id)
-            return
-        if mine >= cap:
-            self._error(peer, "busy", f"you have {mine} scenes open; the limit per client is "
-                        f"{cap} (scheduler.max_scenes_per_client)", msg.request_id)
-            return
         ticket = Ticket(client, _key(peer, msg.request_id),
-                        partial(self._open_scene, peer, client, msg, blobs, engine),
-                        on_dropped=partial(self._release_scene, msg.scene_id, peer))
+                        partial(self._open_scene, entry, msg, blobs),
+                        on_dropped=partial(self.scenes.release, entry))
         try:
             self._open_slots.submit(ticket)
         except Busy as exc:
-            self._release_scene(msg.scene_id, peer)
+            self.scenes.release(entry)
             self._error(peer, "busy", str(exc), msg.request_id)
 
-    def _may_take_over(self, holder: tuple[bytes, str], client: str, msg: OpenScene) -> bool:
-        """Whether ``client`` may resume its own scene that is open already (again, or from a
-        new connection before the old one timed out): only when it is open and idle.
-        Call with the lock held."""
-        peer, owner = holder
-        return (msg.resume and owner == client and (peer, msg.scene_id) in self._scenes
-                and not any(j.scene.scene_id == msg.scene_id and j.client == client
-                            for j in self._jobs.values()))
+    def _reserve(self, peer: bytes, client: str, msg: OpenScene, engine: str) -> OpenEntry:
+        """The client's place for scene ``msg.scene_id``; SessionError or Busy saying why not.
+        The owner may resume a scene it has open and idle (e.g. from a new connection before
+        the old one timed out): that takes it over."""
+        cap = self.config.scheduler.max_scenes_per_client
+        with self.scenes.lock:
+            held = self.scenes.get(client, msg.scene_id)
+            if held is not None and msg.resume and not held.opening and not self._has_jobs(held):
+                self.scenes.release(held)
+                held = None
+            if not msg.resume and self.sessions.owned_by(client).exists(msg.scene_id):
+                raise SessionExists(f"a saved session {msg.scene_id!r} exists: resume it or "
+                                    "pick another id")
+            if held is not None:
+                raise Busy(f"scene {msg.scene_id!r} is already open", msg.request_id)
+            mine = self.scenes.count(client)
+            if mine >= cap:
+                raise Busy(f"you have {mine} scenes open; the limit per client is {cap} "
+                           "(scheduler.max_scenes_per_client)", msg.request_id)
+            return self.scenes.reserve(peer, client, msg.scene_id, engine)
 
-    def _release_scene(self, scene_id: str, peer: bytes) -> None:
+    def _has_jobs(self, entry: OpenEntry) -> bool:
         with self._lock:
-            if self._open_ids.get(scene_id, (None,))[0] == peer:
-                del self._open_ids[scene_id]
+            return entry.jobs > 0 or any(j.entry is entry for j in self._jobs.values())
 
-    def _open_scene(self, peer: bytes, client: str, msg: OpenScene, blobs, engine_name: str) -> None:
-        """Open-slot body: decode, lift (or resume), save, then answer."""
-        ok = False
+    def _open_scene(self, entry: OpenEntry, msg: OpenScene, blobs) -> None:
+        """Open-slot body: make room in memory, decode, lift (or resume), save, then answer."""
+        peer = entry.peer
         try:
-            scene, cloud, resumed = self._load_or_create(client, msg, blobs, engine_name, peer)
-            ok = True
+            self.scenes.make_room(entry.client)
+            scene, cloud, resumed = self._load_or_create(entry, msg, blobs)
         except (ProtocolError, SessionError) as exc:
-            self._error(peer, exc.code, str(exc), msg.request_id)
-            return
+            return self._open_failed(entry, msg, exc.code, str(exc))
         except EngineError as exc:
-            self._error(peer, "bad_value", str(exc), msg.request_id)
-            return
+            return self._open_failed(entry, msg, "bad_value", str(exc))
+        except (OSError, ValueError) as exc:  # a saved session that does not load
+            log.warning("scene %s of %s does not load: %s", msg.scene_id, peer.hex(), exc)
+            return self._open_failed(entry, msg, "bad_value",
+                                     f"the saved session {msg.scene_id!r} cannot be loaded")
         except Exception as exc:
             log.exception("opening scene %s for %s failed", msg.scene_id, peer.hex())
-            self._error(peer, "internal", f"opening the scene failed: {type(exc).__name__}: {exc}",
-                        msg.request_id)
-            return
-        finally:
-            if not ok:
-                self._release_scene(msg.scene_id, peer)
-        with self._lock:
+            return self._open_failed(entry, msg, "internal", "opening the scene failed: "
+                                     f"{type(exc).__name__} (the backend's log has the details)")
+        with self.scenes.lock:
             if not self.endpoint.is_connected(peer):
-                self._open_ids.pop(msg.scene_id, None)
+                self.scenes.release(entry)
                 return
-            self._scenes[(peer, scene.scene_id)] = scene
+            entry.scene, entry.size, entry.opening = scene, scene.size, False
         w, h = scene.size
         self.endpoint.send(peer, SceneOpened(
             request_id=msg.request_id, scene_id=scene.scene_id, engine=scene.engine, width=w,
             height=h, K=codec.k_list(scene.K), pose=codec.pose_list(scene.pose),
             median_depth=scene.median_depth, num_points=len(cloud), resumed=resumed,
             depth_source=scene.depth_source, depth_note=scene.depth_note,
-            points_budget=scene.points_budget))
-        self._send_points(peer, scene.scene_id, cloud, total=len(scene.cloud), job_id=None)
+            points_budget=scene.points_budget,
+            session=self.sessions.find(entry.client, scene.scene_id) or ""))
+        self.send_points(peer, scene.scene_id, cloud, total=len(scene.cloud), job_id=None)
 
-    def _load_or_create(self, client: str, msg: OpenScene, blobs, engine_name: str,
-                        peer: bytes = b"") -> tuple[Scene, PointCloud, bool]:
+    def _open_failed(self, entry: OpenEntry, msg: OpenScene, code: ErrorCode, text: str) -> None:
+        self.scenes.release(entry)
+        self._error(entry.peer, code, text, msg.request_id)
+
+    def _load_or_create(self, entry: OpenEntry, msg: OpenScene, blobs
+                        ) -> tuple[Scene, PointCloud, bool]:
+        client, owned = entry.client, self.sessions.owned_by(entry.client)
         if msg.resume:
-            self.sessions.check_owner(msg.scene_id, client)
-            engine = self.engine(engine_name)
-            return (*engine.resume_scene(msg.scene_id, self.sessions), True)
+            owned.folder(msg.scene_id)  # SessionMissing, before any engine work
+            engine = self.engine(entry.engine)
+            return (*engine.resume_scene(msg.scene_id, owned), True)
         if msg.image is None:
             raise BadValue("OpenScene needs an image unless resume is set")
-        if self.sessions.exists(msg.scene_id):
-            raise SessionExists(f"a saved session {msg.scene_id!r} exists: resume it or pick "
-                                "another id")
         image = codec.decode_image(msg.image, blobs, self.limits)
         depth = None
         if msg.depth is not None:
@@ -377,20 +359,26 @@ class Backend:
             if depth.shape != image.shape[:2]:
                 raise BadArray(f"depth is {depth.shape}, the image is {image.shape[:2]}")
         K = check_intrinsics(codec.k_array(msg.K), image.shape) if msg.K is not None else None
-        engine = self.engine(engine_name)
+        engine = self.engine(entry.engine)
+
         def progress(p) -> None:  # e.g. the depth model's first download, under the request id
-            self.endpoint.send(peer, ProgressMsg(job_id=msg.request_id, stage=p.stage, step=p.step,
-                                                 total=p.total, message=p.message))
+            self.endpoint.send(entry.peer, ProgressMsg(job_id=msg.request_id, stage=p.stage,
+                                                       step=p.step, total=p.total, message=p.message))
 
         request = OpenRequest(msg.scene_id, image, K, depth, msg.text, progress=progress)
         scene, cloud = engine.open_scene(request)
-        self.sessions.create(scene.scene_id, scene.image, scene.K, scene.text, engine.name,
-                             scene.median_depth, store=scene.cloud, owner=client,
-                             depth=(scene.depth_source, scene.depth_note))
+        try:
+            self.quotas.check_new_scene(client, scene.image.nbytes + cloud_bytes(len(scene.cloud)))
+        except QuotaExceeded as exc:
+            raise SessionError(str(exc)) from None
+        owned.create(scene.scene_id, scene.image, scene.K, scene.text, engine.name,
+                     scene.median_depth, store=scene.cloud,
+                     depth=(scene.depth_source, scene.depth_note))
         return scene, cloud, False
 
-    def _send_points(self, peer: bytes, scene_id: str, cloud: PointCloud, total: int,
-                     job_id: str | None) -> None:
+    def send_points(self, peer: bytes, scene_id: str, cloud: PointCloud, total: int,
+                    job_id: str | None) -> None:
+        """``cloud`` as PointsDelta chunks; ``total`` is the scene's count once they apply."""
         parts = list(PointStore.chunks(cloud, self.config.chunk_points))
         sent = total - len(cloud)  # points the explorer already has before this delta
         for chunk, part in enumerate(parts):
@@ -401,191 +389,132 @@ class Backend:
                 rgb=refs[1][0], radius=refs[2][0], total_points=sent, job_id=job_id),
                 [r[1] for r in refs])
 
+    # -- residency --
+
+    def load_scene(self, entry: OpenEntry) -> Scene:
+        """The entry's scene in memory, loaded from its session when it was unloaded."""
+        if entry.scene is not None:
+            return entry.scene
+        self.scenes.make_room(entry.client)
+        engine = self.engine(entry.engine)
+        scene, _ = engine.resume_scene(entry.scene_id, self.sessions.owned_by(entry.client))
+        with self.scenes.lock:
+            entry.scene = scene
+        log.info("scene %s loaded again", entry.scene_id)
+        return scene
+
+    def _unload(self, entry: OpenEntry) -> None:
+        """Save what only memory has of ``entry``'s scene before it leaves memory."""
+        if entry.dirty:
+            self.sessions.owned_by(entry.client).save_cloud(entry.scene_id, entry.scene.cloud,
+                                                            entry.scene.pose)
+            entry.dirty = False
+        log.info("scene %s unloaded (idle; it is loaded again on its next request)",
+                 entry.scene_id)
+
     # -- jobs --
 
     def _submit_job(self, peer: bytes, client: str, msg: Transition | Dynamics, blobs) -> None:
         kind = JobKind.TRANSITION if isinstance(msg, Transition) else JobKind.DYNAMICS
+        entry = self.scenes.on_peer(peer, client, msg.scene_id)
         with self._lock:
-            scene = self._scenes.get((peer, msg.scene_id))
             duplicate = (peer, msg.job_id) in self._jobs
-        if scene is None:
+        if entry is None or entry.opening:
             self._error(peer, "unknown_scene", f"no open scene {msg.scene_id!r}: send OpenScene first",
                         msg.job_id)
             return
         if duplicate:
             self._error(peer, "bad_value", f"job id {msg.job_id!r} is already in use", msg.job_id)
             return
-        engine_name = self._offered(msg.engine or scene.engine)
+        engine_name = self._offered(msg.engine or entry.engine)
         if engine_name is None:
             self._error(peer, "unknown_engine", f"engine {msg.engine!r} is not offered; this "
                         f"backend offers {self.config.offered()}", msg.job_id)
             return
         n = msg.poses.shape[0] if kind is JobKind.TRANSITION else msg.num_frames
-        cap = self.config.limits.max_frames
-        if n > cap:
-            self._fail(peer, msg.job_id, "bad_request", f"{n} frames asked, at most {cap} per clip "
-                       "(limits.max_frames)")
+        refusal = self._job_refusal(client, entry, n)
+        if refusal is not None:
+            self._fail(peer, msg.job_id, *refusal)
             return
-        job = Job(msg.job_id, peer, client, kind, scene, msg, blobs, engine_name, n)
+        job = Job(msg.job_id, peer, client, kind, entry, msg, blobs, engine_name, n)
+        run = JobRun(self, job, self._job_slots, preemptible=self._cluster is None)
+        ahead = self._queue_job(job, run)
+        if ahead is not None:
+            self.endpoint.send(peer, JobAccepted(job_id=job.job_id, kind=kind.value, num_frames=n,
+                                                 queue_position=ahead))
+
+    def _job_refusal(self, client: str, entry: OpenEntry, n: int) -> tuple[JobFailCode, str] | None:
+        """Why a job of ``n`` frames on ``entry`` is refused before it is queued, if it is."""
+        limits = self.config.limits
+        if n > limits.max_frames:
+            return "bad_request", (f"{n} frames asked, at most {limits.max_frames} per clip "
+                                   "(limits.max_frames)")
+        w, h = entry.size
+        if w * h * n > limits.max_job_pixel_frames:
+            return "too_large", (f"{w} x {h} x {n} frames is {w * h * n:,} pixel-frames; the "
+                                 f"limit per job is {limits.max_job_pixel_frames:,} "
+                                 "(limits.max_job_pixel_frames)")
+        if self.config.save_clips:
+            try:
+                self.quotas.check_bytes(client)
+            except QuotaExceeded as exc:
+                return "quota", str(exc)
+        return None
+
+    def _queue_job(self, job: Job, run) -> int | None:
+        """Queue ``run`` for ``job``; the jobs ahead of it, or None when refused (answered)."""
         with self._lock:
-            self._jobs[(peer, job.job_id)] = job
-        ticket = Ticket(client, _key(peer, job.job_id), partial(self._run_job, job),
+            self._jobs[(job.peer, job.job_id)] = job
+        ticket = Ticket(job.client, _key(job.peer, job.job_id), run,
                         on_dropped=partial(self._dropped, job))
         try:
-            ahead = self._job_slots.submit(ticket)
+            return self._job_slots.submit(ticket)
         except Busy as exc:
-            with self._lock:
-                self._jobs.pop((peer, job.job_id), None)
-            self._fail(peer, job.job_id, "busy", str(exc) + " (scheduler.max_jobs_per_client)")
-            return
-        self.endpoint.send(peer, JobAccepted(job_id=job.job_id, kind=kind.value, num_frames=n,
-                                             queue_position=ahead))
+            self.job_ended(job)
+            self._fail(job.peer, job.job_id, "busy", str(exc) + " (scheduler.max_jobs_per_client)")
+            return None
+
+    def job_ended(self, job: Job) -> None:
+        with self._lock:
+            self._jobs.pop((job.peer, job.job_id), None)
 
     def _fail(self, peer: bytes, job_id: str, code: JobFailCode, message: str) -> None:
         self.endpoint.send(peer, JobFailed(job_id=job_id, code=code, message=message))
 
     def _dropped(self, job: Job) -> None:
         """A queued job removed before it started (Cancel, disconnect, shutdown)."""
-        with self._lock:
-            self._jobs.pop((job.peer, job.job_id), None)
+        self.job_ended(job)
         if self.endpoint.is_connected(job.peer):
             self._fail(job.peer, job.job_id, "cancelled", "job stopped before it started: cancelled")
-
-    def _request(self, job: Job) -> TransitionRequest | DynamicsRequest:
-        """The engine request, validated (this runs on the job's slot, not the dispatcher)."""
-        msg, scene = job.msg, job.scene
-        if job.kind is JobKind.TRANSITION:
-            poses = np.asarray(codec.read_array(msg.poses, job.blobs), dtype=np.float64)
-            for i, p in enumerate(poses):
-                check_pose(p, f"pose {i}")
-            return TransitionRequest(poses, msg.fps, msg.prompt, msg.seed, msg.preset)
-        pose = check_pose(codec.pose_array(msg.pose))
-        frozen = check_view_marks(scene, msg.arrows, msg.frozen, job.blobs)
-        return DynamicsRequest(pose, msg.num_frames, msg.fps, tuple(msg.arrows), frozen,
-                               msg.prompt, msg.seed)
-
-    def _run_job(self, job: Job) -> None:
-        """Job-slot body: validate, stream, save; always ends with JobDone or JobFailed."""
-        before = (job.job_id, len(job.scene.cloud), job.scene.pose.copy(), job.scene.cloud.merges)
-        try:
-            if job.cancel.is_set():
-                raise _Stop(*self._why_stopped(job))
-            try:
-                request = self._request(job)
-            except (ProtocolError, ValueError) as exc:  # check_pose raises ValueError on bad poses
-                raise _Stop("bad_request", str(exc)) from None
-            outcome = self._stream(job, request)
-            if job.kind is JobKind.TRANSITION:
-                self._undo_stack(job.client, job.scene.scene_id).append(before)
-        except _Stop as stop:
-            self.endpoint.discard_frames(job.peer, job.job_id)
-            outcome = JobFailed(job_id=job.job_id, code=stop.code, message=str(stop))
-        except WorkerLost as exc:
-            outcome = JobFailed(job_id=job.job_id, code="worker_lost", message=str(exc))
-        except EngineError as exc:
-            outcome = JobFailed(job_id=job.job_id, code="engine_error", message=str(exc))
-        except Exception as exc:
-            log.exception("job %s of %s failed", job.job_id, job.peer.hex())
-            outcome = JobFailed(job_id=job.job_id, code="internal", message=f"{type(exc).__name__}: {exc}")
-        finally:
-            with self._lock:
-                self._jobs.pop((job.peer, job.job_id), None)
-        if self.endpoint.is_connected(job.peer):
-            self.endpoint.send(job.peer, outcome)
-        else:
-            log.info("job %s ended after its explorer left", job.job_id)
-
-    def _why_stopped(self, job: Job) -> tuple[JobFailCode, str]:
-        if not self.endpoint.is_connected(job.peer):
-            return "peer_gone", "job stopped: the explorer disconnected"
-        return "cancelled", "job stopped: cancelled"
-
-    def _stream(self, job: Job, request) -> JobDone:
-        """Run the engine and stream its events; raises _Stop when the job ends early."""
-        t0 = time.perf_counter()
-        is_transition = job.kind is JobKind.TRANSITION
-        engine = self.engine(job.engine)
-        events = (engine.transition if is_transition else engine.dynamics)(job.scene, request)
-        writer = self.sessions.begin_clip(job.scene.scene_id, request.fps) if self.config.save_clips else None
-        poses, first_frame_s, count = [], None, 0
-        K = codec.k_list(job.scene.K)
-        try:
-            for ev in events:
-                self._wait_credit(job)
-                if isinstance(ev, FrameOut):
-                    ref, data = codec.encode_image(ev.image, job.msg.frame_codec,
-                                                   quality=self.config.jpeg_quality)
-                    self.endpoint.send(job.peer, Frame(
-                        job_id=job.job_id, index=ev.index, num_frames=job.num_frames,
-                        pose=codec.pose_list(ev.pose), K=K, image=ref, fps=request.fps,
-                        loop=not is_transition), [data])
-                    first_frame_s = first_frame_s or time.perf_counter() - t0
-                    if writer is not None:
-                        writer.add(ev.image)
-                    poses.append(ev.pose)
-                    count += 1
-                elif isinstance(ev, Progress):
-                    self.endpoint.send(job.peer, ProgressMsg(
-                        job_id=job.job_id, stage=ev.stage, step=ev.step, total=ev.total, message=ev.message))
-                elif isinstance(ev, PointsOut):
-                    self._send_points(job.peer, job.scene.scene_id, ev.cloud,
-                                      total=len(job.scene.cloud), job_id=job.job_id)
-            timings = {"first_frame": first_frame_s or 0.0, "generate": time.perf_counter() - t0}
-            clip = None
-            if writer is not None and count:
-                t1 = time.perf_counter()
-                clip = self.sessions.commit_clip(
-                    job.scene.scene_id, job.kind.value, writer, np.stack(poses), job.scene.K,
-                    request.fps, job.scene.pose, store=job.scene.cloud if is_transition else None,
-                    timings=timings)
-                timings["save"] = time.perf_counter() - t1
-        finally:
-            events.close()
-            if writer is not None:
-                writer.abort()  # no-op once committed
-        timings["total"] = time.perf_counter() - t0
-        return JobDone(job_id=job.job_id, num_frames=count, timings=timings,
-                       clip=str(clip) if clip else None)
-
-    def _wait_credit(self, job: Job) -> None:
-        """Wait until the client can take another frame; raises _Stop if cancelled, gone, or
-        no credit came for ``credit_timeout_s``."""
-        timeout = self.config.scheduler.credit_timeout_s
-        start = time.monotonic()
-        while True:
-            if job.cancel.is_set():
-                raise _Stop(*self._why_stopped(job))
-            if self.endpoint.wait_writable(job.peer, self.config.frames_ahead, timeout=0.05):
-                return
-            if not self.endpoint.is_connected(job.peer):
-                raise _Stop("peer_gone", "job stopped: the explorer disconnected")
-            if time.monotonic() - start > timeout:
-                raise _Stop("credit_timeout", f"no frame credit for {timeout:g} s "
-                            "(scheduler.credit_timeout_s): the job was cancelled")
 
     # -- region outlines --
 
     def _submit_region(self, peer: bytes, client: str, msg: SelectRegion, blobs) -> None:
         """Outline the region the arrows would animate, on an open slot (it renders the view)."""
-        with self._lock:
-            scene = self._scenes.get((peer, msg.scene_id))
-        if scene is None:
+        entry = self.scenes.on_peer(peer, client, msg.scene_id)
+        if entry is None or entry.opening:
             self._error(peer, "unknown_scene", f"no open scene {msg.scene_id!r}", msg.request_id)
             return
-        ticket = Ticket(client, _key(peer, msg.request_id),
-                        partial(self._select_region, peer, scene, msg, blobs))
+        ticket = Ticket(client, _key(peer, "region:" + msg.request_id),
+                        partial(self._select_region, entry, msg, blobs))
         try:
             self._open_slots.submit(ticket)
         except Busy as exc:
             self._error(peer, "busy", str(exc), msg.request_id)
 
-    def _select_region(self, peer: bytes, scene: Scene, msg: SelectRegion, blobs) -> None:
+    def _select_region(self, entry: OpenEntry, msg: SelectRegion, blobs) -> None:
+        peer = entry.peer
+        self.scenes.use(entry)
         try:
+            scene = self.load_scene(entry)
             reply, reply_blobs = region_reply(self.engine(scene.engine), scene, msg, blobs)
+        except ResidentLimit as exc:
+            self._error(peer, "busy", str(exc), msg.request_id)
+            return
         except (ProtocolError, ValueError) as exc:  # check_pose raises ValueError on bad poses
             self._error(peer, getattr(exc, "code", "bad_value"), str(exc), msg.request_id)
             return
-        except EngineError as exc:
+        except (EngineError, SessionError) as exc:
             self._error(peer, "bad_value", str(exc), msg.request_id)
             return
         except Exception as exc:
@@ -593,43 +522,63 @@ class Backend:
             self._error(peer, "internal", f"outlining the region failed: {type(exc).__name__}: {exc}",
                         msg.request_id)
             return
+        finally:
+            self.scenes.done_with(entry)
         self.endpoint.send(peer, reply, reply_blobs)
 
     # -- undo --
 
-    def _undo_stack(self, client: str, scene_id: str) -> list[tuple[str, int, np.ndarray, int]]:
-        with self._lock:
-            return self._undo_stacks.setdefault((client, scene_id), [])
-
     def _undo(self, peer: bytes, client: str, msg: Undo) -> None:
-        """Take back the scene's last transition: its points, its pose, its clip entry."""
-        with self._lock:
-            scene = self._scenes.get((peer, msg.scene_id))
-            running = any(j.scene is scene for j in self._jobs.values())
-        if scene is None:
+        """Take back the scene's last transition: its points, its pose, its clip entry. It
+        runs as a job of the client (after its running job, on a job slot)."""
+        entry = self.scenes.on_peer(peer, client, msg.scene_id)
+        if entry is None or entry.opening:
             self._error(peer, "unknown_scene", f"no open scene {msg.scene_id!r}", msg.request_id)
             return
-        if running:  # its points are still being appended
+        if self._has_jobs(entry):  # its points are still being appended
             self._error(peer, "busy", "undo waits until the scene's jobs are done: cancel or "
                         "wait for them", msg.request_id)
             return
-        stack = self._undo_stack(client, msg.scene_id)
+        ticket = Ticket(client, _key(peer, "undo:" + msg.request_id),
+                        partial(self._run_undo, entry, msg))
+        try:
+            self._job_slots.submit(ticket)
+        except Busy as exc:
+            self._error(peer, "busy", str(exc), msg.request_id)
+
+    def _run_undo(self, entry: OpenEntry, msg: Undo) -> None:
+        self.scenes.use(entry)
+        try:
+            reply = self._take_back(entry, msg)
+        except (ResidentLimit, SessionError, OSError, ValueError) as exc:
+            busy = isinstance(exc, ResidentLimit)
+            reply = Error(code="busy" if busy else "bad_value", request_id=msg.request_id,
+                          message=str(exc) if busy else "the scene's saved session cannot be loaded")
+        finally:
+            self.scenes.done_with(entry)  # before the answer: the next request may follow it
+        self.endpoint.send(entry.peer, reply)
+
+    def _take_back(self, entry: OpenEntry, msg: Undo) -> Undone | Error:
+        scene = self.load_scene(entry)
+        stack = entry.undo
         if stack and stack[-1][3] != scene.cloud.merges:
             stack.clear()  # truncating a cloud the budget has rewritten would cut the wrong points
-            self._error(peer, "bad_value", "the point budget merged far points since that "
-                        "transition, so it can no longer be undone", msg.request_id)
-            return
+            return Error(code="bad_value", request_id=msg.request_id, message="the point "
+                         "budget merged far points since that transition, so it can no longer "
+                         "be undone")
         job_id = None
         if stack:
             job_id, count, pose, _ = stack.pop()
             scene.cloud.truncate(count)
             scene.pose = pose
             try:
-                self.sessions.record_undo(scene.scene_id, job_id, scene.cloud, pose)
-            except SessionError as exc:
+                self.sessions.owned_by(entry.client).record_undo(scene.scene_id, job_id,
+                                                                 scene.cloud, pose)
+            except (SessionError, OSError) as exc:
                 log.warning("undo of %s not saved: %s", job_id, exc)
-        self.endpoint.send(peer, Undone(request_id=msg.request_id, scene_id=msg.scene_id,
-                                        job_id=job_id, total_points=len(scene.cloud)))
+                entry.dirty = True
+        return Undone(request_id=msg.request_id, scene_id=msg.scene_id, job_id=job_id,
+                      total_points=len(scene.cloud))
 
     def status(self) -> dict:
         """Jobs per client now: ``{"slots": n, "jobs": [...]}``, each job a dict with
@@ -641,10 +590,9 @@ class Backend:
         running = self._job_slots.running_keys()
         return {"slots": self._job_slots.slots, "engines": sorted(self._engines),
                 "jobs": [{"client": j.client, "job_id": j.job_id, "kind": j.kind.value,
-                          "scene_id": j.scene.scene_id, "engine": j.engine,
+                          "scene_id": j.entry.scene_id, "engine": j.engine,
                           "running": _key(j.peer, j.job_id) in running,
                           "age_s": now - j.accepted_at} for j in jobs]}
-
 
 def _key(peer: bytes, job_id: str) -> str:
     return f"{peer.hex()}:{job_id}"

@@ -181,7 +181,7 @@ def run_explore(args: argparse.Namespace) -> int:
         if photo is not None:
             logger.info("photo %s: %dx%d, sent at %dx%d", photo.path, *photo.original_size,
                         photo.image.shape[1], photo.image.shape[0])
-            session.on_opened = partial(_keep_original, photo.path, Path(settings.session.folder) / name)
+            session.on_opened = partial(_keep_original, photo.path, Path(settings.session.folder))
             session.open_scene(photo.image, K=K, depth=depth, engine=args.engine, scene_id=name)
         else:
             session.open_scene(None, engine=args.engine, scene_id=name, resume=True)
@@ -203,12 +203,14 @@ def run_explore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keep_original(photo: Path, folder: Path, scene) -> None:
-    """Once the backend has made the session (a local backend's folder is this folder, and it
-    refuses one that exists), copy the original photo into it."""
+def _keep_original(photo: Path, root: Path, scene) -> None:
+    """Once a backend sharing this sessions folder has made the scene's session folder,
+    copy the original photo into it (never into a folder the backend did not make)."""
     from explorer.inputs import keep_original
 
-    if scene.resumed or (folder / f"original{photo.suffix.lower()}").exists():
+    folder = root / scene.session
+    if (scene.resumed or not scene.session or not folder.is_dir() or folder.is_symlink()
+            or (folder / f"original{photo.suffix.lower()}").exists()):
         return
     try:
         keep_original(photo, folder)
@@ -227,14 +229,17 @@ def run_sessions(args: argparse.Namespace) -> int:
         folder = Path(args.folder or ExplorerSettings.load(args.config).session.folder)
     except SettingsError as exc:
         return _fail(str(exc))
-    sessions = list_sessions(folder)
+    sessions, skipped = list_sessions(folder)
     if not sessions:
         print(f"no sessions under {folder}")
-        return 0
     for s in sessions:
         when = datetime.datetime.fromtimestamp(s["modified"]).strftime("%Y-%m-%d %H:%M")
         print(f"{s['name']:<48} {when}  {s['clips']:>3} clips  {s['engine']}")
-    print(f"resume one with: dreamjourney explore --resume NAME  (folder {folder})")
+    if skipped:
+        print(f"({skipped} folders there are not readable sessions: the backend moves them to "
+              ".quarantine when it starts)")
+    if sessions:
+        print(f"resume one with: dreamjourney explore --resume NAME  (folder {folder})")
     return 0
 
 

@@ -160,10 +160,12 @@ def load_session(name: str, root: Path) -> SavedSession:
     """The saved session ``name`` under ``root``: its photo and the original's size."""
     from PIL import Image
 
-    folder = root / check_session_name(name)
-    if not (folder / "manifest.json").is_file():
+    check_session_name(name)
+    found = [s for s in list_sessions(root)[0] if s["name"] == name]
+    if not found:
         raise InputError(f"no saved session {name!r} under {root} "
                          "(`dreamjourney sessions` lists them)")
+    folder = root / found[0]["folder"]  # the newest, if several clients saved one so named
     try:
         with Image.open(folder / "input.png") as im:
             photo = np.asarray(im.convert("RGB"))
@@ -193,19 +195,38 @@ def keep_original(photo: Path, folder: Path) -> Path:
     return dest
 
 
-def list_sessions(root: Path) -> list[dict]:
-    """Saved sessions under ``root``, newest first: name, clips, photo, modified time."""
-    import json
+def list_sessions(root: Path) -> tuple[list[dict], int]:
+    """Saved sessions under ``root``, newest first (name = the scene id ``--resume`` takes,
+    folder, clips, engine, photo, modified time), and how many folders are not readable
+    sessions (skipped, never an error). Links are not followed; manifests are decoded with
+    the backend's typed structs."""
+    import os
+    import stat
 
-    out = []
-    for manifest in root.glob("*/manifest.json"):
-        try:
-            data = json.loads(manifest.read_text())
-        except (OSError, ValueError):
+    from backend.manifest import decode_manifest
+
+    out, skipped = [], 0
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return [], 0
+    for name in names:
+        if name.startswith("."):
             continue
-        clips = [c for c in data.get("clips", []) if not c.get("undone")]
-        originals = list(manifest.parent.glob("original.*"))
-        out.append({"name": manifest.parent.name, "clips": len(clips),
-                    "engine": data.get("engine", "?"), "modified": manifest.stat().st_mtime,
-                    "original": originals[0].name if originals else None})
-    return sorted(out, key=lambda s: -s["modified"])
+        folder = root / name
+        path = folder / "manifest.json"
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                raise ValueError("not a folder")
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > 4 << 20:
+                raise ValueError("not a manifest")
+            manifest = decode_manifest(path.read_bytes())
+            originals = [p.name for p in folder.glob("original.*") if not p.is_symlink()]
+        except (OSError, ValueError, UnicodeError):
+            skipped += 1
+            continue
+        out.append({"name": manifest.scene_id, "folder": name, "engine": manifest.engine,
+                    "clips": sum(1 for c in manifest.clips if not c.undone),
+                    "modified": st.st_mtime, "original": originals[0] if originals else None})
+    return sorted(out, key=lambda s: -s["modified"]), skipped

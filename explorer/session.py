@@ -77,6 +77,8 @@ class SceneInfo:
     depth_note: str = ""
     points_budget: int = 0
     resumed: bool = False
+    session: str = ""
+    """The backend's session folder of the scene (a plain name under its sessions root)."""
 
 
 @dataclass
@@ -314,7 +316,8 @@ class ExplorerSession:
         self.scene = SceneInfo(msg.scene_id, msg.width, msg.height, k_array(msg.K),
                                pose_array(msg.pose), msg.median_depth, msg.engine, msg.num_points,
                                depth_source=msg.depth_source, depth_note=msg.depth_note,
-                               points_budget=msg.points_budget, resumed=msg.resumed)
+                               points_budget=msg.points_budget, resumed=msg.resumed,
+                               session=msg.session)
         verb = "resumed" if msg.resumed else "open"
         logger.info("scene %s %s (%s engine, %d points, depth: %s)", msg.scene_id, verb,
                     msg.engine, msg.num_points, msg.depth_source)

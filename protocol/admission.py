@@ -3,8 +3,9 @@
 A connection shut for flooding can reconnect at once and start again with a fresh
 connection's allowance, so a per-connection rate alone does not bound what one attacker
 costs. Here every Hello spends a token: a Hello from an identity this server has welcomed
-before spends from that identity's own bucket (``per_client_per_s``), any other Hello from
-one server-wide bucket for newcomers (``new_per_s``). A Hello with no token left waits, in
+before (or that the server knows owns something) spends from that identity's own bucket
+(``per_client_per_s``), any other Hello from one server-wide bucket for newcomers
+(``new_per_s``). A Hello with no token left waits, in
 arrival order, in a bounded waiting room and is welcomed when its bucket refills; a client
 that reconnects in a loop is slowed to that rate and costs nothing while it waits. When the
 room is full a Hello is refused (the caller answers ``busy``).
@@ -71,8 +72,12 @@ class HelloGate:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def offer(self, identity: str, item: Any, now: float) -> str:
-        """``"welcome"``, ``"wait"`` (``item`` comes back from :meth:`ready`) or ``"refuse"``."""
+    def offer(self, identity: str, item: Any, now: float, known: bool = False) -> str:
+        """``"welcome"``, ``"wait"`` (``item`` comes back from :meth:`ready`) or ``"refuse"``.
+        ``known`` says the caller knows ``identity`` (e.g. it owns scenes) even if this gate
+        has not welcomed it yet: it spends from a bucket of its own."""
+        if known and identity not in self._clients:
+            self.welcomed(identity)
         bucket = self._bucket(identity)
         queued = any(self._bucket(i) is bucket for i, _ in self._waiting)  # no overtaking
         if not queued and bucket.take(now):

@@ -127,8 +127,13 @@ class Client:
         last_seen = time.monotonic()
         next_ping = time.monotonic() + self.heartbeat_s
         gone = False
+        turn = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
+            stall = now - turn - 0.1  # a turn waits at most 0.1 s in poll
+            if stall > 0.5:  # this process could not run: that is not the backend's silence
+                last_seen += stall
+            turn = now
             ready = dict(poller.poll(timeout=max(0.0, min(next_ping - now, 0.1)) * 1000))
             if self._chan.fileno() in ready:
                 for frames in self._chan.drain():

@@ -8,7 +8,13 @@ The I/O thread does the protocol's housekeeping so the application only sees its
   said Hello within ``hello_timeout_s`` are shut down. Hellos are let in at a bounded rate
   (``protocol.admission``): newcomers together, each known client on its own; the rest wait.
 - Identity: under CURVE a client is its public key (ZAP's User-Id); on loopback it is the
-  token the first Welcome handed out (a client may present it again in a later Hello).
+  token the first Welcome handed out (``protocol.identity``: signed by the backend, so a
+  client presents one it was given, never one it made up).
+- Occupancy: when every client slot (or every connection of one identity) is taken, a
+  Hello evicts the longest-idle connection without work (the application says which have
+  work and which identities own something, :class:`Occupancy`): a client that owns scenes
+  may evict anyone idle, a newcomer only idle clients that own nothing; so a returning
+  owner gets in however many cheap identities hold slots.
 - Heartbeats (Paranoid Pirate): Ping every ``heartbeat_s``, answer Pings; a peer silent for
   ``peer_timeout_s`` is dropped (a :class:`PeerGone` event) and its connection shut down.
 - Credits: Frames to a peer never exceed the credit it granted; they wait, in order with
@@ -19,32 +25,36 @@ The I/O thread does the protocol's housekeeping so the application only sees its
   the connection is dropped); over it in total, or with too many frames, gets ``too_large``.
 - Flooding: at most ``max_queued_per_peer`` of a peer's requests wait for the application;
   beyond that the peer gets ``busy``. A connection sending more than ``max_messages_per_s``
-  gets one ``busy`` Error and is shut; what it had queued is dropped unread.
+  gets one ``busy`` Error and is shut; what it had queued is dropped unread. Errors the
+  application answers (``error``) count against the peer's refusal budget like the
+  endpoint's own, so probing costs the prober.
+- No absolute path leaves in an Error or JobFailed text (``protocol.errors.public_text``).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
 import queue
-import secrets
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
+import msgspec
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from protocol.admission import AdmissionCaps, HelloGate, TokenBucket
 from protocol.channel import Channel, next_event
 from protocol.codec import Blob, decode, encode
-from protocol.errors import ErrorCode
-from protocol.events import Incoming, PeerGone
+from protocol.errors import ErrorCode, public_text
+from protocol.events import Incoming, PeerGone, Released, Welcomed
+from protocol.identity import TokenSigner, token_identity
 from protocol.keys import ServerKeys
 from protocol.limits import DEFAULT_LIMITS, Limits, ProtocolError
 from protocol.loopback import check_bind
@@ -55,6 +65,7 @@ from protocol.messages import (
     Error,
     Frame,
     Hello,
+    JobFailed,
     Message,
     Ping,
     Pong,
@@ -85,12 +96,35 @@ class _Arrival:
     conn: _Conn | None
 
 
+class Occupancy(Protocol):
+    """What the application tells the endpoint about its clients (called on the I/O
+    thread: answer at once, without blocking)."""
+
+    def owns(self, identity: str) -> bool:
+        """Whether ``identity`` owns scenes (saved or open)."""
+
+    def working(self, peer: bytes) -> bool:
+        """Whether the connection ``peer`` has work (a job or a scene opening)."""
+
+
+class NoOccupancy:
+    """No identity owns anything and no connection has work (a bare endpoint)."""
+
+    def owns(self, identity: str) -> bool:
+        return False
+
+    def working(self, peer: bytes) -> bool:
+        return False
+
+
 @dataclass
 class _Peer:
     credits: int
     last_seen: float
     identity: str
     conn: _Conn | None = None
+    last_active: float = 0.0
+    """When it last sent anything but a heartbeat (its idleness, for eviction)."""
     held: collections.deque = field(default_factory=collections.deque)
     frames_sent: int = 0
     cancelled: set = field(default_factory=set)
@@ -111,6 +145,10 @@ class EndpointStats:
     """Connections shut for sending faster than ``max_messages_per_s``."""
     refusal_limited: int = 0
     """Connections shut for more refused messages than ``max_refusals_per_s``."""
+    evicted: int = 0
+    """Idle connections shut to make room for a Hello (see :class:`Occupancy`)."""
+    tokens_replaced: int = 0
+    """Hellos with a token this backend did not issue (given a new identity)."""
     io_faults: int = 0
     """Exceptions caught in the I/O loop (each logged with the peer's id); 0 in a healthy run."""
     hellos_waited: int = 0
@@ -138,7 +176,8 @@ class EndpointCaps:
     connection over it gets one ``busy`` Error and is shut, and what it had queued is dropped
     unread. An explorer sends a few dozen per second."""
     first_burst: float = 32.0
-    """Messages a new connection may send at once before the rate applies."""
+    """Messages a connection may send at once before its Hello is welcomed; once welcomed
+    (admission bounds how often that happens) it may send ``max_messages_per_s`` at once."""
     max_refusals_per_s: float = 5.0
     """Messages of one connection answered with an Error (undecodable, refused) per second;
     past that (and a burst of ``refusal_burst``) it is shut like a flooder. A working
@@ -164,7 +203,14 @@ class ServerEndpoint:
         keys: ServerKeys | None = None,
         limits: Limits = DEFAULT_LIMITS,
         caps: EndpointCaps = EndpointCaps(),
+        token_key: bytes | None = None,
+        occupancy: Occupancy | None = None,
+        report_state: bool = False,
     ):
+        """``token_key`` signs the loopback identity tokens (a random key when None: tokens
+        then last as long as this endpoint); ``occupancy`` says who owns what and who has
+        work, for eviction (none when None); ``report_state`` adds :class:`Welcomed` and
+        :class:`Released` events to :meth:`poll` (for ``protocol.endpoint_process``)."""
         check_bind(address, keys is not None)
         if peer_timeout_s <= heartbeat_s:
             raise ValueError("peer_timeout_s must be longer than heartbeat_s")
@@ -184,6 +230,9 @@ class ServerEndpoint:
             max_message_bytes=limits.max_message_bytes,
         )
         self._gate = HelloGate(caps.admission)
+        self._signer = TokenSigner(token_key)
+        self._occupancy = occupancy or NoOccupancy()
+        self._report_state = report_state
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._peers: dict[bytes, _Peer] = {}
         self._pending: collections.Counter = collections.Counter()
@@ -220,7 +269,7 @@ class ServerEndpoint:
             self._sock.curve_server = True
         self._monitor = self._sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         try:
-            self._sock.bind(address)
+            _bind(self._sock, address)
         except zmq.ZMQError as exc:
             self._teardown()
             raise OSError(f"cannot bind {address}: {exc}") from None
@@ -234,35 +283,37 @@ class ServerEndpoint:
 
     def send(self, peer: bytes, msg: Message, blobs: list[Blob] | tuple = ()) -> None:
         """Queue a message to ``peer``; Frames wait for the peer's credit, in order."""
-        is_frame = isinstance(msg, Frame)
-        if is_frame:
-            with self._cond:
-                self._pending[peer] += 1
-        self._chan.put((peer, msg.job_id if is_frame else None, encode(msg, blobs)))
+        self._queue_out(peer, msg, blobs, refusal=False)
 
     def error(self, peer: bytes, code: ErrorCode, message: str, request_id: str | None = None) -> None:
-        """Send ``Error(code, message)`` to ``peer`` (from any thread)."""
-        self.send(peer, Error(code=code, message=message, request_id=request_id))
+        """Send ``Error(code, message)`` to ``peer`` (from any thread); it counts against the
+        peer's refusal budget (``max_refusals_per_s``)."""
+        self._queue_out(peer, Error(code=code, message=message, request_id=request_id), (),
+                        refusal=True)
+
+    def _queue_out(self, peer: bytes, msg: Message, blobs, refusal: bool) -> None:
+        is_frame = isinstance(msg, Frame)
+        self.send_encoded(peer, msg.job_id if is_frame else None, encode(_public(msg), blobs),
+                          refusal)
+
+    def send_encoded(self, peer: bytes, frame_of: str | None, frames: list, refusal: bool) -> None:
+        """Queue a message already encoded (with paths taken out): ``frame_of`` is the job id
+        of a Frame, None for other messages; ``refusal`` as for :meth:`error`."""
+        if frame_of is not None:
+            with self._cond:
+                self._pending[peer] += 1
+        self._chan.put((peer, frame_of, frames, refusal))
 
     def discard_frames(self, peer: bytes, job_id: str) -> None:
         """Drop the Frames of ``job_id`` still waiting for credit (a Cancel does this too)."""
-        self._chan.put((peer, job_id, None))
+        self._chan.put((peer, job_id, None, False))
 
     def wait_writable(self, peer: bytes, max_pending: int = 2, timeout: float | None = None) -> bool:
         """Block while ``max_pending`` or more Frames to ``peer`` wait for credit.
 
         Returns False on timeout or when the peer is gone, True when there is room.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._pending[peer] >= max_pending:
-                if peer not in self._peers:
-                    return False
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left if left is not None else 0.5)
-            return peer in self._peers
+        return wait_for_room(self._cond, self._pending, self._peers, peer, max_pending, timeout)
 
     def is_connected(self, peer: bytes) -> bool:
         with self._cond:
@@ -316,9 +367,10 @@ class ServerEndpoint:
         poller.register(self._monitor, zmq.POLLIN)
         poller.register(self._chan.fileno(), zmq.POLLIN)
         seq = itertools.count()
-        next_ping = time.monotonic() + self.heartbeat_s
+        next_ping = last_turn = time.monotonic() + self.heartbeat_s
         while not self._stop.is_set():
             try:
+                last_turn = self._forgive_own_stall(last_turn)
                 ready = dict(poller.poll(timeout=100))
                 if self._monitor in ready:
                     self._on_monitor()
@@ -339,6 +391,17 @@ class ServerEndpoint:
                 self.stats.io_faults += 1
                 log.exception("transport I/O loop fault (continuing)")
 
+    def _forgive_own_stall(self, last_turn: float) -> float:
+        """When this loop itself could not run for a while (its process starved of CPU),
+        that time does not count against the peers' silence: their messages wait unread in
+        the socket. Returns the time of this turn."""
+        now = time.monotonic()
+        stall = now - last_turn - 0.1  # a turn waits at most 0.1 s in poll
+        if stall > 0.5:
+            for peer in self._peers.values():
+                peer.last_seen += stall
+        return now
+
     def _receive_some(self) -> None:
         for _ in range(256):
             try:
@@ -355,10 +418,7 @@ class ServerEndpoint:
                     self._error(peer_id, "internal",
                                 f"the backend failed on this message: {type(exc).__name__}")
             if peer_id in self._over_refusals:
-                self._over_refusals.discard(peer_id)
-                self.stats.refusal_limited += 1
-                self._shut_out(peer_id, frames, f"more than {self.caps.max_refusals_per_s:g} "
-                               "refused messages per second")
+                self._shut_if_over_refusals(peer_id, self._conn_of(peer_id, frames))
 
     def _recv_bounded(self) -> list:
         """One multipart message; only its routing id when it broke the frame or byte limits
@@ -393,10 +453,27 @@ class ServerEndpoint:
         if bucket.take(now):
             return False
         self.stats.rate_limited += 1
-        self._shut_out(peer_id, frames, f"more than {rate:g} messages per second")
+        self._shut_out(peer_id, self._conn_of(peer_id, frames), f"more than {rate:g} messages per second")
         return True
 
-    def _shut_out(self, peer_id: bytes, frames: list, why: str) -> None:
+    def _conn_of(self, peer_id: bytes, frames: list) -> _Conn | None:
+        """The connection a message came in on (its peer's, once welcomed)."""
+        peer = self._peers.get(peer_id)
+        if peer is not None and peer.conn is not None:
+            return peer.conn
+        if len(frames) < 2:
+            return None
+        self._on_monitor()
+        return self._conns.get(_source_fd(frames[1]))
+
+    def _shut_if_over_refusals(self, peer_id: bytes, conn: _Conn | None) -> None:
+        if peer_id in self._over_refusals:
+            self._over_refusals.discard(peer_id)
+            self.stats.refusal_limited += 1
+            self._shut_out(peer_id, conn, f"more than {self.caps.max_refusals_per_s:g} "
+                           "refused messages per second")
+
+    def _shut_out(self, peer_id: bytes, conn: _Conn | None, why: str) -> None:
         """Tell the peer ``why`` (one ``busy`` Error), drop what it has queued unread, and shut
         its connection a moment later (so the Error gets out first)."""
         if peer_id in self._banned:
@@ -405,8 +482,6 @@ class ServerEndpoint:
         self._banned[peer_id] = now
         log.warning("peer %s sent %s: disconnecting it", peer_id.hex(), why)
         self._error(peer_id, "busy", f"{why}: disconnected")
-        self._on_monitor()
-        conn = self._conns.get(_source_fd(frames[1])) if len(frames) > 1 else None
         self._shut_due.append((now + 0.2, peer_id, conn))
 
     def _shut_overdue(self, now: float) -> None:
@@ -482,12 +557,14 @@ class ServerEndpoint:
         self._sweep_connections(now)
         self._forget_idle(now)
 
-    def _drop(self, peer_id: bytes, reason: str) -> None:
+    def _drop(self, peer_id: bytes, reason: str, shut_later: bool = False) -> None:
         with self._cond:
             peer = self._peers.pop(peer_id, None)
             self._pending.pop(peer_id, None)
             self._cond.notify_all()
-        if peer is not None:
+        if peer is not None and shut_later:
+            self._shut_due.append((time.monotonic() + 0.2, peer_id, peer.conn))
+        elif peer is not None:
             self._shut(peer.conn)
         self.stats.peers_gone += 1
         self._events.put(PeerGone(peer_id, reason))
@@ -496,6 +573,9 @@ class ServerEndpoint:
         """Answer a peer's bad message with an Error; past ``max_refusals_per_s`` of them the
         peer is shut out (checked by the receive loop once the message is handled)."""
         self._error(peer_id, code, message, request_id)
+        self._count_refusal(peer_id)
+
+    def _count_refusal(self, peer_id: bytes) -> None:
         bucket = self._refusals.get(peer_id)
         if bucket is None:
             bucket = self._refusals[peer_id] = TokenBucket(self.caps.max_refusals_per_s,
@@ -505,7 +585,7 @@ class ServerEndpoint:
 
     def _error(self, peer_id: bytes, code: ErrorCode, message: str, request_id: str | None = None) -> None:
         self.stats.errors_sent += 1
-        self._sock.send_multipart([peer_id, *encode(Error(code=code, message=message,
+        self._sock.send_multipart([peer_id, *encode(Error(code=code, message=public_text(message),
                                                           request_id=request_id))])
 
     def _deliver(self, peer_id: bytes, msg: Message, blobs: list) -> None:
@@ -531,6 +611,8 @@ class ServerEndpoint:
         except ProtocolError as exc:
             self._refuse(peer_id, exc.code, str(exc), exc.request_id)
             return
+        if peer is not None and not isinstance(msg, (Ping, Pong)):
+            peer.last_active = peer.last_seen
         if isinstance(msg, Hello):
             self._on_hello(peer_id, msg, frames[1])
         elif isinstance(msg, Ping):
@@ -554,11 +636,17 @@ class ServerEndpoint:
             self._deliver(peer_id, msg, blobs)
 
     def _identity_of(self, hello: Hello, frame) -> tuple[str, str]:
-        """(identity, token to hand back) of a Hello's sender."""
+        """(identity, token to hand back) of a Hello's sender: its token if this backend
+        issued it, else a new one."""
         if self.curve:
             return f"curve:{frame.get('User-Id')}", ""
-        token = hello.token or secrets.token_urlsafe(24)
-        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32], token
+        token = hello.token
+        if not self._signer.valid(token):
+            if token:
+                self.stats.tokens_replaced += 1
+                log.info("a Hello presented a token this backend did not issue: new identity")
+            token = self._signer.issue()
+        return token_identity(token), token
 
     def _on_hello(self, peer_id: bytes, hello: Hello, frame) -> None:
         if hello.protocol_version != self.protocol_version:
@@ -576,7 +664,8 @@ class ServerEndpoint:
         self._on_monitor()  # so the connection this Hello came on is known, not a stale fd's
         conn = self._conns.get(_source_fd(frame))
         arrival = _Arrival(peer_id, hello.credits, identity, token, conn)
-        verdict = self._gate.offer(identity, arrival, time.monotonic())
+        verdict = self._gate.offer(identity, arrival, time.monotonic(),
+                                   known=self._occupancy.owns(identity))
         if verdict == "welcome":
             self._welcome(arrival)
         elif verdict == "wait":
@@ -593,31 +682,67 @@ class ServerEndpoint:
         peer_id, identity, conn = arrival.peer_id, arrival.identity, arrival.conn
         if conn is not None and self._conns.get(conn.fd) is not conn:
             return  # its connection closed while it waited
-        with self._cond:
-            known = self._peers.get(peer_id)
-            same = sum(1 for p in self._peers.values() if p.identity == identity)
-            if known is None and len(self._peers) >= self.caps.max_peers:
-                refusal = f"the backend serves at most {self.caps.max_peers} clients at once"
-            elif known is None and same >= self.caps.max_connections_per_client:
-                refusal = (f"at most {self.caps.max_connections_per_client} connections per "
-                           "client: close one first")
-            else:
-                refusal = None
-                self._peers[peer_id] = _Peer(credits=arrival.credits, last_seen=time.monotonic(),
-                                             identity=identity, conn=conn)
+        refusal = None if peer_id in self._peers else self._make_room(identity)
+        if refusal is None:
+            now = time.monotonic()
+            with self._cond:
+                self._peers[peer_id] = _Peer(credits=arrival.credits, last_seen=now,
+                                             identity=identity, conn=conn, last_active=now)
         if conn is not None:
             conn.greeted = refusal is None
         if refusal is not None:
             self._refuse(peer_id, "busy", refusal)
             return
+        if self._report_state:
+            self._events.put(Welcomed(peer_id, identity))
+        bucket = self._buckets.get(peer_id)
+        if bucket is not None:  # welcomed: the full message rate at once from now on
+            bucket.burst = bucket.tokens = self.caps.max_messages_per_s
         self._gate.welcomed(identity)
         welcome = self._welcome_msg if not arrival.token else _with_token(self._welcome_msg, arrival.token)
         self._sock.send_multipart([peer_id, *encode(welcome)])
 
-    def _on_outgoing(self, peer_id: bytes, frame_of: str | None, frames: list | None) -> None:
+    def _make_room(self, identity: str) -> str | None:
+        """Evict an idle connection when the client slots, or this identity's connections,
+        are full; the refusal (naming the limit) when none may go."""
+        peers = self._peers
+        mine = [pid for pid, p in peers.items() if p.identity == identity]
+        if len(mine) >= self.caps.max_connections_per_client:
+            if self._evict(mine, "another connection of this client needs its place"):
+                return None
+            return (f"at most {self.caps.max_connections_per_client} connections per client "
+                    "(connections.max_connections_per_client), all busy: close one first")
+        if len(peers) < self.caps.max_peers:
+            return None
+        owner = self._occupancy.owns(identity)
+        candidates = [pid for pid, p in peers.items()
+                      if owner or not self._occupancy.owns(p.identity)]
+        if self._evict(candidates, "the backend is full and this connection was the longest idle"):
+            return None
+        return (f"the backend serves at most {self.caps.max_peers} clients at once "
+                "(connections.max_clients) and none of them is idle: retry later")
+
+    def _evict(self, candidates: list[bytes], why: str) -> bool:
+        """Shut the longest-idle of ``candidates`` that has no work; False when all have."""
+        idle = sorted((self._peers[pid].last_active, pid) for pid in candidates
+                      if not self._occupancy.working(pid))
+        if not idle:
+            return False
+        peer_id = idle[0][1]
+        log.info("evicting idle client %s: %s", peer_id.hex(), why)
+        self.stats.evicted += 1
+        self._error(peer_id, "busy", f"disconnected: {why}")
+        self._drop(peer_id, "evicted", shut_later=True)  # the Error goes out first
+        return True
+
+    def _on_outgoing(self, peer_id: bytes, frame_of: str | None, frames: list | None,
+                     refusal: bool) -> None:
         """``frame_of`` is the job id of a Frame (None for other messages); ``frames`` None
-        asks to discard that job's held frames."""
+        asks to discard that job's held frames; ``refusal`` marks an Error answering one of
+        the peer's requests (it counts against the peer's refusal budget)."""
         peer = self._peers.get(peer_id)
+        if refusal and peer is not None:
+            self._count_refusal(peer_id)
         if peer is None:
             if frame_of is not None:
                 with self._cond:
@@ -632,6 +757,8 @@ class ServerEndpoint:
         else:
             peer.held.append((frame_of, frames))
         self._flush(peer_id, peer)
+        if refusal:
+            self._shut_if_over_refusals(peer_id, peer.conn)
 
     def _discard(self, peer_id: bytes, peer: _Peer, job_id: str) -> None:
         kept = collections.deque(item for item in peer.held if item[0] != job_id)
@@ -644,6 +771,8 @@ class ServerEndpoint:
         with self._cond:
             self._pending[peer_id] -= frames
             self._cond.notify_all()
+        if self._report_state:
+            self._events.put(Released(peer_id, frames))
 
     def _flush(self, peer_id: bytes, peer: _Peer) -> None:
         sent_frames = 0
@@ -663,6 +792,36 @@ class ServerEndpoint:
             self._release_pending(peer_id, sent_frames)
 
 
+def wait_for_room(cond: threading.Condition, pending: collections.Counter, peers: dict,
+                  peer: bytes, max_pending: int, timeout: float | None) -> bool:
+    """Under ``cond``, wait while ``pending[peer]`` is at ``max_pending`` or more: True once
+    there is room, False on timeout or when ``peer`` left ``peers``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with cond:
+        while pending[peer] >= max_pending:
+            if peer not in peers:
+                return False
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            cond.wait(left if left is not None else 0.5)
+        return peer in peers
+
+
+def _bind(sock: zmq.Socket, address: str, patience_s: float = 2.0) -> None:
+    """Bind, waiting up to ``patience_s`` while the address is in use (a backend that was
+    just killed may still be letting its port go)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            sock.bind(address)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def _source_fd(frame) -> int:
     """The TCP connection's file descriptor a message came in on (-1 when unknown)."""
     try:
@@ -672,6 +831,13 @@ def _source_fd(frame) -> int:
 
 
 def _with_token(welcome: Welcome, token: str) -> Welcome:
-    import msgspec
-
     return msgspec.structs.replace(welcome, token=token)
+
+
+def _public(msg: Message) -> Message:
+    """``msg`` with any absolute path in its text replaced (Error and JobFailed)."""
+    if isinstance(msg, (Error, JobFailed)):
+        text = public_text(msg.message)
+        if text != msg.message:
+            return msgspec.structs.replace(msg, message=text)
+    return msg

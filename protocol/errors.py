@@ -8,6 +8,7 @@ bugs are reported under their own codes (``engine_error``, ``internal``), never 
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 ErrorCode = Literal[
@@ -39,6 +40,9 @@ JobFailCode = Literal[
     "busy",            # the scheduler refused the job
     "credit_timeout",  # the client granted no frame credit for too long
     "worker_lost",     # the worker running the job died (remote engines)
+    "too_large",       # the job asks more work (pixels x frames) than the backend allows
+    "time_limit",      # the job ran past the backend's wall-time limit per job
+    "quota",           # the client's (or the backend's) disk quota would be exceeded
 ]
 """Codes of :class:`protocol.messages.JobFailed`."""
 
@@ -85,3 +89,12 @@ class Busy(ProtocolError):
     """A limit on what one client (or the server) may have at once; the message names it."""
 
     code = "busy"
+
+
+_ABSOLUTE_PATH = re.compile(r"(?:(?<=^)|(?<=[\s'\"(=\[]))/[^\s'\"()\[\],;]*")
+
+
+def public_text(message: str) -> str:
+    """``message`` with every absolute path replaced by ``<path>``: texts sent to a client
+    never say where the backend keeps its files (the log has the details)."""
+    return _ABSOLUTE_PATH.sub("<path>", message)

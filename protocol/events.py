@@ -20,3 +20,18 @@ class PeerGone(NamedTuple):
 
     peer: bytes | None
     reason: str
+
+
+class Welcomed(NamedTuple):
+    """A server endpoint welcomed ``peer`` as ``identity`` (reported only when asked, for an
+    endpoint that mirrors another's state)."""
+
+    peer: bytes
+    identity: str
+
+
+class Released(NamedTuple):
+    """``frames`` Frames to ``peer`` left the endpoint's wait for credit (sent or dropped)."""
+
+    peer: bytes
+    frames: int

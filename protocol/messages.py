@@ -111,8 +111,8 @@ class Hello(Message, tag="hello"):
     """Initial frame credit: frames the backend may send before the next Credit."""
     token: Annotated[str, Meta(max_length=128)] | None = None
     """On loopback, the identity token a previous Welcome handed out: the client owns the
-    scenes that token created. None asks for a new one. Ignored under CURVE, where the
-    client's public key is its identity."""
+    scenes that token created. None (or a token this backend did not issue) gets a new
+    one. Ignored under CURVE, where the client's public key is its identity."""
 
 
 class Welcome(Message, tag="welcome"):
@@ -128,8 +128,9 @@ class Welcome(Message, tag="welcome"):
     max_message_bytes: int
     """Largest message (all frames together) the backend accepts."""
     token: str = ""
-    """The client's identity token on loopback (echo of Hello.token, or a new random one);
-    keep it and send it in later Hellos to own the same scenes. Empty under CURVE."""
+    """The client's identity token on loopback: the Hello's token if this backend issued
+    it, else a new one it signed (a token a client makes up is never accepted); keep it and
+    send it in later Hellos to own the same scenes. Empty under CURVE."""
 
 
 class Ping(Message, tag="ping"):
@@ -206,6 +207,10 @@ class SceneOpened(Message, tag="scene_opened"):
     """One line for the HUD about the depth in use, e.g. how to get the model."""
     points_budget: int = 0
     """Most points the backend keeps for this scene (0 = unbounded)."""
+    session: Annotated[str, Meta(max_length=160)] = ""
+    """The scene's session folder: a plain name under the backend's sessions root
+    (``<scene_id>-<random>``); an explorer that started its backend keeps the original photo
+    there."""
 
 
 class PointsDelta(Message, tag="points_delta"):
@@ -360,7 +365,8 @@ class JobDone(Message, tag="job_done"):
     timings: dict[str, float] = {}
     """Seconds per stage, plus ``total``."""
     clip: str | None = None
-    """Where the backend saved the clip (path on the backend machine)."""
+    """Where the backend saved the clip: a path relative to its sessions root
+    (``<session>/clips/NNNN.mp4``); None when clips are not saved."""
 
 
 class JobFailed(Message, tag="job_failed"):

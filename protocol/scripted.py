@@ -79,7 +79,7 @@ class ScriptedClient:
 
     def __init__(self, address: str, timeout_s: float = 60.0, **client_options):
         self.client = Client(address, **client_options)
-        self.welcome = self.client.connect(timeout=min(timeout_s, 10.0))
+        self.welcome = self.client.connect(timeout=timeout_s)
         self.timeout_s = timeout_s
 
     def close(self) -> None:

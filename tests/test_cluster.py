@@ -54,6 +54,7 @@ def backend(cluster, tmp_path_factory):
         bind="tcp://127.0.0.1:0", sessions=tmp_path_factory.mktemp("sessions"), heartbeat_s=0.2,
         peer_timeout_s=3.0, cluster="auto", status_shows="all",  # an operator's view
         cluster_options={"workers": 2, "status_log_s": 0, "max_restarts": 4,
+                         "ready_timeout_s": 3000.0,  # a loaded machine starts Ray workers slowly
                          "engine_classes": {"classic": "backend.cluster.simulated:PacedEngine"}},
         # the horizon prior: these tests are about scheduling, not about loading a depth model
         engine_options={"classic": {"start_s": START_S, "frame_s": FRAME_S, "depth_model": "none"}})
@@ -251,7 +252,9 @@ def test_scene_versions_follow_the_work(backend, scenes_dir):
         second = client.transition("affinity", preset("forward", 5, opened.scene.median_depth,
                                                       start=first.poses[-1]))
         # the front door's scene (dropped once its explorer leaves) grew as the explorer's cloud did
-        scene = backend._scenes[next(k for k in backend._scenes if k[1] == "affinity")]
+        from protocol.identity import token_identity
+
+        scene = backend.scenes.get(token_identity(client.client.token), "affinity").scene
         total = opened.points.count() + first.points.count() + second.points.count()
         assert len(scene.cloud) == total
     assert isinstance(first.outcome, JobDone) and isinstance(second.outcome, JobDone)

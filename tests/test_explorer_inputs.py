@@ -73,13 +73,21 @@ def test_version_and_sessions_listing(tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("dreamjourney ")
     name = session_name(Path("/photos/My Temple.JPG"), now=0)
     assert name.startswith("My-Temple-19700101-") or name.startswith("My-Temple-1970")
-    folder = tmp_path / "sessions" / name
-    folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(
-        '{"version": 1, "engine": "classic", "clips": [{"kind": "transition"}, '
-        '{"kind": "transition", "undone": true}]}')
-    (sessions,) = list_sessions(tmp_path / "sessions")
-    assert sessions["name"] == name and sessions["clips"] == 1
+    from backend.session import SessionStore
+    from protocol.messages import SceneText
+
+    owned = SessionStore(tmp_path / "sessions").owned_by("me")
+    owned.create(name, np.zeros((8, 8, 3), np.uint8), np.eye(3), SceneText(), "classic", 1.0)
+    frames = [np.zeros((8, 8, 3), np.uint8)] * 2
+    for _ in range(2):
+        owned.add_clip(name, "transition", frames, np.tile(np.eye(4), (2, 1, 1)), np.eye(3),
+                       24.0, np.eye(4))
+    from backend.geometry.store import PointStore
+
+    owned.record_undo(name, "j", PointStore(), np.eye(4))  # the second clip is undone
+    (tmp_path / "sessions" / "not-a-session").mkdir()
+    (sessions,), skipped = list_sessions(tmp_path / "sessions")
+    assert sessions["name"] == name and sessions["clips"] == 1 and skipped == 1
     out = subprocess.run([sys.executable, "-m", "explorer.cli", "sessions", "--folder",
                           str(tmp_path / "sessions")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and name in out.stdout and "1 clips" in out.stdout

@@ -98,6 +98,6 @@ def test_a_later_explorer_resumes_its_own_scene_by_its_saved_token(tmp_path):
         other = ExplorerSettings.load()
         other.network.identity_file = str(tmp_path / "other" / "identity")
         stranger = open_with(other, resume=True)
-        assert stranger.scene is None and "another client" in " ".join(stranger.errors)
+        assert stranger.scene is None and "no saved session 'mine'" in " ".join(stranger.errors)
     for link in links:
         link.close()

@@ -35,10 +35,11 @@ def test_undo_drops_the_last_transition(tmp_path):
         assert client.undo("undo-test").job_id is None  # only one transition to take back
         resumed = client.open_scene(None, scene_id="undo-test", resume=True)
         assert resumed.points.count() == n0  # the saved cloud is the truncated one
-    manifest = json.loads((tmp_path / "undo-test" / "manifest.json").read_text())
+    folder = tmp_path / resumed.scene.session
+    manifest = json.loads((folder / "manifest.json").read_text())
     (clip,) = [c for c in manifest["clips"] if c["kind"] == "transition"]
     assert clip["undone"] is True and clip["undo_of"] == result.job_id
     # the truncated cloud was committed as a new file; the clip stays; nothing is left over
-    assert (tmp_path / "undo-test" / manifest["cloud"]).is_file()
-    assert (tmp_path / "undo-test" / clip["file"]).is_file()
+    assert (folder / manifest["cloud"]).is_file()
+    assert (folder / clip["file"]).is_file()
     assert SessionStore(tmp_path).orphans() == []

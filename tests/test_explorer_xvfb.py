@@ -58,6 +58,27 @@ def wait_for(predicate, timeout: float = TIMEOUT, every: float = 0.1) -> bool:
     return bool(predicate())
 
 
+def log_time(log: str, pattern: str) -> float:
+    """The wall-clock time (``time.time()``) of the first log line matching ``pattern``."""
+    import datetime
+
+    line = next(line for line in log.splitlines() if re.search(pattern, line))
+    stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
+
+
+def settled_screen(app, timeout: float = TIMEOUT) -> np.ndarray:
+    """The window's pixels once two grabs in a row agree (points uploaded, nothing moving)."""
+    shots = [app.screen()]
+
+    def same() -> bool:
+        shots.append(app.screen())
+        return np.array_equal(shots[-2], shots[-1])
+
+    assert wait_for(same, timeout), "the view never settled"
+    return shots[-1]
+
+
 def xdo(env, *args) -> str:
     out = subprocess.run(["xdotool", *args], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
@@ -195,18 +216,26 @@ def test_window_fly_commit_and_record(display, tmp_path):
               "--size", "320x240")
     try:
         app.wait_log(r"scene \S+ ready")
+        app.key("F2")  # without the HUD only the camera changes what the window shows
+        first = settled_screen(app)
+        # W is held until the view has visibly moved (however slowly a loaded machine renders)
         xdo(display, "keydown", "--window", app.wid, "w")
-        time.sleep(1.0)
+        moved = wait_for(lambda: np.abs(app.screen().astype(int) - first).mean() > 3.0)
         xdo(display, "keyup", "--window", app.wid, "w")
-        assert wait_for(lambda: "speed" in app.log() or True, 1)
+        assert moved, app.log()
+        app.key("F2")
         app.key("Return")
         assert wait_for(lambda: server.transitions), app.log()
-        t0 = time.monotonic()
+        first_key = time.time()
         app.key("r")
-        time.sleep(1.5)
+        app.wait_log(r"recording to ")
+        started = log_time(app.log(), r"recording to ")
+        while time.time() < started + 1.5:  # a second and a half of the app's own recording
+            time.sleep(0.05)
+        second_key = time.time()
         app.key("r")
-        held = time.monotonic() - t0
         app.wait_log(r"recorded \d+ frames")
+        finished = log_time(app.log(), r"recorded \d+ frames")
         assert app.quit() == 0, app.log()
     finally:
         app.kill()
@@ -216,7 +245,7 @@ def test_window_fly_commit_and_record(display, tmp_path):
     assert poses.shape == (48, 4, 4)
     np.testing.assert_allclose(poses[0], np.eye(4), atol=1e-5)
     forward = poses[-1][:3, 3]
-    assert forward[2] > 0.3 and abs(forward[0]) < 1e-4 and abs(forward[1]) < 1e-4
+    assert forward[2] > 0 and abs(forward[0]) < 1e-4 and abs(forward[1]) < 1e-4
     import av
 
     written = int(re.search(r"recorded (\d+) frames", app.log()).group(1))
@@ -225,11 +254,12 @@ def test_window_fly_commit_and_record(display, tmp_path):
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         duration = float(stream.duration * stream.time_base)
     assert len(frames) == written
-    # Real time: the file lasts as long as the keys were apart, however fast the renderer
-    # (each picture stamped with its time, at most 30 a second; each key is taken at the
-    # next frame, so a slow frame at either end shortens or lengthens it by that much).
-    assert held - 0.5 <= duration <= held + 1.0
-    assert written <= (held + 1.0) * 30
+    # Real time: the file lasts as long as the recording ran, however fast the renderer (each
+    # picture stamped with its time, at most 30 a second): at least from its start (the app's
+    # log) to the second key, at most from the first key to its end (the app's log), wherever
+    # a loaded machine put the keys.
+    assert (second_key - started) - 0.5 <= duration <= (finished - first_key) + 0.5
+    assert written <= (finished - first_key + 1.0) * 30
     assert frames[0].shape == (240, 320, 3)
 
 
@@ -246,9 +276,9 @@ def test_cancel_undo_and_home_by_keys_on_an_8000x6000_photo(display, tmp_path):
         app.wait_log(r"scene \S+ ready")
         (photo,) = server.images
         assert photo.shape == (768, 1024, 3)  # the working size, not the 48 MP original
-        (original,) = (tmp_path / "sessions").glob("phone-photo-*/original.jpg")
-        with Image.open(original) as im:
-            assert im.size == (8000, 6000)  # the original is kept in the session
+        # a remote backend owns its sessions: the explorer makes no folder in its own
+        # (a local backend's session keeps the original: the killed-backend test checks it)
+        assert not (tmp_path / "sessions").exists()
         app.key("F2")
         assert wait_for(lambda: photo_psnr(app.screen(), photo) > 22.0, 20)
         home = app.screen()
@@ -322,7 +352,10 @@ def test_a_killed_local_backend_is_restarted_and_the_scene_resumed(display, tmp_
         app.wait_log(r"scene \S+ ready", count=2)
         (again,) = children(app.proc.pid)
         assert again != backend
-        assert (tmp_path / "sessions" / name / "manifest.json").exists()
+        (folder,) = (tmp_path / "sessions").glob(f"{name}-*")  # <scene id>-<random>
+        assert (folder / "manifest.json").is_file()
+        # the explorer kept the original photo in the session its local backend made
+        assert (folder / "original.jpg").read_bytes() == Path(SCENE).read_bytes()
         assert app.quit() == 0
     finally:
         app.kill()

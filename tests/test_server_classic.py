@@ -182,13 +182,16 @@ def test_session_resumes_after_restart(tmp_path, scenes_dir):
         after = np.concatenate(resumed.points.xyz)
         np.testing.assert_array_equal(np.sort(after, axis=0), np.sort(before, axis=0))
         np.testing.assert_allclose(np.array(resumed.scene.pose).reshape(4, 4), poses[-1], atol=1e-6)
-        frames = read_mp4(tmp_path / "s" / "village" / "clips" / "0001.mp4")
-        assert len(frames) == 7 and clip.endswith("0001.mp4")
+        # the clip's path is relative to the sessions root, in the scene's session folder
+        folder = resumed.scene.session
+        assert folder.startswith("village-") and clip == f"{folder}/clips/0001.mp4"
+        frames = read_mp4(tmp_path / "s" / clip)
+        assert len(frames) == 7
         assert psnr(frames[0], job.frames[0]) > 30
         more = client.transition("village", preset("forward", 5, resumed.scene.median_depth,
                                                     start=poses[-1]))
         assert isinstance(more.outcome, JobDone)
-        assert (tmp_path / "s" / "village" / "clips" / "0002.mp4").is_file()
+        assert (tmp_path / "s" / folder / "clips" / "0002.mp4").is_file()
 
 
 def test_raw_frames_are_the_engines_own_pixels(backend, scenes_dir):

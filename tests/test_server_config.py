@@ -72,7 +72,8 @@ def test_only_configured_engines_and_sane_numbers(tmp_path):
         job = client.dynamics("ok", np.eye(4), num_frames=3)
         assert not isinstance(job.outcome, JobFailed), job.outcome
         assert opened.scene.engine == "classic"
-    assert not any(p.name.startswith(".") for p in (tmp_path / "s").iterdir())
+    leftovers = [p.name for p in (tmp_path / "s").iterdir() if p.name.startswith(".")]
+    assert leftovers == [".dreamjourney-sessions"], leftovers  # only the root's marker
 
 
 def test_non_finite_and_wrong_lengths_never_reach_the_engine(tmp_path):

@@ -1,6 +1,6 @@
-"""A scene belongs to the client that created it: on loopback (server-issued token) and under
-CURVE (the client's public key), another client can neither resume it, open over it, nor
-cancel its jobs."""
+"""A scene belongs to the client that created it: on loopback (a token only the backend
+issues) and under CURVE (the client's public key), another client can neither resume it,
+open over it, nor cancel its jobs, nor learn that it exists (scene ids are per client)."""
 
 from __future__ import annotations
 
@@ -20,27 +20,31 @@ from tests.test_hostile import scene
 
 def _owner_and_intruder(address: str, owner_opts: dict, intruder_opts: dict,
                         owner_again_opts: dict) -> None:
-    with ScriptedClient(address, **owner_opts) as owner:
+    with ScriptedClient(address, credits=1, **owner_opts) as owner:
         opened = owner.open_scene(scene(5), scene_id="mine")
         poses = preset("forward", 24, opened.scene.median_depth)
         with ScriptedClient(address, **intruder_opts) as intruder:
-            # open over it while it is open, resume it, and open a scene of the same id
-            with pytest.raises(ScriptError, match=r"\[forbidden\]"):
-                intruder.open_scene(scene(6), scene_id="mine")
-            with pytest.raises(ScriptError, match=r"\[forbidden\]"):
+            # resuming it answers exactly as resuming a scene nobody has: no existence oracle
+            with pytest.raises(ScriptError) as theirs:
                 intruder.open_scene(None, scene_id="mine", resume=True)
+            with pytest.raises(ScriptError) as nobodys:
+                intruder.open_scene(None, scene_id="never-made", resume=True)
+            assert str(theirs.value).replace("mine", "X") == \
+                str(nobodys.value).replace("never-made", "X")
+            assert "[unknown_scene]" in str(theirs.value)
             # cancel the owner's running job: unknown to the intruder, the job finishes
             from protocol import codec
 
             ref, buf = codec.array_blob(poses.astype(np.float32), 0)
             owner.client.send(Transition(job_id="owned-job", scene_id="mine", poses=ref), [buf])
-            # Status shows the intruder that someone is busy, not who nor on which scene
+            # Status shows the intruder that someone is busy, not who nor on which scene (the
+            # owner grants no credit meanwhile: its job waits on its slot for the next frame)
             mine = _status(owner).clients
-            theirs = _status(intruder)
+            others = _status(intruder)
             assert len(mine) == 1 and mine[0].client.startswith(("token:", "curve:")), mine
-            assert [c.client for c in theirs.clients] == ["other-1"], theirs
-            assert any(w.state == "busy" for w in theirs.workers), theirs.workers
-            assert all(w.scene_id is None for w in theirs.workers), theirs.workers
+            assert [c.client for c in others.clients] == ["other-1"], others
+            assert any(w.state == "busy" for w in others.workers), others.workers
+            assert all(w.scene_id is None for w in others.workers), others.workers
             from protocol.messages import Cancel
 
             intruder.client.send(Cancel(job_id="owned-job"))
@@ -52,16 +56,19 @@ def _owner_and_intruder(address: str, owner_opts: dict, intruder_opts: dict,
             intruder.client.send(Transition(job_id="x", scene_id="mine", poses=ref), [buf])
             ev = intruder.client.poll(timeout=10)
             assert ev.msg.code == "unknown_scene", ev.msg
-    # after the owner left, the saved session is still not the intruder's
+            # a scene of the same id is its own, in a session folder of its own
+            own = intruder.open_scene(scene(6), scene_id="mine")
+            assert own.scene.session != opened.scene.session
+            assert own.scene.session.startswith("mine-") and opened.scene.session.startswith("mine-")
+    # after the owner left, "mine" still means the intruder's own scene to the intruder
     with ScriptedClient(address, **intruder_opts) as intruder:
-        with pytest.raises(ScriptError, match=r"\[forbidden\]"):
-            intruder.open_scene(None, scene_id="mine", resume=True)
-        with pytest.raises(ScriptError, match=r"\[scene_exists\]"):
-            intruder.open_scene(scene(6), scene_id="mine")
-    # the owner, on a new connection, resumes it with everything it made
+        again = intruder.open_scene(None, scene_id="mine", resume=True)
+        assert again.scene.session == own.scene.session
+    # the owner, on a new connection, resumes its scene with everything it made
     with ScriptedClient(address, **owner_again_opts) as owner:
         resumed = owner.open_scene(None, scene_id="mine", resume=True)
-        assert resumed.scene.resumed
+        assert resumed.scene.resumed and resumed.scene.session == opened.scene.session
+        assert resumed.scene.num_points > opened.scene.num_points  # the clip grew it
         with pytest.raises(ScriptError, match=r"\[scene_exists\]"):
             owner.open_scene(scene(5), scene_id="mine")  # never overwritten, even by its owner
 
@@ -71,12 +78,17 @@ def _status(client: ScriptedClient):
 
     client.client.send(Status(request_id="st"))
     while not isinstance((ev := client.client.poll(timeout=10)).msg, StatusReply):
-        if getattr(ev.msg, "job_id", None) and hasattr(ev.msg, "index"):
-            client.client.credit(1)  # a Frame of its running job, as _collect would
+        FRAMES_SEEN.append(ev.msg)  # its job's messages: frames are credited by _collect
     return ev.msg
 
 
+FRAMES_SEEN: list = []
+
+
 def _collect(client: ScriptedClient, job_id: str):
+    seen = [m for m in FRAMES_SEEN if hasattr(m, "index") and m.job_id == job_id]
+    FRAMES_SEEN.clear()
+    client.client.credit(len(seen))
     while True:
         ev = client.client.poll(timeout=30)
         assert ev is not None, "no answer"
@@ -92,7 +104,15 @@ def test_loopback_token_owns_the_scene(tmp_path):
         with ScriptedClient(backend.address) as probe:
             token = probe.client.token
         assert token and len(token) >= 24
-        _owner_and_intruder(backend.address, {"token": token}, {}, {"token": token})
+        # tokens are only the backend's: one a client makes up gets a new identity instead
+        with ScriptedClient(backend.address, token="a") as guesser:
+            assert guesser.client.token not in ("a", token)
+        forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+        with ScriptedClient(backend.address, token=forged) as forger:
+            assert forger.client.token not in (forged, token)
+            intruder_token = forger.client.token
+        _owner_and_intruder(backend.address, {"token": token}, {"token": intruder_token},
+                            {"token": token})
 
 
 def test_curve_key_owns_the_scene(tmp_path):

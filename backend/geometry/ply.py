@@ -7,16 +7,23 @@ whose vertex element has x y z and red green blue (radius optional, 0 when absen
 other vertex properties skipped; it refuses ASCII and big-endian files with a clear error.
 ``iter_ply(path, chunk_size)`` reads the same files a chunk at a time (exports of large
 worlds), ``ply_vertex_count(path)`` reads the header only.
+The header is bounded (``MAX_HEADER_BYTES``) and its element counts are checked against the
+file's size before anything is read, so a header that claims more than the file holds costs
+nothing.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from backend.geometry.cloud import PointCloud
+
+MAX_HEADER_BYTES = 64 * 1024
+"""A PLY header longer than this is refused (ours is a few hundred bytes)."""
 
 _PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
@@ -51,29 +58,39 @@ def write_ply(path: str | Path, cloud: PointCloud) -> None:
 
 
 def _parse_header(f) -> tuple[list[tuple[str, int, list[tuple[str, str]]]], str]:
-    if f.readline().strip() != b"ply":
+    if f.readline(8).strip() != b"ply":
         raise ValueError("not a PLY file")
     elements: list[tuple[str, int, list[tuple[str, str]]]] = []
     fmt = ""
     while True:
-        line = f.readline()
+        line = f.readline(MAX_HEADER_BYTES)
         if not line:
             raise ValueError("PLY header has no end_header")
+        if f.tell() > MAX_HEADER_BYTES:
+            raise ValueError(f"PLY header is over {MAX_HEADER_BYTES} bytes")
         words = line.decode("ascii", "replace").split()
         if not words or words[0] in ("comment", "obj_info"):
             continue
         if words[0] == "end_header":
             return elements, fmt
-        if words[0] == "format":
-            fmt = words[1]
-        elif words[0] == "element":
-            elements.append((words[1], int(words[2]), []))
-        elif words[0] == "property":
-            if words[1] == "list":
-                raise ValueError("PLY list properties are not supported for point clouds")
-            if words[1] not in _PLY_TYPES:
-                raise ValueError(f"unknown PLY property type {words[1]!r}")
-            elements[-1][2].append((words[2], _PLY_TYPES[words[1]]))
+        try:
+            if words[0] == "format":
+                fmt = words[1]
+            elif words[0] == "element":
+                count = int(words[2])
+                if count < 0:
+                    raise ValueError
+                elements.append((words[1], count, []))
+            elif words[0] == "property":
+                if words[1] == "list":
+                    raise TypeError("PLY list properties are not supported for point clouds")
+                if words[1] not in _PLY_TYPES:
+                    raise TypeError(f"unknown PLY property type {words[1]!r}")
+                elements[-1][2].append((words[2], _PLY_TYPES[words[1]]))
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        except (ValueError, IndexError):
+            raise ValueError(f"bad PLY header line: {line[:80]!r}") from None
 
 
 def _vertex_layout(f) -> tuple[np.dtype, int]:
@@ -81,11 +98,20 @@ def _vertex_layout(f) -> tuple[np.dtype, int]:
     elements, fmt = _parse_header(f)
     if fmt != "binary_little_endian":
         raise ValueError(f"only binary_little_endian PLY is supported, got {fmt!r}")
+    left = os.fstat(f.fileno()).st_size - f.tell()
     for name, count, props in elements:
-        dtype = np.dtype(props)
+        try:
+            dtype = np.dtype(props)
+        except (TypeError, ValueError):
+            raise ValueError(f"PLY element {name!r} has repeated or bad properties") from None
+        size = count * dtype.itemsize
+        if size > left:
+            raise ValueError(f"PLY header claims {count} {name} elements ({size} bytes), "
+                             f"the file holds {left} bytes after its header")
+        left -= size
         if name == "vertex":
             break
-        f.seek(count * dtype.itemsize, 1)
+        f.seek(size, os.SEEK_CUR)
     else:
         raise ValueError("PLY file has no vertex element")
     missing = {"x", "y", "z", "red", "green", "blue"} - set(dtype.names)
