@@ -13,7 +13,10 @@ read as they are.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -22,6 +25,8 @@ from msgspec import Meta
 from protocol.messages import SceneText
 
 MANIFEST_VERSION = 3
+MAX_MANIFEST_BYTES = 4 << 20
+"""A manifest larger than this is not one we wrote."""
 SCENE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _SCENE_ID = re.compile(SCENE_ID_PATTERN)
 
@@ -100,3 +105,17 @@ def referenced(manifest: Manifest) -> set[str]:
 
 def is_scene_id(name: str) -> bool:
     return _SCENE_ID.fullmatch(name) is not None and ".." not in name
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The typed manifest of the session in ``folder``; ValueError saying what is wrong."""
+    path = folder / "manifest.json"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise ValueError("no manifest.json") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("manifest.json is not a plain file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise ValueError(f"manifest.json is over {MAX_MANIFEST_BYTES >> 20} MB")
+    return decode_manifest(path.read_bytes())

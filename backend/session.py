@@ -40,15 +40,12 @@ from backend.manifest import (
     MANIFEST_VERSION,
     ClipEntry,
     Manifest,
-    decode_manifest,
     encode_manifest,
     is_scene_id,
+    read_manifest,
 )
 from backend.session_root import claim_root
 from protocol.messages import SceneText
-
-MAX_MANIFEST_BYTES = 4 << 20
-"""A manifest larger than this is not one we wrote."""
 
 
 class SessionError(Exception):
@@ -182,20 +179,6 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
 def read_mp4(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-
-
-def read_manifest(folder: Path) -> Manifest:
-    """The typed manifest of the session in ``folder``; ValueError saying what is wrong."""
-    path = folder / "manifest.json"
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise ValueError("no manifest.json") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError("manifest.json is not a plain file")
-    if st.st_size > MAX_MANIFEST_BYTES:
-        raise ValueError(f"manifest.json is over {MAX_MANIFEST_BYTES >> 20} MB")
-    return decode_manifest(path.read_bytes())
 
 
 def read_session(folder: Path) -> dict:

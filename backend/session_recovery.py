@@ -29,8 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.manifest import Manifest, is_scene_id, referenced
-from backend.session import read_manifest
+from backend.manifest import Manifest, is_scene_id, read_manifest, referenced
 from backend.session_root import MARKER, QUARANTINE, is_plain_file
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.geometry.cloud import PointCloud  # noqa: E402
 from backend.geometry.metrics import consistency  # noqa: E402
-from backend.geometry.render import SplatRenderer  # noqa: E402
+from backend.geometry.splat import SplatRenderer  # noqa: E402
 from backend.server import Backend, BackendConfig  # noqa: E402
 from protocol import codec  # noqa: E402
 from protocol.scripted import ScriptedClient  # noqa: E402

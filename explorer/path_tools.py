@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -33,7 +33,14 @@ from explorer.point_buffer import POINT_DTYPE
 from protocol.camera_path import CameraPath, CameraPathError
 
 if TYPE_CHECKING:
-    from explorer.app import Explorer
+    import moderngl
+
+    from explorer.camera import FlyCamera
+    from explorer.flight_control import FlightControl
+    from explorer.point_buffer import PointCloudBuffer
+    from explorer.renderer import OverlayRenderer, RenderTarget
+    from explorer.session import ExplorerSession
+    from explorer.settings import ExplorerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +48,32 @@ ACTIONS = ("keyframe", "orbit", "delete_keyframe", "prev_keyframe", "next_keyfra
            "save_path", "load_path", "export_world")
 
 
+class PathHost(Protocol):
+    """What the path tools use of the app (``explorer.app.Explorer``)."""
+
+    ctx: moderngl.Context
+    settings: ExplorerSettings
+    points: PointCloudBuffer
+    overlay: OverlayRenderer
+    session: ExplorerSession
+    controls: FlightControl
+    target: RenderTarget | None
+
+    @property
+    def camera(self) -> FlyCamera: ...
+
+    @property
+    def size(self) -> tuple[int, int]: ...
+
+    def window_K(self) -> np.ndarray: ...
+
+    def commit_path(self) -> str | None: ...
+
+
 class PathTools:
     """Key actions of the path editor and the world export (see the module docstring)."""
 
-    def __init__(self, explorer: Explorer, start_path: CameraPath | None = None):
+    def __init__(self, explorer: PathHost, start_path: CameraPath | None = None):
         self.ex = explorer
         self.settings = explorer.settings.editor
         self.editor = PathEditor()

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from backend.cluster.pool import Slot, WorkerLost, WorkerPool
+from backend.cluster.slot import Slot, SlotSource
 from backend.engines.base import (
     DynamicsRequest,
     Engine,
@@ -30,6 +30,7 @@ from backend.engines.base import (
     PointsOut,
     Scene,
     TransitionRequest,
+    WorkerLost,
 )
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class SceneVersions:
 class ClusterEngine(Engine):
     """Runs engine ``name`` on the pool's workers."""
 
-    def __init__(self, name: str, pool: WorkerPool):
+    def __init__(self, name: str, pool: SlotSource):
         self.name = name
         self.pool = pool
         self.ray = pool.ray

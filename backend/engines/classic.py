@@ -50,8 +50,8 @@ from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
 from backend.geometry.layout import SceneLayout, ViewLayout, fit_layout, view_layout
 from backend.geometry.popup import VERTICAL, popup_depth
-from backend.geometry.render import SplatRenderer
 from backend.geometry.seen import SeenViews
+from backend.geometry.splat import SplatRenderer
 from backend.geometry.store import PointStore
 from backend.geometry.unproject import unproject
 from protocol.camera import intrinsics
