@@ -166,16 +166,6 @@ class ClipWriter:
         self.part.unlink(missing_ok=True)
 
 
-def write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    """H.264 MP4 of uint8 RGB frames (sizes rounded down to even for yuv420p)."""
-    if not frames:
-        raise SessionError("a clip needs at least one frame")
-    writer = ClipWriter(path.with_suffix(".part.mp4"), fps)
-    for img in frames:
-        writer.add(img)
-    writer.finish(path)
-
-
 def read_mp4(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]

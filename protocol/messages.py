@@ -335,9 +335,13 @@ class JobAccepted(Message, tag="job_accepted"):
 
 
 class Progress(Message, tag="progress"):
+    """Backend -> explorer: how far a job (or a scene's opening) is; the wire form of the
+    engines' ``ProgressOut`` event."""
+
     job_id: str
     stage: str
-    """Short stage name, e.g. ``depth``, ``inpaint``, ``sampling``, ``decode``."""
+    """Short stage name: ``download`` and ``load`` (a model's first use), ``render``,
+    ``prompt``, ``inpaint``, ``sample`` (one per denoising step), ``view``, ``grow``."""
     step: int
     total: int
     message: str = ""

@@ -20,7 +20,7 @@ from protocol import codec
 from protocol.messages import Frame, JobDone, OpenScene, SceneOpened, Transition
 from protocol.scripted import ScriptedClient
 from protocol.trajectory import preset
-from tests.test_hostile import scene
+from tests.helpers import scene
 
 ROUNDS = 10
 

@@ -23,9 +23,7 @@ from backend.server import Backend, BackendConfig
 from protocol import codec
 from protocol.hostile import HostileMessages
 from protocol.messages import (
-    PROTOCOL_VERSION,
     Error,
-    Hello,
     JobAccepted,
     JobDone,
     JobFailed,
@@ -34,11 +32,11 @@ from protocol.messages import (
     Pong,
     SceneOpened,
     Transition,
-    Welcome,
 )
 from protocol.scripted import ScriptedClient
 from protocol.trajectory import preset
 from protocol.transport import Client
+from tests.helpers import next_msg, raw_dealer, scene
 
 N_HOSTILE = 20_400
 SENDERS = 3
@@ -51,25 +49,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def scene(seed: int = 0, size: int = 64) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    base = np.stack([xx * 4, yy * 3, (xx + yy) * 2], -1) % 256
-    return np.clip(base + rng.integers(-10, 10, (size, size, 3)), 0, 255).astype(np.uint8)
-
-
-def raw_dealer(ctx: zmq.Context, address: str, hello: bool = True) -> zmq.Socket:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 20_000)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.connect(address)
-    if hello:
-        sock.send_multipart(codec.encode(Hello(protocol_version=PROTOCOL_VERSION, credits=1000)))
-        assert isinstance(next_msg(sock), Welcome)
-    return sock
 
 
 def silent_connections(address: str, reconnect_ivl_ms: int | None = None):
@@ -88,15 +67,6 @@ def silent_connections(address: str, reconnect_ivl_ms: int | None = None):
         d.connect(address)
         dealers.append(d)
     return tcp, ctx, dealers
-
-
-def next_msg(sock: zmq.Socket):
-    while True:
-        msg, _ = codec.decode(sock.recv_multipart())
-        if isinstance(msg, Ping):
-            sock.send_multipart(codec.encode(Pong(seq=msg.seq, sent_at=msg.sent_at)))
-        elif not isinstance(msg, Pong):
-            return msg
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ import pytest
 
 from protocol.scripted import ScriptedClient, ScriptError
 from protocol.trajectory import preset
+from tests.helpers import scene
 from tests.test_crash_sessions import free_port, server_config
-from tests.test_hostile import scene
 
 EXE = str(Path(sys.executable).with_name("dreamjourney"))
 

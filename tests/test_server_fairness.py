@@ -18,7 +18,7 @@ from protocol.messages import Arrow, Frame, JobAccepted, JobDone, JobFailed, Tra
 from protocol.scripted import ScriptedClient
 from protocol.trajectory import preset
 from protocol.transport import Client
-from tests.test_hostile import scene
+from tests.helpers import scene
 
 
 def make_backend(tmp_path, **scheduler) -> Backend:

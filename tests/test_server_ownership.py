@@ -15,7 +15,7 @@ from protocol.keys import ClientKeys, make_keys
 from protocol.messages import JobDone, JobFailed, Transition
 from protocol.scripted import ScriptedClient, ScriptError
 from protocol.trajectory import preset
-from tests.test_hostile import scene
+from tests.helpers import scene
 
 
 def _owner_and_intruder(address: str, owner_opts: dict, intruder_opts: dict,

@@ -17,7 +17,7 @@ from protocol import codec
 from protocol.messages import PROTOCOL_VERSION, Error, Hello, OpenScene, Ping, Pong, Welcome
 from protocol.scripted import ScriptedClient, ScriptError
 from protocol.trajectory import preset
-from tests.test_hostile import next_msg, raw_dealer, scene
+from tests.helpers import next_msg, raw_dealer, scene
 
 
 def make_backend(tmp_path, quotas: dict | None = None, **connections) -> Backend:

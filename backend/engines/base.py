@@ -1,6 +1,6 @@
 """The one interface every engine implements, and the events its runs yield.
 
-An engine opens scenes and runs jobs. A run is a generator of events (:class:`Progress`,
+An engine opens scenes and runs jobs. A run is a generator of events (:class:`ProgressOut`,
 :class:`FrameOut`, :class:`PointsOut`); the server streams each event as it is yielded and
 stops a cancelled run between two events by closing the generator, so an engine only has to
 yield often (at least once per frame or sampling step) to be cancellable.
@@ -64,8 +64,8 @@ class OpenRequest:
     depth: np.ndarray | None = None
     """H x W float32 z-depth sent by the client, used when the engine has no depth model."""
     text: SceneText = SceneText()
-    progress: Callable[[Progress], None] | None = None
-    """Called with Progress events while opening (e.g. a model's first download)."""
+    progress: Callable[[ProgressOut], None] | None = None
+    """Called with ProgressOut events while opening (e.g. a model's first download)."""
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,20 @@ class DynamicsRequest:
 
 
 @dataclass(frozen=True)
-class Progress:
+class ProgressOut:
+    """How far a run (or an open) is; the server sends it as ``protocol.messages.Progress``."""
+
     stage: str
+    """One of ``download``, ``load``, ``render``, ``prompt``, ``inpaint``, ``sample``,
+    ``view``, ``grow``."""
     step: int
     total: int
     message: str = ""
+
+
+Progress = ProgressOut
+"""The event's old name, kept only while ``backend/jobs.py`` imports it (see issue 23's
+merge notes); use ProgressOut."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ class PointsOut:
     cloud: PointCloud
 
 
-Event = Progress | FrameOut | PointsOut
+Event = ProgressOut | FrameOut | PointsOut
 
 
 class EngineError(RuntimeError):

@@ -40,7 +40,7 @@ from backend.engines.base import (
     FrameOut,
     OpenRequest,
     PointsOut,
-    Progress,
+    ProgressOut,
     Scene,
     TransitionRequest,
 )
@@ -187,7 +187,7 @@ class ClassicEngine(Engine):
 
             def report(done: int, total: int, message: str) -> None:
                 if progress is not None:
-                    progress(Progress("download", done, total, message))
+                    progress(ProgressOut("download", done, total, message))
 
             result = load_depth_model(self.depth_model_id, self.device, report)
             self._depth_model = result.predict or False
@@ -286,9 +286,9 @@ class ClassicEngine(Engine):
         keys = [n - 1, *range(n - 1 - self.keyframe_every, 0, -self.keyframe_every)]
         added = []
         for i, k in enumerate(keys):
-            yield Progress("grow", i, len(keys), "filling unseen parts of the path")
+            yield ProgressOut("grow", i, len(keys), "filling unseen parts of the path")
             added.append(self._grow(scene, poses[k]))
-        yield Progress("grow", len(keys), len(keys))
+        yield ProgressOut("grow", len(keys), len(keys))
         # 3. render the other frames from the merged cloud, streaming each as it is ready
         for start in range(1, n, self.frames_per_batch):
             batch = poses[start : start + self.frames_per_batch]
@@ -385,10 +385,10 @@ class ClassicEngine(Engine):
 
     def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
         n = request.num_frames
-        yield Progress("view", 0, 1, "lifting the paused view")
+        yield ProgressOut("view", 0, 1, "lifting the paused view")
         colour, depth = self._paused_view(scene, request.pose)
         field, region = animation.motion_field(colour, depth, request.arrows, request.frozen)
-        yield Progress("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
+        yield ProgressOut("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
         # only the pixels that move (the region, its feathered edge included) are animated; the
         # camera stays at the paused pose, so moving a point in 3D at its own depth and
         # projecting it back is moving it in the image
