@@ -14,6 +14,8 @@ from typing import Literal
 
 import msgspec
 
+from protocol import splat_filter
+
 
 class SettingsError(ValueError):
     """A settings or key-bindings file cannot be used; the message names the key."""
@@ -148,11 +150,11 @@ class SplatSettings(_Section):
     antialias: bool = True
     """Screen-space Gaussian footprints blended near the front surface and normalised;
     false: opaque discs, the nearest point's colour only (faster, aliased)."""
-    depth_tolerance: float = 0.04
+    depth_tolerance: float = splat_filter.DEPTH_TOLERANCE
     """Footprints at most this much (relative to depth) behind the front surface blend."""
-    sigma_scale: float = 0.55
+    sigma_scale: float = splat_filter.SIGMA_SCALE
     """Gaussian sigma of a footprint in units of the point's screen radius."""
-    min_sigma_px: float = 0.5
+    min_sigma_px: float = splat_filter.MIN_SIGMA_PX
     """Smallest sigma in pixels: the low-pass that keeps every splat at least a pixel."""
     cover_scale: float = 1.25
     """A footprint reaches this many screen radii (at least two sigmas) from its centre."""

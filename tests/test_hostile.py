@@ -77,8 +77,8 @@ def backend(tmp_path):
         scheduler=SchedulerConfig(job_slots=2, open_slots=2, max_jobs_per_client=4,
                                   credit_timeout_s=2.0),
         # no rate limit here, so every refused message is answered (test_transport covers it)
-        connections=ConnectionsConfig(hello_timeout_s=1.5, max_clients=32, max_messages_per_s=1e6,
-                                      max_refused_per_s=1e6),
+        connections=ConnectionsConfig(hello_timeout_s=1.5, max_peers=32, max_messages_per_s=1e6,
+                                      max_refusals_per_s=1e6),
         limits=LimitsConfig(max_message_mb=0.5, max_image_pixels=512 * 512, max_frames=64),
     )
     with Backend(config) as b:

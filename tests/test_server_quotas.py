@@ -29,7 +29,7 @@ def make_backend(tmp_path, quotas: dict | None = None, **connections) -> Backend
 
 
 def test_cheap_identities_holding_every_slot_are_evicted_for_owners_and_newcomers(tmp_path):
-    with make_backend(tmp_path, max_clients=4) as backend:
+    with make_backend(tmp_path, max_peers=4) as backend:
         with ScriptedClient(backend.address) as owner:
             owner.open_scene(scene(1), scene_id="mine")
             token = owner.client.token
@@ -63,7 +63,7 @@ def not_pings(sock: zmq.Socket) -> list:
 
 def test_a_client_with_work_is_never_evicted(tmp_path):
     """Every slot held by a client with a job: a newcomer is refused, naming the limit."""
-    with make_backend(tmp_path, max_clients=1) as backend, \
+    with make_backend(tmp_path, max_peers=1) as backend, \
             ScriptedClient(backend.address, credits=1) as busy:
         busy.open_scene(scene(1), scene_id="b")
         from protocol import requests
@@ -81,7 +81,7 @@ def test_a_client_with_work_is_never_evicted(tmp_path):
 
 
 def test_probing_for_scene_ids_gets_the_prober_shut_out(tmp_path):
-    with make_backend(tmp_path, max_refused_per_s=5.0) as backend:
+    with make_backend(tmp_path, max_refusals_per_s=5.0) as backend:
         ctx = zmq.Context()
         try:
             sock = raw_dealer(ctx, backend.address)

@@ -10,6 +10,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from protocol import splat_filter
+
 
 @dataclass
 class RenderOutput:
@@ -72,14 +74,14 @@ class SplatConfig:
     nearest point's colour only (``zbuffer``)."""
     tent_radius_px: float = 0.75
     """Points with a smaller screen radius are bilinear tents over 2 x 2 pixels."""
-    sigma_scale: float = 0.55
+    sigma_scale: float = splat_filter.SIGMA_SCALE
     """Gaussian sigma of a larger point, in units of its screen radius."""
-    min_sigma_px: float = 0.42
-    """Smallest Gaussian sigma in pixels (the low-pass of a large point; the viewer's own
-    ``splats.min_sigma_px`` is a different filter, drawn by the GPU)."""
+    min_sigma_px: float = splat_filter.MIN_SIGMA_PX
+    """Smallest Gaussian sigma in pixels (the low-pass of a large point; the same as the
+    viewer's, ``protocol.splat_filter``)."""
     max_reach_px: int = 4
     """Gaussian footprints reach at most this many pixels from their centre pixel."""
-    depth_tolerance: float = 0.04
+    depth_tolerance: float = splat_filter.DEPTH_TOLERANCE
     """Taps at most this much (relative) behind a pixel's front depth are blended."""
     cpu_loops: bool = True
     """On a CPU with numba installed, the filtered path runs as compiled loops
