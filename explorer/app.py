@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import moderngl
@@ -80,10 +81,9 @@ class Explorer:
         self.path_tools = PathTools(self, start_path)
         self.card = PhotoCard(ctx, self.overlay)
         self.dynamics_job: str | None = None
-        self.target: RenderTarget | None = None
+        self.target = RenderTarget(ctx, *_target_size(*size))
         self._scene_id: str | None = None
         self._undone_seen = 0
-        self.resize(*size)
 
     # --- parts, as the window, tests and benchmarks see them -----------------------------
 
@@ -108,11 +108,10 @@ class Explorer:
         return self.target.size
 
     def resize(self, width: int, height: int) -> None:
-        width, height = max(2, int(width)), max(2, int(height))
-        if self.target is not None and self.target.size == (width, height):
+        width, height = _target_size(width, height)
+        if self.target.size == (width, height):
             return
-        if self.target is not None:
-            self.target.release()
+        self.target.release()
         self.target = RenderTarget(self.ctx, width, height)
 
     def window_K(self) -> np.ndarray:
@@ -123,7 +122,7 @@ class Explorer:
     def press(self, action: str) -> None:
         """A key bound to ``action`` went down."""
         self.controls.press(action)
-        handler = {
+        handlers: dict[str, Callable[[], object]] = {
             "commit": self.commit_path,
             "discard": self.discard_path,
             "cancel": self.cancel_all,
@@ -137,7 +136,8 @@ class Explorer:
             "mouse_look": self.toggle_mouse_look,
             "freeze_brush": self.tools.toggle_brush,
             "clear_marks": self.tools.clear,
-        }.get(action)
+        }
+        handler = handlers.get(action)
         if handler is not None:
             handler()
         elif self.path_tools.handles(action):
@@ -264,7 +264,7 @@ class Explorer:
         self.camera.locked = True
         self.tools.clear()
         logger.info("dynamics at the current view (%d arrows) for %s", len(arrows),
-                    self.session.scene.scene_id)
+                    self.session.require_scene().scene_id)
 
     def _marks(self):
         scene = self.session.scene
@@ -387,15 +387,15 @@ class Explorer:
             if old in self.controls.starts:
                 self.controls.starts[new] = self.controls.starts.pop(old)
         self.session.replaced.clear()
-        job = self.dynamics_job
-        if job is not None and job not in self.session.jobs and self.player.find(job) is None:
+        dyn = self.dynamics_job
+        if dyn is not None and dyn not in self.session.jobs and self.player.find(dyn) is None:
             # it failed before any frame came (the HUD says why): the view is free again
             self.dynamics_job = None
             self.camera.locked = False
 
     def _apply_undos(self) -> None:
         for msg in self.session.undone[self._undone_seen:]:
-            start = self.controls.starts.pop(msg.job_id, None)
+            start = self.controls.starts.pop(msg.job_id, None) if msg.job_id is not None else None
             if start is not None and not self.camera.locked:
                 self.controls.jump(start)
         self._undone_seen = len(self.session.undone)
@@ -453,3 +453,8 @@ class Explorer:
     def shutdown(self) -> None:
         """Finalise any recording and wait for every file; safe to call twice."""
         self.recording.finish(self.time)
+
+
+def _target_size(width: int, height: int) -> tuple[int, int]:
+    """The render target's size for a window of ``width`` x ``height`` (at least 2 x 2)."""
+    return max(2, int(width)), max(2, int(height))

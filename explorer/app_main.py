@@ -197,8 +197,9 @@ def run_explore(args: argparse.Namespace) -> int:
     if link.failed is not None:
         print(f"error: {link.failed}", file=sys.stderr)
         return 1
-    refused = win.explorer.session.open_error if win is not None else None
-    if refused is not None and win.explorer.session.scene is None:
+    ended = win.explorer.session if win is not None else None
+    refused = ended.open_error if ended is not None else None
+    if ended is not None and refused is not None and ended.scene is None:
         return _fail(f"the backend cannot open {name!r}: {refused.message}")
     return 0
 

@@ -57,7 +57,7 @@ class PathHost(Protocol):
     overlay: OverlayRenderer
     session: ExplorerSession
     controls: FlightControl
-    target: RenderTarget | None
+    target: RenderTarget
 
     @property
     def camera(self) -> FlyCamera: ...
@@ -119,7 +119,8 @@ class PathTools:
         count = self.settings.orbit_keyframes
         for pose in PathEditor.orbit_keyframes(self.ex.camera.pose, pivot, angle, count):
             self.editor.add(pose)
-        self.ex.camera.set_pose(self.editor.keyframes[self.editor.selected])
+        if self.editor.selected is not None:
+            self.ex.camera.set_pose(self.editor.keyframes[self.editor.selected])
         self.ex.session.status = f"orbit {self.settings.orbit_deg:+.0f} deg: {len(self.editor)} keyframes"
 
     def delete_keyframe(self) -> None:
@@ -205,7 +206,7 @@ class PathTools:
     # --- files ---------------------------------------------------------------------------
 
     def path_file(self) -> Path:
-        scene = self.ex.session.scene
+        scene = self.ex.session.require_scene()
         return Path(self.settings.paths_folder) / f"{scene.scene_id}-path.json"
 
     def save_path(self) -> Path | None:

@@ -136,8 +136,9 @@ class ExplorerWindow:
         self.settings = settings or ExplorerSettings.load()
         self.bindings = bindings or KeyBindings.load()
         w, h = size or (self.settings.window.width, self.settings.window.height)
-        config = pyglet.gl.Config(major_version=3, minor_version=3, forward_compatible=True,
-                                  double_buffer=True, depth_size=24)
+        # pyglet.gl.Config is the platform's concrete class at runtime; its stub is abstract
+        config = pyglet.gl.Config(major_version=3, minor_version=3,  # type: ignore[abstract]
+                                  forward_compatible=True, double_buffer=True, depth_size=24)
         try:
             self.window = pyglet.window.Window(w, h, caption=caption, resizable=True,
                                                visible=visible, config=config,
@@ -152,7 +153,8 @@ class ExplorerWindow:
             # pyglet's queued internal resize issues GL calls on whatever context is
             # current, so deliver it now, while pyglet's own context is.
             self.window.dispatch_events()
-            self.ctx = moderngl.create_standalone_context(backend="egl")
+            # moderngl's stub types **settings as dicts; backend="egl" is documented
+            self.ctx = moderngl.create_standalone_context(backend="egl")  # type: ignore[arg-type]
         else:
             self.window.switch_to()
             self.ctx = moderngl.create_context()

@@ -39,6 +39,8 @@ Count = Annotated[int, Meta(ge=0, le=1 << 31)]
 BlobIndex = Annotated[int, Meta(ge=0, le=255)]
 Pixels = Annotated[int, Meta(ge=1, le=1 << 16)]
 ImageCodec = Literal["jpeg", "png", "raw"]
+WireDtype = Literal["float32", "float64", "uint8", "uint16", "int32"]
+"""The array dtypes that may go on the wire (little-endian)."""
 """``jpeg`` (4:2:0, lossy, small), ``png`` (lossless, slow to encode), ``raw`` (H x W x 3
 uint8 RGB, row-major, no padding: lossless and free to encode, 3 bytes a pixel)."""
 
@@ -70,7 +72,7 @@ class ArrayRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     blob: BlobIndex
     """Index of the blob frame (0 = first frame after the header)."""
-    dtype: Literal["float32", "float64", "uint8", "uint16", "int32"]
+    dtype: WireDtype
     shape: Annotated[list[Count], Meta(max_length=4)]
     """The blob holds exactly prod(shape) * itemsize bytes."""
 

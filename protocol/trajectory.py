@@ -22,6 +22,7 @@ evaluates it at given parameters (the explorer's path editor spaces its frames b
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from protocol.camera import (
     interpolate_pose,
@@ -44,7 +45,7 @@ HEIGHT_PERTURBATION = 0.03
 """Largest height offset of the backward preset's sine, in median depths."""
 
 
-def _pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+def _pose(R: np.ndarray, t: ArrayLike) -> np.ndarray:
     p = np.eye(4)
     p[:3, :3], p[:3, 3] = R, t
     return p
@@ -155,7 +156,8 @@ def resample_path(
     return _smooth(out, smooth_iterations, smooth_strength)
 
 
-def _catmull_rom(p0, p1, p2, p3, t: float) -> np.ndarray:
+def _catmull_rom(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray,
+                 t: float) -> np.ndarray:
     t2, t3 = t * t, t * t * t
     return 0.5 * (
         2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2 + (3 * p1 - p0 - 3 * p2 + p3) * t3
@@ -188,5 +190,6 @@ def keyframe_spline_at(keyframes: np.ndarray, params: np.ndarray) -> np.ndarray:
         i = min(int(s), len(k) - 2)
         t = s - i
         R = matrix_from_quat(slerp(quats[i], quats[i + 1], t))
-        out[j] = _pose(R, _catmull_rom(*padded[i : i + 4], t))
+        p0, p1, p2, p3 = padded[i : i + 4]
+        out[j] = _pose(R, _catmull_rom(p0, p1, p2, p3, t))
     return out

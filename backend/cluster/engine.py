@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 class _Version:
     scene: weakref.ref
     key: tuple
-    token: str
+    token: str | None
+    """The version's name; None: adopted from a run that named none (no worker holds it)."""
     ref: object = None
 
 
@@ -71,7 +72,7 @@ class SceneVersions:
             entry.key, entry.token, entry.ref = key, f"{scene.scene_id}#{next(self._count)}", None
         return entry
 
-    def token(self, scene: Scene) -> str:
+    def token(self, scene: Scene) -> str | None:
         with self._lock:
             return self._entry(scene).token
 
@@ -86,7 +87,7 @@ class SceneVersions:
                 self.puts += 1
             return entry.ref
 
-    def adopt(self, scene: Scene, token: str) -> None:
+    def adopt(self, scene: Scene, token: str | None) -> None:
         """The scene's current version is the one a worker already holds as ``token``."""
         with self._lock:
             entry = self._entry(scene)

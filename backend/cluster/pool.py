@@ -111,7 +111,8 @@ class WorkerPool:
                 if all(s.state == "lost" for s in self.slots):
                     raise WorkerLost("every cluster worker is lost; restart the backend")
                 self._cond.wait(0.5)
-            holding = [s for s in idle if token is not None and s.holds.get(scene_id) == token]
+            holding = [s for s in idle if token is not None and scene_id is not None
+                       and s.holds.get(scene_id) == token]
             slot = holding[0] if holding else min(idle, key=lambda s: s.idle_since)
             slot.state = "busy"
             slot.overdue = False

@@ -16,7 +16,8 @@ class Slot:
 
     index: int
     name: str
-    actor: object
+    actor: Any
+    """The worker's Ray actor handle (``EngineWorker``; Ray is optional, so untyped here)."""
     state: str = "idle"
     """idle, busy, restarting or lost."""
     info: dict = field(default_factory=dict)

@@ -11,11 +11,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from backend.geometry.cloud import PointCloud
 from protocol.messages import Arrow, SceneText
+
+if TYPE_CHECKING:
+    from backend.geometry.layout import SceneLayout
+    from backend.geometry.seen import SeenViews
+    from backend.geometry.store import PointStore
 
 
 @dataclass
@@ -27,8 +33,8 @@ class Scene:
     """First view, H x W x 3 uint8 RGB."""
     K: np.ndarray
     """3 x 3 intrinsics in pixels, shared by every view of the scene."""
-    cloud: object
-    """The scene's point store (backend.geometry PointStore)."""
+    cloud: PointStore
+    """The scene's point store."""
     median_depth: float
     """Median z-depth of the first view; trajectory speeds scale with it."""
     text: SceneText = field(default_factory=SceneText)
@@ -43,12 +49,10 @@ class Scene:
     """One line for the HUD about the depth in use."""
     points_budget: int = 0
     """Most points the scene's store keeps (0 = unbounded)."""
-    seen: object = None
-    """The views later fills must leave as they are (``geometry.seen.SeenViews``, classic
-    engine); None: not tracked."""
-    layout: object | None = None
-    """The first view's ground plane and sky (backend.geometry.layout.SceneLayout); None when
-    the view shows no level ground."""
+    seen: SeenViews | None = None
+    """The views later fills must leave as they are (the classic engine); None: not tracked."""
+    layout: SceneLayout | None = None
+    """The first view's ground plane and sky; None when the view shows no level ground."""
 
     @property
     def size(self) -> tuple[int, int]:

@@ -68,7 +68,7 @@ def _saved_depth(manifest: dict) -> tuple[str, str]:
     source = manifest.get("depth_source")
     if source not in typing.get_args(typing.get_type_hints(SceneOpened)["depth_source"]):
         return "given", "depth: as saved with the scene"
-    return source, str(manifest.get("depth_note") or "")[:500]
+    return str(source), str(manifest.get("depth_note") or "")[:500]
 
 
 def inpaint(image: np.ndarray, hole: np.ndarray, radius: int, small_frac: float = 0.01) -> np.ndarray:
@@ -83,8 +83,8 @@ def inpaint(image: np.ndarray, hole: np.ndarray, radius: int, small_frac: float 
     h, w = hole.shape
     sw, sh = max(1, w // 4), max(1, h // 4)
     small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
-    small_hole = cv2.resize(hole.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST)
-    small_hole |= cv2.resize(hole.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) > 0.25
+    small_hole = ((cv2.resize(hole.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0)
+                  | (cv2.resize(hole.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) > 0.25))
     filled = cv2.inpaint(small, small_hole.astype(np.uint8), max(1, radius // 2), cv2.INPAINT_TELEA)
     up = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
     out = img.copy()
@@ -208,10 +208,11 @@ class ClassicEngine(Engine):
         depth, keep = clean_depth_edges(depth, mode="push")  # same rays: the first view stays exact
         store.append(unproject(image, depth, K, np.eye(4), mask=keep))
         store.append(self._hidden_background(image, depth, K, layout))
+        seen = SeenViews(K, w, h)
+        seen.record(np.eye(4), np.where(keep, depth, 0))
         scene = Scene(request.scene_id, image, K, store, median, request.text, engine=self.name,
                       depth_source=source, depth_note=note, points_budget=self.capacity,
-                      seen=SeenViews(K, w, h), layout=layout)
-        scene.seen.record(np.eye(4), np.where(keep, depth, 0))
+                      seen=seen, layout=layout)
         self._start_warm_up()
         return scene, store.cloud()
 
@@ -235,7 +236,7 @@ class ClassicEngine(Engine):
             known_depth = np.where(layer.mask, layer.depth, 0)
             filled = texture_fill(layer.color, known_depth, ~layer.mask, layout=labels)
             parts.append(unproject(filled.image, layer.depth, K, np.eye(4), mask=hole))
-        if labels is not None:
+        if labels is not None and layout is not None:
             parts.append(self._behind_standing(image, depth, K, labels, layout, behind))
         return PointCloud.concat(parts)
 

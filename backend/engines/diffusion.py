@@ -314,7 +314,7 @@ class DiffusionEngine(Engine):
         masks = np.concatenate([np.ones((1, h, w), np.float32),
                                 np.zeros((0, h, w), np.float32) if mid is None else mid.mask,
                                 np.ones((1, h, w), np.float32)])
-        box = Letterbox.fit(w, h, cfg.width, cfg.height)
+        box = Letterbox.fit(w, h, *_model_size(cfg))
         prior = PriorVideo(box.frames_in(frames), box.masks_in(masks))
         yield ProgressOut("render", 2, 2, f"prior video: {masks[1:-1].mean():.0%} visible")
         # 6. guided sampling, one Progress per step
@@ -328,6 +328,8 @@ class DiffusionEngine(Engine):
             last_frame = frame
             yield FrameOut(i, frame, poses[i])
         # 8. lift what the last frame shows and the cloud still misses
+        if last_frame is None:
+            raise EngineError("the video model decoded no frame")
         last = self._render(scene, poses[-1:])
         added_last, _ = self._lift(scene, last_frame, poses[-1], last.depth[0], ~last.mask[0])
         scene.pose = poses[-1].copy()
@@ -366,7 +368,7 @@ class DiffusionEngine(Engine):
         yield ProgressOut("prompt", 2, 2, note)
         # 3. image-to-video with that prompt, no prior
         cfg = cfg.replace(prompt=prompt)
-        box = Letterbox.fit(w, h, cfg.width, cfg.height)
+        box = Letterbox.fit(w, h, *_model_size(cfg))
         small = box.frames_in(image[None])[0]
         sampler = GuidedVideoSampler(adapter)
         embeds = self._prompts.get(scene.scene_id, adapter, cfg)
@@ -394,3 +396,10 @@ class DiffusionEngine(Engine):
         scene, cloud = self.geometry.resume_scene(scene_id, sessions)
         scene.engine = self.name
         return scene, cloud
+
+
+def _model_size(cfg: GuidanceConfig) -> tuple[int, int]:
+    """(width, height) the model samples at, as ``_clip_config`` resolved them."""
+    if cfg.width is None or cfg.height is None:
+        raise EngineError("the clip's sampler settings name no size")
+    return cfg.width, cfg.height
