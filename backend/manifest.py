@@ -39,12 +39,16 @@ ClipFile = Annotated[str, Meta(pattern=r"^clips/[0-9]{4,9}\.mp4$")]
 SceneId = Annotated[str, Meta(pattern="^" + SCENE_ID_PATTERN + "$")]
 
 
+ClipKind = Literal["transition", "dynamics"]
+"""What made a clip."""
+
+
 class ClipEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One clip of the session."""
 
     file: ClipFile
     """The MP4, relative to the session folder; its ``.json`` sibling holds poses and K."""
-    kind: Literal["transition", "dynamics"]
+    kind: ClipKind
     num_frames: Annotated[int, Meta(ge=1, le=1 << 20)]
     fps: Annotated[float, Meta(gt=0.0, le=240.0)]
     undone: bool = False

@@ -34,11 +34,14 @@ from pathlib import Path
 import av
 import msgspec
 import numpy as np
+from av.container import OutputContainer
+from av.video.stream import VideoStream
 from PIL import Image
 
 from backend.manifest import (
     MANIFEST_VERSION,
     ClipEntry,
+    ClipKind,
     Manifest,
     encode_manifest,
     is_scene_id,
@@ -123,19 +126,21 @@ class ClipWriter:
         self.part = part
         self.fps = fps
         self.count = 0
-        self._container = None
-        self._stream = None
+        self._out: tuple[OutputContainer, VideoStream] | None = None
+        """The open MP4 and its video stream, from the first frame until finished."""
 
     def add(self, img: np.ndarray) -> None:
         h, w = img.shape[:2]
-        if self._container is None:
-            self._container = av.open(str(self.part), mode="w", format="mp4")
-            self._stream = self._container.add_stream("libx264", rate=max(1, round(self.fps)))
-            self._stream.width, self._stream.height = w - w % 2, h - h % 2
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.options = {"crf": "18", "preset": "veryfast"}
-        crop = np.ascontiguousarray(img[: self._stream.height, : self._stream.width])
-        self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")))
+        if self._out is None:
+            container = av.open(str(self.part), mode="w", format="mp4")
+            stream = container.add_stream("libx264", rate=max(1, round(self.fps)))
+            stream.width, stream.height = w - w % 2, h - h % 2
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "18", "preset": "veryfast"}
+            self._out = container, stream
+        container, stream = self._out
+        crop = np.ascontiguousarray(img[: stream.height, : stream.width])
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")))
         self.count += 1
 
     def bytes_written(self) -> int:
@@ -147,11 +152,12 @@ class ClipWriter:
 
     def finish(self, path: Path) -> Path:
         """Flush and close the MP4, then rename it to ``path``."""
-        if self._container is None:
+        if self._out is None:
             raise SessionError("a clip needs at least one frame")
-        self._container.mux(self._stream.encode())
-        self._container.close()
-        self._container = None
+        container, stream = self._out
+        container.mux(stream.encode())
+        container.close()
+        self._out = None
         with open(self.part, "rb") as f:
             os.fsync(f.fileno())
         os.replace(self.part, path)
@@ -159,10 +165,10 @@ class ClipWriter:
 
     def abort(self) -> None:
         """Close and delete the partial file."""
-        if self._container is not None:
+        if self._out is not None:
             with contextlib.suppress(Exception):
-                self._container.close()
-            self._container = None
+                self._out[0].close()
+            self._out = None
         self.part.unlink(missing_ok=True)
 
 
@@ -380,8 +386,8 @@ class OwnerSessions:
         clips = real_dir(self.store.path(self.folder(scene_id)) / "clips", create=True)
         return ClipWriter(clips / f".{secrets.token_hex(6)}.part.mp4", fps)
 
-    def commit_clip(self, scene_id: str, kind: str, writer: ClipWriter, poses: np.ndarray,
-                    K: np.ndarray, fps: float, end_pose: np.ndarray, store=None,
+    def commit_clip(self, scene_id: str, kind: ClipKind, writer: ClipWriter,
+                    poses: np.ndarray, K: np.ndarray, fps: float, end_pose: np.ndarray, store=None,
                     timings: dict | None = None) -> str:
         """Finish ``writer``'s clip, write the grown cloud, then the manifest naming both;
         returns the clip's path relative to the sessions root."""
@@ -403,7 +409,7 @@ class OwnerSessions:
             self._commit(folder, manifest, old)
         return f"{folder}/clips/{n:04d}.mp4"
 
-    def add_clip(self, scene_id: str, kind: str, frames: list[np.ndarray], poses: np.ndarray,
+    def add_clip(self, scene_id: str, kind: ClipKind, frames: list[np.ndarray], poses: np.ndarray,
                  K: np.ndarray, fps: float, end_pose: np.ndarray, store=None,
                  timings: dict | None = None) -> str:
         """Save a clip held in memory (prefer :meth:`begin_clip` to stream one)."""

@@ -269,8 +269,8 @@ def _objects(labels: np.ndarray, segments: np.ndarray, lab: np.ndarray, merge: f
     similar mean colour joined (union-find over the superpixel adjacency)."""
     n = int(segments.max()) + 1
     count = np.bincount(segments.ravel(), minlength=n).astype(np.float64)
-    mean = np.stack([np.bincount(segments.ravel(), lab[..., i].ravel(), n) for i in range(3)], 1)
-    mean /= np.maximum(count, 1)[:, None]
+    sums = np.stack([np.bincount(segments.ravel(), lab[..., i].ravel(), n) for i in range(3)], 1)
+    mean = sums / np.maximum(count, 1)[:, None]
     standing = np.zeros(n, bool)
     standing[segments[labels == VERTICAL]] = True
     parent = np.arange(n)

@@ -142,9 +142,8 @@ def _front_index(tent: _Tents | None, gauss: list[GaussGroup], zbuf: torch.Tenso
         point = tent.point if tent.point is not None else torch.arange(len(tent.own))
         hit = tent.z == zbuf.take(tent.own)
         best.scatter_reduce_(0, tent.own[hit], point.to(zbuf.device)[hit], "amin")
-    for point, _, slot, _, cover in gauss:
-        if point is None:
-            point = torch.arange(len(slot), device=zbuf.device)
+    for group_point, _, slot, _, cover in gauss:
+        point = group_point if group_point is not None else torch.arange(len(slot), device=zbuf.device)
         hit = cover == zbuf.take(slot)
         best.scatter_reduce_(0, slot[hit], point[:, None].expand_as(slot)[hit], "amin")
     inner = best.view(b, height + 2, width + 2)[:, 1:-1, 1:-1]

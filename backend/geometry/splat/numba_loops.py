@@ -37,6 +37,7 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ from backend.geometry.splat.base import (
     mean_focal,
 )
 
+numba: Any
 try:
     import numba
 except ImportError:  # the torch path renders instead

@@ -128,7 +128,7 @@ class SplatRenderer:
             part = slice(start, start + step)
             group = render(cloud, poses[part], *args)
             out.image[part], out.mask[part], out.depth[part] = group.image, group.mask, group.depth
-            if out.index is not None:
+            if out.index is not None and group.index is not None:
                 out.index[part] = group.index
         return out
 

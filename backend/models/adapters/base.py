@@ -71,7 +71,11 @@ class VideoFamilyAdapter(ABC):
 
     family: ClassVar[str]
     pipeline_class_name: ClassVar[str]
-    default_max_sequence_length: ClassVar[int | None] = None
+
+    @property
+    def default_max_sequence_length(self) -> int | None:
+        """Text tokens the prompt is encoded to (None: the pipeline's own default)."""
+        return None
 
     def __init__(self, pipe) -> None:
         self.pipe = pipe

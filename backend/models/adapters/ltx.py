@@ -262,7 +262,8 @@ def ltx_noise_schedule(scheduler, num_inference_steps: int,
     else:
         values = (linear_quadratic_schedule(num_inference_steps) * 1000).tolist()
     with scheduler_logger_quiet():  # the chain is checked below: its consistency warning is moot
-        retrieve_timesteps(scheduler, num_inference_steps, "cpu", values)
+        # diffusers annotates timesteps as ints; the LTX pipeline itself passes floats
+        retrieve_timesteps(scheduler, num_inference_steps, "cpu", values)  # type: ignore[arg-type]
     table = scheduler.sigmas.detach().to("cpu", torch.float64)
     steps = scheduler.timesteps.detach().to("cpu")
     current = steps.to(torch.float64) / float(scheduler.config.num_train_timesteps)
