@@ -28,7 +28,7 @@ from backend.geometry.splat import numba_loops
 from backend.geometry.splat.base import projection_matrices
 from backend.geometry.splat.zbuffer import project_keys
 from protocol.camera import intrinsics
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
 
 SCENE = Path(__file__).resolve().parents[2] / "shared" / "scenes" / "03_ancient.jpg"
 GOALS = {"big_vs_scatter_floor_max": 6.0, "scene_ms_per_frame_max": 20.0}
@@ -97,7 +97,7 @@ def main() -> None:
                     "cpu_loops": numba_loops.available()}
     for name, cloud in clouds.items():
         med = median if name == "scene" else float(np.median(cloud.xyz[:, 2]))
-        poses = preset("backward", args.frames, median_depth=med)
+        poses = stock_path("backward", args.frames, median_depth=med)
         floor = scatter_floor(cloud, poses[args.frames // 2], K, size, args.repeats)
         entry = {"points": len(cloud), "scatter_floor_ms": floor * 1e3}
         images = {}

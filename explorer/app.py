@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import moderngl
-import msgspec
 import numpy as np
 
 from explorer.annotation_tools import AnnotationTools
@@ -36,7 +35,7 @@ from explorer.clip_view import ClipView
 from explorer.flight_control import FlightControl
 from explorer.hud_presenter import HudPresenter
 from explorer.path_tools import PathTools
-from explorer.paths import PRESET_NAMES, preset_path
+from explorer.paths import STOCK_PATH_KEYS, stock_path
 from explorer.photo_card import PhotoCard
 from explorer.player import ClipPlayer, PlayerState
 from explorer.point_buffer import PointCloudBuffer
@@ -56,7 +55,10 @@ class Explorer:
     def __init__(self, ctx: moderngl.Context, size: tuple[int, int], client: ClientLike,
                  settings: ExplorerSettings | None = None,
                  help_rows: list[tuple[str, str]] | None = None,
-                 record_path: str | Path | None = None, start_path: CameraPath | None = None):
+                 record_path: str | Path | None = None, start_path: CameraPath | None = None,
+                 local_backend: bool = False):
+        """``local_backend``: the backend was started by this explorer (so
+        ``network.frame_codec = "auto"`` asks it for raw frames; see ``codec_for``)."""
         self.ctx = ctx
         self.settings = s = settings or ExplorerSettings.load()
         self.time = 0.0
@@ -65,14 +67,10 @@ class Explorer:
         self.cloud = CloudRenderer(ctx, self.points, s.splats)
         self.path_renderer = PathRenderer(ctx)
         self.overlay = OverlayRenderer(ctx)
-        # A clip must be able to start within the credit window, or it never would.
-        window = max(1, s.network.credits)
-        self.player = ClipPlayer(msgspec.structs.replace(
-            s.player, max_prebuffer=min(s.player.max_prebuffer, window),
-            min_prebuffer=min(s.player.min_prebuffer, window)))
+        self.player = ClipPlayer(s.player)  # prebuffers within the credits: checked on load
         self.session = ExplorerSession(client, self.player, self.points.append,
                                        clock=lambda: self.time, on_truncate=self.points.truncate,
-                                       frame_codec=s.network.codec_for(local_backend=False))
+                                       frame_codec=s.network.codec_for(local_backend))
         self.controls = FlightControl(s.camera)
         self.clip_view = ClipView(ctx, self.overlay, s.player)
         self.tools = AnnotationTools(ctx, self.overlay, s.dynamics)
@@ -142,8 +140,8 @@ class Explorer:
             handler()
         elif self.path_tools.handles(action):
             self.path_tools.press(action)
-        elif action.startswith("preset_"):
-            self.send_preset(action.removeprefix("preset_"))
+        elif action.startswith("stock_"):
+            self.send_stock_path(action.removeprefix("stock_"))
 
     def release(self, action: str) -> None:
         self.controls.release(action)
@@ -184,12 +182,13 @@ class Explorer:
         self.controls.committed(job_id)
         return job_id
 
-    def send_preset(self, name: str) -> str | None:
-        if name not in PRESET_NAMES or not self._can_send(name):
+    def send_stock_path(self, name: str) -> str | None:
+        """1-4: send the paper's stock path ``name`` from where the flight started."""
+        if name not in STOCK_PATH_KEYS or not self._can_send(name):
             return None
         p = self.settings.paths
         start = self.controls.flight.start
-        poses = preset_path(name, start, p.transition_frames, self.camera.scene_scale)
+        poses = stock_path(name, start, p.transition_frames, self.camera.scene_scale)
         self.controls.jump(start)
         job_id = self.session.send_transition(poses, p.fps, p.preset)
         self.controls.committed(job_id)

@@ -70,7 +70,7 @@ class PlayerSettings(_Section):
     min_prebuffer: int = 2
     """Frames buffered before any clip may start (also the minimum for a rate estimate)."""
     max_prebuffer: int = 8
-    """Start at the latest with this many frames (keep it <= ``network.credits``)."""
+    """Start at the latest with this many frames (at most ``network.credits``: checked)."""
     fade_s: float = 0.15
     clip_alpha: float = 1.0
     """Opacity of the clip drawn over the cloud."""
@@ -186,6 +186,15 @@ class ExplorerSettings(_Section):
     debug: DebugSettings = msgspec.field(default_factory=DebugSettings)
     splats: SplatSettings = msgspec.field(default_factory=SplatSettings)
     editor: EditorSettings = msgspec.field(default_factory=EditorSettings)
+
+    def __post_init__(self) -> None:
+        """Keys that depend on each other (a file that breaks one is an error naming it)."""
+        credits = self.network.credits
+        for key in ("min_prebuffer", "max_prebuffer"):
+            frames = getattr(self.player, key)
+            if frames > credits:
+                raise ValueError(f"player.{key} = {frames} is more than network.credits = "
+                                 f"{credits}: a clip could never start")
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ExplorerSettings:

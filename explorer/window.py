@@ -127,7 +127,8 @@ class ExplorerWindow:
                  bindings: KeyBindings | None = None, *, visible: bool = True,
                  caption: str = "DreamJourney explorer", record_path=None,
                  size: tuple[int, int] | None = None, link=None, start_path=None,
-                 fit_on_open: bool = False, quit_if_unopened: bool = False):
+                 fit_on_open: bool = False, quit_if_unopened: bool = False,
+                 local_backend: bool = False):
         import moderngl
         import pyglet
 
@@ -161,7 +162,7 @@ class ExplorerWindow:
         fb = self.window.get_framebuffer_size()
         rows = [(r.keys, r.does) for r in self.bindings.help.rows]
         self.explorer = Explorer(self.ctx, fb, client, self.settings, rows, record_path=record_path,
-                                 start_path=start_path)
+                                 start_path=start_path, local_backend=local_backend)
         self.presenter = Presenter(self.ctx)
         self.link = link
         """Optional :class:`~explorer.backend_process.BackendLink`: reconnects when lost."""

@@ -123,7 +123,7 @@ def test_at_one_fps_a_clip_ends_on_its_last_pose_with_the_cloud_grown(display, t
     try:
         app.wait_log(r"scene \S+ ready")
         app.key("F2")  # no HUD: the white on screen is the grown points only
-        app.key("3")  # preset: turn right, 48 frames at 30 fps (1.6 s), at about 1 fps
+        app.key("3")  # stock path: turn right, 48 frames at 30 fps (1.6 s), at about 1 fps
         ends = app.wait_log(r"clip (\S+) played to its end: (\d+)/48 frames received in "
                             r"([\d.]+) s", timeout=LOG_DEADLINE)
         (job, poses), = server.transitions

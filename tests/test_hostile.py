@@ -34,7 +34,7 @@ from protocol.messages import (
     Transition,
 )
 from protocol.scripted import ScriptedClient
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
 from protocol.transport import Client
 from tests.helpers import next_msg, raw_dealer, scene
 
@@ -100,7 +100,7 @@ class Canary(threading.Thread):
         try:
             with ScriptedClient(self.address, timeout_s=60, credits=8) as client:
                 opened = client.open_scene(scene(1), scene_id="canary")
-                poses = preset("forward", 4, opened.scene.median_depth)
+                poses = stock_path("forward", 4, opened.scene.median_depth)
                 while not self.stop.is_set():
                     t0 = time.perf_counter()
                     job = client.transition("canary", poses)
@@ -146,7 +146,7 @@ def never_credits(address: str, result: dict, scene_id: str = "stingy") -> None:
                 continue
             msg = ev.msg
             if isinstance(msg, SceneOpened):
-                poses = preset("forward", 16, msg.median_depth).astype(np.float32)
+                poses = stock_path("forward", 16, msg.median_depth).astype(np.float32)
                 poses_ref, buf = codec.array_blob(poses, 0)
                 client.send(Transition(job_id="stuck", scene_id=scene_id, poses=poses_ref), [buf])
                 t0 = time.monotonic()
@@ -165,7 +165,7 @@ def flooder(address: str, result: dict, scene_id: str = "flood") -> None:
         sock.send_multipart(codec.encode(OpenScene(request_id="o", scene_id=scene_id, image=img_ref), [data]))
         while not isinstance(opened := next_msg(sock), SceneOpened):
             pass
-        poses = preset("forward", 3, opened.median_depth).astype(np.float32)
+        poses = stock_path("forward", 3, opened.median_depth).astype(np.float32)
         ref, buf = codec.array_blob(poses, 0)
         for i in range(300):
             sock.send_multipart(codec.encode(Transition(job_id=f"f{i}", scene_id=scene_id, poses=ref), [buf]))
