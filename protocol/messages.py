@@ -11,6 +11,9 @@ Conventions, as in DESIGN.md:
 - Intrinsics ``K`` are 9 floats, row-major 3x3, in pixels.
 - Images are H x W x 3 uint8 RGB. Depth is float32 z-depth in the units of the poses.
 - Times are seconds (float). Ids are strings chosen by whoever creates the thing.
+
+Over 400 lines on purpose: every wire message is a typed struct in this one module (as viser
+keeps ``_messages.py``), so the whole protocol reads in one place.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@
   Frames stream as they are rendered; pinholes no splat reached are pull-push filled.
 - Dynamics: Eulerian flow (backend.animation) inside the region the drawn arrows segment
   (or a sky/water guess), lifted to 3D and rendered from the current pose as a seamless loop.
+
+Over 400 lines on purpose: opening, transition and dynamics of one engine share its fill
+and lift helpers; the geometry itself lives in ``backend.geometry``.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ Models come from a models TOML (``configs/models/<name>.toml`` or a path) throug
 :class:`~backend.models.ModelRegistry` cache, so each loads once and stays resident. A
 transition may name a preset (``paper``, ``interactive`` or any models config): its video model
 and guidance settings replace the default ones for that clip.
+
+Over 400 lines on purpose: the engine's transition and dynamics are numbered recipes that
+read best whole; sampling and decoding already live in ``diffusion_sampling``/``_video``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ first mirror landed in the hole; the last stragglers take a pull-push fill.
 
 ``pull_push(image, known) -> image``: fills pixels from a pyramid of normalised averages
 (Gortler et al., the Lumigraph): cheap, smooth and without streaks, for small gaps only.
+
+Over 400 lines on purpose: the fill's steps share one working grid (``_Work``) and its
+labels; split, each part would need the others' private layout.
 """
 
 from __future__ import annotations
