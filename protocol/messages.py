@@ -42,6 +42,8 @@ Count = Annotated[int, Meta(ge=0, le=1 << 31)]
 BlobIndex = Annotated[int, Meta(ge=0, le=255)]
 Pixels = Annotated[int, Meta(ge=1, le=1 << 16)]
 ImageCodec = Literal["jpeg", "png", "raw"]
+DepthSource = Literal["model", "given", "prior"]
+"""Where a scene's first depth came from: the depth model, the explorer's map, or the prior."""
 WireDtype = Literal["float32", "float64", "uint8", "uint16", "int32"]
 """The array dtypes that may go on the wire (little-endian)."""
 """``jpeg`` (4:2:0, lossy, small), ``png`` (lossless, slow to encode), ``raw`` (H x W x 3
@@ -205,7 +207,7 @@ class SceneOpened(Message, tag="scene_opened"):
     """Median z-depth of the first view; speeds and presets scale with it."""
     num_points: int
     resumed: bool = False
-    depth_source: Literal["model", "given", "prior"] = "prior"
+    depth_source: DepthSource = "prior"
     """Where the first view's depth came from: a depth model, the explorer's map, or the
     pop-up prior (a guess: sky, ground, and standing things upright on the ground)."""
     depth_note: str = ""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from backend.geometry.cloud import PointCloud
-from protocol.messages import Arrow, SceneText
+from protocol.messages import Arrow, DepthSource, SceneText
 
 if TYPE_CHECKING:
     from backend.geometry.layout import SceneLayout
@@ -43,7 +43,7 @@ class Scene:
     engine: str = "classic"
     clips: list[dict] = field(default_factory=list)
     """Manifest entries of the clips made so far."""
-    depth_source: str = "prior"
+    depth_source: DepthSource = "prior"
     """Where the first view's depth came from: "model", "given" or "prior"."""
     depth_note: str = ""
     """One line for the HUD about the depth in use."""

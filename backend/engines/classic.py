@@ -58,7 +58,7 @@ from backend.geometry.splat import SplatRenderer
 from backend.geometry.store import PointStore
 from backend.geometry.unproject import unproject
 from protocol.camera import intrinsics
-from protocol.messages import SceneOpened
+from protocol.messages import DepthSource
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,13 @@ DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 _GET_MODEL = "for real depth run `dreamjourney models fetch` once online"
 
 
-def _saved_depth(manifest: dict) -> tuple[str, str]:
+def _saved_depth(manifest: dict) -> tuple[DepthSource, str]:
     """The depth source and note a session was opened with (older sessions: unknown)."""
     source = manifest.get("depth_source")
-    if source not in typing.get_args(typing.get_type_hints(SceneOpened)["depth_source"]):
-        return "given", "depth: as saved with the scene"
-    return str(source), str(manifest.get("depth_note") or "")[:500]
+    for known in typing.get_args(DepthSource):
+        if source == known:
+            return known, str(manifest.get("depth_note") or "")[:500]
+    return "given", "depth: as saved with the scene"
 
 
 def inpaint(image: np.ndarray, hole: np.ndarray, radius: int, small_frac: float = 0.01) -> np.ndarray:
@@ -157,7 +158,7 @@ class ClassicEngine(Engine):
         return depth, source
 
     def _depth_and_layout(self, image: np.ndarray, K: np.ndarray, given: np.ndarray | None,
-                          progress=None) -> tuple[np.ndarray, str, SceneLayout | None]:
+                          progress=None) -> tuple[np.ndarray, DepthSource, SceneLayout | None]:
         model = self._load_depth_model(progress)
         if model is not None:
             depth = model(image)
@@ -171,7 +172,7 @@ class ClassicEngine(Engine):
         return prior.depth, "prior", SceneLayout.from_horizon(prior.horizon, K, prior.camera_height,
                                                              prior.sky_depth)
 
-    def depth_note(self, source: str) -> str:
+    def depth_note(self, source: DepthSource) -> str:
         """One line for the HUD: which depth is in use and, without the model, how to get it."""
         if source == "model":
             return f"depth: {self.depth_model_id}"
