@@ -1,7 +1,7 @@
 """Splat renderer speed: 49 frames at 512x512 from a scene's cloud and from a 2M-point cloud.
 
 Prints one JSON object as its last line: per cloud, ``ms_per_frame`` (best of ``--repeats``
-runs of the 49-frame backward preset with the default settings: on a CPU with numba, the
+runs of the 49-frame backward stock path with the default settings: on a CPU with numba, the
 compiled loops of ``numba_loops``), the same for the torch tensor path (``ms_per_frame_torch``,
 and with --compile its torch.compile'd variant), ``loops_vs_torch``, and
 ``vs_scatter_floor``: ``ms_per_frame`` over the time of one bare ``scatter_reduce_(amin)`` /
