@@ -110,6 +110,7 @@ def recording_dot(view: np.ndarray) -> bool:
 # --- a slow renderer -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_at_one_fps_a_clip_ends_on_its_last_pose_with_the_cloud_grown(display, tmp_path):
     photo_path = tmp_path / "square.png"
     gradient_photo(photo_path, 256, 256)
@@ -158,6 +159,7 @@ def test_at_one_fps_a_clip_ends_on_its_last_pose_with_the_cloud_grown(display, t
 # --- a recording that takes seconds to finish --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stopping_a_recording_never_blocks_the_window(display, tmp_path):
     """The encoder sleeps 0.25 s a picture (``debug.encode_sleep_s``) behind a 16-picture
     queue: when R stops the recording, about 4 s of encoding are still to do. The window
@@ -311,6 +313,7 @@ def saved_session(root: Path, name: str, photo: np.ndarray, end_pose: np.ndarray
                       24.0, end_pose, store=store)
 
 
+@pytest.mark.slow
 def test_resume_opens_with_the_photo_shape_and_home_at_the_photo(display, tmp_path):
     photo = gradient_photo(tmp_path / "square.png", 256, 256)
     a = 0.6  # where the last clip ended: forward and turned right, the photo's edge in view

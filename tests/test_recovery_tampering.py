@@ -69,6 +69,7 @@ def refused(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.P
                             text=True)
 
 
+@pytest.mark.slow
 def test_roots_that_are_not_the_backends_are_refused_untouched(tmp_path):
     work = tmp_path / "work"  # the current folder of the refused servers: a decoy itself
     work.mkdir()
