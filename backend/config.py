@@ -63,7 +63,7 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ConnectionsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     hello_timeout_s: Annotated[float, Meta(ge=0.1, le=600.0)] = 5.0
     """Connections that have not said Hello by then are shut."""
-    max_peers: Annotated[int, Meta(ge=1, le=4096)] = 256
+    max_peers: Annotated[int, Meta(ge=1, le=4096)] = 64
     """Connected clients at once; when all are taken, a Hello evicts the longest-idle
     client without work (a newcomer only clients that own no scenes)."""
     max_connections_per_client: Annotated[int, Meta(ge=1, le=64)] = 4
@@ -129,7 +129,7 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cpu_jobs: Annotated[int, Meta(ge=1, le=64)] | None = None
     """Deprecated alias of ``scheduler.job_slots``."""
     heartbeat_s: Annotated[float, Meta(ge=0.05, le=60.0)] = 1.0
-    peer_timeout_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 5.0
+    peer_timeout_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 10.0
     """A client silent this long is gone; longer than ``heartbeat_s``."""
     keys: Annotated[str, Meta(max_length=4096)] | None = None
     jpeg_quality: Annotated[int, Meta(ge=1, le=100)] = 95
