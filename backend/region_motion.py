@@ -2,9 +2,12 @@
 
 After a dynamics job, the points the paused view shows inside the animated region get the
 region's motion as 4D points (``geometry.motion``): each point's image position is carried
-``num_frames`` Euler steps along the 2D field (the same Eulerian flow the clip shows, or the
-flow estimated from a generated clip), and the chord from start to end, lifted at the point's
-own depth, is its world displacement over one loop of ``num_frames / fps`` seconds.
+``num_frames`` Euler steps along the 2D field and as many against it (the same Eulerian flow
+the clip shows, or the flow estimated from a generated clip); the shorter of the two chords,
+lifted at the point's own depth, is its world displacement over one loop of
+``num_frames / fps`` seconds. (The shorter one: a point near where the region begins has
+little path behind it, one near where it ends little ahead, and its two copies travel both
+ways, so either chord at full length would carry a copy out of the region.)
 
 :func:`lift_region` computes it, :func:`keep` sets it in the scene's store (the event the
 engine yields), :func:`take_back` is its undo and :func:`motion_messages` the wire messages.
@@ -54,8 +57,13 @@ def lift_region(cloud: PointCloud, pose: np.ndarray, K: np.ndarray, field: np.nd
     motion = np.zeros((len(index), 4), np.float32)
     if len(index) == 0:
         return index, motion
-    end = animation.integrate(field, uv, num_frames)[-1]
-    motion[:, :3] = lift_flow(cloud.xyz[index], pose, K, end, uv)
+    # the chord along the flow and the one against it: the shorter, so that both copies of
+    # a point near the region's edge stay inside (the field fades to zero at the edge)
+    ahead = animation.integrate(field, uv, num_frames)[-1] - uv
+    behind = uv - animation.integrate(-field, uv, num_frames)[-1]
+    shorter = (ahead**2).sum(1) <= (behind**2).sum(1)
+    chord = np.where(shorter[:, None], ahead, behind)
+    motion[:, :3] = lift_flow(cloud.xyz[index], pose, K, uv + chord, uv)
     motion[:, 3] = num_frames / fps
     still = np.abs(motion[:, :3]).max(axis=1) == 0
     return index[~still], motion[~still]

@@ -79,6 +79,7 @@ class Explorer:
         self.hud = HudPresenter(ctx, self.overlay, help_rows)
         self.path_tools = PathTools(self, start_path)
         self.card = PhotoCard(ctx, self.overlay)
+        self.session.on_motion = self.points.set_motion
         self.dynamics_job: str | None = None
         self.target: RenderTarget | None = None
         self._scene_id: str | None = None
@@ -137,6 +138,7 @@ class Explorer:
             "mouse_look": self.toggle_mouse_look,
             "freeze_brush": self.tools.toggle_brush,
             "clear_marks": self.tools.clear,
+            "world_motion": self.toggle_world_motion,
         }.get(action)
         if handler is not None:
             handler()
@@ -155,6 +157,11 @@ class Explorer:
     def scroll(self, notches: float) -> None:
         self.camera.scroll(notches)
         self.session.status = f"speed x{self.camera.speed_multiplier:.2f}"
+
+    def toggle_world_motion(self) -> None:
+        """M: the regions dynamics left moving move, or stand still (at rest)."""
+        self.cloud.animate = not self.cloud.animate
+        self.session.status = f"world motion {'on' if self.cloud.animate else 'off'}"
 
     def toggle_mouse_look(self) -> None:
         self.controls.mouse_look = not self.controls.mouse_look
@@ -407,7 +414,8 @@ class Explorer:
         self.target.clear(tuple(self.settings.window.background))
         K = self.window_K()
         self.camera.extent = self.points.extent
-        params = ViewParams(self.camera.view_matrix(), self.camera.projection(w, h), K[1, 1])
+        params = ViewParams(self.camera.view_matrix(), self.camera.projection(w, h), K[1, 1],
+                            clock_s=self.time)
         self.cloud.draw(params)
         path = self.controls.path()
         if path is not None:
@@ -440,6 +448,10 @@ class Explorer:
         if self.mouse_look:
             extra.append("mouse look (Tab)")
         extra.append(f"speed x{self.camera.speed_multiplier:.2f}")
+        regions = self.session.moving_regions
+        if regions and self.points.moving:
+            state = "moving" if self.cloud.animate else "still (M: move)"
+            extra.append(f"{state}: {', '.join(regions)}")
         return extra
 
     @property
