@@ -162,6 +162,7 @@ class Explorer:
         """M: the regions dynamics left moving move, or stand still (at rest)."""
         self.cloud.animate = not self.cloud.animate
         self.session.status = f"world motion {'on' if self.cloud.animate else 'off'}"
+        logger.info(self.session.status)
 
     def toggle_mouse_look(self) -> None:
         self.controls.mouse_look = not self.controls.mouse_look
@@ -259,6 +260,7 @@ class Explorer:
             self.clip_view.clear()
             self.camera.locked = False
             self.session.status = "dynamics stopped"
+            logger.info("dynamics %s stopped", job_id)
             return
         if not self._can_send("animate"):
             return
