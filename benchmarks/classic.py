@@ -30,6 +30,11 @@ Issue 21's figures (``--parts``, all by default):
   arrow). A Dynamics with the same three arrows follows: ``dynamics_realtime_factor`` (clip
   length at its fps over the time to its last frame, median; goal at least 1) and
   ``moving_share`` (the share of the lake's pixels that change during the clip, mean).
+
+Issue 24's ``dynamic``: the ``dynamic_transition`` row (``classic_dynamic``): a transition
+through a world whose lake moves (4D points left by a Dynamics) against the same transition
+through the static world: the static part's consistency (goal: at most the static clip's
++ 0.1) and the share of frame pairs in which the lake moves (goal 1.0).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import classic_dynamic  # noqa: E402
 
 from backend.geometry.cloud import PointCloud  # noqa: E402
 from backend.geometry.metrics import consistency  # noqa: E402
@@ -248,8 +255,10 @@ def main() -> None:
                         help="how frames travel (raw: the explorer's own backend; jpeg: remote)")
     parser.add_argument("--scenes-dir", type=Path, default=SCENES)
     parser.add_argument("--sheets", type=Path, default=None, help="write contact sheets here")
-    parser.add_argument("--parts", nargs="+", default=["depth", "region", "transitions"],
-                        choices=["depth", "region", "transitions"], help="which figures to measure")
+    parser.add_argument("--parts", nargs="+", default=["depth", "region", "transitions", "dynamic"],
+                        choices=["depth", "region", "transitions", "dynamic"],
+                        help="which figures to measure")
+    classic_dynamic.add_arguments(parser)
     parser.add_argument("--region-scenes", nargs="+", default=list(REGION_SCENES),
                         help="shared scenes a lake is composited into")
     args = parser.parse_args()
@@ -271,6 +280,8 @@ def main() -> None:
     if "transitions" in args.parts:
         run_transitions(args, rows)
         result.update(transition_summary(args, rows))
+    if "dynamic" in args.parts:
+        result.update(classic_dynamic.dynamic_transition_figures(args, contact_sheet))
     result["goals"] = GOALS
     result["goals_met"] = goals_met(result)
     print(json.dumps(result))
@@ -316,6 +327,8 @@ def goals_met(result: dict) -> dict:
         "region_iou": ("region_iou", lambda v: v >= GOALS["region_iou_min"]),
         "dynamics_realtime_factor": ("dynamics_realtime_factor",
                                      lambda v: v >= GOALS["dynamics_realtime_factor_min"]),
+        "dynamic_transition": ("dynamic_transition",
+                               lambda v: v["static_part_ok"] and v["motion_in_every_frame"]),
     }
     return {name: bool(test(result[key])) for name, (key, test) in checks.items() if key in result}
 

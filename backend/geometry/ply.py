@@ -4,9 +4,10 @@ Files are ``binary_little_endian 1.0`` with one ``vertex`` element of properties
 ``float x, y, z; uchar red, green, blue; float radius`` (radius is an extra property that
 plyfile, Open3D and MeshLab read or ignore). A cloud with 4D points (``PointCloud.motion``)
 adds ``float motion_x, motion_y, motion_z, motion_period`` (world displacement over one loop,
-its period in seconds; see ``geometry.motion``), read back when present. The reader accepts any binary little-endian PLY
-whose vertex element has x y z and red green blue (radius optional, 0 when absent) with
-other vertex properties skipped; it refuses ASCII and big-endian files with a clear error.
+its period in seconds; see ``geometry.motion``), read back when present. The reader accepts
+any binary little-endian PLY whose vertex element has x y z and red green blue (radius
+optional, 0 when absent) with other vertex properties skipped; it refuses ASCII and
+big-endian files with a clear error.
 ``iter_ply(path, chunk_size)`` reads the same files a chunk at a time (exports of large
 worlds), ``ply_vertex_count(path)`` reads the header only.
 The header is bounded (``MAX_HEADER_BYTES``) and its element counts are checked against the
