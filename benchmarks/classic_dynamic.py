@@ -8,8 +8,11 @@ points). Both then run the same transition preset. Per scene:
 
 - ``static_consistency``: Make-It-4D's consistency of the static scene's clip (all pixels);
 - ``dynamic_static_consistency``: the same metric on the moving world's clip, over the pixels
-  whose front point is static (the moving points' pixels, grown by 2 px, left out): the part
-  of the world that must stay as consistent as before (goal: at most the static clip's + 0.1);
+  whose front point is static at that frame's time (the pixels where a moving point's forward
+  or backward copy is in front, grown by 2 px, left out): the part of the world that must stay
+  as consistent as before (goal: at most the static clip's on the same pixels + 0.1,
+  ``static_part_ok``; ``static_part_ok_vs_whole_clip`` compares with the static clip over
+  all its pixels, lake included, which is a different set of pixels);
 - ``motion_frames``: the share of consecutive frame pairs in which the region moves: its
   pixels' consistency error in the moving world's clip is above the static clip's at the same
   pixels by at least ``MOTION_MARGIN`` (goal 1.0: the motion is in every frame).
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.config import BackendConfig  # noqa: E402
 from backend.geometry.cloud import PointCloud  # noqa: E402
 from backend.geometry.metrics import consistency  # noqa: E402
+from backend.geometry.motion import copies_at  # noqa: E402
 from backend.geometry.render import SplatRenderer  # noqa: E402
 from backend.geometry.synthetic import composite_water, water_strokes  # noqa: E402
 from backend.server import Backend  # noqa: E402
@@ -57,6 +61,21 @@ def _moving_flags(client: ScriptedClient, scene_id: str, n: int) -> np.ndarray:
         if msg.scene_id == scene_id:
             flags[index] = motion[:, 3] > 0
     return flags
+
+
+def _moving_pixels(renderer, cloud: PointCloud, motion: np.ndarray, flags: np.ndarray,
+                   pose: np.ndarray, K: np.ndarray, w: int, h: int, t: float) -> np.ndarray:
+    """H x W: pixels whose front point is a moving one, in the render of the forward copies
+    or of the backward copies at time ``t`` (the region where it is then), grown by 2 px."""
+    c = copies_at(cloud.xyz, motion, t)
+    hit = np.zeros((h, w), bool)
+    for where in (c.forward, c.backward):
+        xyz = cloud.xyz.copy()
+        xyz[c.index] = where
+        index = renderer.render(PointCloud(xyz, cloud.rgb, cloud.radius), pose[None], K, w, h,
+                                return_index=True).numpy().index[0]
+        hit |= np.where(index >= 0, flags[np.maximum(index, 0)], False)
+    return cv2.dilate(hit.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
 
 
 def _pair_errors(frames, poses, depth, K, mask=None) -> list[float]:
@@ -93,13 +112,17 @@ def run_scene(client: ScriptedClient, name: str, image: np.ndarray, lake: np.nda
     poses = np.stack(job_d.poses)
     cloud = _cloud(points_d)
     flags = _moving_flags(client, sid, len(cloud))
-    out = renderer.render(cloud, poses, K, w, h, return_index=True).numpy()
-    moving_px = np.where(out.index >= 0, flags[np.maximum(out.index, 0)], False)
-    grow = np.ones((5, 5), np.uint8)
-    moving_px = np.stack([cv2.dilate(m.astype(np.uint8), grow) > 0 for m in moving_px])
+    motion = np.zeros((len(cloud), 4), np.float32)
+    for msg, index, m in client.motions:
+        if msg.scene_id == sid:
+            motion[index] = m
+    out = renderer.render(cloud, poses, K, w, h).numpy()
+    moving_px = np.stack([_moving_pixels(renderer, cloud, motion, flags, poses[i], K, w, h,
+                                         i / 24.0) for i in range(len(poses))])
     depth_s = renderer.render(_cloud(points_s), np.stack(job_s.poses), K, w, h).numpy().depth
     static_err = _pair_errors(job_s.frames, job_s.poses, depth_s, K)
     dyn_static = _pair_errors(job_d.frames, job_d.poses, out.depth, K, ~moving_px)
+    static_same = _pair_errors(job_s.frames, job_s.poses, depth_s, K, ~moving_px)
     region_dyn = _pair_errors(job_d.frames, job_d.poses, out.depth, K, moving_px)
     region_static = _pair_errors(job_s.frames, job_s.poses, depth_s, K, moving_px)
     excess = np.array(region_dyn) - np.array(region_static)
@@ -107,6 +130,7 @@ def run_scene(client: ScriptedClient, name: str, image: np.ndarray, lake: np.nda
             "moving_pixels": float(moving_px.mean()),
             "static_consistency": float(np.nanmean(static_err)),
             "dynamic_static_consistency": float(np.nanmean(dyn_static)),
+            "static_clip_same_pixels": float(np.nanmean(static_same)),
             "region_excess_min": float(np.nanmin(excess)),
             "motion_frames": float(np.mean(excess >= MOTION_MARGIN)),
             "sheet": [job_d.frames[0], job_d.frames[len(job_d.frames) // 2], job_d.frames[-1],
@@ -134,13 +158,14 @@ def dynamic_transition_figures(args, contact_sheet=None) -> dict:
                 rows.append(row)
                 print(json.dumps({key: round(v, 4) if isinstance(v, float) else v
                                   for key, v in row.items()}), flush=True)
-    static = float(np.mean([r["static_consistency"] for r in rows]))
-    dynamic = float(np.mean([r["dynamic_static_consistency"] for r in rows]))
+    mean = {key: round(float(np.mean([r[key] for r in rows])), 4) for key in
+            ("static_consistency", "static_clip_same_pixels", "dynamic_static_consistency")}
     return {"dynamic_transition": {
-        "scenes": list(args.dynamic_scenes), "preset": args.dynamic_preset,
-        "static_consistency": round(static, 4), "dynamic_static_consistency": round(dynamic, 4),
-        "static_part_ok": bool(all(r["dynamic_static_consistency"] <= r["static_consistency"] + 0.1
-                                   for r in rows)),
+        "scenes": list(args.dynamic_scenes), "preset": args.dynamic_preset, **mean,
+        "static_part_ok": bool(all(r["dynamic_static_consistency"]
+                                   <= r["static_clip_same_pixels"] + 0.1 for r in rows)),
+        "static_part_ok_vs_whole_clip": bool(all(
+            r["dynamic_static_consistency"] <= r["static_consistency"] + 0.1 for r in rows)),
         "motion_frames_min": round(float(min(r["motion_frames"] for r in rows)), 4),
         "motion_in_every_frame": bool(all(r["motion_frames"] == 1.0 for r in rows))}}
 

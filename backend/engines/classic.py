@@ -51,7 +51,7 @@ from backend.geometry.depth import clean_depth_edges
 from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
 from backend.geometry.layout import SceneLayout, ViewLayout, fit_layout, view_layout
-from backend.geometry.motion import dithered_at
+from backend.geometry.motion_render import render_at
 from backend.geometry.popup import VERTICAL, popup_depth
 from backend.geometry.render import SplatRenderer
 from backend.geometry.seen import SeenViews
@@ -98,15 +98,6 @@ def inpaint(image: np.ndarray, hole: np.ndarray, radius: int, small_frac: float 
 def moving_regions(clips: list[dict]) -> list[str]:
     """The regions a saved session's kept dynamics clips left moving, oldest first."""
     return [c["region"] for c in clips if c.get("region") and not c.get("undone")]
-
-
-def world_at(store: PointStore, t: float) -> PointStore | PointCloud:
-    """The cloud as it is ``t`` seconds into the clip: the store itself when nothing moves,
-    else its points with every moving one at one of its two copies (``motion.dithered_at``)."""
-    cloud = store.cloud()
-    if cloud.motion is None:
-        return store
-    return PointCloud(dithered_at(cloud.xyz, cloud.motion, t), cloud.rgb, cloud.radius)
 
 
 def _bounding_box(where: np.ndarray, pad: int) -> tuple[slice, slice] | None:
@@ -311,8 +302,8 @@ class ClassicEngine(Engine):
         #    moving world at each frame's time: its 4D points one batch's time at once)
         for start in range(1, n, self.frames_per_batch):
             batch = poses[start : start + self.frames_per_batch]
-            cloud = world_at(scene.cloud, start / request.fps)
-            out = self.renderer.render(cloud, batch, scene.K, w, h).numpy()
+            out = render_at(self.renderer, scene.cloud, batch, scene.K, w, h,
+                            start / request.fps).numpy()
             for i, image in enumerate(out.image):
                 yield FrameOut(start + i, self._fill_gaps(image, out.mask[i]), poses[start + i])
         scene.pose = np.asarray(poses[-1], dtype=np.float64)
