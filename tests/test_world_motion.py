@@ -9,9 +9,9 @@ import pytest
 from backend import region_motion
 from backend.engines.base import DynamicsRequest, MotionOut, OpenRequest
 from backend.engines.classic import ClassicEngine
-from backend.geometry.motion_render import render_at
 from backend.geometry.cloud import PointCloud
 from backend.geometry.motion import copies_at, dithered_at, lift_flow, static_motion
+from backend.geometry.motion_render import render_at
 from backend.geometry.ply import read_ply, write_ply
 from backend.geometry.store import PointStore
 from protocol.messages import Arrow
