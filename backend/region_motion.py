@@ -108,11 +108,11 @@ def motion_messages(scene: Scene, index: np.ndarray, motion: np.ndarray, job_id:
     return out
 
 
-def region_name(arrows: tuple, shape: tuple[int, int]) -> str:
+def region_name(arrows: tuple, shape: tuple[int, int], guess: str = "sky/water (guessed)") -> str:
     """A short name for the HUD: where the arrows are (``2 arrows at 40% x 70%`` of the
-    view), or the engine's own guess."""
+    view), or ``guess`` (what the engine animated without arrows)."""
     if not arrows:
-        return "sky/water (guessed)"
+        return guess
     h, w = shape[:2]
     u = np.mean([a.start[0] for a in arrows]) / w
     v = np.mean([a.start[1] for a in arrows]) / h

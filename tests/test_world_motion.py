@@ -3,6 +3,7 @@ classic engine leaving a dynamics result moving in the world (inside its region 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -164,3 +165,22 @@ def test_undo_gives_the_points_their_motion_back(dynamics):
     kept = next(e for e in events if isinstance(e, MotionOut))
     region_motion.take_back(scene, kept)
     assert scene.cloud.cloud().motion is None and scene.moving_regions == []
+
+
+def test_clip_flow_reads_back_a_moving_texture_in_its_region_only():
+    """A clip whose left half slides right 1 px a frame: the field says so, and only there."""
+    from backend.clip_flow import clip_region
+
+    rng = np.random.default_rng(0)
+    texture = (rng.random((64, 160)) * 255).astype(np.float32)
+    texture = np.clip(cv2.GaussianBlur(texture, (0, 0), 1.5) * 3 - 250, 0, 255)
+    frames = []
+    for t in range(8):
+        img = texture[:, 40:104].copy()
+        img[:, :32] = texture[:, 40 - t: 72 - t]  # content moves right with t
+        frames.append(np.repeat(img[..., None], 3, 2).astype(np.uint8))
+    field, region = clip_region(frames[0], frames, (), None, feather_px=2.0)
+    inner = np.zeros_like(region)
+    inner[8:-8, 8:24] = True
+    assert region[inner].mean() > 0.9 and not region[:, 40:].any()
+    np.testing.assert_allclose(np.median(field[inner], axis=0), [1.0, 0.0], atol=0.15)
