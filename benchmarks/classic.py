@@ -201,39 +201,32 @@ def depth_figures() -> dict:
 def region_figures(args) -> dict:
     """Issue 21: arrows on a composited lake select it, and its dynamics keep up with playback."""
     from backend.geometry.regions import fill_outline
-    from backend.geometry.synthetic import composite_water, water_strokes
+    from backend.geometry.synthetic import water_strokes
     from protocol.messages import Arrow
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=Path(tmp), save_clips=False)
-        with Backend(config) as backend:
-            for k, name in enumerate(args.region_scenes):
-                with Image.open(args.scenes_dir / f"{name}.jpg") as im:
-                    photo = np.asarray(im.convert("RGB").resize((args.size, args.size)))
-                image, lake = composite_water(photo, seed=100 + k)
-                with ScriptedClient(backend.address, credits=8) as client:
-                    opened = client.open_scene(image, scene_id=f"lake-{name}")
-                    sid = opened.scene.scene_id
-                    arrows = [Arrow(start=a, vector=((b[0] - a[0]) / 24, (b[1] - a[1]) / 24))
-                              for a, b in water_strokes(lake, 3)]
-                    iou = {}
-                    for n in (1, 3):
-                        picked = arrows[1:2] if n == 1 else arrows
-                        _, lines = client.select_region(sid, np.eye(4), picked)
-                        region = fill_outline(lines, lake.shape)
-                        iou[n] = float((region & lake).sum() / max((region | lake).sum(), 1))
-                    job = client.dynamics(sid, np.eye(4), num_frames=48, arrows=arrows,
-                                          frame_codec=args.frame_codec)
-                    still = job.frames[0].astype(np.int16)
-                    changed = np.zeros(lake.shape, bool)
-                    for f in job.frames[1:]:
-                        changed |= np.abs(f.astype(np.int16) - still).max(2) > 8
-                    rows.append({"scene": name, "iou_3": iou[3], "iou_1": iou[1],
-                                 "realtime_factor": (48 / 24.0) / job.frame_times[-1],
-                                 "moving_share": float(changed[lake].mean())})
-                    print(json.dumps({k2: round(v, 4) if isinstance(v, float) else v
-                                      for k2, v in rows[-1].items()}), flush=True)
+    for name, image, lake, client in classic_dynamic.lake_scenes(args, args.region_scenes):
+        opened = client.open_scene(image, scene_id=f"lake-{name}")
+        sid = opened.scene.scene_id
+        arrows = [Arrow(start=a, vector=((b[0] - a[0]) / 24, (b[1] - a[1]) / 24))
+                  for a, b in water_strokes(lake, 3)]
+        iou = {}
+        for n in (1, 3):
+            picked = arrows[1:2] if n == 1 else arrows
+            _, lines = client.select_region(sid, np.eye(4), picked)
+            region = fill_outline(lines, lake.shape)
+            iou[n] = float((region & lake).sum() / max((region | lake).sum(), 1))
+        job = client.dynamics(sid, np.eye(4), num_frames=48, arrows=arrows,
+                              frame_codec=args.frame_codec)
+        still = job.frames[0].astype(np.int16)
+        changed = np.zeros(lake.shape, bool)
+        for f in job.frames[1:]:
+            changed |= np.abs(f.astype(np.int16) - still).max(2) > 8
+        rows.append({"scene": name, "iou_3": iou[3], "iou_1": iou[1],
+                     "realtime_factor": (48 / 24.0) / job.frame_times[-1],
+                     "moving_share": float(changed[lake].mean())})
+        print(json.dumps({k2: round(v, 4) if isinstance(v, float) else v
+                          for k2, v in rows[-1].items()}), flush=True)
     return {
         "region_iou": round(float(np.mean([r["iou_3"] for r in rows])), 4),
         "region_iou_min": round(float(np.min([r["iou_3"] for r in rows])), 4),

@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -137,27 +138,34 @@ def run_scene(client: ScriptedClient, name: str, image: np.ndarray, lake: np.nda
                       job_s.frames[len(job_s.frames) // 2]]}
 
 
+def lake_scenes(args, names) -> Iterator[tuple[str, np.ndarray, np.ndarray, ScriptedClient]]:
+    """Each shared scene ``name`` at ``args.size`` with a lake composited into it (its image
+    and lake mask), and a client of one loopback backend (closed after each scene)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=Path(tmp), save_clips=False)
+        with Backend(config) as backend:
+            for k, name in enumerate(names):
+                with Image.open(args.scenes_dir / f"{name}.jpg") as im:
+                    photo = np.asarray(im.convert("RGB").resize((args.size, args.size)))
+                image, lake = composite_water(photo, seed=100 + k)
+                with ScriptedClient(backend.address, credits=8) as client:  # caps are per client
+                    yield name, image, lake, client
+
+
 def dynamic_transition_figures(args, contact_sheet=None) -> dict:
     """The ``dynamic_transition`` row (module docstring); with ``args.sheets``, a contact
     sheet per scene (the moving world's first, middle and last frame, the static clip's
     middle one) written by ``contact_sheet(rows, path)``."""
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=Path(tmp), save_clips=False)
-        with Backend(config) as backend:
-            for k, name in enumerate(args.dynamic_scenes):
-                with Image.open(args.scenes_dir / f"{name}.jpg") as im:
-                    photo = np.asarray(im.convert("RGB").resize((args.size, args.size)))
-                image, lake = composite_water(photo, seed=100 + k)
-                with ScriptedClient(backend.address, credits=8) as client:
-                    row = run_scene(client, name, image, lake, args.dynamic_preset, args.frames,
-                                    args.frame_codec)
-                sheet = row.pop("sheet")
-                if args.sheets and contact_sheet is not None:
-                    contact_sheet([sheet], args.sheets / f"{name}-dynamic.png")
-                rows.append(row)
-                print(json.dumps({key: round(v, 4) if isinstance(v, float) else v
-                                  for key, v in row.items()}), flush=True)
+    for name, image, lake, client in lake_scenes(args, args.dynamic_scenes):
+        row = run_scene(client, name, image, lake, args.dynamic_preset, args.frames,
+                        args.frame_codec)
+        sheet = row.pop("sheet")
+        if args.sheets and contact_sheet is not None:
+            contact_sheet([sheet], args.sheets / f"{name}-dynamic.png")
+        rows.append(row)
+        print(json.dumps({key: round(v, 4) if isinstance(v, float) else v
+                          for key, v in row.items()}), flush=True)
     mean = {key: round(float(np.mean([r[key] for r in rows])), 4) for key in
             ("static_consistency", "static_clip_same_pixels", "dynamic_static_consistency")}
     return {"dynamic_transition": {
