@@ -352,8 +352,13 @@ class ExplorerSession:
     def _on_motion(self, msg: PointsMotion, blobs) -> None:
         if self.scene is None or msg.scene_id != self.scene.scene_id:
             return
+        index, motion = read_array(msg.index, blobs), read_array(msg.motion, blobs)
+        known = (index >= 0) & (index < self.scene.loaded_points)
+        if not known.all():  # never before its points; a backend that does so is logged
+            logger.warning("motion for %d points not loaded yet: ignored", int((~known).sum()))
+            index, motion = index[known], motion[known]
         if self.on_motion is not None:
-            self.on_motion(read_array(msg.index, blobs), read_array(msg.motion, blobs))
+            self.on_motion(index, motion)
         self.moving_regions = list(msg.regions)
 
     def _on_job_accepted(self, msg: JobAccepted, blobs) -> None:
