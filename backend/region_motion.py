@@ -93,6 +93,11 @@ def moving(cloud: PointCloud) -> tuple[np.ndarray, np.ndarray]:
     return index, cloud.motion[index]
 
 
+def saved_regions(clips: list[dict]) -> list[str]:
+    """The regions a saved session's kept dynamics clips left moving, oldest first."""
+    return [c["region"] for c in clips if c.get("region") and not c.get("undone")]
+
+
 def motion_messages(scene: Scene, index: np.ndarray, motion: np.ndarray, job_id: str | None,
                     chunk: int) -> list[tuple[PointsMotion, list]]:
     """``PointsMotion`` messages of at most ``chunk`` points each (one, maybe empty, at

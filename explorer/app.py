@@ -227,7 +227,7 @@ class Explorer:
         self.session.status = f"cancelled {len(ids)} job(s)" if ids else "nothing to cancel"
 
     def undo(self) -> None:
-        """Take back the last transition: the backend drops its clip and its points."""
+        """Take back the last transition (its clip and points) or kept dynamics (its motion)."""
         if self.session.scene is None or self.camera.locked:
             self.session.status = "cannot undo now"
             return

@@ -95,11 +95,6 @@ def inpaint(image: np.ndarray, hole: np.ndarray, radius: int, small_frac: float 
     return out
 
 
-def moving_regions(clips: list[dict]) -> list[str]:
-    """The regions a saved session's kept dynamics clips left moving, oldest first."""
-    return [c["region"] for c in clips if c.get("region") and not c.get("undone")]
-
-
 def _bounding_box(where: np.ndarray, pad: int) -> tuple[slice, slice] | None:
     """Slices of the smallest box holding every True pixel of ``where``, grown by ``pad``."""
     rows, cols = np.flatnonzero(where.any(1)), np.flatnonzero(where.any(0))
@@ -273,7 +268,7 @@ class ClassicEngine(Engine):
         scene = Scene(scene_id, saved["image"], np.asarray(saved["K"]), store, median, saved["text"],
                       pose=np.asarray(saved["pose"]), engine=self.name, depth_source=source,
                       depth_note=note, points_budget=self.capacity,
-                      moving_regions=moving_regions(saved["clips"]))
+                      moving_regions=region_motion.saved_regions(saved["clips"]))
         w, h = scene.size
         scene.seen = SeenViews(scene.K, w, h)  # the photo's view, as the saved cloud shows it
         first = self.renderer.render(store, np.eye(4)[None], scene.K, w, h).numpy()
