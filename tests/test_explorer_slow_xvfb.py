@@ -284,20 +284,27 @@ def test_saturated_cores_keep_the_backend_and_the_dynamics_loop(display, tmp_pat
 # --- resume as you left it --------------------------------------------------------------------
 
 
-def saved_session(root: Path, name: str, photo: np.ndarray, end_pose: np.ndarray) -> None:
-    """A session as a local backend saves it (its own SessionStore): the photo lifted on a
-    plane 4 units ahead, opened with the horizon prior, one clip that ended at ``end_pose``."""
+def saved_session(root: Path, name: str, photo: np.ndarray, end_pose: np.ndarray,
+                  identity_file: Path) -> None:
+    """A session as a local backend saves it (its own SessionStore, owned by the identity
+    token kept in ``identity_file``, as the backend would have issued it): the photo lifted on
+    a plane 4 units ahead, opened with the horizon prior, one clip that ended at ``end_pose``."""
     from backend.geometry.store import PointStore
     from backend.geometry.unproject import unproject
     from backend.session import SessionStore
     from protocol.camera import intrinsics
+    from protocol.identity import TokenSigner, token_identity
     from protocol.messages import SceneText
 
     h, w = photo.shape[:2]
     K = intrinsics(w, h, 60.0)
     store = PointStore()
     store.append(unproject(photo, np.full((h, w), 4.0, np.float32), K, np.eye(4)))
-    sessions = SessionStore(root)
+    store_root = SessionStore(root)
+    token = TokenSigner(store_root.token_key).issue()
+    identity_file.parent.mkdir(parents=True, exist_ok=True)
+    identity_file.write_text(token + "\n")
+    sessions = store_root.owned_by(token_identity(token))
     sessions.create(name, photo, K, SceneText(), "classic", 4.0, store=store,
                     depth=("prior", "depth: horizon prior (a guess)"))
     sessions.add_clip(name, "transition", [photo, photo], np.stack([np.eye(4), end_pose]), K,
@@ -309,10 +316,11 @@ def test_resume_opens_with_the_photo_shape_and_home_at_the_photo(display, tmp_pa
     a = 0.6  # where the last clip ended: forward and turned right, the photo's edge in view
     end = np.array([[np.cos(a), 0, np.sin(a), 0.5], [0, 1, 0, 0], [-np.sin(a), 0, np.cos(a), 1.0],
                     [0, 0, 0, 1]])
-    saved_session(tmp_path / "sessions", "square-1", photo, end)
+    identity = tmp_path / "identity"
+    saved_session(tmp_path / "sessions", "square-1", photo, end, identity)
     shots: dict = {}
     app = App(display, tmp_path, "--resume", "square-1", "--config",
-              config(tmp_path, "[window]\nwidth = 400\n"))
+              config(tmp_path, f"[window]\nwidth = 400\n[network]\nidentity_file = '{identity}'\n"))
     try:
         app.wait_log(r"scene square-1 ready", timeout=LOG_DEADLINE)
         _, _, w, h = app.geometry()
