@@ -32,6 +32,7 @@ from backend.engines.base import (
     Engine,
     EngineError,
     FrameOut,
+    MotionOut,
     PointsOut,
     Progress,
     Scene,
@@ -39,6 +40,7 @@ from backend.engines.base import (
     WorkerLost,
 )
 from backend.quotas import QuotaExceeded, Quotas, cloud_bytes
+from backend.region_motion import motion_messages
 from backend.region_reply import check_view_marks
 from backend.scenes import OpenEntry, ResidentLimit, SceneTable
 from backend.scheduler import FairScheduler, JobKind, Resume
@@ -119,6 +121,8 @@ class JobRun:
         self.poses: list[np.ndarray] = []
         self.count = 0
         self.first_frame_s: float | None = None
+        self.kept: MotionOut | None = None
+        """The motion a dynamics run left in the world (4D points)."""
 
     def __call__(self) -> Resume | None:
         job = self.job
@@ -218,26 +222,32 @@ class JobRun:
         elif isinstance(ev, PointsOut):
             self.host.send_points(job.peer, scene.scene_id, ev.cloud, total=len(scene.cloud),
                                   job_id=job.job_id)
+        elif isinstance(ev, MotionOut):
+            self.kept = ev
+            for msg, blobs in motion_messages(scene, ev.index, ev.motion, job.job_id,
+                                              self.host.config.chunk_points):
+                endpoint.send(job.peer, msg, blobs)
 
     def _finish(self) -> JobDone:
         job, scene = self.job, self.scene
         is_transition = job.kind is JobKind.TRANSITION
+        changed = is_transition or self.kept is not None  # points grown, or set moving
         timings = {"first_frame": self.first_frame_s or 0.0,
                    "generate": time.monotonic() - self.started}
         clip = None
         if self.writer is not None and self.count:
             t1 = time.monotonic()
-            grown = cloud_bytes(len(scene.cloud)) if is_transition else 0
+            grown = cloud_bytes(len(scene.cloud)) if changed else 0
             self.host.quotas.check_bytes(job.client, self.writer.bytes_written() + grown)
             clip = self.host.sessions.owned_by(job.client).commit_clip(
                 scene.scene_id, job.kind.value, self.writer, np.stack(self.poses), scene.K,
-                self.request.fps, scene.pose, store=scene.cloud if is_transition else None,
-                timings=timings)
+                self.request.fps, scene.pose, store=scene.cloud if changed else None,
+                timings=timings, region=None if self.kept is None else self.kept.region)
             timings["save"] = time.monotonic() - t1
-        elif is_transition:
+        elif changed:
             job.entry.dirty = True  # changed in memory only
-        if is_transition:
-            job.entry.undo.append(self.before)
+        if changed:
+            job.entry.undo.append((*self.before, self.kept))
         timings["total"] = time.monotonic() - self.started
         return JobDone(job_id=job.job_id, num_frames=self.count, timings=timings, clip=clip)
 

@@ -55,6 +55,9 @@ class ClipEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Taken back by Undo (the file stays)."""
     undo_of: str | None = None
     """The job id of the transition Undo took back."""
+    region: Annotated[str, Meta(max_length=200)] | None = None
+    """A dynamics clip whose region stays moving in the world (4D points in the cloud): the
+    region's name for the HUD."""
 
 
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -45,7 +45,8 @@ class OpenEntry:
     dirty: bool = False
     """A job changed it and did not save it (``save_clips = false``)."""
     undo: list = field(default_factory=list)
-    """(job id, points before, pose before, merges) per transition, newest last."""
+    """(job id, points before, pose before, merges, kept motion or None) per transition or
+    dynamics result kept in the world, newest last."""
 
 
 class ResidentLimit(Busy):

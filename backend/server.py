@@ -27,6 +27,7 @@ from functools import partial
 
 import numpy as np
 
+from backend import region_motion
 from backend.config import BackendConfig, check_config
 from backend.engines import create_engine
 from backend.engines.base import Engine, EngineError, OpenRequest, Scene
@@ -338,6 +339,11 @@ class Backend:
             points_budget=scene.points_budget,
             session=self.sessions.find(entry.client, scene.scene_id) or ""))
         self.send_points(peer, scene.scene_id, cloud, total=len(scene.cloud), job_id=None)
+        index, motion = region_motion.moving(scene.cloud.cloud())
+        if len(index):  # a resumed world goes on moving
+            for reply, blobs in region_motion.motion_messages(scene, index, motion, None,
+                                                              self.config.chunk_points):
+                self.endpoint.send(peer, reply, blobs)
 
     def _open_failed(self, entry: OpenEntry, msg: OpenScene, code: ErrorCode, text: str) -> None:
         self.scenes.release(entry)
@@ -568,12 +574,18 @@ class Backend:
                          "be undone")
         job_id = None
         if stack:
-            job_id, count, pose, _ = stack.pop()
+            job_id, count, pose, _, kept = stack.pop()
             scene.cloud.truncate(count)
             scene.pose = pose
+            if kept is not None:  # a dynamics result: its points move as they did before
+                region_motion.take_back(scene, kept)
+                for reply, blobs in region_motion.motion_messages(
+                        scene, kept.index, kept.before, None, self.config.chunk_points):
+                    self.endpoint.send(entry.peer, reply, blobs)
             try:
-                self.sessions.owned_by(entry.client).record_undo(scene.scene_id, job_id,
-                                                                 scene.cloud, pose)
+                self.sessions.owned_by(entry.client).record_undo(
+                    scene.scene_id, job_id, scene.cloud, pose,
+                    "dynamics" if kept is not None else "transition")
             except (SessionError, OSError) as exc:
                 log.warning("undo of %s not saved: %s", job_id, exc)
                 entry.dirty = True

@@ -388,9 +388,10 @@ class OwnerSessions:
 
     def commit_clip(self, scene_id: str, kind: ClipKind, writer: ClipWriter,
                     poses: np.ndarray, K: np.ndarray, fps: float, end_pose: np.ndarray, store=None,
-                    timings: dict | None = None) -> str:
-        """Finish ``writer``'s clip, write the grown cloud, then the manifest naming both;
-        returns the clip's path relative to the sessions root."""
+                    timings: dict | None = None, region: str | None = None) -> str:
+        """Finish ``writer``'s clip, write the grown cloud (or the cloud a dynamics clip set
+        moving, ``region`` naming what moves), then the manifest naming both; returns the
+        clip's path relative to the sessions root."""
         folder = self.folder(scene_id)
         with self.store.folder_lock(folder):
             manifest = self.manifest(scene_id)
@@ -404,7 +405,8 @@ class OwnerSessions:
             if store is not None:
                 manifest.cloud = self._write_cloud(folder, store)
             manifest.clips.append(ClipEntry(file=f"clips/{n:04d}.mp4", kind=kind,
-                                            num_frames=writer.count, fps=fps))
+                                            num_frames=writer.count, fps=fps,
+                                            region=region[:200] if region else None))
             manifest.pose = np.asarray(end_pose, float).tolist()
             self._commit(folder, manifest, old)
         return f"{folder}/clips/{n:04d}.mp4"
@@ -422,15 +424,17 @@ class OwnerSessions:
             writer.abort()
             raise
 
-    def record_undo(self, scene_id: str, job_id: str, store, pose: np.ndarray) -> None:
-        """The last transition was undone: mark its clip ``undone`` (the file stays), write
-        the truncated cloud under a new name, then the manifest naming it and the pose it
-        returned to (the same cloud-then-manifest order as a clip)."""
+    def record_undo(self, scene_id: str, job_id: str, store, pose: np.ndarray,
+                    kind: str = "transition") -> None:
+        """The last transition (or dynamics clip kept in the world, ``kind``) was undone:
+        mark its clip ``undone`` (the file stays), write the truncated (or no longer moving)
+        cloud under a new name, then the manifest naming it and the pose it returned to (the
+        same cloud-then-manifest order as a clip)."""
         folder = self.folder(scene_id)
         with self.store.folder_lock(folder):
             manifest = self.manifest(scene_id)
             for clip in reversed(manifest.clips):
-                if clip.kind == "transition" and not clip.undone:
+                if clip.kind == kind and not clip.undone and (kind == "transition" or clip.region):
                     clip.undone, clip.undo_of = True, job_id
                     break
             old = manifest.cloud

@@ -30,6 +30,11 @@ Issue 21's figures (``--parts``, all by default):
   arrow). A Dynamics with the same three arrows follows: ``dynamics_realtime_factor`` (clip
   length at its fps over the time to its last frame, median; goal at least 1) and
   ``moving_share`` (the share of the lake's pixels that change during the clip, mean).
+
+Issue 24's ``dynamic``: the ``dynamic_transition`` row (``classic_dynamic``): a transition
+through a world whose lake moves (4D points left by a Dynamics) against the same transition
+through the static world: the static part's consistency (goal: at most the static clip's
++ 0.1) and the share of frame pairs in which the lake moves (goal 1.0).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import classic_dynamic  # noqa: E402
 
 from backend.geometry.cloud import PointCloud  # noqa: E402
 from backend.geometry.metrics import consistency  # noqa: E402
@@ -194,39 +201,32 @@ def depth_figures() -> dict:
 def region_figures(args) -> dict:
     """Issue 21: arrows on a composited lake select it, and its dynamics keep up with playback."""
     from backend.geometry.regions import fill_outline
-    from backend.geometry.synthetic import composite_water, water_strokes
+    from backend.geometry.synthetic import water_strokes
     from protocol.messages import Arrow
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=Path(tmp), save_clips=False)
-        with Backend(config) as backend:
-            for k, name in enumerate(args.region_scenes):
-                with Image.open(args.scenes_dir / f"{name}.jpg") as im:
-                    photo = np.asarray(im.convert("RGB").resize((args.size, args.size)))
-                image, lake = composite_water(photo, seed=100 + k)
-                with ScriptedClient(backend.address, credits=8) as client:
-                    opened = client.open_scene(image, scene_id=f"lake-{name}")
-                    sid = opened.scene.scene_id
-                    arrows = [Arrow(start=a, vector=((b[0] - a[0]) / 24, (b[1] - a[1]) / 24))
-                              for a, b in water_strokes(lake, 3)]
-                    iou = {}
-                    for n in (1, 3):
-                        picked = arrows[1:2] if n == 1 else arrows
-                        _, lines = client.select_region(sid, np.eye(4), picked)
-                        region = fill_outline(lines, lake.shape)
-                        iou[n] = float((region & lake).sum() / max((region | lake).sum(), 1))
-                    job = client.dynamics(sid, np.eye(4), num_frames=48, arrows=arrows,
-                                          frame_codec=args.frame_codec)
-                    still = job.frames[0].astype(np.int16)
-                    changed = np.zeros(lake.shape, bool)
-                    for f in job.frames[1:]:
-                        changed |= np.abs(f.astype(np.int16) - still).max(2) > 8
-                    rows.append({"scene": name, "iou_3": iou[3], "iou_1": iou[1],
-                                 "realtime_factor": (48 / 24.0) / job.frame_times[-1],
-                                 "moving_share": float(changed[lake].mean())})
-                    print(json.dumps({k2: round(v, 4) if isinstance(v, float) else v
-                                      for k2, v in rows[-1].items()}), flush=True)
+    for name, image, lake, client in classic_dynamic.lake_scenes(args, args.region_scenes):
+        opened = client.open_scene(image, scene_id=f"lake-{name}")
+        sid = opened.scene.scene_id
+        arrows = [Arrow(start=a, vector=((b[0] - a[0]) / 24, (b[1] - a[1]) / 24))
+                  for a, b in water_strokes(lake, 3)]
+        iou = {}
+        for n in (1, 3):
+            picked = arrows[1:2] if n == 1 else arrows
+            _, lines = client.select_region(sid, np.eye(4), picked)
+            region = fill_outline(lines, lake.shape)
+            iou[n] = float((region & lake).sum() / max((region | lake).sum(), 1))
+        job = client.dynamics(sid, np.eye(4), num_frames=48, arrows=arrows,
+                              frame_codec=args.frame_codec)
+        still = job.frames[0].astype(np.int16)
+        changed = np.zeros(lake.shape, bool)
+        for f in job.frames[1:]:
+            changed |= np.abs(f.astype(np.int16) - still).max(2) > 8
+        rows.append({"scene": name, "iou_3": iou[3], "iou_1": iou[1],
+                     "realtime_factor": (48 / 24.0) / job.frame_times[-1],
+                     "moving_share": float(changed[lake].mean())})
+        print(json.dumps({k2: round(v, 4) if isinstance(v, float) else v
+                          for k2, v in rows[-1].items()}), flush=True)
     return {
         "region_iou": round(float(np.mean([r["iou_3"] for r in rows])), 4),
         "region_iou_min": round(float(np.min([r["iou_3"] for r in rows])), 4),
@@ -248,8 +248,10 @@ def main() -> None:
                         help="how frames travel (raw: the explorer's own backend; jpeg: remote)")
     parser.add_argument("--scenes-dir", type=Path, default=SCENES)
     parser.add_argument("--sheets", type=Path, default=None, help="write contact sheets here")
-    parser.add_argument("--parts", nargs="+", default=["depth", "region", "transitions"],
-                        choices=["depth", "region", "transitions"], help="which figures to measure")
+    parser.add_argument("--parts", nargs="+", default=["depth", "region", "transitions", "dynamic"],
+                        choices=["depth", "region", "transitions", "dynamic"],
+                        help="which figures to measure")
+    classic_dynamic.add_arguments(parser)
     parser.add_argument("--region-scenes", nargs="+", default=list(REGION_SCENES),
                         help="shared scenes a lake is composited into")
     args = parser.parse_args()
@@ -271,6 +273,8 @@ def main() -> None:
     if "transitions" in args.parts:
         run_transitions(args, rows)
         result.update(transition_summary(args, rows))
+    if "dynamic" in args.parts:
+        result.update(classic_dynamic.dynamic_transition_figures(args, contact_sheet))
     result["goals"] = GOALS
     result["goals_met"] = goals_met(result)
     print(json.dumps(result))
@@ -316,6 +320,8 @@ def goals_met(result: dict) -> dict:
         "region_iou": ("region_iou", lambda v: v >= GOALS["region_iou_min"]),
         "dynamics_realtime_factor": ("dynamics_realtime_factor",
                                      lambda v: v >= GOALS["dynamics_realtime_factor_min"]),
+        "dynamic_transition": ("dynamic_transition",
+                               lambda v: v["static_part_ok"] and v["motion_in_every_frame"]),
     }
     return {name: bool(test(result[key])) for name, (key, test) in checks.items() if key in result}
 

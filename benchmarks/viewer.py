@@ -20,6 +20,11 @@ All on one offscreen EGL context (Mesa llvmpipe here), side by side in one run:
   credits granted equal the frames received (true/false; ``slow_clip_s`` gives the clips'
   wall durations, 2 s each at 24 fps).
 
+- ``animated_over_static``: the explorer's whole frame with a world whose points move (4D
+  points, 20% of 1M points with a looping motion, animated in the vertex shader: a second,
+  weighted draw of the moving points) over the same world at rest (world motion off),
+  alternating frame by frame (goal <= 1.15). ``--animated-only`` runs this part alone.
+
 Prints one JSON object as its last line.
 """
 
@@ -147,6 +152,34 @@ def splat_times(ctx, ex: Explorer, bare: BarePointsRenderer) -> dict[str, float]
             if i:  # the first round warms up (shader compile, target allocation)
                 times[name].append((time.perf_counter() - t0) * 1000)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def animated_over_static(ctx, moving_share: float = 0.2, n: int = 1_000_000
+                         ) -> tuple[float, float]:
+    """Median ms of the explorer's frame with ``moving_share`` of ``n`` points moving, and
+    with world motion off, alternating frame by frame at the same poses."""
+    ex = new_explorer(ctx, Silent())
+    xyz, rgb, radius = make_cloud(n, seed=1)
+    ex.points.append(xyz, rgb, radius)
+    rng = np.random.default_rng(2)
+    index = np.sort(rng.choice(n, int(moving_share * n), replace=False))
+    motion = np.zeros((len(index), 4), np.float32)
+    motion[:, :3] = rng.normal(0, 0.05, (len(index), 3))
+    motion[:, 3] = rng.uniform(1.5, 3.0, len(index))
+    ex.points.set_motion(index, motion)
+    ex.press("forward")
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(FRAMES + 1):
+        for animate in (True, False):
+            ex.cloud.animate = animate
+            t0 = time.perf_counter()
+            ex.step(DT)
+            ctx.finish()
+            if i:
+                times[animate].append((time.perf_counter() - t0) * 1000)
+    ex.release("forward")
+    ex.points.release()
+    return statistics.median(times[True]), statistics.median(times[False])
 
 
 def recording_overhead(ctx, ex: Explorer, tmp: Path) -> tuple[float, float, int]:
@@ -283,9 +316,20 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def animated_result(ctx) -> dict:
+    animated, static = animated_over_static(ctx)
+    log(f"1M points, 20% moving: {animated:.1f} ms a frame, at rest {static:.1f} ms")
+    return {"animated_over_static": round(animated / static, 3),
+            "animated_ms": {"animated": round(animated, 2), "static": round(static, 2)}}
+
+
 def main() -> None:
     ctx = moderngl.create_standalone_context(backend="egl")
     result: dict = {"renderer": ctx.info["GL_RENDERER"], "size": list(SIZE)}
+    if "--animated-only" in sys.argv[1:]:
+        print(json.dumps({**result, **animated_result(ctx)}))
+        return
+    result.update(animated_result(ctx))
     ratios = {}
     ms = {}
     splat_ratios, splat_ms = {}, {}

@@ -78,6 +78,7 @@ class Explorer:
         self.hud = HudPresenter(ctx, self.overlay, help_rows)
         self.path_tools = PathTools(self, start_path)
         self.card = PhotoCard(ctx, self.overlay)
+        self.session.on_motion = self.points.set_motion
         self.dynamics_job: str | None = None
         self.target = RenderTarget(ctx, *_target_size(*size))
         self._scene_id: str | None = None
@@ -134,6 +135,7 @@ class Explorer:
             "mouse_look": self.toggle_mouse_look,
             "freeze_brush": self.tools.toggle_brush,
             "clear_marks": self.tools.clear,
+            "world_motion": self.toggle_world_motion,
         }
         handler = handlers.get(action)
         if handler is not None:
@@ -153,6 +155,12 @@ class Explorer:
     def scroll(self, notches: float) -> None:
         self.camera.scroll(notches)
         self.session.status = f"speed x{self.camera.speed_multiplier:.2f}"
+
+    def toggle_world_motion(self) -> None:
+        """M: the regions dynamics left moving move, or stand still (at rest)."""
+        self.cloud.animate = not self.cloud.animate
+        self.session.status = f"world motion {'on' if self.cloud.animate else 'off'}"
+        logger.info(self.session.status)
 
     def toggle_mouse_look(self) -> None:
         self.controls.mouse_look = not self.controls.mouse_look
@@ -218,7 +226,7 @@ class Explorer:
         self.session.status = f"cancelled {len(ids)} job(s)" if ids else "nothing to cancel"
 
     def undo(self) -> None:
-        """Take back the last transition: the backend drops its clip and its points."""
+        """Take back the last transition (its clip and points) or kept dynamics (its motion)."""
         if self.session.scene is None or self.camera.locked:
             self.session.status = "cannot undo now"
             return
@@ -251,6 +259,7 @@ class Explorer:
             self.clip_view.clear()
             self.camera.locked = False
             self.session.status = "dynamics stopped"
+            logger.info("dynamics %s stopped", job_id)
             return
         if not self._can_send("animate"):
             return
@@ -406,7 +415,8 @@ class Explorer:
         self.target.clear(tuple(self.settings.window.background))
         K = self.window_K()
         self.camera.extent = self.points.extent
-        params = ViewParams(self.camera.view_matrix(), self.camera.projection(w, h), K[1, 1])
+        params = ViewParams(self.camera.view_matrix(), self.camera.projection(w, h), K[1, 1],
+                            clock_s=self.time)
         self.cloud.draw(params)
         path = self.controls.path()
         if path is not None:
@@ -439,6 +449,10 @@ class Explorer:
         if self.mouse_look:
             extra.append("mouse look (Tab)")
         extra.append(f"speed x{self.camera.speed_multiplier:.2f}")
+        regions = self.session.moving_regions
+        if regions and self.points.moving:
+            state = "moving" if self.cloud.animate else "still (M: move)"
+            extra.append(f"{state}: {', '.join(regions)}")
         return extra
 
     @property

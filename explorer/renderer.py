@@ -12,7 +12,13 @@ import moderngl
 import numpy as np
 from numpy.typing import ArrayLike
 
-from explorer.point_buffer import VERTEX_ATTRIBUTES, VERTEX_FORMAT, PointCloudBuffer
+from explorer.point_buffer import (
+    MOTION_ATTRIBUTE,
+    MOTION_FORMAT,
+    VERTEX_ATTRIBUTES,
+    VERTEX_FORMAT,
+    PointCloudBuffer,
+)
 from explorer.programs import load_program, set_uniform, uniform
 from explorer.settings import SplatSettings
 
@@ -32,6 +38,8 @@ class ViewParams:
     """GL projection, from ``gl_projection``."""
     focal_px: float
     """Vertical focal length in framebuffer pixels (sizes the splats)."""
+    clock_s: float = 0.0
+    """Seconds on the explorer's clock: the phase of every moving point's loop."""
 
 
 class CloudRenderer:
@@ -52,6 +60,13 @@ class CloudRenderer:
        background the caller cleared stays.
 
     Without antialias every point is an opaque disc (the nearest point's colour).
+
+    4D points (``animate``, on by default): pass 2 draws every point at its forward copy,
+    then the moving points again (an index buffer) at their backward copies, weighted by the
+    loop's phase at ``ViewParams.clock_s`` in the vertex shader (no CPU work per frame). The
+    depth pre-pass takes the forward copies only: the backward copies lie on the same moving
+    surface (a region moves along itself), so this costs a fifth of a second draw when a
+    fifth of the points move. Opaque discs show one copy each.
     """
 
     def __init__(self, ctx: moderngl.Context, points: PointCloudBuffer,
@@ -66,6 +81,8 @@ class CloudRenderer:
         self._vaos: dict[str, moderngl.VertexArray] = {}
         self._vao_generation = -1
         self._targets: _FilterTargets | None = None
+        self.animate = True
+        """Whether moving points move (False: every point at rest)."""
         lo, hi = ctx.info.get("GL_POINT_SIZE_RANGE", (1.0, 2048.0))
         self.max_point_size = float(hi)
 
@@ -77,10 +94,29 @@ class CloudRenderer:
             self._vao_generation = self.points.generation
         key = "filter" if program is self.filter_program else "discs"
         if key not in self._vaos:
-            self._vaos[key] = self.ctx.vertex_array(
-                program, [(self.points.vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES)]
-            )
+            self._vaos[key] = self.ctx.vertex_array(program, self._buffers())
         return self._vaos[key]
+
+    def _buffers(self) -> list:
+        return [(self.points.vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES),
+                (self.points.motion_vbo, MOTION_FORMAT, MOTION_ATTRIBUTE)]
+
+    def _moving_array(self) -> moderngl.VertexArray:
+        """The filter program over the moving points only (their backward copies)."""
+        self._vertex_array(self.filter_program)  # drops arrays of an older generation
+        if "moving" not in self._vaos:
+            self._vaos["moving"] = self.ctx.vertex_array(
+                self.filter_program, self._buffers(), index_buffer=self.points.moving_ibo,
+                index_element_size=4)
+        return self._vaos["moving"]
+
+    def _draw_copies(self, vao: moderngl.VertexArray, prog: moderngl.Program) -> None:
+        """Every point (forward copies), then the moving points' backward copies."""
+        set_uniform(prog, "u_copy", 0)
+        vao.render(moderngl.POINTS, vertices=self.points.count)
+        if self.animate and self.points.moving:
+            set_uniform(prog, "u_copy", 1)
+            self._moving_array().render(moderngl.POINTS, vertices=self.points.moving)
 
     def draw(self, params: ViewParams) -> None:
         """Draw the cloud into the bound framebuffer (its depth is tested and written)."""
@@ -92,11 +128,14 @@ class CloudRenderer:
             self._draw_discs(params)
 
     def _set_view(self, program: moderngl.Program, params: ViewParams) -> None:
-        """The uniforms both splat programs share: camera, focal length, point size cap."""
+        """The uniforms both splat programs share: camera, focal length, point size cap,
+        the clock (folded to an hour: float32 keeps the phase to a millisecond)."""
         uniform(program, "u_view").write(_mat(params.view))
         uniform(program, "u_proj").write(_mat(params.proj))
         set_uniform(program, "u_focal", float(params.focal_px))
         set_uniform(program, "u_max_size", self.max_point_size)
+        set_uniform(program, "u_time", float(params.clock_s % 3600.0))
+        set_uniform(program, "u_animate", int(self.animate and self.points.moving > 0))
 
     def _draw_discs(self, params: ViewParams) -> None:
         self.ctx.enable(moderngl.DEPTH_TEST | moderngl.PROGRAM_POINT_SIZE)
@@ -127,7 +166,8 @@ class CloudRenderer:
         ctx.depth_func = "<"
         set_uniform(prog, "u_push", 1.0 + s.depth_tolerance)
         set_uniform(prog, "u_weighted", 0)
-        vao.render(moderngl.POINTS, vertices=self.points.count)
+        set_uniform(prog, "u_copy", 0)  # forward copies only: a backward copy lies on the
+        vao.render(moderngl.POINTS, vertices=self.points.count)  # same moving surface
         # 2. weighted accumulation of the footprints within the tolerance
         fbo.color_mask, fbo.depth_mask = (True,) * 4, False
         fbo.use()
@@ -138,7 +178,7 @@ class CloudRenderer:
         ctx.blend_equation = moderngl.FUNC_ADD, moderngl.FUNC_ADD  # colour and alpha
         set_uniform(prog, "u_push", 1.0)
         set_uniform(prog, "u_weighted", 1)
-        vao.render(moderngl.POINTS, vertices=self.points.count)
+        self._draw_copies(vao, prog)
         # 3. normalisation into the caller's framebuffer, with the pre-pass depth
         ctx.disable(moderngl.BLEND)
         dst.use()

@@ -37,6 +37,7 @@ from protocol.messages import (
     JobDone,
     JobFailed,
     PointsDelta,
+    PointsMotion,
     Progress,
     RegionOutline,
     SceneOpened,
@@ -125,6 +126,10 @@ class ExplorerSession:
         self.on_opened: Callable[[SceneInfo], None] | None = None
         """Called with the scene once SceneOpened arrives (new or resumed)."""
         self.undone: list[Undone] = []
+        self.on_motion: Callable[[np.ndarray, np.ndarray], None] | None = None
+        """Called with (indices, M x 4 motion) when points of the scene get a looping motion."""
+        self.moving_regions: list[str] = []
+        """The scene's regions that move (4D points), oldest first, as the backend said."""
         self.region_request: str | None = None
         """The latest SelectRegion sent; older outlines are ignored."""
         self.region_outline: list[np.ndarray] | None = None
@@ -296,6 +301,7 @@ class ExplorerSession:
         return {
             SceneOpened: self._on_scene_opened,
             PointsDelta: self._on_points,
+            PointsMotion: self._on_motion,
             JobAccepted: self._on_job_accepted,
             Progress: self._on_progress,
             Frame: self._on_frame,
@@ -317,6 +323,7 @@ class ExplorerSession:
     def _on_scene_opened(self, msg: SceneOpened, blobs) -> None:
         if self.scene is not None and self.scene.scene_id == msg.scene_id:
             self.on_truncate(0)  # resumed: the backend sends the whole cloud again
+        self.moving_regions = []
         self.scene = SceneInfo(msg.scene_id, msg.width, msg.height, k_array(msg.K),
                                pose_array(msg.pose), msg.median_depth, msg.engine, msg.num_points,
                                depth_source=msg.depth_source, depth_note=msg.depth_note,
@@ -345,6 +352,18 @@ class ExplorerSession:
                 self._opening_since = None
                 self.status = "scene ready: fly with W A S D, F1 for help"
                 logger.info("scene %s ready: %d points", msg.scene_id, msg.total_points)
+
+    def _on_motion(self, msg: PointsMotion, blobs) -> None:
+        if self.scene is None or msg.scene_id != self.scene.scene_id:
+            return
+        index, motion = read_array(msg.index, blobs), read_array(msg.motion, blobs)
+        known = (index >= 0) & (index < self.scene.loaded_points)
+        if not known.all():  # never before its points; a backend that does so is logged
+            logger.warning("motion for %d points not loaded yet: ignored", int((~known).sum()))
+            index, motion = index[known], motion[known]
+        if self.on_motion is not None:
+            self.on_motion(index, motion)
+        self.moving_regions = list(msg.regions)
 
     def _on_job_accepted(self, msg: JobAccepted, blobs) -> None:
         if msg.job_id in self._discarded:

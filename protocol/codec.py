@@ -37,6 +37,7 @@ from protocol.messages import (
     ImageRef,
     Message,
     PointsDelta,
+    PointsMotion,
     Transition,
     WireDtype,
 )
@@ -145,6 +146,12 @@ def _check_refs(msg: Message, blobs: list[memoryview], limits: Limits) -> None:
         _expect_shape("xyz", msg.xyz, [n, 3], "float32")
         _expect_shape("rgb", msg.rgb, [n, 3], "uint8")
         _expect_shape("radius", msg.radius, [n], "float32")
+    elif isinstance(msg, PointsMotion):
+        n = msg.index.shape[0] if msg.index.shape else 0
+        if n > limits.max_points_per_chunk:
+            raise TooLarge(f"{n} moving points in one message exceed {limits.max_points_per_chunk}")
+        _expect_shape("index", msg.index, [n], "int32")
+        _expect_shape("motion", msg.motion, [n, 4], "float32")
     elif isinstance(msg, Transition):
         shape = msg.poses.shape
         if len(shape) != 3 or shape[1:] != [4, 4] or shape[0] < 2:

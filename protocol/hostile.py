@@ -34,6 +34,7 @@ from protocol.messages import (
     OpenScene,
     Ping,
     PointsDelta,
+    PointsMotion,
     Pong,
     Progress,
     RegionOutline,
@@ -61,6 +62,8 @@ def valid_messages() -> list[tuple[Message, list[codec.Blob]]]:
     xyz, xyz_b = codec.array_blob(np.zeros((2, 3), np.float32), 0)
     rgb, rgb_b = codec.array_blob(np.zeros((2, 3), np.uint8), 1)
     rad, rad_b = codec.array_blob(np.zeros(2, np.float32), 2)
+    idx, idx_b = codec.array_blob(np.arange(2, dtype=np.int32), 0)
+    mot, mot_b = codec.array_blob(np.zeros((2, 4), np.float32), 1)
     out: list[tuple[Message, list[codec.Blob]]] = [
         (Hello(protocol_version=1), []),
         (Welcome(protocol_version=1, server="s", engines=["classic"], default_engine="classic",
@@ -75,6 +78,8 @@ def valid_messages() -> list[tuple[Message, list[codec.Blob]]]:
                      pose=EYE, median_depth=2.0, num_points=4), []),
         (PointsDelta(scene_id="s", chunk=0, last=True, xyz=xyz, rgb=rgb, radius=rad,
                      total_points=2), [xyz_b, rgb_b, rad_b]),
+        (PointsMotion(scene_id="s", index=idx, motion=mot, regions=["water"], total_points=2),
+         [idx_b, mot_b]),
         (Transition(job_id="j", scene_id="s", poses=poses_ref, fps=24.0, prompt="p"), [poses]),
         (Dynamics(job_id="j", scene_id="s", pose=EYE, num_frames=8,
                   arrows=[Arrow(start=(1.0, 2.0), vector=(0.5, 0.0))]), []),

@@ -239,6 +239,29 @@ class PointsDelta(Message, tag="points_delta"):
     job_id: str | None = None
 
 
+class PointsMotion(Message, tag="points_motion"):
+    """Backend -> explorer: 4D points. Sets the looping motion of some of a scene's points
+    (``backend.geometry.motion``): after a dynamics job (its region's points start moving),
+    after opening or resuming a scene with moving points, and after an undo (the points get
+    back the motion they had). Each moving point is drawn as two copies, at
+    ``p + tau d`` (weight ``1 - tau``) and ``p - (1 - tau) d`` (weight ``tau``), ``tau`` the
+    fraction of its period elapsed on the wall clock: one seamless loop."""
+
+    scene_id: str
+    index: ArrayRef
+    """M int32 indices of the points set, into the scene's cloud (its order of appends)."""
+    motion: ArrayRef
+    """M x 4 float32: world-space displacement over one loop (dx, dy, dz in world units, the
+    poses' units; OpenCV world axes) and the loop's period in seconds (0 = the point is
+    static)."""
+    regions: list[Annotated[str, Meta(max_length=200)]]
+    """Every region of the scene moving once this applies, oldest first (for the HUD)."""
+    total_points: int
+    """Points in the scene's cloud (every index is below it)."""
+    job_id: str | None = None
+    """The dynamics job that made this motion; None on open, resume and undo."""
+
+
 # --- jobs -------------------------------------------------------------------------------
 
 
@@ -316,7 +339,8 @@ class Cancel(Message, tag="cancel"):
 
 
 class Undo(Message, tag="undo"):
-    """Explorer -> backend: take back the scene's last transition (its clip and its points)."""
+    """Explorer -> backend: take back the scene's last transition (its clip and its points)
+    or the last dynamics result kept in the world (its clip and its motion)."""
 
     request_id: Id
     scene_id: Id
@@ -324,7 +348,8 @@ class Undo(Message, tag="undo"):
 
 class Undone(Message, tag="undone"):
     """Backend -> explorer: the last transition is gone; the cloud is its first
-    ``total_points`` points again (points are only ever appended, so a truncation)."""
+    ``total_points`` points again (points are only ever appended, so a truncation). An
+    undone dynamics result comes as ``PointsMotion`` (the points' motion before) first."""
 
     request_id: str
     scene_id: str
@@ -447,6 +472,7 @@ AnyMessage = Union[  # noqa: UP007 - msgspec needs a real Union for the tagged d
     OpenScene,
     SceneOpened,
     PointsDelta,
+    PointsMotion,
     Transition,
     Dynamics,
     SelectRegion,

@@ -25,6 +25,7 @@ from protocol.messages import (
     JobDone,
     JobFailed,
     PointsDelta,
+    PointsMotion,
     Progress,
     RegionOutline,
     SceneOpened,
@@ -83,6 +84,8 @@ class ScriptedClient:
         self.client = Client(address, **client_options)
         self.welcome = self.client.connect(timeout=timeout_s)
         self.timeout_s = timeout_s
+        self.motions: list[tuple[PointsMotion, np.ndarray, np.ndarray]] = []
+        """Every PointsMotion received, with its (indices, motion) arrays, in order."""
 
     def close(self) -> None:
         self.client.close()
@@ -101,6 +104,9 @@ class ScriptedClient:
             raise ScriptError(f"backend gone: {ev.reason}")
         if isinstance(ev.msg, Error):
             raise ScriptError(f"backend error [{ev.msg.code}]: {ev.msg.message}")
+        if isinstance(ev.msg, PointsMotion):
+            self.motions.append((ev.msg, np.array(codec.read_array(ev.msg.index, ev.blobs)),
+                                 np.array(codec.read_array(ev.msg.motion, ev.blobs))))
         return ev
 
     def open_scene(self, image: np.ndarray | None, scene_id: str | None = None,
@@ -120,6 +126,17 @@ class ScriptedClient:
                 points.add(ev.msg, ev.blobs)
                 if ev.msg.last and opened is not None:
                     return OpenResult(opened, points)
+
+    def next_motion(self, scene_id: str) -> tuple[PointsMotion, np.ndarray, np.ndarray]:
+        """Wait for the next PointsMotion of ``scene_id`` (e.g. the one a resumed scene with
+        moving points sends after its cloud); it is also in ``motions``."""
+        seen = len(self.motions)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            self._next(deadline)
+            for entry in self.motions[seen:]:
+                if entry[0].scene_id == scene_id:
+                    return entry
 
     def transition(self, scene_id: str, poses: np.ndarray, fps: float = 24.0,
                    cancel_after: int | None = None, **extra) -> JobResult:

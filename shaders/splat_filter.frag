@@ -5,6 +5,7 @@ uniform int u_weighted;
 
 flat in vec3 v_color;
 flat in float v_falloff;
+flat in float v_weight;     // a moving point's copy weighs its share of the loop
 out vec4 f_accum;
 
 void main() {
@@ -17,6 +18,6 @@ void main() {
         f_accum = vec4(0.0);
         return;
     }
-    float w = exp(-v_falloff * q2);
+    float w = v_weight * exp(-v_falloff * q2);
     f_accum = vec4(v_color * w, w);
 }

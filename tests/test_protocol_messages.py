@@ -19,6 +19,7 @@ from protocol.messages import (
     Frame,
     ImageRef,
     PointsDelta,
+    PointsMotion,
     SceneText,
     Transition,
 )
@@ -113,6 +114,9 @@ def _materialise(msg, rng: np.random.Generator):
                     "rgb": rng.integers(0, 256, (n_points, 3), dtype=np.uint8),
                     "radius": rng.random(n_points).astype(np.float32),
                 }[name]
+            elif isinstance(msg, PointsMotion):
+                a = {"index": rng.integers(0, 1000, n_points).astype(np.int32),
+                     "motion": rng.random((n_points, 4)).astype(np.float32)}[name]
             elif isinstance(msg, Transition):
                 a = np.tile(np.eye(4, dtype=np.float32), (int(rng.integers(2, 9)), 1, 1))
             else:

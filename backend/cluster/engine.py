@@ -26,6 +26,7 @@ from backend.engines.base import (
     Engine,
     EngineError,
     Event,
+    MotionOut,
     OpenRequest,
     PointsOut,
     Scene,
@@ -161,6 +162,9 @@ class ClusterEngine(Engine):
                     started = True
                     if isinstance(event, PointsOut):
                         held = self._apply_points(scene, request, event, token_out)
+                    elif isinstance(event, MotionOut):  # the worker's region moves: here too
+                        scene.cloud.set_motion(event.index, event.motion)
+                        scene.moving_regions.append(event.region)
                     yield event
                 done = True
                 held = held if kind == "transition" else token

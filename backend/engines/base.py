@@ -51,6 +51,8 @@ class Scene:
     """Most points the scene's store keeps (0 = unbounded)."""
     seen: SeenViews | None = None
     """The views later fills must leave as they are (the classic engine); None: not tracked."""
+    moving_regions: list[str] = field(default_factory=list)
+    """Names of the regions whose points move (4D points), oldest first."""
     layout: SceneLayout | None = None
     """The first view's ground plane and sky; None when the view shows no level ground."""
 
@@ -128,7 +130,23 @@ class PointsOut:
     cloud: PointCloud
 
 
-Event = ProgressOut | FrameOut | PointsOut
+@dataclass(frozen=True)
+class MotionOut:
+    """A dynamics run left its region moving in the world: the points at ``index`` now carry
+    ``motion`` (M x 4, ``geometry.motion``); the engine has set it in the scene's store and
+    ``before`` is what they had (undo gives it back)."""
+
+    index: np.ndarray
+    """M int64 point indices into the scene's cloud."""
+    motion: np.ndarray
+    """M x 4 float32: world displacement over one loop, period in seconds."""
+    before: np.ndarray
+    """M x 4 float32: their motion before."""
+    region: str
+    """A short name of the region for the HUD (e.g. ``water``)."""
+
+
+Event = ProgressOut | FrameOut | PointsOut | MotionOut
 
 
 class EngineError(RuntimeError):

@@ -18,7 +18,9 @@
   from the merged cloud with anti-aliased splats, so the clip is consistent by construction.
   Frames stream as they are rendered; pinholes no splat reached are pull-push filled.
 - Dynamics: Eulerian flow (backend.animation) inside the region the drawn arrows segment
-  (or a sky/water guess), lifted to 3D and rendered from the current pose as a seamless loop.
+  (or a sky/water guess), lifted to 3D and rendered from the current pose as a seamless loop;
+  then the region's points keep the loop as 4D points (``backend.region_motion``), so the
+  world goes on moving, and later transitions render it at each frame's time.
 
 Over 400 lines on purpose: opening, transition and dynamics of one engine share its fill
 and lift helpers; the geometry itself lives in ``backend.geometry``.
@@ -34,7 +36,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from backend import animation
+from backend import animation, region_motion
 from backend.engines.base import (
     DynamicsRequest,
     Engine,
@@ -52,6 +54,7 @@ from backend.geometry.depth import clean_depth_edges
 from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
 from backend.geometry.layout import SceneLayout, ViewLayout, fit_layout, view_layout
+from backend.geometry.motion_render import render_at
 from backend.geometry.popup import VERTICAL, popup_depth
 from backend.geometry.seen import SeenViews
 from backend.geometry.splat import SplatRenderer
@@ -269,7 +272,8 @@ class ClassicEngine(Engine):
         source, note = _saved_depth(saved)
         scene = Scene(scene_id, saved["image"], np.asarray(saved["K"]), store, median, saved["text"],
                       pose=np.asarray(saved["pose"]), engine=self.name, depth_source=source,
-                      depth_note=note, points_budget=self.capacity)
+                      depth_note=note, points_budget=self.capacity,
+                      moving_regions=region_motion.saved_regions(saved["clips"]))
         w, h = scene.size
         scene.seen = SeenViews(scene.K, w, h)  # the photo's view, as the saved cloud shows it
         first = self.renderer.render(store, np.eye(4)[None], scene.K, w, h).numpy()
@@ -294,10 +298,12 @@ class ClassicEngine(Engine):
             yield ProgressOut("grow", i, len(keys), "filling unseen parts of the path")
             added.append(self._grow(scene, poses[k]))
         yield ProgressOut("grow", len(keys), len(keys))
-        # 3. render the other frames from the merged cloud, streaming each as it is ready
+        # 3. render the other frames from the merged cloud, streaming each as it is ready (a
+        #    moving world at each frame's time: its 4D points one batch's time at once)
         for start in range(1, n, self.frames_per_batch):
             batch = poses[start : start + self.frames_per_batch]
-            out = self.renderer.render(scene.cloud, batch, scene.K, w, h).numpy()
+            out = render_at(self.renderer, scene.cloud, batch, scene.K, w, h,
+                            start / request.fps).numpy()
             for i, image in enumerate(out.image):
                 yield FrameOut(start + i, self._fill_gaps(image, out.mask[i]), poses[start + i])
         scene.pose = np.asarray(poses[-1], dtype=np.float64)
@@ -406,4 +412,10 @@ class ClassicEngine(Engine):
         for t, from_back, from_ahead, _ in animation.loop_frames(-field, start, n):
             frame = animation.loop_frame(colour, ys, xs, from_back, from_ahead, (t + 0.5) / n)
             yield FrameOut(t, frame, request.pose)
+        # the loop stays in the world: the region's points carry its motion (4D points)
+        index, motion = region_motion.lift_region(scene.cloud.cloud(), request.pose, scene.K,
+                                                  field, depth, n, request.fps)
+        if len(index):
+            yield region_motion.keep(scene, index, motion,
+                                     region_motion.region_name(request.arrows, depth.shape))
 

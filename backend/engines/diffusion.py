@@ -17,7 +17,8 @@
   8. lift the last frame's still unseen pixels into the cloud, move the scene's pose.
 - Dynamics (Stage II, sec. IV-B): the MLLM's three-step dynamics prompt (check the candidate
   entities, describe their motion, write the prompt), then plain image-to-video (guidance mode
-  ``none``) from the rendered, filled view.
+  ``none``) from the rendered, filled view; the clip's motion (optical flow,
+  ``backend.clip_flow``) then stays in the world as 4D points (``backend.region_motion``).
 
 Models come from a models TOML (``configs/models/<name>.toml`` or a path) through the shared
 :class:`~backend.models.ModelRegistry` cache, so each loads once and stays resident. A
@@ -40,6 +41,8 @@ import cv2
 import numpy as np
 import torch
 
+from backend import region_motion
+from backend.clip_flow import clip_region
 from backend.engines.base import (
     DynamicsRequest,
     Engine,
@@ -378,9 +381,18 @@ class DiffusionEngine(Engine):
         out = yield from sample_with_progress(sampler, small, None, cfg, generator,
                                               self._model_lock, prompt_embeds=embeds)
         # 4. stream the clip as it decodes (the explorer loops it)
+        frames = []
         for t, frame in stream_frames(sampler, out, cfg, generator, box, request.num_frames,
                                       self._model_lock):
+            frames.append(frame)
             yield FrameOut(t, frame, pose)
+        # 5. its motion stays in the world: optical flow lifted onto the region's points
+        field, _ = clip_region(image, frames, request.arrows, request.frozen)
+        index, motion = region_motion.lift_region(scene.cloud.cloud(), pose, scene.K, field,
+                                                  view.depth[0], len(frames), request.fps)
+        if len(index):
+            name = region_motion.region_name(request.arrows, (h, w), "what the clip moved")
+            yield region_motion.keep(scene, index, motion, name)
 
     def open_scene(self, request: OpenRequest) -> tuple[Scene, PointCloud]:
         """The classic engine's scene lifting, on the depth model's depth when there is one."""

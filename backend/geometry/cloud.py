@@ -6,7 +6,9 @@ convention, world = the first view's camera frame):
 - ``xyz``: ``(N, 3)`` float32 positions,
 - ``rgb``: ``(N, 3)`` uint8 colours,
 - ``radius``: ``(N,)`` float32 world-space splat radii (a pixel's footprint at the depth the
-  point was seen from, see :func:`backend.geometry.unproject`).
+  point was seen from, see :func:`backend.geometry.unproject`),
+- ``motion``: ``(N, 4)`` float32 looping motion, or None when no point moves (the 4D points
+  of :mod:`backend.geometry.motion`: displacement over one loop and its period).
 
 These are exactly the arrays of the protocol's ``PointsDelta`` message.
 """
@@ -17,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from backend.geometry.motion import check_motion, static_motion
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,8 @@ class PointCloud:
     """N x 3 uint8 colours."""
     radius: np.ndarray
     """N float32 world-space splat radii."""
+    motion: np.ndarray | None = None
+    """N x 4 float32 looping motion (``geometry.motion``); None: every point is static."""
 
     def __post_init__(self) -> None:
         n = self.xyz.shape[0] if self.xyz.ndim == 2 else -1
@@ -40,6 +46,12 @@ class PointCloud:
             raise ValueError(
                 f"radius must be ({n},) float32, got {self.radius.shape} {self.radius.dtype}"
             )
+        if self.motion is not None:
+            check_motion(self.motion, n)
+
+    def motion_or_static(self) -> np.ndarray:
+        """N x 4 motion, zeros when the cloud has none."""
+        return self.motion if self.motion is not None else static_motion(len(self))
 
     def __len__(self) -> int:
         return int(self.xyz.shape[0])
@@ -56,10 +68,12 @@ class PointCloud:
         """All points of ``clouds`` in order."""
         if not clouds:
             return cls.empty()
+        moving = any(c.motion is not None for c in clouds)
         return cls(
             np.concatenate([c.xyz for c in clouds]),
             np.concatenate([c.rgb for c in clouds]),
             np.concatenate([c.radius for c in clouds]),
+            np.concatenate([c.motion_or_static() for c in clouds]) if moving else None,
         )
 
     def take(self, index: np.ndarray | slice) -> PointCloud:
@@ -68,4 +82,9 @@ class PointCloud:
             np.ascontiguousarray(self.xyz[index]),
             np.ascontiguousarray(self.rgb[index]),
             np.ascontiguousarray(self.radius[index]),
+            None if self.motion is None else np.ascontiguousarray(self.motion[index]),
         )
+
+    def with_motion(self, motion: np.ndarray | None) -> PointCloud:
+        """The same points carrying ``motion`` (N x 4, or None: static)."""
+        return PointCloud(self.xyz, self.rgb, self.radius, motion)

@@ -2,9 +2,12 @@
 
 Files are ``binary_little_endian 1.0`` with one ``vertex`` element of properties
 ``float x, y, z; uchar red, green, blue; float radius`` (radius is an extra property that
-plyfile, Open3D and MeshLab read or ignore). The reader accepts any binary little-endian PLY
-whose vertex element has x y z and red green blue (radius optional, 0 when absent) with
-other vertex properties skipped; it refuses ASCII and big-endian files with a clear error.
+plyfile, Open3D and MeshLab read or ignore). A cloud with 4D points (``PointCloud.motion``)
+adds ``float motion_x, motion_y, motion_z, motion_period`` (world displacement over one loop,
+its period in seconds; see ``geometry.motion``), read back when present. The reader accepts
+any binary little-endian PLY whose vertex element has x y z and red green blue (radius
+optional, 0 when absent) with other vertex properties skipped; it refuses ASCII and
+big-endian files with a clear error.
 ``iter_ply(path, chunk_size)`` reads the same files a chunk at a time (exports of large
 worlds), ``ply_vertex_count(path)`` reads the header only.
 The header is bounded (``MAX_HEADER_BYTES``) and its element counts are checked against the
@@ -37,19 +40,27 @@ _VERTEX = np.dtype(
 )  # fmt: skip
 
 
+_MOTION = ("motion_x", "motion_y", "motion_z", "motion_period")
+
+
 def write_ply(path: str | Path, cloud: PointCloud) -> None:
-    """Write ``cloud`` as binary little-endian PLY."""
-    rows = np.empty(len(cloud), _VERTEX)
+    """Write ``cloud`` as binary little-endian PLY (with its motion when it has one)."""
+    layout = _VERTEX if cloud.motion is None else np.dtype(
+        _VERTEX.descr + [(name, "<f4") for name in _MOTION])
+    rows = np.empty(len(cloud), layout)
     rows["x"], rows["y"], rows["z"] = cloud.xyz.T
     rows["red"], rows["green"], rows["blue"] = cloud.rgb.T
     rows["radius"] = cloud.radius
+    if cloud.motion is not None:
+        for i, name in enumerate(_MOTION):
+            rows[name] = cloud.motion[:, i]
     header = [
         "ply",
         "format binary_little_endian 1.0",
         "comment dreamjourney point cloud; radius = world-space splat radius",
         f"element vertex {len(cloud)}",
         *(f"property {'uchar' if name in ('red', 'green', 'blue') else 'float'} {name}"
-          for name in _VERTEX.names or ()),
+          for name in layout.names or ()),
         "end_header",
     ]  # fmt: skip
     with open(path, "wb") as f:
@@ -125,7 +136,12 @@ def _as_cloud(data: np.ndarray) -> PointCloud:
     rgb = np.stack([data["red"], data["green"], data["blue"]], axis=1).astype(np.uint8)
     names = data.dtype.names or ()
     radius = data["radius"].astype(np.float32) if "radius" in names else np.zeros(len(data), np.float32)
-    return PointCloud(xyz, rgb, radius)
+    motion = None
+    if all(name in names for name in _MOTION):
+        motion = np.stack([data[name] for name in _MOTION], axis=1).astype(np.float32)
+        if not np.isfinite(motion).all() or (motion[:, 3] < 0).any():
+            raise ValueError("PLY motion must be finite with periods >= 0")
+    return PointCloud(xyz, rgb, radius, motion)
 
 
 def read_ply(path: str | Path) -> PointCloud:

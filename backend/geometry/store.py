@@ -24,7 +24,10 @@
   same on-screen area as the points it replaced), then appends: the world keeps growing at
   the budget, losing detail only where it is far away. Merging keeps the points' order.
 - ``chunks(delta, chunk_size)`` splits a delta into pieces for ``PointsDelta`` messages.
-- ``save(path)`` / ``PointStore.load(path)`` write and read binary PLY (see ``ply``).
+- ``set_motion(index, motion)`` gives points a looping motion (4D points,
+  ``geometry.motion``); appended points are static; merged points move as their voxel's mean.
+- ``save(path)`` / ``PointStore.load(path)`` write and read binary PLY (see ``ply``), motion
+  included.
 """
 
 from __future__ import annotations
@@ -69,7 +72,11 @@ def _merge_voxels(cloud: PointCloud, keys: np.ndarray) -> PointCloud:
     spread = np.linalg.norm(cloud.xyz - xyz[slot].astype(np.float32), axis=1) + cloud.radius
     radius = np.zeros(n, np.float32)
     np.maximum.at(radius, slot, spread.astype(np.float32))
-    return PointCloud(xyz.astype(np.float32), rgb, radius)
+    motion = None
+    if cloud.motion is not None:  # a merged point moves as its voxel's points on average
+        motion = np.stack([np.bincount(slot, cloud.motion[:, c], n) for c in range(4)], 1) / w
+    return PointCloud(xyz.astype(np.float32), rgb, radius,
+                      None if motion is None else motion.astype(np.float32))
 
 
 class PointStore:
@@ -182,6 +189,21 @@ class PointStore:
             self._replace(cloud)
             self.merges += 1
         return len(cloud)
+
+    def set_motion(self, index: np.ndarray, motion: np.ndarray) -> np.ndarray:
+        """Give the points at ``index`` the looping ``motion`` (M x 4, ``geometry.motion``);
+        returns the motion they had (to take it back)."""
+        cloud = self.cloud()
+        index = np.asarray(index, np.int64)
+        if len(index) and (index.min() < 0 or index.max() >= len(cloud)):
+            raise IndexError(f"motion indices must be in [0, {len(cloud)})")
+        full = cloud.motion_or_static().copy()
+        before = full[index].copy()
+        full[index] = motion
+        self._cloud = cloud.with_motion(full if (full[:, 3] > 0).any() else None)
+        self._parts = [self._cloud]
+        self.version += 1
+        return before
 
     @staticmethod
     def chunks(delta: PointCloud, chunk_size: int = 65536) -> Iterator[PointCloud]:
