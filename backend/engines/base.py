@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backend.geometry.cloud import PointCloud
-from protocol.messages import Arrow, SceneText
+from protocol.messages import Arrow, SceneText, TransitionDynamics
 
 
 @dataclass
@@ -77,6 +77,8 @@ class TransitionRequest:
     seed: int | None = None
     preset: str | None = None
     """Sampler preset (``paper``, ``interactive``: a configs/models name); None: the default."""
+    dynamics: TransitionDynamics | None = None
+    """Set: a dynamic transition (the scene moves while the camera flies; see the message)."""
 
 
 @dataclass(frozen=True)

@@ -105,16 +105,19 @@ class ComposedVideoSampler(GuidedVideoSampler):
     def _conditioning(self, image: np.ndarray, total: int, height: int, width: int,
                       prompt_embeds: PromptEmbeds, cfg: bool, generator: torch.Generator,
                       padded: PriorVideo | None, config: GuidanceConfig) -> Conditioning:
-        cond = super()._conditioning(image, total, height, width, prompt_embeds, cfg, generator,
-                                     padded, config)
         embeds = self.dynamics_prompt_embeds
         if embeds is None:
             embeds = self.adapter.encode_prompt(self.dynamics_prompt, config.negative_prompt, cfg,
                                                 config.max_sequence_length)
-        # Stage II is plain image-to-video from the first frame: no end views, no prior
+        # Stage II is plain image-to-video from the first frame: no end views, no prior. It
+        # draws what Stage I draws (the same first-frame latents), and the clip's noise stays
+        # the camera-guided sampler's
+        before = generator.get_state()
         self._dynamics_cond = self.adapter.prepare_conditioning(
             image, total, height, width, embeds, cfg, generator, prior=None)
-        return cond
+        generator.set_state(before)
+        return super()._conditioning(image, total, height, width, prompt_embeds, cfg, generator,
+                                     padded, config)
 
     def _round(self, x: torch.Tensor, i: int, t: torch.Tensor, schedule: NoiseSchedule,
                cond: Conditioning, config: GuidanceConfig, scale: float | torch.Tensor,
