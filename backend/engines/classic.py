@@ -17,6 +17,8 @@
   reached), then render every frame
   from the merged cloud with anti-aliased splats, so the clip is consistent by construction.
   Frames stream as they are rendered; pinholes no splat reached are pull-push filled.
+- Dynamic transition: as a transition, each frame rendered from the scene's 4D points at
+  its time (``world_clock``); a scene without motion renders still, and says so.
 - Dynamics: Eulerian flow (backend.animation) inside the region the drawn arrows segment
   (or a sky/water guess), lifted to 3D and rendered from the current pose as a seamless loop.
 """
@@ -44,6 +46,7 @@ from backend.engines.base import (
     Scene,
     TransitionRequest,
 )
+from backend.engines.world_clock import WorldClock
 from backend.geometry.cloud import PointCloud
 from backend.geometry.depth import clean_depth_edges
 from backend.geometry.fill import pull_push, texture_fill
@@ -278,8 +281,11 @@ class ClassicEngine(Engine):
         poses = request.poses
         w, h = scene.size
         n = len(poses)
+        clock = WorldClock.of(scene, request)  # a dynamic transition: the world at frame times
+        if clock.note:
+            yield Progress("motion", 1, 1, clock.note)
         # 1. the first frame is the current view, which growing cannot change: stream it now
-        first = self.renderer.render(scene.cloud, poses[:1], scene.K, w, h).numpy()
+        first = self.renderer.render(clock.world(scene, 0), poses[:1], scene.K, w, h).numpy()
         yield FrameOut(0, self._fill_gaps(first.image[0], first.mask[0]), poses[0])
         # 2. fill what the end view has never seen, then the keyframes between (end first,
         #    so nearer keyframes inpaint from what the end view added)
@@ -290,9 +296,10 @@ class ClassicEngine(Engine):
             added.append(self._grow(scene, poses[k]))
         yield Progress("grow", len(keys), len(keys))
         # 3. render the other frames from the merged cloud, streaming each as it is ready
-        for start in range(1, n, self.frames_per_batch):
-            batch = poses[start : start + self.frames_per_batch]
-            out = self.renderer.render(scene.cloud, batch, scene.K, w, h).numpy()
+        per_batch = clock.batch(self.frames_per_batch)
+        for start in range(1, n, per_batch):
+            batch = poses[start : start + per_batch]
+            out = self.renderer.render(clock.world(scene, start), batch, scene.K, w, h).numpy()
             for i, image in enumerate(out.image):
                 yield FrameOut(start + i, self._fill_gaps(image, out.mask[i]), poses[start + i])
         scene.pose = np.asarray(poses[-1], dtype=np.float64)
