@@ -414,3 +414,22 @@ def test_dynamic_transition_composes_the_dynamics_prompt_per_step(tmp_path, mode
         f"{logistic_weight(i, 3, 20.0, 0.5):.2f}" for i in range(3)]
     assert max(np.abs(a.astype(int) - b).mean() for a, b in
                zip(plain.frames, moving.frames, strict=True)) > 0.5
+
+
+def test_dynamic_transition_on_a_flow_family_with_prior_tokens(models):
+    """LTX (flow matching, the prior carried as condition tokens in Stage I's network only):
+    the request's k and s0 replace the preset's, and Stage II runs on its own conditioning."""
+    engine = DiffusionEngine(models=str(models["full"]), guidance=FAST, inpaint_steps=2,
+                             presets={"fast": str(models["ltx"])})
+    scene, _ = engine.open_scene(OpenRequest("ltx-dyn", scene_image(10), text=TEXT))
+    poses = preset("backward", n_frames=4, median_depth=scene.median_depth)
+    motion = TransitionDynamics(prompt="the river flows", k=1e6, s0=0.4)  # steps 0 | 1 of 2
+    events = list(engine.transition(scene, TransitionRequest(poses, preset="fast",
+                                                             dynamics=motion)))
+    frames = [e for e in events if isinstance(e, FrameOut)]
+    assert len(frames) == 4 and all(f.image.shape == (H, W, 3) and f.image.std() > 1
+                                    for f in frames)
+    said = [e.message for e in events if getattr(e, "stage", "") == "motion"]
+    assert said == ["prompt from the request"]
+    sample = [e.message for e in events if getattr(e, "stage", "") == "sample"]
+    assert [m.split("dynamics weight ")[1] for m in sample] == ["0.00", "1.00"]
