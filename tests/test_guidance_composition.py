@@ -201,3 +201,22 @@ def test_presets_set_k_and_s0_and_unknown_or_bad_values_are_errors(preset, tmp_p
         GuidanceConfig.from_mapping({**table, "dynamics_k": 0.0})
     with pytest.raises(ValueError, match="dynamics_s0 must be in"):
         GuidanceConfig.from_mapping({**table, "dynamics_s0": 1.5})
+
+
+@pytest.mark.parametrize("mode", ["release", "blend", "none"])
+@pytest.mark.parametrize("k,s0", [(20.0, 0.5), (1e6, 0.45), (math.inf, 1.0)])
+def test_forwards_per_clip_counts_what_the_composed_sampler_calls(mode, k, s0):
+    from backend.guidance.cost import forwards_per_clip
+
+    sigmas = (math.inf, *SIGMAS[::3])
+    m = model("flow", "flow", sigmas)
+    image = m.sample_image(torch.Generator().manual_seed(2))
+    masks = np.zeros((FRAMES, SIZE, SIZE), np.float32)
+    masks[0] = masks[-1] = 1.0
+    prior = PriorVideo(image[None].repeat(FRAMES, 0), masks)
+    cfg = config(len(sigmas), mode=mode, renoise_rounds=2, dynamics_k=k, dynamics_s0=s0)
+    out, _ = sample(m, cfg, prior=prior)
+    schedule = m.noise_schedule(len(sigmas))
+    assert out.counters.model_evals == forwards_per_clip(schedule, cfg, dynamic=True)
+    if s0 == 1.0:  # never weighted: the camera-guided sampler's count
+        assert out.counters.model_evals == forwards_per_clip(schedule, cfg)

@@ -99,7 +99,8 @@ class ComposedVideoSampler(GuidedVideoSampler):
         self.dynamics_prompt = dynamics_prompt
         self.dynamics_prompt_embeds = dynamics_prompt_embeds
         self._dynamics_cond: Conditioning | None = None
-        self._last: dict[str, torch.Tensor] = {}
+        self._last: tuple = ()
+        """(schedule, i, x_t, composed x0_hat) of the last round, for the callback."""
         self._weight = 0.0
 
     def _conditioning(self, image: np.ndarray, total: int, height: int, width: int,
@@ -148,12 +149,12 @@ class ComposedVideoSampler(GuidedVideoSampler):
             x0 = x0_dynamics
         else:
             x0 = (1.0 - s) * x0_camera + s * x0_dynamics
-        self._weight = s
-        self._last = {"x_t": x, "score": schedule.score(x0, x, i)}
+        self._weight, self._last = s, (schedule, i, x, x0)
         return schedule.step(x0, x, i), x0, loss
 
     def _step_tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self._last)
+        schedule, i, x, x0 = self._last
+        return {"x_t": x, "score": schedule.score(x0, x, i)}
 
     def _step_info(self) -> dict[str, Any]:
         return {"dynamics_weight": self._weight}
