@@ -220,3 +220,48 @@ def test_forwards_per_clip_counts_what_the_composed_sampler_calls(mode, k, s0):
     assert out.counters.model_evals == forwards_per_clip(schedule, cfg, dynamic=True)
     if s0 == 1.0:  # never weighted: the camera-guided sampler's count
         assert out.counters.model_evals == forwards_per_clip(schedule, cfg)
+
+
+def test_with_release_guidance_each_step_mixes_the_guided_step_and_the_dynamics_step():
+    """Stage I's score includes its guidance move: every composed step lands on
+    (1 - s) * (release guide, then step, under the camera prompt) + s * (step under the
+    dynamics prompt), both from the same x_t (here recomputed by hand from the sampler's
+    encoded prior and latent mask)."""
+    from backend.guidance.sampler import release_guidance
+    from backend.models.adapters.base import Conditioning
+
+    sigmas = SIGMAS[::3]
+    m = model("ve", "epsilon", sigmas)
+    n = len(sigmas)
+    image = m.sample_image(torch.Generator().manual_seed(1))
+    masks = np.zeros((FRAMES, SIZE, SIZE), np.float32)
+    masks[0] = masks[-1] = 1.0
+    masks[FRAMES // 2, :, : SIZE // 2] = 1.0
+    prior = PriorVideo(image[None].repeat(FRAMES, 0), masks)
+    cfg = config(n, mode="release", lr=0.3, renoise_rounds=0, early_stop=0.2)
+    out, steps = sample(m, cfg, prior=prior)
+    schedule = m.noise_schedule(n)
+    z_prior, mask = out.prior_latents, out.latent_mask
+
+    def x0(x, i, mean):
+        eps = m.forward(schedule.model_input(x, i), schedule.timesteps[i],
+                        Conditioning(False, {"mean": mean}))
+        return schedule.to_x0(eps, x, i)
+
+    moved = 0
+    for st in steps:
+        i, x = st["i"], st["x_t"]
+        w = issue_weight(i, n, cfg.dynamics_k, cfg.dynamics_s0)
+        x_cam = x
+        if i in cfg.guided_range:
+            eps = m.forward(schedule.model_input(x, i), schedule.timesteps[i],
+                            Conditioning(False, {"mean": M1}))
+            with torch.no_grad():  # as the sampler calls it
+                x_cam, _ = release_guidance(x, eps, schedule, i, z_prior, mask, cfg.lr)
+            moved += int(not torch.equal(x_cam, x))
+        camera_step = schedule.step(x0(x_cam, i, M1), x_cam, i)
+        dynamics_step = schedule.step(x0(x, i, M2), x, i)
+        want = (1 - w) * camera_step + w * dynamics_step
+        err = float((st["latents"] - want).abs().max())
+        assert err <= 1e-4 * float(want.abs().max()), f"step {i}: off by {err:.3g}"
+    assert moved == len(cfg.guided_range)  # the guidance really moved x_t on those steps
