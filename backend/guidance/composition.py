@@ -125,7 +125,7 @@ class ComposedVideoSampler(GuidedVideoSampler):
                guided: bool, z_prior: torch.Tensor | None, mask: torch.Tensor | None,
                generator: torch.Generator, counters: SamplerCounters):
         s = LogisticSchedule.from_config(config).weight(i, schedule.num_steps)
-        x0_camera = x0_dynamics = loss = None
+        x0_camera = x0_dynamics = camera_step = loss = None
         # 1. Stage I: the prior moves x_t, the network steps from there under the transition
         #    prompt; its clean estimate is read back at the unmoved x_t
         if s < 1.0:
@@ -134,23 +134,24 @@ class ComposedVideoSampler(GuidedVideoSampler):
             out = self.adapter.predict(schedule.model_input(x_moved, i), t, cond, scale)
             counters.model_evals += 1
             x0_camera = schedule.to_x0(out, x_moved, i)
+            camera_step = schedule.step(x0_camera, x_moved, i)
             if x_moved is not x:
-                x0_camera = schedule.x0_of_step(schedule.step(x0_camera, x_moved, i), x, i)
+                x0_camera = schedule.x0_of_step(camera_step, x, i)
         # 2. Stage II: the network under the dynamics prompt at the same x_t
         if s > 0.0:
             out = self.adapter.predict(schedule.model_input(x, i), t, self._dynamics_cond, scale)
             counters.model_evals += 1
             counters.dynamics_evals += 1
             x0_dynamics = schedule.to_x0(out, x, i)
-        # 3. Eq. 16 on the clean estimates (the scores mix with the same weights), one step
+        # 3. Eq. 16 on the clean estimates (the scores mix with the same weights), one step;
+        #    at weight 0 Stage I's own step, to the last bit
         if x0_dynamics is None:
-            x0 = x0_camera
-        elif x0_camera is None:
-            x0 = x0_dynamics
+            x0, x_prev = x0_camera, camera_step
         else:
-            x0 = (1.0 - s) * x0_camera + s * x0_dynamics
+            x0 = x0_dynamics if x0_camera is None else (1.0 - s) * x0_camera + s * x0_dynamics
+            x_prev = schedule.step(x0, x, i)
         self._weight, self._last = s, (schedule, i, x, x0)
-        return schedule.step(x0, x, i), x0, loss
+        return x_prev, x0, loss
 
     def _step_tensors(self) -> dict[str, torch.Tensor]:
         schedule, i, x, x0 = self._last
