@@ -20,7 +20,7 @@ from backend.server import Backend, BackendConfig
 from protocol.camera import intrinsics
 from protocol.messages import JobDone, TransitionDynamics
 from protocol.scripted import ScriptedClient
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
 
 H = W = 96
 BAND = 0.3
@@ -66,7 +66,7 @@ def engine():
 
 
 def poses_for(scene, n=9):
-    return preset("backward", n, scene.median_depth)
+    return stock_path("backward", n, scene.median_depth)
 
 
 def test_a_still_world_renders_the_plain_transition_and_says_so(engine):
@@ -110,7 +110,7 @@ def backend(tmp_path):
 def test_the_dynamic_transition_message_reaches_the_world_clock(backend, monkeypatch):
     with ScriptedClient(backend.address, credits=4) as client:
         opened = client.open_scene(ramp(), scene_id="still")
-        poses = preset("backward", 5, opened.scene.median_depth)
+        poses = stock_path("backward", 5, opened.scene.median_depth)
         job = client.transition("still", poses, dynamics=TransitionDynamics(start_s=1.0))
         assert isinstance(job.outcome, JobDone) and len(job.frames) == 5
         assert [p.message for p in job.progress if p.stage == "motion"] == [world_clock.STILL_NOTE]

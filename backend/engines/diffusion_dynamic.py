@@ -13,7 +13,7 @@ from collections.abc import Generator
 
 import numpy as np
 
-from backend.engines.base import Progress
+from backend.engines.base import ProgressOut
 from backend.guidance import GuidanceConfig
 from backend.mllm import EntitiesResult, PromptAgent
 from protocol.messages import SceneText, TransitionDynamics
@@ -21,19 +21,19 @@ from protocol.messages import SceneText, TransitionDynamics
 
 def dynamics_prompt(agent: PromptAgent, image: np.ndarray, candidates: EntitiesResult | None,
                     text: SceneText, given: str | None,
-                    stage: str = "prompt") -> Generator[Progress, None, str]:
+                    stage: str = "prompt") -> Generator[ProgressOut, None, str]:
     """Y_D for ``image`` (H x W x 3 uint8): ``given`` as is, else the MLLM's (``candidates``:
     the entities to check; None asks the MLLM for them first). Progress lines under
     ``stage``; the prompt is the generator's return value."""
     if given:
-        yield Progress(stage, 2, 2, "prompt from the request")
+        yield ProgressOut(stage, 2, 2, "prompt from the request")
         return given
     if candidates is None:
-        yield Progress(stage, 0, 2, "asking the MLLM which entities are in view")
+        yield ProgressOut(stage, 0, 2, "asking the MLLM which entities are in view")
         candidates = agent.entities(image, text)
-    yield Progress(stage, 1, 2, "asking the MLLM how they move")
+    yield ProgressOut(stage, 1, 2, "asking the MLLM how they move")
     result = agent.dynamics_prompt(image, candidates, text)
-    yield Progress(stage, 2, 2, result.message if result.is_fallback
+    yield ProgressOut(stage, 2, 2, result.message if result.is_fallback
                    else f"dynamics prompt: {result.prompt}")
     return result.prompt
 

@@ -253,7 +253,10 @@ class GuidedVideoSampler:
         """x_t -> x_{t-1}; when ``guided``, 1 + R rounds of (renoise, guide, step) as the
         release loops them (no renoise before the first round)."""
         rounds = 1 + (config.renoise_rounds if guided else 0)
-        x_prev = x0 = loss = None
+        prior = (z_prior, mask) if guided and z_prior is not None and mask is not None else None
+        if guided and prior is None:
+            raise ValueError("a guided step needs the prior's latents and mask")
+        x_prev, x0, loss = x, None, None  # round 0 sets x_prev before any renoise reads it
         for r in range(rounds):
             if self._interrupt:
                 raise SamplingInterrupted(f"interrupted at step {i}")
