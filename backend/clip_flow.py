@@ -28,7 +28,8 @@ def clip_field(frames: Sequence[np.ndarray], min_speed_px: float = 0.15,
     h, w = grey[0].shape
     if len(grey) < 2:
         return np.zeros((h, w, 2), np.float32), np.zeros((h, w), bool)
-    flows = np.stack([cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    # OpenCV's stubs lack the documented None for the (output) flow argument
+    flows = np.stack([cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # type: ignore[call-overload]
                       for a, b in zip(grey[:-1], grey[1:], strict=True)])
     field = np.median(flows, axis=0).astype(np.float32)
     moving = np.hypot(field[..., 0], field[..., 1]) >= min_speed_px

@@ -317,7 +317,7 @@ def validate(job: Job, scene: Scene) -> TransitionRequest | DynamicsRequest:
             if np.abs(p[:3, 3]).max() > reach:
                 raise BadValue(f"pose {i} is more than {reach:g} (10^4 median depths) from the "
                                "first view")
-        return TransitionRequest(poses, msg.fps, msg.prompt, msg.seed, msg.preset)
+        return TransitionRequest(poses, msg.fps, msg.prompt, msg.seed, msg.preset, msg.dynamics)
     pose = check_pose(codec.pose_array(msg.pose))
     frozen = check_view_marks(scene, msg.arrows, msg.frozen, job.blobs)
     return DynamicsRequest(pose, msg.num_frames, msg.fps, tuple(msg.arrows), frozen,

@@ -37,7 +37,7 @@ from backend.config import BackendConfig  # noqa: E402
 from backend.geometry.cloud import PointCloud  # noqa: E402
 from backend.geometry.metrics import consistency  # noqa: E402
 from backend.geometry.motion import copies_at  # noqa: E402
-from backend.geometry.render import SplatRenderer  # noqa: E402
+from backend.geometry.splat import SplatRenderer  # noqa: E402
 from backend.geometry.synthetic import composite_water, water_strokes  # noqa: E402
 from backend.server import Backend  # noqa: E402
 from protocol import codec  # noqa: E402

@@ -10,6 +10,10 @@ classifier-free guidance; plus the VAE encoding the padded prior (when the prese
 conditions on it) and the first frame, and decoding the clip (LTX decodes in the VAE's temporal
 tiles, as the engine streams them). Divided by the frames delivered (padding excluded).
 
+A dynamic transition (Diffusion^2's composed score) adds a network call under the dynamics
+prompt to every round whose logistic weight is not exactly 0 (``*_dynamic_tflops_per_frame``,
+``interactive_dynamic_over_static``).
+
 ``interactive_ttff_forwards``: denoiser forwards before the first frame can be shown (every
 step of the clip: frames exist only once the last step is done; then one VAE tile).
 Goals: ``interactive_tflops_per_frame`` <= 16 at >= 704 x 480 and >= 41 frames (real time on
@@ -99,12 +103,12 @@ class ModelCost:
         return tflops(lambda: vae.decoder(z, temb))
 
 
-def clip_cost(cost: ModelCost, cfg: GuidanceConfig, options: dict) -> dict:
+def clip_cost(cost: ModelCost, cfg: GuidanceConfig, options: dict, dynamic: bool = False) -> dict:
     model = cost.model
     delivered = model.frames - 2 * cfg.pad_frames
     cfg = cfg.replace(num_frames=delivered)
     schedule = fs.published_schedule(model, cfg.num_inference_steps)
-    calls = forwards_per_clip(schedule, cfg)
+    calls = forwards_per_clip(schedule, cfg, dynamic)
     branches = 2 if cfg.guidance_scale > 1.0 else 1
     prior_tokens = bool(options.get("prior_tokens", False))
     forward = cost.forward(extra_tokens=not prior_tokens)
@@ -144,6 +148,11 @@ def main() -> None:
 
     runs = {name: clip_cost(cost_of(model), cfg, options)
             for name, (model, cfg, options) in presets.items()}
+    dynamic = {name: clip_cost(cost_of(model), cfg, options, dynamic=True)
+               for name, (model, cfg, options) in presets.items()}
+    for name, row in dynamic.items():
+        print(f"preset {name}, dynamic transition: {row['forwards']} calls x"
+              f"{row['cfg_branches']}, {row['tflops_per_frame']} TFLOPs/frame")
     for name, row in runs.items():
         model = presets[name][0]
         print(f"preset {name}: {model.name} ({cost_of(model).params_b:.2f}B) at "
@@ -176,6 +185,11 @@ def main() -> None:
         "interactive_ttff_forwards": inter["ttff_forwards"],
         "interactive_ttff_tflops": inter["ttff_tflops"],
         "interactive_over_paper": round(inter["tflops_per_frame"] / paper["tflops_per_frame"], 5),
+        "dynamic_presets": dynamic,
+        "paper_dynamic_tflops_per_frame": dynamic["paper"]["tflops_per_frame"],
+        "interactive_dynamic_tflops_per_frame": dynamic["interactive"]["tflops_per_frame"],
+        "interactive_dynamic_over_static": round(
+            dynamic["interactive"]["tflops_per_frame"] / inter["tflops_per_frame"], 3),
         "goals": {"interactive_tflops_per_frame": f"<= {GOAL_TFLOPS_PER_FRAME}",
                   "interactive_resolution": f">= {MIN_SIZE[0]}x{MIN_SIZE[1]}x{MIN_FRAMES}"},
         "goals_met": inter["tflops_per_frame"] <= GOAL_TFLOPS_PER_FRAME

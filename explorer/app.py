@@ -45,6 +45,7 @@ from explorer.renderer import CloudRenderer, OverlayRenderer, PathRenderer, Rend
 from explorer.session import ClientLike, ExplorerSession
 from explorer.settings import ExplorerSettings
 from protocol.camera_path import CameraPath
+from protocol.messages import TransitionDynamics
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class Explorer:
         self.controls.press(action)
         handlers: dict[str, Callable[[], object]] = {
             "commit": self.commit_path,
+            "commit_dynamic": lambda: self.commit_path(dynamic=True),
             "discard": self.discard_path,
             "cancel": self.cancel_all,
             "undo": self.undo,
@@ -156,6 +158,12 @@ class Explorer:
         self.camera.scroll(notches)
         self.session.status = f"speed x{self.camera.speed_multiplier:.2f}"
 
+    @property
+    def world_motion(self) -> bool:
+        """True while the world moves (dynamics left points moving and M has not stilled
+        them): every transition sent is then a dynamic one."""
+        return self.cloud.animate and self.points.moving > 0
+
     def toggle_world_motion(self) -> None:
         """M: the regions dynamics left moving move, or stand still (at rest)."""
         self.cloud.animate = not self.cloud.animate
@@ -167,17 +175,19 @@ class Explorer:
 
     # --- paths and jobs ------------------------------------------------------------------
 
-    def commit_path(self) -> str | None:
+    def commit_path(self, dynamic: bool = False) -> str | None:
         """Enter: send the keyframe path, else the flight since the last commit (resampled),
-        as a Transition."""
+        as a Transition; a dynamic one (the scene moves while the camera flies) when
+        ``dynamic`` (J) or while world motion is on."""
         if not self._can_send("commit"):
             return None
         p = self.settings.paths
+        motion = self._transition_dynamics(dynamic)
         keyed = self.path_tools.transition_poses()
         if keyed is not None:
             self.path_tools.editor.stop_preview()
             self.controls.jump(self.controls.flight.start)
-            job_id = self.session.send_transition(keyed, p.fps, p.preset)
+            job_id = self.session.send_transition(keyed, p.fps, p.preset, motion)
             self.path_tools.sent(job_id, len(keyed))
             self.controls.committed(job_id)
             return job_id
@@ -186,7 +196,7 @@ class Explorer:
             self.session.status = "fly somewhere first: the path is empty"
             return None
         poses = flight.resampled(p.transition_frames, self.camera.scene_scale, p.smooth)
-        job_id = self.session.send_transition(poses, p.fps, p.preset)
+        job_id = self.session.send_transition(poses, p.fps, p.preset, motion)
         self.controls.committed(job_id)
         return job_id
 
@@ -198,9 +208,17 @@ class Explorer:
         start = self.controls.flight.start
         poses = stock_path(name, start, p.transition_frames, self.camera.scene_scale)
         self.controls.jump(start)
-        job_id = self.session.send_transition(poses, p.fps, p.preset)
+        job_id = self.session.send_transition(poses, p.fps, p.preset,
+                                              self._transition_dynamics(False))
         self.controls.committed(job_id)
         return job_id
+
+    def _transition_dynamics(self, asked: bool) -> TransitionDynamics | None:
+        """A dynamic transition's settings, starting at the app clock's time (where the world's
+        motion is now); None for a plain transition."""
+        if not (asked or self.world_motion):
+            return None
+        return TransitionDynamics(start_s=self.time)
 
     def discard_path(self) -> None:
         """Backspace: while a clip plays, cancel it; else forget the flown path."""

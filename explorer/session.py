@@ -42,6 +42,7 @@ from protocol.messages import (
     RegionOutline,
     SceneOpened,
     SceneText,
+    TransitionDynamics,
     Undone,
 )
 
@@ -186,12 +187,15 @@ class ExplorerSession:
                     scene.loaded_points / scene.num_points)
         return f"loading points ({waited:.0f} s)", 0.0
 
-    def send_transition(self, poses: np.ndarray, fps: float, preset: str | None = None) -> str:
+    def send_transition(self, poses: np.ndarray, fps: float, preset: str | None = None,
+                        dynamics: TransitionDynamics | None = None) -> str:
+        """A Transition along ``poses``; ``dynamics`` set: a dynamic one (the scene moves)."""
         scene_id, codec = self.require_scene().scene_id, self.frame_codec
         poses = np.array(poses, dtype=np.float32)
         job_id = self._submit("transition", len(poses), fps, lambda job_id: requests.transition(
-            job_id, scene_id, poses, fps, preset, frame_codec=codec))
-        self.status = f"transition of {len(poses)} frames requested"
+            job_id, scene_id, poses, fps, preset, frame_codec=codec, dynamics=dynamics))
+        kind = "transition" if dynamics is None else "dynamic transition"
+        self.status = f"{kind} of {len(poses)} frames requested"
         return job_id
 
     def send_dynamics(self, pose: np.ndarray, arrows: list[Arrow], frozen: np.ndarray | None,

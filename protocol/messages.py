@@ -265,6 +265,31 @@ class PointsMotion(Message, tag="points_motion"):
 # --- jobs -------------------------------------------------------------------------------
 
 
+class TransitionDynamics(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What makes a transition dynamic: the scene moves while the camera flies.
+
+    The diffusion engine composes, at every sampling step i of N, the camera-guided score
+    (Stage I) with the dynamics prompt's score (Stage II) as Diffusion^2's eq. 16:
+    (1 - s) * camera + s * dynamics, s = 1 - 1/(1 + exp(k (i/N - s0))). The classic engine
+    renders the scene's 4D points (a dynamics result kept in the world) at each frame's time.
+    """
+
+    prompt: Text | None = None
+    """The dynamics prompt (what moves and how, e.g. "the river flows left, mist drifts") for
+    the diffusion engine's Stage II score; None: the MLLM writes it from the start view
+    (templates without an endpoint). The classic engine does not use it."""
+    start_s: Annotated[float, Meta(ge=0.0, le=1e9)] = 0.0
+    """Seconds on the world-motion clock at the clip's first frame: frame j shows the world at
+    ``start_s + j / fps`` (where each moving point is on its loop), so the clip continues the
+    motion the explorer showed when it was sent."""
+    k: Annotated[float, Meta(gt=0.0, le=1e6)] | None = None
+    """Steepness of the logistic weight s (dimensionless; the paper tests 5-30); None: the
+    preset's ``dynamics_k``."""
+    s0: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    """Share of the sampling steps (0..1) where s passes 1/2; None: the preset's
+    ``dynamics_s0``."""
+
+
 class Transition(Message, tag="transition"):
     """Explorer -> backend: generate a clip along a camera path and grow the cloud."""
 
@@ -282,6 +307,9 @@ class Transition(Message, tag="transition"):
     frame_codec: ImageCodec = "jpeg"
     """How the clip's Frames are encoded: ``jpeg`` across a network; ``raw`` from a backend
     on the same machine (no compression noise in the frames or the points they grow)."""
+    dynamics: TransitionDynamics | None = None
+    """Set: a dynamic transition (the scene moves while the camera flies); None: the world
+    stands still along the path."""
 
 
 class Dynamics(Message, tag="dynamics"):

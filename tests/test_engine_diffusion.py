@@ -24,7 +24,7 @@ from backend.engines.base import (
 )
 from backend.engines.diffusion import DiffusionEngine, align_prediction
 from backend.engines.diffusion_video import Letterbox, resample_poses, resize_masks, time_indices
-from backend.guidance import DEFAULT_TRANSITION_PROMPT
+from backend.guidance import DEFAULT_TRANSITION_PROMPT, logistic_weight
 from backend.mllm import fallback_dynamics, fallback_entities
 from backend.models import DepthPrediction, testing
 from backend.server import Backend, BackendConfig
@@ -37,6 +37,7 @@ from protocol.messages import (
     Progress,
     SceneText,
     Transition,
+    TransitionDynamics,
 )
 from protocol.scripted import ScriptedClient
 from protocol.trajectory import stock_path
@@ -375,3 +376,60 @@ def test_preset_travels_from_the_transition_message(tmp_path, models):
         assert [p.total for p in default.progress if p.stage == "sample"] == [3, 3, 3]
         bad = client.transition("p", poses, preset="sora")
         assert isinstance(bad.outcome, JobFailed) and "preset 'sora'" in bad.outcome.message
+
+
+def test_dynamic_transition_composes_the_dynamics_prompt_per_step(tmp_path, models, monkeypatch):
+    """A Transition with ``dynamics`` set through a real backend: the dynamics prompt is
+    encoded and its score mixed in at every step with the preset's logistic weight; with the
+    weight held at 0 (s0 = 1, k huge) the clip is the plain transition's, frame for frame."""
+    with make_backend(tmp_path, models["full"]) as backend:
+        encode, predict, _ = spy_models(backend, monkeypatch)
+        with ScriptedClient(backend.address, credits=4) as client:
+            image = scene_image(9)
+            runs = {}
+            for name, dynamics in [("plain", None),
+                                   ("still", TransitionDynamics(prompt="x", k=1e6, s0=1.0)),
+                                   ("moving", TransitionDynamics())]:
+                opened = client.open_scene(image, scene_id=name, text=TEXT)
+                poses = stock_path("backward", n_frames=5, median_depth=opened.scene.median_depth)
+                calls = len(predict.calls)
+                job = client.transition(name, poses, dynamics=dynamics)
+                assert isinstance(job.outcome, JobDone), job.outcome
+                assert len(job.frames) == 5 and all(f.shape == (H, W, 3) for f in job.frames)
+                runs[name] = (job, len(predict.calls) - calls)
+    plain, still, moving = (runs[n][0] for n in ("plain", "still", "moving"))
+    # weight 0 throughout: Stage II is never evaluated and the clip is the plain one
+    assert runs["still"][1] == runs["plain"][1] == 6  # steps of 1, 2 (guide + step) x 2, 1
+    for a, b in zip(plain.frames, still.frames, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the default schedule (k = 20, s0 = 0.5): one more network call per round, under the
+    # template dynamics prompt (no MLLM endpoint), with the logistic weight of each step
+    assert runs["moving"][1] == 6 + 4
+    written = fallback_dynamics(TEXT, [e.name for e in fallback_entities(TEXT, "").entities], "")
+    assert written.prompt in prompts(encode)
+    said = [p.message for p in moving.progress if p.stage == "motion"]
+    assert any("no MLLM endpoint configured" in m for m in said)
+    sample = [p.message for p in moving.progress if p.stage == "sample"]
+    assert [m.split("dynamics weight ")[1] for m in sample] == [
+        f"{logistic_weight(i, 3, 20.0, 0.5):.2f}" for i in range(3)]
+    assert max(np.abs(a.astype(int) - b).mean() for a, b in
+               zip(plain.frames, moving.frames, strict=True)) > 0.5
+
+
+def test_dynamic_transition_on_a_flow_family_with_prior_tokens(models):
+    """LTX (flow matching, the prior carried as condition tokens in Stage I's network only):
+    the request's k and s0 replace the preset's, and Stage II runs on its own conditioning."""
+    engine = DiffusionEngine(models=str(models["full"]), guidance=FAST, inpaint_steps=2,
+                             presets={"fast": str(models["ltx"])})
+    scene, _ = engine.open_scene(OpenRequest("ltx-dyn", scene_image(10), text=TEXT))
+    poses = stock_path("backward", n_frames=4, median_depth=scene.median_depth)
+    motion = TransitionDynamics(prompt="the river flows", k=1e6, s0=0.4)  # steps 0 | 1 of 2
+    events = list(engine.transition(scene, TransitionRequest(poses, preset="fast",
+                                                             dynamics=motion)))
+    frames = [e for e in events if isinstance(e, FrameOut)]
+    assert len(frames) == 4 and all(f.image.shape == (H, W, 3) and f.image.std() > 1
+                                    for f in frames)
+    said = [e.message for e in events if getattr(e, "stage", "") == "motion"]
+    assert said == ["prompt from the request"]
+    sample = [e.message for e in events if getattr(e, "stage", "") == "sample"]
+    assert [m.split("dynamics weight ")[1] for m in sample] == ["0.00", "1.00"]

@@ -105,6 +105,33 @@ def test_holding_w_moves_forward_and_enter_sends_flown_path(app):
     assert steps.max() / steps.min() < 1.6  # evenly spaced by arc length
 
 
+def test_j_sends_a_dynamic_transition_and_world_motion_makes_every_commit_dynamic(app):
+    ex = app.explorer
+
+    def commit(symbol):
+        press(app, app.key.W, ticks=6)
+        clock = ex.time
+        press(app, symbol)
+        msg, _ = app.backend.of_type(Transition)[-1]
+        assert run_until(app, lambda: not ex.player.active and not ex.session.jobs
+                         and not ex.camera.locked)
+        return msg, clock
+
+    plain, _ = commit(app.key.ENTER)
+    assert plain.dynamics is None
+    dynamic, clock = commit(app.key.J)
+    assert dynamic.dynamics is not None and dynamic.dynamics.start_s == pytest.approx(clock)
+    assert dynamic.dynamics.prompt is None and dynamic.dynamics.k is None
+    # points a dynamics job left moving, world motion on (M): Enter sends dynamic transitions
+    ex.points.set_motion(np.array([0]), np.array([[0.1, 0.0, 0.0, 1.0]], np.float32))
+    assert ex.world_motion
+    moving, clock = commit(app.key.ENTER)
+    assert moving.dynamics is not None and moving.dynamics.start_s == pytest.approx(clock)
+    press(app, app.key.M)  # the world stilled: plain transitions again
+    assert not ex.world_motion
+    assert commit(app.key.ENTER)[0].dynamics is None
+
+
 def test_clip_plays_aligned_then_hands_camera_back(app):
     ex = app.explorer
     press(app, app.key.F2)  # no HUD over the middle of this small window

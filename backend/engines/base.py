@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from backend.geometry.cloud import PointCloud
-from protocol.messages import Arrow, DepthSource, SceneText
+from protocol.messages import Arrow, DepthSource, SceneText, TransitionDynamics
 
 if TYPE_CHECKING:
     from backend.geometry.layout import SceneLayout
@@ -83,6 +83,8 @@ class TransitionRequest:
     seed: int | None = None
     preset: str | None = None
     """Sampler preset (``paper``, ``interactive``: a configs/models name); None: the default."""
+    dynamics: TransitionDynamics | None = None
+    """Set: a dynamic transition (the scene moves while the camera flies; see the message)."""
 
 
 @dataclass(frozen=True)

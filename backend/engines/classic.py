@@ -17,6 +17,8 @@
   reached), then render every frame
   from the merged cloud with anti-aliased splats, so the clip is consistent by construction.
   Frames stream as they are rendered; pinholes no splat reached are pull-push filled.
+- Dynamic transition: as a transition, each frame rendered from the scene's 4D points at
+  its time (``world_clock``); a scene without motion renders still, and says so.
 - Dynamics: Eulerian flow (backend.animation) inside the region the drawn arrows segment
   (or a sky/water guess), lifted to 3D and rendered from the current pose as a seamless loop;
   then the region's points keep the loop as 4D points (``backend.region_motion``), so the
@@ -49,12 +51,12 @@ from backend.engines.base import (
     Scene,
     TransitionRequest,
 )
+from backend.engines.world_clock import WorldClock
 from backend.geometry.cloud import PointCloud
 from backend.geometry.depth import clean_depth_edges
 from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
 from backend.geometry.layout import SceneLayout, ViewLayout, fit_layout, view_layout
-from backend.geometry.motion_render import render_at
 from backend.geometry.popup import VERTICAL, popup_depth
 from backend.geometry.seen import SeenViews
 from backend.geometry.splat import SplatRenderer
@@ -287,8 +289,11 @@ class ClassicEngine(Engine):
         poses = request.poses
         w, h = scene.size
         n = len(poses)
+        clock = WorldClock.of(scene, request)  # a dynamic transition: the world at frame times
+        if clock.note:
+            yield ProgressOut("motion", 1, 1, clock.note)
         # 1. the first frame is the current view, which growing cannot change: stream it now
-        first = self.renderer.render(scene.cloud, poses[:1], scene.K, w, h).numpy()
+        first = clock.render(self.renderer, scene, poses[:1], 0, w, h)
         yield FrameOut(0, self._fill_gaps(first.image[0], first.mask[0]), poses[0])
         # 2. fill what the end view has never seen, then the keyframes between (end first,
         #    so nearer keyframes inpaint from what the end view added)
@@ -299,11 +304,11 @@ class ClassicEngine(Engine):
             added.append(self._grow(scene, poses[k]))
         yield ProgressOut("grow", len(keys), len(keys))
         # 3. render the other frames from the merged cloud, streaming each as it is ready (a
-        #    moving world at each frame's time: its 4D points one batch's time at once)
-        for start in range(1, n, self.frames_per_batch):
-            batch = poses[start : start + self.frames_per_batch]
-            out = render_at(self.renderer, scene.cloud, batch, scene.K, w, h,
-                            start / request.fps).numpy()
+        #    moving world a frame at a time, each at its own time on the world clock)
+        per_batch = clock.batch(self.frames_per_batch)
+        for start in range(1, n, per_batch):
+            batch = poses[start : start + per_batch]
+            out = clock.render(self.renderer, scene, batch, start, w, h)
             for i, image in enumerate(out.image):
                 yield FrameOut(start + i, self._fill_gaps(image, out.mask[i]), poses[start + i])
         scene.pose = np.asarray(poses[-1], dtype=np.float64)

@@ -15,6 +15,10 @@
   6. guided sampling with the prior video (one Progress per step, cancellable);
   7. stream the decoded frames, the padding cropped off, at the request's poses and size;
   8. lift the last frame's still unseen pixels into the cloud, move the scene's pose.
+- Dynamic transition (``request.dynamics``): as a transition, but step 6 composes, at every
+  sampling step, Stage I's camera-guided score with the score under the dynamics prompt
+  (Stage II's, written by the MLLM from the start view) as Diffusion^2's eq. 16, with the
+  preset's logistic schedule (``dynamics_k``, ``dynamics_s0``) or the request's.
 - Dynamics (Stage II, sec. IV-B): the MLLM's three-step dynamics prompt (check the candidate
   entities, describe their motion, write the prompt), then plain image-to-video (guidance mode
   ``none``) from the rendered, filled view; the clip's motion (optical flow,
@@ -57,6 +61,7 @@ from backend.engines.base import (
 )
 from backend.engines.classic import ClassicEngine, inpaint
 from backend.engines.depth_model import disparity_to_depth
+from backend.engines.diffusion_dynamic import dynamics_prompt, with_schedule
 from backend.engines.diffusion_sampling import PromptCache, sample_with_progress, stream_frames
 from backend.engines.diffusion_video import (
     Letterbox,
@@ -68,7 +73,7 @@ from backend.engines.diffusion_video import (
 )
 from backend.geometry.cloud import PointCloud
 from backend.geometry.unproject import unproject
-from backend.guidance import GuidanceConfig, GuidedVideoSampler, PriorVideo
+from backend.guidance import ComposedVideoSampler, GuidanceConfig, GuidedVideoSampler, PriorVideo
 from backend.mllm import EntitiesResult, MLLMConfig, PromptAgent
 from backend.models import DepthPrediction, ModelCache, ModelRegistry, named_config
 from backend.models.memory import MemoryConfig
@@ -323,8 +328,15 @@ class DiffusionEngine(Engine):
         box = Letterbox.fit(w, h, *_model_size(cfg))
         prior = PriorVideo(box.frames_in(frames), box.masks_in(masks))
         yield ProgressOut("render", 2, 2, f"prior video: {masks[1:-1].mean():.0%} visible")
-        # 6. guided sampling, one Progress per step
+        # 6. guided sampling, one Progress per step; a dynamic transition mixes the dynamics
+        #    prompt's score in at every step (Diffusion^2 eq. 16)
         sampler = GuidedVideoSampler(adapter)
+        if request.dynamics is not None:
+            motion = yield from dynamics_prompt(self.agent, start, entities, scene.text,
+                                                request.dynamics.prompt, stage="motion")
+            cfg = with_schedule(cfg, request.dynamics)
+            sampler = ComposedVideoSampler(adapter, motion, self._prompts.get(
+                scene.scene_id, adapter, cfg.replace(prompt=motion)))
         embeds = self._prompts.get(scene.scene_id, adapter, cfg)
         out = yield from sample_with_progress(sampler, prior.frames[0], prior, cfg, generator,
                                               self._model_lock, prompt_embeds=embeds)
@@ -360,18 +372,8 @@ class DiffusionEngine(Engine):
         image, _ = self._fill_holes(view.image[0], hole, fill_prompt, scene.text.negative, generator)
         yield ProgressOut("view", 1, 1)
         # 2. the dynamics prompt Y_D: check the entities, describe their motion, write it
-        if request.prompt:
-            prompt, note = request.prompt, "prompt from the request"
-        else:
-            candidates = self._entities.get(scene.scene_id)
-            if candidates is None:
-                yield ProgressOut("prompt", 0, 2, "asking the MLLM which entities are in view")
-                candidates = self.agent.entities(image, scene.text)
-            yield ProgressOut("prompt", 1, 2, "asking the MLLM how they move")
-            result = self.agent.dynamics_prompt(image, candidates, scene.text)
-            prompt = result.prompt
-            note = result.message if result.is_fallback else f"dynamics prompt: {prompt}"
-        yield ProgressOut("prompt", 2, 2, note)
+        prompt = yield from dynamics_prompt(self.agent, image, self._entities.get(scene.scene_id),
+                                            scene.text, request.prompt)
         # 3. image-to-video with that prompt, no prior
         cfg = cfg.replace(prompt=prompt)
         box = Letterbox.fit(w, h, *_model_size(cfg))

@@ -48,7 +48,8 @@ def sample_with_progress(
     total = config.num_inference_steps
 
     def on_step(_sampler, i, _t, kwargs):
-        events.put(("step", i, kwargs.get("guided", False), kwargs.get("loss")))
+        events.put(("step", i, kwargs.get("guided", False), kwargs.get("loss"),
+                    kwargs.get("dynamics_weight")))
 
     def work() -> None:
         try:
@@ -65,10 +66,12 @@ def sample_with_progress(
         while True:
             kind, *rest = events.get()
             if kind == "step":
-                i, guided, loss = rest
+                i, guided, loss, weight = rest
                 note = "guided by the rendered frames" if guided else "free (no prior)"
                 if loss is not None:
                     note += f", prior loss {loss:.4g}"
+                if weight is not None:
+                    note += f", dynamics weight {weight:.2f}"
                 yield ProgressOut(stage, i + 1, total, note)
             elif kind == "done":
                 return rest[0]

@@ -15,7 +15,7 @@ import torch
 
 from backend.geometry.cloud import PointCloud
 from backend.geometry.motion import copies_at, phase_at
-from backend.geometry.render import RenderOutput
+from backend.geometry.splat import RenderOutput
 
 
 def render_at(renderer, source, poses: np.ndarray, K: np.ndarray, width: int, height: int,

@@ -1,5 +1,7 @@
-"""Guided video sampling (DreamJourney Stage I) and plain image-to-video (Stage II)."""
+"""Guided video sampling (DreamJourney Stage I), plain image-to-video (Stage II) and their
+per-step composition for dynamic transitions (Diffusion^2 eq. 16)."""
 
+from .composition import ComposedVideoSampler, LogisticSchedule, logistic_weight
 from .config import DEFAULT_TRANSITION_PROMPT, GuidanceConfig
 from .prior import PriorVideo, latent_masks
 from .sampler import (
@@ -11,6 +13,7 @@ from .sampler import (
 )
 from .schedule import NoiseSchedule, schedule_from_scheduler
 
-__all__ = ["DEFAULT_TRANSITION_PROMPT", "GuidanceConfig", "GuidedSampleOutput",
-           "GuidedVideoSampler", "NoiseSchedule", "PriorVideo", "SamplerCounters",
-           "SamplerTimings", "SamplingInterrupted", "latent_masks", "schedule_from_scheduler"]
+__all__ = ["DEFAULT_TRANSITION_PROMPT", "ComposedVideoSampler", "GuidanceConfig",
+           "GuidedSampleOutput", "GuidedVideoSampler", "LogisticSchedule", "NoiseSchedule",
+           "PriorVideo", "SamplerCounters", "SamplerTimings", "SamplingInterrupted",
+           "latent_masks", "logistic_weight", "schedule_from_scheduler"]

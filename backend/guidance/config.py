@@ -71,6 +71,13 @@ class GuidanceConfig:
     frame_guidance_ramp: tuple[float, float] | None = None
     """SVD-style per-frame classifier-free guidance, linear from the first to the last frame
     (e.g. (1.0, 3.0)); None uses ``guidance_scale`` for every frame."""
+    dynamics_k: float = 20.0
+    """Dynamic transitions (Diffusion^2 eq. 16): steepness of the logistic weight
+    s = 1 - 1/(1 + exp(k (i/N - s0))) of the dynamics-prompt score at sampling step i of N.
+    The paper tests 5-30 and keeps 20; larger hands over more sharply (``inf``: a switch)."""
+    dynamics_s0: float = 0.5
+    """Dynamic transitions: the share of the sampling steps where the dynamics-prompt score's
+    weight passes 1/2 (the camera-guided score has the rest)."""
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -92,6 +99,10 @@ class GuidanceConfig:
             raise ValueError(f"lr must be >= 0, got {self.lr}")
         if self.frame_guidance_ramp is not None and len(self.frame_guidance_ramp) != 2:
             raise ValueError("frame_guidance_ramp must be (first, last)")
+        if not self.dynamics_k > 0:
+            raise ValueError(f"dynamics_k must be > 0, got {self.dynamics_k}")
+        if not 0.0 <= self.dynamics_s0 <= 1.0:
+            raise ValueError(f"dynamics_s0 must be in [0, 1], got {self.dynamics_s0}")
         if self.preview_every < 0 or self.preview_downscale < 1:
             raise ValueError("preview_every must be >= 0 and preview_downscale >= 1")
 

@@ -47,6 +47,8 @@ class SamplerCounters:
     """Steps before the early stop skipped because a_t * s_t = 0 (x0_hat is uninformative)."""
     renoise_rounds: int = 0
     """Times x_{t-1} was diffused back to x_t, over the whole run."""
+    dynamics_evals: int = 0
+    """Network calls under the dynamics prompt (dynamic transitions: Stage II's score)."""
     previews: int = 0
     guided_step_indices: list[int] = field(default_factory=list)
 
@@ -173,8 +175,8 @@ class GuidedVideoSampler:
             prompt_embeds = adapter.encode_prompt(config.prompt, config.negative_prompt, cfg,
                                                   config.max_sequence_length)
         padded = None if prior is None else prior.padded(config.pad_frames)
-        cond = adapter.prepare_conditioning(image, total, height, width, prompt_embeds, cfg,
-                                            generator, prior=padded)
+        cond = self._conditioning(image, total, height, width, prompt_embeds, cfg, generator,
+                                  padded, config)
         scale = self._guidance_scale(config, adapter.latent_frames(total))
         timings.conditioning_s = self._lap(start)
 
@@ -262,31 +264,54 @@ class GuidedVideoSampler:
             if r > 0:
                 x = schedule.renoise(x_prev, i, generator)
                 counters.renoise_rounds += 1
-            # 2. Guide: blend pastes the noised prior; release moves x_t down the prior loss
-            if prior is not None and config.mode == "blend":
-                z, m = prior
-                noised = schedule.add_noise(z, i, randn_like(z, generator))
-                x = m * noised + (1.0 - m) * x
-            elif prior is not None and config.mode == "release":
-                out = self.adapter.predict(schedule.model_input(x, i), t, cond, scale)
-                counters.model_evals += 1
-                counters.guidance_evals += 1
-                x, loss = release_guidance(x, out, schedule, i, *prior, config.lr)
-            # 3. Step from the model's output on the (moved) x_t
+            # 2. Guide and step
+            x_prev, x0, loss = self._round(x, i, t, schedule, cond, config, scale, guided,
+                                           z_prior, mask, generator, counters)
+        return x_prev, x0, loss
+
+    def _round(self, x: torch.Tensor, i: int, t: torch.Tensor, schedule: NoiseSchedule,
+               cond: Conditioning, config: GuidanceConfig, scale: float | torch.Tensor,
+               guided: bool, z_prior: torch.Tensor | None, mask: torch.Tensor | None,
+               generator: torch.Generator, counters: SamplerCounters):
+        """One (guide, step) round from x_t: (x_{t-1}, x0_hat, prior loss or None)."""
+        x_moved, loss = self._guide(x, i, t, schedule, cond, config, scale, guided, z_prior,
+                                    mask, generator, counters)
+        out = self.adapter.predict(schedule.model_input(x_moved, i), t, cond, scale)
+        counters.model_evals += 1
+        x0 = schedule.to_x0(out, x_moved, i)
+        return schedule.step(x0, x_moved, i), x0, loss
+
+    def _guide(self, x: torch.Tensor, i: int, t: torch.Tensor, schedule: NoiseSchedule,
+               cond: Conditioning, config: GuidanceConfig, scale: float | torch.Tensor,
+               guided: bool, z_prior: torch.Tensor | None, mask: torch.Tensor | None,
+               generator: torch.Generator, counters: SamplerCounters):
+        """Stage I's prior on x_t: blend pastes the noised prior; release moves x_t down the
+        prior loss. Returns (x_t moved, or ``x`` itself when unguided; the loss or None)."""
+        if guided and config.mode == "blend":
+            noised = schedule.add_noise(z_prior, i, randn_like(z_prior, generator))
+            return mask * noised + (1.0 - mask) * x, None
+        if guided and config.mode == "release":
             out = self.adapter.predict(schedule.model_input(x, i), t, cond, scale)
             counters.model_evals += 1
-            x0 = schedule.to_x0(out, x, i)
-            x_prev = schedule.step(x0, x, i)
-        return x_prev, x0, loss
+            counters.guidance_evals += 1
+            return release_guidance(x, out, schedule, i, z_prior, mask, config.lr)
+        return x, None
+
+    def _conditioning(self, image: np.ndarray, total: int, height: int, width: int,
+                      prompt_embeds: PromptEmbeds, cfg: bool, generator: torch.Generator,
+                      padded: PriorVideo | None, config: GuidanceConfig) -> Conditioning:
+        """The network's conditioning for the whole clip (prompt, first frame, end views)."""
+        return self.adapter.prepare_conditioning(image, total, height, width, prompt_embeds, cfg,
+                                                 generator, prior=padded)
 
     # ------------------------------------------------------------------ callback / preview
     def _run_callback(self, callback: StepCallback, names: Sequence[str], i: int,
                       t: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, guided: bool,
                       loss: float | None, config: GuidanceConfig,
                       counters: SamplerCounters) -> torch.Tensor:
-        tensors = {"latents": x, "x0_hat": x0}
+        tensors = {"latents": x, "x0_hat": x0, **self._step_tensors()}
         kwargs: dict[str, Any] = {k: tensors[k] for k in names}
-        kwargs.update(guided=guided, loss=loss, preview=None)
+        kwargs.update(guided=guided, loss=loss, preview=None, **self._step_info())
         if config.preview_every and (i + 1) % config.preview_every == 0:
             kwargs["preview"] = self.preview(x0, config)
             counters.previews += 1
@@ -294,6 +319,14 @@ class GuidedVideoSampler:
         if isinstance(result, dict) and result.get("latents") is not None:
             return result["latents"]
         return x
+
+    def _step_tensors(self) -> dict[str, torch.Tensor]:
+        """Extra tensors of the last step a subclass offers to the callback."""
+        return {}
+
+    def _step_info(self) -> dict[str, Any]:
+        """Extra numbers of the last step a subclass passes to every callback."""
+        return {}
 
     def iter_frames(self, latents: torch.Tensor, config: GuidanceConfig,
                     generator: torch.Generator | None = None) -> Iterator[tuple[int, np.ndarray]]:

@@ -89,6 +89,18 @@ class NoiseSchedule:
         eps = (x - a * x0) / s
         return a_prev * x0 + s_prev * eps
 
+    def x0_of_step(self, x_prev: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The clean estimate whose :meth:`step` from ``x`` lands on ``x_prev`` (the step is
+        affine in x0_hat: x_{t-1} = (s'/s) x_t + (a' - s' a / s) x0_hat)."""
+        a, s = self._a(i), self._s(i)
+        a_prev, s_prev = self._a(i + 1), self._s(i + 1)
+        return (x_prev - (s_prev / s) * x) / (a_prev - s_prev * a / s)
+
+    def score(self, x0: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
+        """grad log p_t(x_t) implied by x0_hat (Tweedie): (a_t x0_hat - x_t) / s_t^2."""
+        a, s = self._a(i), self._s(i)
+        return (a * x0 - x) / (s * s)
+
     def renoise(self, x_prev: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
         """Sample q(x_t | x_{t-1}): diffuse x_{t-1} back to step i (RePaint, paper eq. 2)."""
         a, s = self._a(i), self._s(i)

@@ -7,12 +7,15 @@ frame f. The "network" returns that estimate written as the family's output (eps
 velocity) on a schedule built from one grid of variance-exploding noise levels sigma = s / a,
 so the same sampler run can be compared across parameterisations in VE coordinates x / a.
 The "VAE" is the identity on 3 channels (1x spatial, 1x temporal).
+
+``prompt_means`` makes the data conditional on the prompt: each prompt names its own mean (the
+same variance), so two prompts are two Gaussian conditionals whose exact scores are known.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,11 +54,14 @@ class GaussianVideoModel(VideoFamilyAdapter):
     pipeline_class_name = ""
 
     def __init__(self, kind: ScheduleKind, prediction: Prediction, sigmas_ve: Sequence[float],
-                 mean: float = 0.0, var: float = 0.25, size: int = 8) -> None:
+                 mean: float = 0.0, var: float = 0.25, size: int = 8,
+                 prompt_means: Mapping[str, float] | None = None) -> None:
         super().__init__(pipe=None)
         self.kind, self.prediction = kind, prediction
         self.sigmas_ve = tuple(float(v) for v in sigmas_ve)
         self.mean, self.var, self.size = mean, var, size
+        self.prompt_means = dict(prompt_means or {})
+        """Prompt -> the data's mean under it (other prompts: ``mean``)."""
         self.forward_calls = 0
         self.end_images: list[np.ndarray | None] = []
         """The end frame each conditioning saw (None without a prior)."""
@@ -100,19 +106,25 @@ class GaussianVideoModel(VideoFamilyAdapter):
 
     def encode_prompt(self, prompt: str, negative_prompt: str, cfg: bool,
                       max_sequence_length: int | None = None) -> PromptEmbeds:
-        return PromptEmbeds(None, None)
+        if prompt not in self.prompt_means:
+            return PromptEmbeds(None, None)
+        return PromptEmbeds(torch.tensor(self.prompt_means[prompt], dtype=torch.float64))
 
     def prepare_conditioning(self, image: np.ndarray, num_frames: int, height: int, width: int,
                              prompt: PromptEmbeds, cfg: bool, generator: torch.Generator | None,
                              prior: PriorVideo | None = None) -> Conditioning:
         self.end_images.append(None if prior is None else prior.frames[-1])
-        return Conditioning(False, {})
+        mean = self.mean if prompt.positive is None else float(prompt.positive)
+        return Conditioning(False, {"mean": mean})
 
-    def posterior_mean(self, x: torch.Tensor, a: float, s: float) -> torch.Tensor:
-        """E[x_0 | x_t] for canonical (1, F, C, h, w) latents."""
+    def posterior_mean(self, x: torch.Tensor, a: float, s: float,
+                       mean: float | None = None) -> torch.Tensor:
+        """E[x_0 | x_t] for canonical (1, F, C, h, w) latents (data mean ``mean``, default
+        the model's)."""
+        mean = self.mean if mean is None else mean
         frames = x.shape[1]
         gain = a * self.var / (frames * a * a * self.var + s * s)
-        c = self.mean + gain * (x - a * self.mean).sum(dim=1, keepdim=True)
+        c = mean + gain * (x - a * mean).sum(dim=1, keepdim=True)
         return c.expand_as(x)
 
     def forward(self, model_input: torch.Tensor, timestep: torch.Tensor,
@@ -123,7 +135,8 @@ class GaussianVideoModel(VideoFamilyAdapter):
         a, s = float(schedule.alphas[i]), float(schedule.sigmas[i])
         r = math.sqrt(a * a + s * s)
         x = model_input * r if self.kind == "ve" else model_input  # undo EDM's c_in
-        x0 = self.posterior_mean(x, a, s)
+        mean = self.mean if cond is None else cond.tensors.get("mean", self.mean)
+        x0 = self.posterior_mean(x, a, s, mean)
         if self.prediction == "epsilon":
             return (x - a * x0) / s
         if self.prediction == "v_prediction":
