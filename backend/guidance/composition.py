@@ -87,7 +87,7 @@ class ComposedVideoSampler(GuidedVideoSampler):
     composed score there); every callback gets ``dynamics_weight`` (s of the step).
     """
 
-    _callback_tensor_inputs = ("latents", "x0_hat", "x_t", "score")
+    _callback_tensor_inputs: tuple[str, ...] = ("latents", "x0_hat", "x_t", "score")
 
     def __init__(self, adapter: VideoFamilyAdapter, dynamics_prompt: str = "",
                  dynamics_prompt_embeds: PromptEmbeds | None = None) -> None:
@@ -139,6 +139,8 @@ class ComposedVideoSampler(GuidedVideoSampler):
                 x0_camera = schedule.x0_of_step(camera_step, x, i)
         # 2. Stage II: the network under the dynamics prompt at the same x_t
         if s > 0.0:
+            if self._dynamics_cond is None:
+                raise RuntimeError("the dynamics conditioning is made before the first step")
             out = self.adapter.predict(schedule.model_input(x, i), t, self._dynamics_cond, scale)
             counters.model_evals += 1
             counters.dynamics_evals += 1

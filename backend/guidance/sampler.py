@@ -89,7 +89,7 @@ class GuidedVideoSampler:
     ``latents`` replace the current ones.
     """
 
-    _callback_tensor_inputs = ("latents", "x0_hat")
+    _callback_tensor_inputs: tuple[str, ...] = ("latents", "x0_hat")
 
     def __init__(self, adapter: VideoFamilyAdapter) -> None:
         self.adapter = adapter
@@ -287,10 +287,14 @@ class GuidedVideoSampler:
                generator: torch.Generator, counters: SamplerCounters):
         """Stage I's prior on x_t: blend pastes the noised prior; release moves x_t down the
         prior loss. Returns (x_t moved, or ``x`` itself when unguided; the loss or None)."""
-        if guided and config.mode == "blend":
+        if not guided:
+            return x, None
+        if z_prior is None or mask is None:
+            raise ValueError("a guided step needs the prior latents and their mask")
+        if config.mode == "blend":
             noised = schedule.add_noise(z_prior, i, randn_like(z_prior, generator))
             return mask * noised + (1.0 - mask) * x, None
-        if guided and config.mode == "release":
+        if config.mode == "release":
             out = self.adapter.predict(schedule.model_input(x, i), t, cond, scale)
             counters.model_evals += 1
             counters.guidance_evals += 1
