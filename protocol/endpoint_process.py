@@ -27,7 +27,6 @@ alive to its clients forever).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import json
@@ -47,17 +46,12 @@ import zmq
 from protocol.admission import AdmissionCaps
 from protocol.channel import Channel, next_event
 from protocol.codec import Blob, decode, encode
-from protocol.endpoint import (
-    EndpointCaps,
-    EndpointStats,
-    Occupancy,
-    ServerEndpoint,
-    _public,
-    wait_for_room,
-)
+from protocol.endpoint import ServerEndpoint, public_message
+from protocol.endpoint_caps import DEFAULT_CAPS, EndpointCaps, EndpointStats, Occupancy
 from protocol.errors import ErrorCode
 from protocol.events import Incoming, PeerGone, Released, Welcomed
 from protocol.keys import ServerKeys
+from protocol.ledger import PeerLedger
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import Error, Frame, Message
 
@@ -68,7 +62,6 @@ OCCUPANCY_S = 0.25
 PARENT_SILENCE_S = 120.0
 """The endpoint ends when its application has sent nothing for this long."""
 START_TIMEOUT_S = 120.0
-DEFAULT_CAPS = EndpointCaps()
 
 
 class EndpointProcess:
@@ -96,12 +89,12 @@ class EndpointProcess:
         self._occupancy = occupancy
         self._stats = EndpointStats()
         self._stats_seq = 0
-        self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self._peers: dict[bytes, str] = {}
-        self._pending: collections.Counter = collections.Counter()
-        self._queued: collections.Counter = collections.Counter()
-        """Messages of each peer relayed here and not yet taken by :meth:`poll`."""
+        self._events: queue.SimpleQueue[Incoming | PeerGone] = queue.SimpleQueue()
+        self.ledger = PeerLedger(caps.max_queued_per_peer)
+        """The child's peers as relayed here, the Frames pending there, and the requests
+        relayed here and not yet taken by :meth:`poll`."""
         self._cond = threading.Condition()
+        """Guards the stats fetched from the child."""
         self._dir = tempfile.mkdtemp(prefix="dj-io-")  # 0700: only this user reaches the pipes
         self._ctx = zmq.Context()
         self._down = self._ctx.socket(zmq.PAIR)
@@ -156,10 +149,9 @@ class EndpointProcess:
     def _queue_out(self, peer: bytes, msg: Message, blobs, refusal: bool) -> None:
         frame_of = msg.job_id if isinstance(msg, Frame) else ""
         if frame_of:
-            with self._cond:
-                self._pending[peer] += 1
+            self.ledger.frame_queued(peer)
         self._chan.put([b"send", peer, frame_of.encode(), b"1" if refusal else b"0",
-                        *encode(_public(msg), blobs)])
+                        *encode(public_message(msg), blobs)])
 
     def discard_frames(self, peer: bytes, job_id: str) -> None:
         self._chan.put([b"discard", peer, job_id.encode()])
@@ -167,21 +159,18 @@ class EndpointProcess:
     def wait_writable(self, peer: bytes, max_pending: int = 2, timeout: float | None = None) -> bool:
         """Block while ``max_pending`` or more Frames to ``peer`` wait for credit; False on
         timeout or when the peer is gone."""
-        return wait_for_room(self._cond, self._pending, self._peers, peer, max_pending, timeout)
+        return self.ledger.wait_room(peer, max_pending, timeout)
 
     def is_connected(self, peer: bytes) -> bool:
-        with self._cond:
-            return peer in self._peers
+        return self.ledger.is_connected(peer)
 
     def identity(self, peer: bytes) -> str | None:
-        with self._cond:
-            return self._peers.get(peer)
+        return self.ledger.identity(peer)
 
     def poll(self, timeout: float | None = 0.0) -> Incoming | PeerGone | None:
-        ev = next_event(self._events, timeout)
-        if isinstance(ev, Incoming):
-            with self._cond:
-                self._queued[ev.peer] -= 1
+        ev: Incoming | PeerGone | None = next_event(self._events, timeout)
+        if isinstance(ev, Incoming) and ev.peer is not None:
+            self.ledger.taken(ev.peer)
         return ev
 
     @property
@@ -265,28 +254,18 @@ class EndpointProcess:
         if kind == b"in":
             peer = rest[0].bytes
             msg, blobs = decode(rest[1:], self.limits)  # checked in the child already
-            with self._cond:
-                full = self._queued[peer] >= self.caps.max_queued_per_peer
-                self._queued[peer] += not full
-            if full:  # the application is behind: the same bound as the endpoint's own
+            if not self.ledger.try_queue(peer):  # the application is behind: the same bound
                 self.error(peer, "busy", f"more than {self.caps.max_queued_per_peer} of your "
                            "requests are waiting: slow down", getattr(msg, "job_id", None))
             else:
                 self._events.put(Incoming(msg, blobs, peer))
         elif kind == b"welcomed":
-            with self._cond:
-                self._peers[rest[0].bytes] = rest[1].bytes.decode()
+            self.ledger.welcomed(rest[0].bytes, rest[1].bytes.decode())
         elif kind == b"released":
-            with self._cond:
-                self._pending[rest[0].bytes] -= int(rest[1].bytes)
-                self._cond.notify_all()
+            self.ledger.released(rest[0].bytes, int(rest[1].bytes))
         elif kind == b"gone":
             peer = rest[0].bytes
-            with self._cond:
-                self._peers.pop(peer, None)
-                self._pending.pop(peer, None)
-                self._queued.pop(peer, None)
-                self._cond.notify_all()
+            self.ledger.gone(peer)
             self._events.put(PeerGone(peer, rest[1].bytes.decode()))
         elif kind == b"stats":
             stats = EndpointStats(**msgspec.msgpack.decode(rest[0].bytes))
