@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal, cast
 
 from backend import wire
 from backend.config import BackendConfig
@@ -84,7 +85,8 @@ class JobTable:
             return
         ahead = self._queue(job)
         if ahead is not None:
-            self.endpoint.send(peer, JobAccepted(job_id=job.job_id, kind=job.kind.value,
+            kind = cast(Literal["transition", "dynamics"], job.kind.value)
+            self.endpoint.send(peer, JobAccepted(job_id=job.job_id, kind=kind,
                                                  num_frames=job.num_frames, queue_position=ahead))
 
     def _refusal(self, job: Job) -> tuple[JobFailCode, str] | None:

@@ -142,7 +142,7 @@ class JobRun:
         self.poses: list[np.ndarray] = []
         self.count = 0
         self.first_frame_s: float | None = None
-        self.K: list[float] = []
+        self.K: tuple[float, ...] = ()
 
     def __call__(self) -> Resume | None:
         job = self.job
@@ -196,7 +196,7 @@ class JobRun:
         if ctx.config.save_clips:
             owned = ctx.sessions.owned_by(job.client)
             self.writer = owned.begin_clip(scene.scene_id, job.request.fps)
-        self.K = codec.k_list(scene.K)
+        self.K = tuple(codec.k_list(scene.K))
 
     def _stream(self) -> Resume | None:
         """Send events until the engine is done (None) or the slot is handed back: parked

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import partial
+from typing import cast
 
 from backend import wire
 from backend.engines.base import Engine, EngineError, Progress, Scene
@@ -56,7 +57,7 @@ class SceneOpener:
             entry = self.scenes.claim(peer, client, msg.scene_id, engine, msg.resume,
                                       msg.request_id)
         except (SessionError, Busy) as exc:
-            self.endpoint.error(peer, exc.code, str(exc), msg.request_id)
+            self.endpoint.error(peer, _code(exc), str(exc), msg.request_id)
             return
         ticket = Ticket(client, ticket_key(peer, msg.request_id),
                         partial(self._open, entry, msg, blobs),
@@ -74,7 +75,7 @@ class SceneOpener:
             self.scenes.make_room(entry.client)
             scene, cloud, resumed = self._load_or_create(entry, msg, blobs)
         except (ProtocolError, SessionError) as exc:
-            return self._failed(entry, msg, exc.code, str(exc))
+            return self._failed(entry, msg, _code(exc), str(exc))
         except EngineError as exc:
             return self._failed(entry, msg, "bad_value", str(exc))
         except (OSError, ValueError) as exc:  # a saved session that does not load
@@ -120,3 +121,8 @@ class SceneOpener:
                      scene.median_depth, store=scene.cloud,
                      depth=(scene.depth_source, scene.depth_note))
         return scene, cloud, False
+
+
+def _code(exc: ProtocolError | SessionError) -> ErrorCode:
+    """The Error code an exception carries (SessionError's are ErrorCodes too)."""
+    return cast(ErrorCode, exc.code)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal, cast
 
 import numpy as np
 
@@ -48,6 +49,7 @@ REACH_MEDIAN_DEPTHS = 1e4
 """Transition poses may lie at most this many median depths from the first view."""
 
 JobRequest = TransitionRequest | DynamicsRequest
+DepthSource = Literal["model", "given", "prior"]
 Blobs = Sequence[memoryview]
 
 
@@ -71,9 +73,9 @@ def check_poses(poses: np.ndarray) -> np.ndarray:
         raise BadArray(f"poses must be N x 4 x 4, got {p.shape}")
     R = p[:, :3, :3]
     with np.errstate(invalid="ignore", over="ignore"):
-        ok = (np.isfinite(p).all(axis=(1, 2))
-              & np.isclose(p[:, 3], [0, 0, 0, 1], atol=1e-6).all(axis=1)
-              & np.isclose(R @ np.swapaxes(R, 1, 2), np.eye(3), atol=1e-4).all(axis=(1, 2)))
+        ok = np.asarray(np.isfinite(p).all(axis=(1, 2))
+                        & np.isclose(p[:, 3], [0, 0, 0, 1], atol=1e-6).all(axis=1)
+                        & np.isclose(R @ np.swapaxes(R, 1, 2), np.eye(3), atol=1e-4).all(axis=(1, 2)))
         ok[ok] &= np.linalg.det(R[ok]) >= 0
     for i in np.flatnonzero(~ok)[:1]:
         try:
@@ -180,12 +182,12 @@ def progress_message(job_id: str, p: Progress) -> ProgressMsg:
     return ProgressMsg(job_id=job_id, stage=p.stage, step=p.step, total=p.total, message=p.message)
 
 
-def frame_message(job_id: str, ev: FrameOut, num_frames: int, K: list[float], fps: float,
+def frame_message(job_id: str, ev: FrameOut, num_frames: int, K: tuple[float, ...], fps: float,
                   loop: bool, frame_codec: str, quality: int) -> tuple[Frame, list]:
     """One clip frame as the explorer asked it encoded (``frame_codec``)."""
     ref, data = codec.encode_image(ev.image, frame_codec, quality=quality)
-    return Frame(job_id=job_id, index=ev.index, num_frames=num_frames, pose=codec.pose_list(ev.pose),
-                 K=K, image=ref, fps=fps, loop=loop), [data]
+    return Frame(job_id=job_id, index=ev.index, num_frames=num_frames,
+                 pose=tuple(codec.pose_list(ev.pose)), K=K, image=ref, fps=fps, loop=loop), [data]
 
 
 def points_messages(scene_id: str, cloud: PointCloud, total: int, job_id: str | None,
@@ -204,8 +206,10 @@ def points_messages(scene_id: str, cloud: PointCloud, total: int, job_id: str | 
 def scene_opened(request_id: str, scene: Scene, num_points: int, resumed: bool,
                  session: str) -> SceneOpened:
     w, h = scene.size
+    depth_source = cast(DepthSource, scene.depth_source)  # "model", "given" or "prior"
     return SceneOpened(
         request_id=request_id, scene_id=scene.scene_id, engine=scene.engine, width=w, height=h,
-        K=codec.k_list(scene.K), pose=codec.pose_list(scene.pose), median_depth=scene.median_depth,
-        num_points=num_points, resumed=resumed, depth_source=scene.depth_source,
+        K=tuple(codec.k_list(scene.K)), pose=tuple(codec.pose_list(scene.pose)),
+        median_depth=scene.median_depth, num_points=num_points, resumed=resumed,
+        depth_source=depth_source,
         depth_note=scene.depth_note, points_budget=scene.points_budget, session=session)

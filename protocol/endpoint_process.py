@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 
 import msgspec
 import zmq
@@ -112,6 +113,7 @@ class EndpointProcess:
         }
         self._proc = subprocess.Popen([sys.executable, "-m", "protocol.endpoint_process"],
                                       stdin=subprocess.PIPE, text=True)
+        assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(settings))
         self._proc.stdin.close()
         try:
@@ -138,7 +140,7 @@ class EndpointProcess:
 
     # -- the ServerEndpoint API --
 
-    def send(self, peer: bytes, msg: Message, blobs: list[Blob] | tuple = ()) -> None:
+    def send(self, peer: bytes, msg: Message, blobs: Sequence[Blob] = ()) -> None:
         """Queue a message to ``peer``; Frames wait for the peer's credit, in order."""
         self._queue_out(peer, msg, blobs, refusal=False)
 
@@ -146,7 +148,7 @@ class EndpointProcess:
         """Send ``Error(code, message)`` to ``peer``; it counts against its refusal budget."""
         self._queue_out(peer, Error(code=code, message=message, request_id=request_id), (), True)
 
-    def _queue_out(self, peer: bytes, msg: Message, blobs, refusal: bool) -> None:
+    def _queue_out(self, peer: bytes, msg: Message, blobs: Sequence[Blob], refusal: bool) -> None:
         frame_of = msg.job_id if isinstance(msg, Frame) else ""
         if frame_of:
             self.ledger.frame_queued(peer)
@@ -221,7 +223,7 @@ class EndpointProcess:
         poller.register(self._chan.fileno(), zmq.POLLIN)
         next_push = 0.0
         while True:
-            poller.poll(timeout=OCCUPANCY_S * 1000)
+            poller.poll(timeout=int(OCCUPANCY_S * 1000))
             items = self._chan.drain()
             for frames in items:
                 self._down.send_multipart(frames, copy=False)

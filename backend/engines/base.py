@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backend.geometry.cloud import PointCloud
+from backend.geometry.store import PointStore
 from protocol.messages import Arrow, SceneText
 
 
@@ -27,8 +28,8 @@ class Scene:
     """First view, H x W x 3 uint8 RGB."""
     K: np.ndarray
     """3 x 3 intrinsics in pixels, shared by every view of the scene."""
-    cloud: object
-    """The scene's point store (backend.geometry PointStore)."""
+    cloud: PointStore
+    """The scene's point store."""
     median_depth: float
     """Median z-depth of the first view; trajectory speeds scale with it."""
     text: SceneText = field(default_factory=SceneText)
