@@ -71,6 +71,9 @@ class Backend:
     def __init__(self, config: BackendConfig | None = None):
         self.config = config = config or BackendConfig()
         check_config(config)
+        self._built = False
+        """Set once every part exists: the endpoint asks about occupancy from its own thread
+        as soon as it starts, before the job table does (the Ray pool takes seconds)."""
         self.limits = config.protocol_limits()
         self.sessions = SessionStore(config.sessions)
         report = self.sessions.recover()
@@ -128,6 +131,7 @@ class Backend:
         """Message type -> its handler (a new request type adds its entry)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._built = True
 
     # -- lifecycle --
 
@@ -323,13 +327,14 @@ class Backend:
 
     def working(self, peer: bytes) -> bool:
         """Whether connection ``peer`` has a job, or a scene opening."""
-        return peer in self.jobs.working_peers() or peer in self.scenes.opening_peers()
+        return self._built and (peer in self.jobs.working_peers()
+                                or peer in self.scenes.opening_peers())
 
     def snapshot(self) -> tuple[set[str], set[bytes]]:
         """(identities that own scenes, connections with work), for an endpoint that runs in
         a process of its own."""
-        working = self.jobs.working_peers() | self.scenes.opening_peers()
-        return self.scenes.owners() | self.sessions.owners(), working
+        working = self.jobs.working_peers() if self._built else set()
+        return self.scenes.owners() | self.sessions.owners(), working | self.scenes.opening_peers()
 
     def status_reply(self, msg: Status, asker: str | None = None) -> StatusReply:
         """What the backend is doing now; for a client ``asker`` others are anonymised."""

@@ -231,7 +231,12 @@ class EndpointProcess:
                 return
             if time.monotonic() >= next_push:
                 next_push = time.monotonic() + OCCUPANCY_S
-                self._down.send_multipart([b"occupancy", self._occupancy_blob()])
+                try:
+                    blob = self._occupancy_blob()
+                except Exception:  # the application's answer must not end the bridge
+                    log.exception("reading the application's occupancy failed")
+                    continue
+                self._down.send_multipart([b"occupancy", blob])
 
     def _occupancy_blob(self) -> bytes:
         snapshot = getattr(self._occupancy, "snapshot", None)
