@@ -23,6 +23,9 @@ The parent mirrors what it needs to answer at once (who is connected and as whom
 frames each peer has waiting for credit). The child ends when told, when its parent ends,
 or when the parent has sent nothing for ``PARENT_SILENCE_S`` (a hung backend must not look
 alive to its clients forever).
+
+(Just over 400 lines: the parent's bridge and the child's loop are the two ends of one pipe
+protocol, kept in one module so that both ends of every message are read side by side.)
 """
 
 from __future__ import annotations

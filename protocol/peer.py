@@ -9,8 +9,11 @@ know (who is connected, frames waiting) is in :class:`~protocol.ledger.PeerLedge
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from protocol.endpoint_caps import EndpointCaps, Occupancy
 
 MAX_CANCELLED = 4096
 """Cancelled job ids remembered per peer (forgotten all at once past it)."""
@@ -77,3 +80,43 @@ class Peer:
             out.append(parts)
         self.frames_sent += frames
         return out, frames
+
+
+@dataclass(frozen=True)
+class Room:
+    """What welcoming one more peer takes: nothing, evicting ``evict`` (``why``), or it is
+    refused (``refusal`` names the limit)."""
+
+    evict: Peer | None = None
+    why: str = ""
+    refusal: str | None = None
+
+
+def make_room(peers: Iterable[Peer], identity: str, caps: EndpointCaps,
+              occupancy: Occupancy) -> Room:
+    """Room for a peer of ``identity`` among ``peers``: when the client slots, or this
+    identity's connections, are full, the longest-idle connection without work goes (a
+    client that owns something may evict anyone idle, a newcomer only idle clients that own
+    nothing); when none may go, the refusal naming the limit."""
+    peers = list(peers)
+    mine = [p for p in peers if p.identity == identity]
+    if len(mine) >= caps.max_connections_per_client:
+        victim = _longest_idle(mine, occupancy)
+        if victim is not None:
+            return Room(victim, "another connection of this client needs its place")
+        return Room(refusal=f"at most {caps.max_connections_per_client} connections per client "
+                    "(connections.max_connections_per_client), all busy: close one first")
+    if len(peers) < caps.max_peers:
+        return Room()
+    owner = occupancy.owns(identity)
+    victim = _longest_idle([p for p in peers if owner or not occupancy.owns(p.identity)],
+                           occupancy)
+    if victim is not None:
+        return Room(victim, "the backend is full and this connection was the longest idle")
+    return Room(refusal=f"the backend serves at most {caps.max_peers} clients at once "
+                "(connections.max_clients) and none of them is idle: retry later")
+
+
+def _longest_idle(candidates: list[Peer], occupancy: Occupancy) -> Peer | None:
+    idle = [p for p in candidates if not occupancy.working(p.rid)]
+    return min(idle, key=lambda p: (p.last_active, p.rid)) if idle else None
