@@ -81,8 +81,7 @@ class EndpointIO:
                 if self._sock in ready:
                     self._receive_some()
                 if chan_fd in ready:
-                    for item in self._chan.drain():
-                        self._on_outgoing(*item)
+                    self._on_outgoing(self._chan.drain())
                 for arrival in self._police.hellos_ready():
                     self._welcome(arrival)
                 for peer_id, conn in self._police.due():
@@ -236,24 +235,30 @@ class EndpointIO:
 
     # -- outgoing messages --
 
-    def _on_outgoing(self, peer_id: bytes, frame_of: str | None, frames: list | None,
-                     refusal: bool) -> None:
-        """One item of :data:`Outgoing` from an application thread."""
-        peer = self._peers.get(peer_id)
-        if peer is None:
-            if frame_of is not None:
-                self.ledger.drop_pending(peer_id)
-            if frames is not None and frame_of is None:
-                self._sock.send_multipart([peer_id, *frames], copy=False)  # e.g. an Error
-            return
-        if refusal:
-            self._police.refused(peer_id)
-        if frames is None:
-            self._release(peer_id, peer.discard(frame_of))
-        elif not peer.hold(frame_of, frames):
-            self._release(peer_id, 1)  # produced before the job saw its Cancel
-        self._flush(peer)
-        if refusal:
+    def _on_outgoing(self, items: list[Outgoing]) -> None:
+        """What application threads queued, in order. Each peer is flushed once at the end,
+        so a job waiting for room wakes once per batch, not once per frame."""
+        touched: dict[bytes, Peer] = {}
+        refused: set[bytes] = set()
+        for peer_id, frame_of, frames, refusal in items:
+            peer = self._peers.get(peer_id)
+            if peer is None:
+                if frame_of is not None:
+                    self.ledger.drop_pending(peer_id)
+                if frames is not None and frame_of is None:
+                    self._sock.send_multipart([peer_id, *frames], copy=False)  # e.g. an Error
+                continue
+            touched[peer_id] = peer
+            if refusal:
+                self._police.refused(peer_id)
+                refused.add(peer_id)
+            if frames is None:
+                self._release(peer_id, peer.discard(frame_of))
+            elif not peer.hold(frame_of, frames):
+                self._release(peer_id, 1)  # produced before the job saw its Cancel
+        for peer in touched.values():
+            self._flush(peer)
+        for peer_id in refused:
             self._shut_if_over_refusals(peer_id)
 
     def _flush(self, peer: Peer) -> None:
