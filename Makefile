@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PKGS := libgl1-mesa-dri libegl1 libegl-mesa0 libgles2 libgl1 xvfb xauth xdotool ffmpeg
 
-.PHONY: setup demo test lint bench clean system
+.PHONY: setup demo test test-fast lint bench clean system
 
 setup: $(STAMP)
 
@@ -39,8 +39,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# Everything but the tests marked slow (end-to-end runs, real windows): under 90 s on a quiet machine.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+
+# ruff, then mypy on protocol/, backend/ and explorer/ (configured in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

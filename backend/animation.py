@@ -39,11 +39,12 @@ def _sample(field: np.ndarray, pos: np.ndarray) -> np.ndarray:
     n = len(pos)
     cols = 1024  # remap's maps are images: N positions as rows of 1024 (fewer than 32767 each way)
     rows = max(1, -(-n // cols))
-    maps = np.zeros((rows * cols, 2), np.float32)
-    maps[:n] = pos - 0.5
-    maps = maps.reshape(rows, cols, 2)
-    out = cv2.remap(np.ascontiguousarray(field, dtype=np.float32), maps, None, cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE)
+    flat = np.zeros((rows * cols, 2), np.float32)
+    flat[:n] = pos - 0.5
+    maps = flat.reshape(rows, cols, 2)
+    # map2 None (maps hold x and y together) is valid OpenCV; its stub requires an array
+    out = cv2.remap(np.ascontiguousarray(field, dtype=np.float32), maps, None,  # type: ignore[call-overload]
+                    cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(-1, c)[:n]
 
 

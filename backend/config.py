@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Set
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,33 +30,29 @@ class ConfigError(ValueError):
     """The config cannot be used; the message names the file and the key."""
 
 
-def Between(lo: float, hi: float, kind: type = float, open_low: bool = False):  # noqa: N802
-    """A number in [lo, hi] (``(lo, hi]`` with ``open_low``); NaN and inf fail the bounds."""
-    low = {"gt": lo} if open_low else {"ge": lo}
-    return Annotated[kind, Meta(le=hi, **low)]
-
-
-Seconds = Between(0.0, 86400.0, open_low=True)
+# Bounded numbers are written out as Annotated[kind, Meta(ge=lo, le=hi)] (a type checker
+# reads them; NaN and inf fail every bound).
+Seconds = Annotated[float, Meta(gt=0.0, le=86400.0)]
 """A duration in (0, 1 day]: every timeout is finite and positive."""
-Rate = Between(0.0, 1e6, open_low=True)
+Rate = Annotated[float, Meta(gt=0.0, le=1e6)]
 """Per second, in (0, 1e6]."""
 
 
 class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """How jobs share the machine: round-robin across clients, fair in time, bounded."""
 
-    job_slots: Between(1, 64, int) = 1
+    job_slots: Annotated[int, Meta(ge=1, le=64)] = 1
     """Jobs (transitions, dynamics) running at once. 1 on a single GPU; a pool of remote
     workers sets it to the number of workers."""
-    open_slots: Between(1, 64, int) = 1
+    open_slots: Annotated[int, Meta(ge=1, le=64)] = 1
     """Scenes being opened (image decoding, depth, lifting) at once."""
-    max_jobs_per_client: Between(1, 1024, int) = 4
+    max_jobs_per_client: Annotated[int, Meta(ge=1, le=1024)] = 4
     """Jobs of one client queued or running; more are refused with ``busy``."""
-    max_scenes_per_client: Between(1, 1024, int) = 16
+    max_scenes_per_client: Annotated[int, Meta(ge=1, le=1024)] = 16
     """Scenes one client has open (or opening) at once."""
     credit_timeout_s: Seconds = 30.0
     """A job granted no frame credit for this long fails with ``credit_timeout``."""
-    slice_s: Between(0.01, 3600.0) = 1.0
+    slice_s: Annotated[float, Meta(ge=0.01, le=3600.0)] = 1.0
     """A running job whose slot another client's job waits for hands the slot over after
     this long (at its next frame or step) and queues again; a job waiting for frame credit
     hands it over at once. Not with ``cluster`` (a remote job keeps its worker)."""
@@ -64,55 +61,55 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ConnectionsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    hello_timeout_s: Between(0.1, 600.0) = 5.0
+    hello_timeout_s: Annotated[float, Meta(ge=0.1, le=600.0)] = 5.0
     """Connections that have not said Hello by then are shut."""
-    max_clients: Between(1, 4096, int) = 64
+    max_peers: Annotated[int, Meta(ge=1, le=4096)] = 64
     """Connected clients at once; when all are taken, a Hello evicts the longest-idle
     client without work (a newcomer only clients that own no scenes)."""
-    max_connections_per_client: Between(1, 64, int) = 4
-    max_waiting_requests_per_client: Between(1, 4096, int) = 64
+    max_connections_per_client: Annotated[int, Meta(ge=1, le=64)] = 4
+    max_queued_per_peer: Annotated[int, Meta(ge=1, le=4096)] = 64
     """Requests of one client received but not yet dispatched; more get ``busy``."""
-    max_messages_per_s: Between(10.0, 1e6) = 2000.0
+    max_messages_per_s: Annotated[float, Meta(ge=10.0, le=1e6)] = 2000.0
     """Messages one connection may send per second; over it, it is disconnected."""
-    max_refused_per_s: Rate = 5.0
+    max_refusals_per_s: Rate = 5.0
     """Messages of one connection answered with an Error per second (20 at once); over it,
     it is disconnected."""
     new_clients_per_s: Rate = 10.0
     """Hellos per second from clients not seen before, all together (20 at once); more wait."""
     reconnects_per_client_per_s: Rate = 1.0
     """Hellos per second from one known client (4 at once); more wait."""
-    max_waiting_hellos: Between(1, 65536, int) = 64
+    max_waiting_hellos: Annotated[int, Meta(ge=1, le=65536)] = 64
     """Hellos waiting for those rates; beyond it a Hello gets ``busy``."""
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Bounds that keep memory and time set by this file, not by requests."""
 
-    max_message_mb: Between(0.0625, 1024.0) = 48.0
+    max_message_mb: Annotated[float, Meta(ge=0.0625, le=1024.0)] = 48.0
     """Largest message (all frames together), also ZeroMQ's per-frame MAXMSGSIZE."""
-    max_image_pixels: Between(64, 8192 * 8192, int) = 2048 * 2048
+    max_image_pixels: Annotated[int, Meta(ge=64, le=8192 * 8192)] = 2048 * 2048
     """Largest photo (width x height), checked from its header before decoding."""
-    max_frames: Between(1, 1024, int) = 240
+    max_frames: Annotated[int, Meta(ge=1, le=1024)] = 240
     """Most frames in one clip (transition poses or dynamics num_frames)."""
-    max_job_pixel_frames: Between(4096, 1 << 40, int) = 1024 * 1024 * 240
+    max_job_pixel_frames: Annotated[int, Meta(ge=4096, le=1 << 40)] = 1024 * 1024 * 240
     """Most work one job may ask: view width x height x frames (answered ``too_large``)."""
 
 
 class QuotasConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """What one client identity, and everyone together, may keep; a refusal names the key."""
 
-    scenes_per_client: Between(1, 1 << 20, int) = 64
+    scenes_per_client: Annotated[int, Meta(ge=1, le=1 << 20)] = 64
     """Saved sessions of one identity."""
-    scenes_total: Between(1, 1 << 24, int) = 4096
-    disk_mb_per_client: Between(0.01, 1e9) = 4096.0
+    scenes_total: Annotated[int, Meta(ge=1, le=1 << 24)] = 4096
+    disk_mb_per_client: Annotated[float, Meta(ge=0.01, le=1e9)] = 4096.0
     """Bytes on disk of one identity's sessions (MB); a job that would pass it fails with
     ``quota`` and leaves nothing behind."""
-    disk_mb_total: Between(0.01, 1e9) = 65536.0
-    resident_scenes_per_client: Between(1, 1024, int) = 4
+    disk_mb_total: Annotated[float, Meta(ge=0.01, le=1e9)] = 65536.0
+    resident_scenes_per_client: Annotated[int, Meta(ge=1, le=1024)] = 4
     """Scenes of one identity held in memory; beyond it the least recently used idle one is
     unloaded (it stays saved, and is loaded again by its next request)."""
-    resident_scenes_total: Between(1, 4096, int) = 16
-    min_free_disk_mb: Between(0.0, 1e9) = 512.0
+    resident_scenes_total: Annotated[int, Meta(ge=1, le=4096)] = 16
+    min_free_disk_mb: Annotated[float, Meta(ge=0.0, le=1e9)] = 512.0
     """New scenes and clips are refused while the disk has less free space than this."""
 
 
@@ -129,16 +126,16 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Engines clients may ask for; empty offers only ``engine``."""
     device: Annotated[str, Meta(pattern=r"^(cpu|cuda|cuda:[0-9]{1,2})$")] = "cpu"
     """``cpu``, ``cuda`` or ``cuda:N`` (which must exist)."""
-    cpu_jobs: Between(1, 64, int) | None = None
+    cpu_jobs: Annotated[int, Meta(ge=1, le=64)] | None = None
     """Deprecated alias of ``scheduler.job_slots``."""
-    heartbeat_s: Between(0.05, 60.0) = 1.0
-    peer_timeout_s: Between(0.1, 3600.0) = 10.0
+    heartbeat_s: Annotated[float, Meta(ge=0.05, le=60.0)] = 1.0
+    peer_timeout_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 10.0
     """A client silent this long is gone; longer than ``heartbeat_s``."""
     keys: Annotated[str, Meta(max_length=4096)] | None = None
-    jpeg_quality: Between(1, 100, int) = 95
-    chunk_points: Between(1, 1 << 20, int) = 65536
+    jpeg_quality: Annotated[int, Meta(ge=1, le=100)] = 95
+    chunk_points: Annotated[int, Meta(ge=1, le=1 << 20)] = 65536
     """Points per PointsDelta message."""
-    frames_ahead: Between(1, 64, int) = 2
+    frames_ahead: Annotated[int, Meta(ge=1, le=64)] = 2
     """Frames a job may queue beyond the client's credit before it waits."""
     save_clips: bool = True
     io_process: bool = True
@@ -176,11 +173,11 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def endpoint_caps(self) -> EndpointCaps:
         c = self.connections
-        return EndpointCaps(hello_timeout_s=c.hello_timeout_s, max_peers=c.max_clients,
+        return EndpointCaps(hello_timeout_s=c.hello_timeout_s, max_peers=c.max_peers,
                             max_connections_per_client=c.max_connections_per_client,
-                            max_queued_per_peer=c.max_waiting_requests_per_client,
+                            max_queued_per_peer=c.max_queued_per_peer,
                             max_messages_per_s=c.max_messages_per_s,
-                            max_refusals_per_s=c.max_refused_per_s,
+                            max_refusals_per_s=c.max_refusals_per_s,
                             admission=AdmissionCaps(new_per_s=c.new_clients_per_s,
                                                     new_burst=2 * c.new_clients_per_s,
                                                     per_client_per_s=c.reconnects_per_client_per_s,
@@ -213,7 +210,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     return config
 
 
-def _where(exc: msgspec.ValidationError, given: set[str] = frozenset()) -> str:
+def _where(exc: msgspec.ValidationError, given: Set[str] = frozenset()) -> str:
     """One line naming the key (and the command line when it came from there)."""
     text = str(exc)
     what, _, at = text.partition(" - at ")
@@ -228,7 +225,7 @@ def _where(exc: msgspec.ValidationError, given: set[str] = frozenset()) -> str:
     return f"{key or 'config'}: {what[0].lower() + what[1:]}{origin}"
 
 
-def check_config(config: BackendConfig, source: str = "config", given: set[str] = frozenset()) -> None:
+def check_config(config: BackendConfig, source: str = "config", given: Set[str] = frozenset()) -> None:
     """Every key in its bounds (the struct converted again, so values set in code or on the
     command line are checked like the file's), keys that depend on each other, the default
     engine offered, the device present, and every offered engine's options valid. ``given``
@@ -320,7 +317,7 @@ def check_engine_options(name: str, options: dict, source: str = "config", cls: 
         if not (math.isfinite(value) and lo <= value <= hi):
             raise ConfigError(f"{source}: engines.{name}.{key} = {value!r} is outside "
                               f"[{lo:g}, {hi:g}]")
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         allowed = sorted(k for k in params if k not in ("self", "device"))
         for key in options:

@@ -37,7 +37,7 @@ from backend.engines.base import (
     Event,
     FrameOut,
     PointsOut,
-    Progress,
+    ProgressOut,
     Scene,
     TransitionRequest,
     WorkerLost,
@@ -231,7 +231,7 @@ class JobRun:
                 ctx.quotas.check_bytes(job.client, self.writer.bytes_written())
             self.poses.append(ev.pose)
             self.count += 1
-        elif isinstance(ev, Progress):
+        elif isinstance(ev, ProgressOut):
             job.outbox.send(wire.progress_message(job.job_id, ev))
         elif isinstance(ev, PointsOut):
             for msg, blobs in wire.points_messages(scene.scene_id, ev.cloud, len(scene.cloud),

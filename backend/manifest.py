@@ -13,7 +13,10 @@ read as they are.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -22,6 +25,8 @@ from msgspec import Meta
 from protocol.messages import SceneText
 
 MANIFEST_VERSION = 3
+MAX_MANIFEST_BYTES = 4 << 20
+"""A manifest larger than this is not one we wrote."""
 SCENE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _SCENE_ID = re.compile(SCENE_ID_PATTERN)
 
@@ -34,12 +39,16 @@ ClipFile = Annotated[str, Meta(pattern=r"^clips/[0-9]{4,9}\.mp4$")]
 SceneId = Annotated[str, Meta(pattern="^" + SCENE_ID_PATTERN + "$")]
 
 
+ClipKind = Literal["transition", "dynamics"]
+"""What made a clip."""
+
+
 class ClipEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One clip of the session."""
 
     file: ClipFile
     """The MP4, relative to the session folder; its ``.json`` sibling holds poses and K."""
-    kind: Literal["transition", "dynamics"]
+    kind: ClipKind
     num_frames: Annotated[int, Meta(ge=1, le=1 << 20)]
     fps: Annotated[float, Meta(gt=0.0, le=240.0)]
     undone: bool = False
@@ -100,3 +109,17 @@ def referenced(manifest: Manifest) -> set[str]:
 
 def is_scene_id(name: str) -> bool:
     return _SCENE_ID.fullmatch(name) is not None and ".." not in name
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The typed manifest of the session in ``folder``; ValueError saying what is wrong."""
+    path = folder / "manifest.json"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise ValueError("no manifest.json") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("manifest.json is not a plain file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise ValueError(f"manifest.json is over {MAX_MANIFEST_BYTES >> 20} MB")
+    return decode_manifest(path.read_bytes())

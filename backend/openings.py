@@ -15,7 +15,7 @@ from functools import partial
 from typing import cast
 
 from backend import wire
-from backend.engines.base import Engine, EngineError, Progress, Scene
+from backend.engines.base import Engine, EngineError, ProgressOut, Scene
 from backend.geometry.cloud import PointCloud
 from backend.job_table import ticket_key
 from backend.outbox import Endpoint
@@ -107,7 +107,7 @@ class SceneOpener:
             scene, cloud = self.engine(entry.engine).resume_scene(msg.scene_id, owned)
             return scene, cloud, True
 
-        def progress(p: Progress) -> None:  # e.g. the depth model's first download
+        def progress(p: ProgressOut) -> None:  # e.g. the depth model's first download
             self.endpoint.send(entry.peer, wire.progress_message(msg.request_id, p))
 
         request = wire.open_request(msg, blobs, self.limits, progress)

@@ -117,7 +117,7 @@ class FairScheduler:
         with self._cond:
             queue = self._queues.get(client)
             ticket = next((t for t in queue or () if t.key == key), None)
-            if ticket is None:
+            if queue is None or ticket is None:
                 return False
             queue.remove(ticket)
         if ticket.on_dropped is not None:

@@ -34,21 +34,21 @@ from pathlib import Path
 import av
 import msgspec
 import numpy as np
+from av.container import OutputContainer
+from av.video.stream import VideoStream
 from PIL import Image
 
 from backend.manifest import (
     MANIFEST_VERSION,
     ClipEntry,
+    ClipKind,
     Manifest,
-    decode_manifest,
     encode_manifest,
     is_scene_id,
+    read_manifest,
 )
 from backend.session_root import claim_root
 from protocol.messages import SceneText
-
-MAX_MANIFEST_BYTES = 4 << 20
-"""A manifest larger than this is not one we wrote."""
 
 
 class SessionError(Exception):
@@ -126,19 +126,21 @@ class ClipWriter:
         self.part = part
         self.fps = fps
         self.count = 0
-        self._container = None
-        self._stream = None
+        self._out: tuple[OutputContainer, VideoStream] | None = None
+        """The open MP4 and its video stream, from the first frame until finished."""
 
     def add(self, img: np.ndarray) -> None:
         h, w = img.shape[:2]
-        if self._container is None:
-            self._container = av.open(str(self.part), mode="w", format="mp4")
-            self._stream = self._container.add_stream("libx264", rate=max(1, round(self.fps)))
-            self._stream.width, self._stream.height = w - w % 2, h - h % 2
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.options = {"crf": "18", "preset": "veryfast"}
-        crop = np.ascontiguousarray(img[: self._stream.height, : self._stream.width])
-        self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")))
+        if self._out is None:
+            container = av.open(str(self.part), mode="w", format="mp4")
+            stream = container.add_stream("libx264", rate=max(1, round(self.fps)))
+            stream.width, stream.height = w - w % 2, h - h % 2
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "18", "preset": "veryfast"}
+            self._out = container, stream
+        container, stream = self._out
+        crop = np.ascontiguousarray(img[: stream.height, : stream.width])
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")))
         self.count += 1
 
     def bytes_written(self) -> int:
@@ -150,11 +152,12 @@ class ClipWriter:
 
     def finish(self, path: Path) -> Path:
         """Flush and close the MP4, then rename it to ``path``."""
-        if self._container is None:
+        if self._out is None:
             raise SessionError("a clip needs at least one frame")
-        self._container.mux(self._stream.encode())
-        self._container.close()
-        self._container = None
+        container, stream = self._out
+        container.mux(stream.encode())
+        container.close()
+        self._out = None
         with open(self.part, "rb") as f:
             os.fsync(f.fileno())
         os.replace(self.part, path)
@@ -162,40 +165,16 @@ class ClipWriter:
 
     def abort(self) -> None:
         """Close and delete the partial file."""
-        if self._container is not None:
+        if self._out is not None:
             with contextlib.suppress(Exception):
-                self._container.close()
-            self._container = None
+                self._out[0].close()
+            self._out = None
         self.part.unlink(missing_ok=True)
-
-
-def write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    """H.264 MP4 of uint8 RGB frames (sizes rounded down to even for yuv420p)."""
-    if not frames:
-        raise SessionError("a clip needs at least one frame")
-    writer = ClipWriter(path.with_suffix(".part.mp4"), fps)
-    for img in frames:
-        writer.add(img)
-    writer.finish(path)
 
 
 def read_mp4(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-
-
-def read_manifest(folder: Path) -> Manifest:
-    """The typed manifest of the session in ``folder``; ValueError saying what is wrong."""
-    path = folder / "manifest.json"
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise ValueError("no manifest.json") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError("manifest.json is not a plain file")
-    if st.st_size > MAX_MANIFEST_BYTES:
-        raise ValueError(f"manifest.json is over {MAX_MANIFEST_BYTES >> 20} MB")
-    return decode_manifest(path.read_bytes())
 
 
 def read_session(folder: Path) -> dict:
@@ -407,8 +386,8 @@ class OwnerSessions:
         clips = real_dir(self.store.path(self.folder(scene_id)) / "clips", create=True)
         return ClipWriter(clips / f".{secrets.token_hex(6)}.part.mp4", fps)
 
-    def commit_clip(self, scene_id: str, kind: str, writer: ClipWriter, poses: np.ndarray,
-                    K: np.ndarray, fps: float, end_pose: np.ndarray, store=None,
+    def commit_clip(self, scene_id: str, kind: ClipKind, writer: ClipWriter,
+                    poses: np.ndarray, K: np.ndarray, fps: float, end_pose: np.ndarray, store=None,
                     timings: dict | None = None) -> str:
         """Finish ``writer``'s clip, write the grown cloud, then the manifest naming both;
         returns the clip's path relative to the sessions root."""
@@ -430,7 +409,7 @@ class OwnerSessions:
             self._commit(folder, manifest, old)
         return f"{folder}/clips/{n:04d}.mp4"
 
-    def add_clip(self, scene_id: str, kind: str, frames: list[np.ndarray], poses: np.ndarray,
+    def add_clip(self, scene_id: str, kind: ClipKind, frames: list[np.ndarray], poses: np.ndarray,
                  K: np.ndarray, fps: float, end_pose: np.ndarray, store=None,
                  timings: dict | None = None) -> str:
         """Save a clip held in memory (prefer :meth:`begin_clip` to stream one)."""

@@ -28,9 +28,9 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from backend.manifest import Manifest, is_scene_id, referenced
-from backend.session import read_manifest
+from backend.manifest import Manifest, is_scene_id, read_manifest, referenced
 from backend.session_root import MARKER, QUARANTINE, is_plain_file
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,16 @@ class Verdict:
     """What one entry of the root is."""
 
     name: str
-    kind: str
+    kind: Literal["session", "leftover", "skip", "foreign"]
     """``session``, ``leftover`` (ours, to delete), ``skip`` or ``foreign`` (quarantine)."""
     manifest: Manifest | None = None
+    """Set for every ``session`` (and for a ``foreign`` folder whose manifest loaded)."""
     problem: str | None = None
     """Why a session folder does not load (then it is quarantined)."""
+
+    def loadable(self) -> Manifest | None:
+        """The manifest of a session that loads (no problem found); None for anything else."""
+        return self.manifest if self.kind == "session" and self.problem is None else None
 
 
 @dataclass
@@ -69,8 +74,9 @@ def scan(root: Path) -> list[Verdict]:
     out, seen = [], set()
     for name in sorted(os.listdir(root)):
         verdict = judge(root, name)
-        if verdict.kind == "session":
-            key = (verdict.manifest.owner, verdict.manifest.scene_id)
+        manifest = verdict.loadable()
+        if manifest is not None:
+            key = (manifest.owner, manifest.scene_id)
             if key in seen:
                 verdict.problem = "another folder holds the same owner's scene id"
             seen.add(key)
@@ -124,9 +130,9 @@ def recover(root: Path) -> Report:
         if verdict.kind == "leftover":
             _delete_ours(root / name)
             report.removed.append(ascii(name))
-        elif verdict.kind == "session" and verdict.problem is None:
-            report.sessions[name] = verdict.manifest
-            report.removed += [f"{name}/{p}" for p in _prune(root / name, verdict.manifest)]
+        elif (manifest := verdict.loadable()) is not None:
+            report.sessions[name] = manifest
+            report.removed += [f"{name}/{p}" for p in _prune(root / name, manifest)]
         elif verdict.kind != "skip":
             where = quarantine(root, name, verdict.problem or "unknown")
             report.quarantined.append((ascii(name), verdict.problem or "unknown"))
@@ -155,8 +161,8 @@ def orphans(root: Path) -> list[Path]:
     for verdict in scan(root):
         if verdict.kind == "leftover":
             out.append(root / verdict.name)
-        elif verdict.kind == "session" and verdict.problem is None:
-            keep = referenced(verdict.manifest)
+        elif (manifest := verdict.loadable()) is not None:
+            keep = referenced(manifest)
             out += [root / verdict.name / rel for rel in _walk(root / verdict.name)[0]
                     if _OURS.fullmatch(rel) and rel not in keep]
     return out

@@ -23,7 +23,7 @@ from backend.engines.base import (
     DynamicsRequest,
     FrameOut,
     OpenRequest,
-    Progress,
+    ProgressOut,
     Scene,
     TransitionRequest,
 )
@@ -161,7 +161,7 @@ def check_intrinsics(K: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def open_request(msg: OpenScene, blobs: Blobs, limits: Limits,
-                 progress: Callable[[Progress], None] | None = None) -> OpenRequest:
+                 progress: Callable[[ProgressOut], None] | None = None) -> OpenRequest:
     """The engine request of a new scene: the decoded photo, its depth and K checked."""
     if msg.image is None:
         raise BadValue("OpenScene needs an image unless resume is set")
@@ -178,7 +178,7 @@ def open_request(msg: OpenScene, blobs: Blobs, limits: Limits,
 # -- out of the engines --
 
 
-def progress_message(job_id: str, p: Progress) -> ProgressMsg:
+def progress_message(job_id: str, p: ProgressOut) -> ProgressMsg:
     return ProgressMsg(job_id=job_id, stage=p.stage, step=p.step, total=p.total, message=p.message)
 
 

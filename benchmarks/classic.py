@@ -50,11 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.geometry.cloud import PointCloud  # noqa: E402
 from backend.geometry.metrics import consistency  # noqa: E402
-from backend.geometry.render import SplatRenderer  # noqa: E402
+from backend.geometry.splat import SplatRenderer  # noqa: E402
 from backend.server import Backend, BackendConfig  # noqa: E402
 from protocol import codec  # noqa: E402
 from protocol.scripted import ScriptedClient  # noqa: E402
-from protocol.trajectory import preset  # noqa: E402
+from protocol.trajectory import stock_path  # noqa: E402
 
 SCENES = Path(__file__).resolve().parents[2] / "shared" / "scenes"
 DEFAULT_SCENES = ("03_ancient", "09_countryside", "58_woodland")
@@ -137,7 +137,7 @@ def run_one(client: ScriptedClient, name: str, preset_name: str, image: np.ndarr
     opened = client.open_scene(image, scene_id=scene_id)
     median = opened.scene.median_depth
     poses = (strafe(args.frames, median) if preset_name == "strafe"
-             else preset(preset_name, args.frames, median))
+             else stock_path(preset_name, args.frames, median))
     job = client.transition(scene_id, poses, frame_codec=args.frame_codec)
     points = opened.points
     points.xyz += job.points.xyz

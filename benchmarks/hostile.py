@@ -209,7 +209,7 @@ def slow_reader(address: str, stop, active) -> None:
     from protocol import requests
     from protocol.messages import Frame, JobDone, JobFailed
     from protocol.scripted import ScriptedClient
-    from protocol.trajectory import preset
+    from protocol.trajectory import stock_path
     from tests.test_hostile import scene
 
     n = 0
@@ -218,7 +218,7 @@ def slow_reader(address: str, stop, active) -> None:
             continue
         with ScriptedClient(address, credits=1) as client:
             opened = client.open_scene(scene(7, 128), scene_id=f"slow{n}")
-            poses = preset("forward", 64, opened.scene.median_depth)
+            poses = stock_path("forward", 64, opened.scene.median_depth)
             client.client.send(*requests.transition(f"slow{n}", f"slow{n}", poses))
             while active.is_set() and not stop.is_set():
                 ev = client.client.poll(timeout=4.0)
@@ -395,7 +395,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds of alone/attacked phases")
     args = parser.parse_args()
     from protocol.scripted import ScriptedClient
-    from protocol.trajectory import preset
+    from protocol.trajectory import stock_path
     from tests.test_hostile import scene
 
     tmp = Path(tempfile.mkdtemp(prefix="dj-hostile-"))
@@ -430,7 +430,7 @@ def main() -> None:
         with ScriptedClient(address, credits=8) as client:
             opened = client.open_scene(scene(1), scene_id="canary")
             client.open_scene(scene(2), scene_id="home")  # resumed by comes_back
-            poses = preset("forward", 4, opened.scene.median_depth)
+            poses = stock_path("forward", 4, opened.scene.median_depth)
             canary_latencies(client, poses, 10)  # warm up
             rss0, peak = rss_mb(server.pid), 0.0
             per_round = max(1, args.requests // args.rounds)

@@ -1,8 +1,8 @@
 """Splat renderer speed: 49 frames at 512x512 from a scene's cloud and from a 2M-point cloud.
 
 Prints one JSON object as its last line: per cloud, ``ms_per_frame`` (best of ``--repeats``
-runs of the 49-frame backward preset with the default settings: on a CPU with numba, the
-compiled loops of ``splat_cpu``), the same for the torch tensor path (``ms_per_frame_torch``,
+runs of the 49-frame backward stock path with the default settings: on a CPU with numba, the
+compiled loops of ``numba_loops``), the same for the torch tensor path (``ms_per_frame_torch``,
 and with --compile its torch.compile'd variant), ``loops_vs_torch``, and
 ``vs_scatter_floor``: ``ms_per_frame`` over the time of one bare ``scatter_reduce_(amin)`` /
 ``index_put_`` (the faster) of the same points' keys into a buffer of the same size,
@@ -23,10 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.geometry import PointCloud, SplatConfig, SplatRenderer, horizon_depth, splat_cpu, unproject
-from backend.geometry.render import project_keys, projection_matrices
+from backend.geometry import PointCloud, SplatConfig, SplatRenderer, horizon_depth, unproject
+from backend.geometry.splat import numba_loops
+from backend.geometry.splat.base import projection_matrices
+from backend.geometry.splat.zbuffer import project_keys
 from protocol.camera import intrinsics
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
 
 SCENE = Path(__file__).resolve().parents[2] / "shared" / "scenes" / "03_ancient.jpg"
 GOALS = {"big_vs_scatter_floor_max": 6.0, "scene_ms_per_frame_max": 20.0}
@@ -92,10 +94,10 @@ def main() -> None:
     if args.compile:
         configs["torch_compiled"] = SplatConfig(cpu_loops=False, compile=True)
     result: dict = {"size": size, "frames": args.frames, "threads": torch.get_num_threads(),
-                    "cpu_loops": splat_cpu.available()}
+                    "cpu_loops": numba_loops.available()}
     for name, cloud in clouds.items():
         med = median if name == "scene" else float(np.median(cloud.xyz[:, 2]))
-        poses = preset("backward", args.frames, median_depth=med)
+        poses = stock_path("backward", args.frames, median_depth=med)
         floor = scatter_floor(cloud, poses[args.frames // 2], K, size, args.repeats)
         entry = {"points": len(cloud), "scatter_floor_ms": floor * 1e3}
         images = {}

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.engines.base import FrameOut, OpenRequest, TransitionRequest  # noqa: E402
 from backend.engines.classic import ClassicEngine  # noqa: E402
 from protocol.camera import interpolate_pose  # noqa: E402
-from protocol.trajectory import preset  # noqa: E402
+from protocol.trajectory import stock_path  # noqa: E402
 
 SCENES = Path(__file__).resolve().parents[2] / "shared" / "scenes"
 DEFAULT_SCENES = ("03_ancient", "09_countryside", "58_woodland")
@@ -68,7 +68,7 @@ def loop(engine: ClassicEngine, image: np.ndarray, name: str, n: int, legs: tupl
         if leg == "home":
             poses = home_from(pose, n)
         else:
-            poses = preset(leg, n, d, start=pose, distance=0.3 if leg == "forward" else None)
+            poses = stock_path(leg, n, d, start=pose, distance=0.3 if leg == "forward" else None)
         frames = fly(engine, scene, poses)
         first = frames[0] if first is None else first
         pose, count = poses[-1], count + len(frames)

@@ -262,8 +262,8 @@ def slow_renderer(ctx) -> tuple[bool, list[float]]:
         ex.step(now - last)
         last = now
         if not sent and ex.session.scene is not None:
-            ex.send_preset("backward")
-            ex.send_preset("forward")  # queued behind the first
+            ex.send_stock_path("backward")
+            ex.send_stock_path("forward")  # queued behind the first
             sent = True
         clip = ex.player.clip
         if clip is not None:

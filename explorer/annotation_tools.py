@@ -92,7 +92,7 @@ class AnnotationTools:
     def draw(self, pm: PixelMap) -> None:
         marks = self.annotations
         if marks is not None and marks.frozen.any():
-            (x0, y0), (x1, y1) = pm.to_window([[0.0, 0.0], [marks.width, marks.height]])
+            (x0, y0), (x1, y1) = pm.to_window([[0.0, 0.0], [float(marks.width), float(marks.height)]])
             self.overlay.image(self._frozen(marks), x0, y0, x1 - x0, y1 - y0)
         if self.outline and marks is not None and marks.arrows:
             lines = [pm.to_window(p) for p in self.outline]
@@ -110,11 +110,11 @@ class AnnotationTools:
 
     def _frozen(self, marks: ViewAnnotations) -> moderngl.Texture:
         if self._frozen_texture is None or self._frozen_version != marks.version:
-            rgba = np.zeros(marks.frozen.shape + (4,), np.uint8)
+            rgba = np.zeros((marks.height, marks.width, 4), np.uint8)  # the frozen mask's shape
             rgba[..., :3] = (80, 160, 255)
             rgba[..., 3] = marks.frozen // 2
             if self._frozen_texture is not None:
                 self._frozen_texture.release()
-            self._frozen_texture = self.ctx.texture(rgba.shape[1::-1], 4, rgba.tobytes())
+            self._frozen_texture = self.ctx.texture((marks.width, marks.height), 4, rgba.tobytes())
             self._frozen_version = marks.version
         return self._frozen_texture

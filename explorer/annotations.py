@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from protocol.messages import Arrow
 
@@ -21,13 +22,13 @@ class PixelMap:
     K_window: np.ndarray
     K_image: np.ndarray
 
-    def to_image(self, uv: np.ndarray) -> np.ndarray:
+    def to_image(self, uv: ArrayLike) -> np.ndarray:
         uv = np.asarray(uv, dtype=np.float64)
         s = np.array([self.K_image[0, 0] / self.K_window[0, 0],
                       self.K_image[1, 1] / self.K_window[1, 1]])
         return (uv - self.K_window[:2, 2]) * s + self.K_image[:2, 2]
 
-    def to_window(self, uv: np.ndarray) -> np.ndarray:
+    def to_window(self, uv: ArrayLike) -> np.ndarray:
         uv = np.asarray(uv, dtype=np.float64)
         s = np.array([self.K_window[0, 0] / self.K_image[0, 0],
                       self.K_window[1, 1] / self.K_image[1, 1]])
@@ -84,8 +85,8 @@ class ViewAnnotations:
     def to_messages(self, arrow_frames: int) -> list[Arrow]:
         """Arrows for the Dynamics message: a drag spans ``arrow_frames`` frames of motion."""
         return [
-            Arrow(start=[float(s[0]), float(s[1])],
-                  vector=[float((e - s)[0] / arrow_frames), float((e - s)[1] / arrow_frames)])
+            Arrow(start=(float(s[0]), float(s[1])),
+                  vector=(float((e - s)[0] / arrow_frames), float((e - s)[1] / arrow_frames)))
             for s, e in self.arrows
         ]
 
@@ -96,7 +97,7 @@ def arrow_triangles(start: np.ndarray, end: np.ndarray, width: float = 5.0, head
     a filled head ``head`` pixels long, in the same pixels as ``start`` and ``end``."""
     start, end = np.asarray(start, float), np.asarray(end, float)
     d = end - start
-    n = np.linalg.norm(d)
+    n = float(np.linalg.norm(d))
     if n < 1e-6:
         return np.zeros((0, 2))
     d /= n

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import moderngl
-import msgspec
 import numpy as np
 
 from explorer.annotation_tools import AnnotationTools
@@ -35,7 +35,7 @@ from explorer.clip_view import ClipView
 from explorer.flight_control import FlightControl
 from explorer.hud_presenter import HudPresenter
 from explorer.path_tools import PathTools
-from explorer.paths import PRESET_NAMES, preset_path
+from explorer.paths import STOCK_PATH_KEYS, stock_path
 from explorer.photo_card import PhotoCard
 from explorer.player import ClipPlayer, PlayerState
 from explorer.point_buffer import PointCloudBuffer
@@ -55,7 +55,10 @@ class Explorer:
     def __init__(self, ctx: moderngl.Context, size: tuple[int, int], client: ClientLike,
                  settings: ExplorerSettings | None = None,
                  help_rows: list[tuple[str, str]] | None = None,
-                 record_path: str | Path | None = None, start_path: CameraPath | None = None):
+                 record_path: str | Path | None = None, start_path: CameraPath | None = None,
+                 local_backend: bool = False):
+        """``local_backend``: the backend was started by this explorer (so
+        ``network.frame_codec = "auto"`` asks it for raw frames; see ``codec_for``)."""
         self.ctx = ctx
         self.settings = s = settings or ExplorerSettings.load()
         self.time = 0.0
@@ -64,14 +67,10 @@ class Explorer:
         self.cloud = CloudRenderer(ctx, self.points, s.splats)
         self.path_renderer = PathRenderer(ctx)
         self.overlay = OverlayRenderer(ctx)
-        # A clip must be able to start within the credit window, or it never would.
-        window = max(1, s.network.credits)
-        self.player = ClipPlayer(msgspec.structs.replace(
-            s.player, max_prebuffer=min(s.player.max_prebuffer, window),
-            min_prebuffer=min(s.player.min_prebuffer, window)))
+        self.player = ClipPlayer(s.player)  # prebuffers within the credits: checked on load
         self.session = ExplorerSession(client, self.player, self.points.append,
                                        clock=lambda: self.time, on_truncate=self.points.truncate,
-                                       frame_codec=s.network.codec_for(local_backend=False))
+                                       frame_codec=s.network.codec_for(local_backend))
         self.controls = FlightControl(s.camera)
         self.clip_view = ClipView(ctx, self.overlay, s.player)
         self.tools = AnnotationTools(ctx, self.overlay, s.dynamics)
@@ -80,10 +79,9 @@ class Explorer:
         self.path_tools = PathTools(self, start_path)
         self.card = PhotoCard(ctx, self.overlay)
         self.dynamics_job: str | None = None
-        self.target: RenderTarget | None = None
+        self.target = RenderTarget(ctx, *_target_size(*size))
         self._scene_id: str | None = None
         self._undone_seen = 0
-        self.resize(*size)
 
     # --- parts, as the window, tests and benchmarks see them -----------------------------
 
@@ -108,11 +106,10 @@ class Explorer:
         return self.target.size
 
     def resize(self, width: int, height: int) -> None:
-        width, height = max(2, int(width)), max(2, int(height))
-        if self.target is not None and self.target.size == (width, height):
+        width, height = _target_size(width, height)
+        if self.target.size == (width, height):
             return
-        if self.target is not None:
-            self.target.release()
+        self.target.release()
         self.target = RenderTarget(self.ctx, width, height)
 
     def window_K(self) -> np.ndarray:
@@ -123,7 +120,7 @@ class Explorer:
     def press(self, action: str) -> None:
         """A key bound to ``action`` went down."""
         self.controls.press(action)
-        handler = {
+        handlers: dict[str, Callable[[], object]] = {
             "commit": self.commit_path,
             "discard": self.discard_path,
             "cancel": self.cancel_all,
@@ -137,13 +134,14 @@ class Explorer:
             "mouse_look": self.toggle_mouse_look,
             "freeze_brush": self.tools.toggle_brush,
             "clear_marks": self.tools.clear,
-        }.get(action)
+        }
+        handler = handlers.get(action)
         if handler is not None:
             handler()
         elif self.path_tools.handles(action):
             self.path_tools.press(action)
-        elif action.startswith("preset_"):
-            self.send_preset(action.removeprefix("preset_"))
+        elif action.startswith("stock_"):
+            self.send_stock_path(action.removeprefix("stock_"))
 
     def release(self, action: str) -> None:
         self.controls.release(action)
@@ -184,12 +182,13 @@ class Explorer:
         self.controls.committed(job_id)
         return job_id
 
-    def send_preset(self, name: str) -> str | None:
-        if name not in PRESET_NAMES or not self._can_send(name):
+    def send_stock_path(self, name: str) -> str | None:
+        """1-4: send the paper's stock path ``name`` from where the flight started."""
+        if name not in STOCK_PATH_KEYS or not self._can_send(name):
             return None
         p = self.settings.paths
         start = self.controls.flight.start
-        poses = preset_path(name, start, p.transition_frames, self.camera.scene_scale)
+        poses = stock_path(name, start, p.transition_frames, self.camera.scene_scale)
         self.controls.jump(start)
         job_id = self.session.send_transition(poses, p.fps, p.preset)
         self.controls.committed(job_id)
@@ -264,7 +263,7 @@ class Explorer:
         self.camera.locked = True
         self.tools.clear()
         logger.info("dynamics at the current view (%d arrows) for %s", len(arrows),
-                    self.session.scene.scene_id)
+                    self.session.require_scene().scene_id)
 
     def _marks(self):
         scene = self.session.scene
@@ -387,15 +386,15 @@ class Explorer:
             if old in self.controls.starts:
                 self.controls.starts[new] = self.controls.starts.pop(old)
         self.session.replaced.clear()
-        job = self.dynamics_job
-        if job is not None and job not in self.session.jobs and self.player.find(job) is None:
+        dyn = self.dynamics_job
+        if dyn is not None and dyn not in self.session.jobs and self.player.find(dyn) is None:
             # it failed before any frame came (the HUD says why): the view is free again
             self.dynamics_job = None
             self.camera.locked = False
 
     def _apply_undos(self) -> None:
         for msg in self.session.undone[self._undone_seen:]:
-            start = self.controls.starts.pop(msg.job_id, None)
+            start = self.controls.starts.pop(msg.job_id, None) if msg.job_id is not None else None
             if start is not None and not self.camera.locked:
                 self.controls.jump(start)
         self._undone_seen = len(self.session.undone)
@@ -453,3 +452,8 @@ class Explorer:
     def shutdown(self) -> None:
         """Finalise any recording and wait for every file; safe to call twice."""
         self.recording.finish(self.time)
+
+
+def _target_size(width: int, height: int) -> tuple[int, int]:
+    """The render target's size for a window of ``width`` x ``height`` (at least 2 x 2)."""
+    return max(2, int(width)), max(2, int(height))

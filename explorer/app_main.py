@@ -81,7 +81,6 @@ def _link(args: argparse.Namespace, settings, wait: bool = True):
     serve = ["--sessions", settings.session.folder]
     if args.engine:
         serve += ["--engine", args.engine]
-    settings.network.frame_codec = settings.network.codec_for(local_backend=args.backend is None)
     return BackendLink(settings, args.backend, args.keys, serve, wait=wait)
 
 
@@ -174,7 +173,8 @@ def run_explore(args: argparse.Namespace) -> int:
     try:
         win = ExplorerWindow(link.client, settings, record_path=args.record, size=size,
                              caption=f"DreamJourney - {name}", link=link, start_path=start_path,
-                             fit_on_open=fit_on_open, quit_if_unopened=True)
+                             fit_on_open=fit_on_open, quit_if_unopened=True,
+                             local_backend=args.backend is None)
         session = win.explorer.session
         if photo is not None or saved is not None:
             win.explorer.show_photo(photo.image if photo is not None else saved.photo)
@@ -197,8 +197,9 @@ def run_explore(args: argparse.Namespace) -> int:
     if link.failed is not None:
         print(f"error: {link.failed}", file=sys.stderr)
         return 1
-    refused = win.explorer.session.open_error if win is not None else None
-    if refused is not None and win.explorer.session.scene is None:
+    ended = win.explorer.session if win is not None else None
+    refused = ended.open_error if ended is not None else None
+    if ended is not None and refused is not None and ended.scene is None:
         return _fail(f"the backend cannot open {name!r}: {refused.message}")
     return 0
 

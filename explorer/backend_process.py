@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,16 +44,19 @@ class LocalBackend:
                 self.process.wait()
 
 
-def start_local_backend(extra_args: list[str] = (), timeout: float = 60.0) -> LocalBackend:
+def start_local_backend(extra_args: Sequence[str] = (), timeout: float = 60.0) -> LocalBackend:
     """Start ``dreamjourney serve`` on a free loopback port and wait until it listens."""
     cmd = [sys.executable, "-m", "explorer.cli", "serve", "--bind", "tcp://127.0.0.1:*",
            "--parent-pid", str(os.getpid()), *extra_args]
     logger.info("starting a local backend: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1)
     lines: queue.Queue = queue.Queue()
+    stdout = proc.stdout
+    if stdout is None:  # never: stdout is a pipe
+        raise RuntimeError("the backend's stdout is not a pipe")
 
     def _read() -> None:
-        for line in proc.stdout:
+        for line in stdout:
             lines.put(line)
             logger.debug("backend: %s", line.rstrip())
         lines.put(None)
@@ -171,7 +175,7 @@ class BackendLink:
     """
 
     def __init__(self, settings, address: str | None = None, keys_folder: str | None = None,
-                 serve_args: list[str] = (), wait: bool = True):
+                 serve_args: Sequence[str] = (), wait: bool = True):
         self.settings = settings
         self.keys_folder = keys_folder
         self.local: LocalBackend | None = None
@@ -249,6 +253,8 @@ class BackendLink:
                                    self.local.process.returncode)
                     self.local = start_local_backend(self.local.args)
                     self.address = self.local.address
+                if self.address is None:
+                    raise RuntimeError("reconnecting before the first connection")
                 fresh = connect(self.address, self.settings, self.keys_folder, self.token)
                 self._keep_token(fresh)
                 self._fresh = fresh

@@ -173,16 +173,16 @@ class DemoDriver:
         """Post the step's events between frames; yields True on frames that only wait."""
         if isinstance(step, Tap):
             self._post("on_key_press", self._symbol(step.key), 0)
-            yield
+            yield None
             self._post("on_key_release", self._symbol(step.key), 0)
         elif isinstance(step, Hold):
             self._post("on_key_press", self._symbol(step.key), 0)
             for _ in range(max(1, round(step.seconds / self.dt))):
-                yield
+                yield None
             self._post("on_key_release", self._symbol(step.key), 0)
         elif isinstance(step, Wait):
             for _ in range(max(1, round(step.seconds / self.dt))):
-                yield
+                yield None
         elif isinstance(step, WaitFor):
             done = self._condition(step.condition)
             deadline = time.perf_counter() + step.timeout_s
@@ -195,7 +195,7 @@ class DemoDriver:
             yield from self._drag(step)
         elif isinstance(step, LoadPath):
             self._load_path(step)
-            yield
+            yield None
         else:  # pragma: no cover - the Step union is closed
             raise TypeError(f"unknown step {step!r}")
 

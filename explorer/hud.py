@@ -17,6 +17,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from explorer.renderer import OverlayRenderer
 
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+"""A FreeType font, or Pillow's bitmap font where FreeType is missing."""
+
 
 class TextCache:
     """RGBA textures of text blocks, keyed by (text, size); least recently used are freed."""
@@ -25,9 +28,9 @@ class TextCache:
         self.ctx = ctx
         self.capacity = capacity
         self._items: OrderedDict[tuple[str, int], moderngl.Texture] = OrderedDict()
-        self._fonts: dict[int, ImageFont.ImageFont] = {}
+        self._fonts: dict[int, Font] = {}
 
-    def font(self, size: int) -> ImageFont.ImageFont:
+    def font(self, size: int) -> Font:
         if size not in self._fonts:
             try:
                 self._fonts[size] = ImageFont.load_default(size=size)
@@ -56,11 +59,11 @@ class TextCache:
         return tex
 
 
-def render_text(text: str, font: ImageFont.ImageFont, pad: int = 4) -> tuple:
+def render_text(text: str, font: Font, pad: int = 4) -> tuple:
     """(size, components, bytes) of white text with a dark outline on transparent pixels."""
     probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
     left, top, right, bottom = probe.multiline_textbbox((0, 0), text, font=font, stroke_width=1)
-    w, h = max(1, right - left + 2 * pad), max(1, bottom - top + 2 * pad)
+    w, h = max(1, int(right - left) + 2 * pad), max(1, int(bottom - top) + 2 * pad)
     img = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     ImageDraw.Draw(img).multiline_text(
         (pad - left, pad - top), text, font=font, fill=(255, 255, 255, 255),
@@ -69,14 +72,14 @@ def render_text(text: str, font: ImageFont.ImageFont, pad: int = 4) -> tuple:
     return (w, h), 4, np.asarray(img).tobytes()
 
 
-def render_table(rows: tuple[tuple[str, str], ...], font: ImageFont.ImageFont, pad: int = 6,
+def render_table(rows: tuple[tuple[str, str], ...], font: Font, pad: int = 6,
                  gap: int = 24) -> tuple:
     """(size, components, bytes) of a two-column table: keys bold-ish yellow, text white."""
     probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
 
     def box(text: str) -> tuple[int, int]:
         left, top, right, bottom = probe.textbbox((0, 0), text, font=font, stroke_width=1)
-        return right - left, bottom - top
+        return int(right - left), int(bottom - top)
 
     key_w = max((box(k)[0] for k, _ in rows), default=0)
     text_w = max((box(t)[0] for _, t in rows), default=0)
@@ -93,7 +96,7 @@ def render_table(rows: tuple[tuple[str, str], ...], font: ImageFont.ImageFont, p
     return img.size, 4, np.asarray(img).tobytes()
 
 
-def wrap_text(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
+def wrap_text(text: str, font: Font, width: float) -> list[str]:
     """``text`` broken at spaces (or inside a word longer than a line) into lines no wider
     than ``width`` pixels in ``font`` (outline included)."""
     def fits(line: str) -> bool:

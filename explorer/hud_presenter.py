@@ -23,7 +23,7 @@ class HudPresenter:
     def __init__(self, ctx: moderngl.Context, overlay: OverlayRenderer,
                  help_rows: list[tuple[str, str]] | None = None):
         self.hud = Hud(ctx, overlay)
-        self.state = HudState(help_rows=tuple(tuple(r) for r in help_rows or ()))
+        self.state = HudState(help_rows=tuple((key, text) for key, text in help_rows or ()))
         self.visible = True
         self.fps = 0.0
         self.frame_ms = 0.0
@@ -77,8 +77,8 @@ class HudPresenter:
 
     @staticmethod
     def _player_lines(player: ClipPlayer) -> list[str]:
-        if player.active:
-            clip = player.clip
+        clip = player.clip
+        if player.active and clip is not None:
             waiting = " (waiting for frames)" if player.state == PlayerState.STALLED else ""
             return [f"playing {clip.job_id.split('-')[0]} frame {player.shown_index + 1}/"
                     f"{clip.expected()}{waiting}"]

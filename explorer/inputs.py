@@ -62,10 +62,10 @@ def load_photo(path: str | Path, settings: PhotoSettings) -> Photo:
                                  "pixels a side")
             target = _working_size((w, h), settings.working_size)
             im.draft("RGB", target)  # JPEG: decode at a reduced scale, much faster
-            im = im.convert("RGB")
-            if im.size != target:
-                im = im.resize(target, Image.Resampling.LANCZOS)
-            image = np.asarray(im)
+            rgb = im.convert("RGB")
+            if rgb.size != target:
+                rgb = rgb.resize(target, Image.Resampling.LANCZOS)
+            image = np.asarray(rgb)
     except UnidentifiedImageError:
         raise InputError(f"{path} is not an image this explorer can read") from None
     except OSError as exc:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -33,7 +33,14 @@ from explorer.point_buffer import POINT_DTYPE
 from protocol.camera_path import CameraPath, CameraPathError
 
 if TYPE_CHECKING:
-    from explorer.app import Explorer
+    import moderngl
+
+    from explorer.camera import FlyCamera
+    from explorer.flight_control import FlightControl
+    from explorer.point_buffer import PointCloudBuffer
+    from explorer.renderer import OverlayRenderer, RenderTarget
+    from explorer.session import ExplorerSession
+    from explorer.settings import ExplorerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +48,32 @@ ACTIONS = ("keyframe", "orbit", "delete_keyframe", "prev_keyframe", "next_keyfra
            "save_path", "load_path", "export_world")
 
 
+class PathHost(Protocol):
+    """What the path tools use of the app (``explorer.app.Explorer``)."""
+
+    ctx: moderngl.Context
+    settings: ExplorerSettings
+    points: PointCloudBuffer
+    overlay: OverlayRenderer
+    session: ExplorerSession
+    controls: FlightControl
+    target: RenderTarget
+
+    @property
+    def camera(self) -> FlyCamera: ...
+
+    @property
+    def size(self) -> tuple[int, int]: ...
+
+    def window_K(self) -> np.ndarray: ...
+
+    def commit_path(self) -> str | None: ...
+
+
 class PathTools:
     """Key actions of the path editor and the world export (see the module docstring)."""
 
-    def __init__(self, explorer: Explorer, start_path: CameraPath | None = None):
+    def __init__(self, explorer: PathHost, start_path: CameraPath | None = None):
         self.ex = explorer
         self.settings = explorer.settings.editor
         self.editor = PathEditor()
@@ -90,7 +119,8 @@ class PathTools:
         count = self.settings.orbit_keyframes
         for pose in PathEditor.orbit_keyframes(self.ex.camera.pose, pivot, angle, count):
             self.editor.add(pose)
-        self.ex.camera.set_pose(self.editor.keyframes[self.editor.selected])
+        if self.editor.selected is not None:
+            self.ex.camera.set_pose(self.editor.keyframes[self.editor.selected])
         self.ex.session.status = f"orbit {self.settings.orbit_deg:+.0f} deg: {len(self.editor)} keyframes"
 
     def delete_keyframe(self) -> None:
@@ -176,7 +206,7 @@ class PathTools:
     # --- files ---------------------------------------------------------------------------
 
     def path_file(self) -> Path:
-        scene = self.ex.session.scene
+        scene = self.ex.session.require_scene()
         return Path(self.settings.paths_folder) / f"{scene.scene_id}-path.json"
 
     def save_path(self) -> Path | None:

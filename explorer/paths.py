@@ -1,6 +1,6 @@
-"""Camera paths: the flight recorded since the last commit, and the preset paths.
+"""Camera paths: the flight recorded since the last commit, and the stock paths.
 
-Resampling by arc length (with slerp smoothing) and the paper's presets come from
+Resampling by arc length (with slerp smoothing) and the paper's stock paths come from
 ``protocol.trajectory``, shared with the backend. Poses are OpenCV camera-to-world 4x4.
 """
 
@@ -10,13 +10,13 @@ import numpy as np
 
 from protocol import trajectory
 
-PRESET_NAMES = {
+STOCK_PATH_KEYS = {
     "backward": "backward",
     "left": "rotate_left",
     "right": "rotate_right",
     "forward": "forward",
 }
-"""Explorer preset keys (configs/keys.toml ``preset_*``) -> ``protocol.trajectory`` presets."""
+"""Explorer stock-path keys (configs/keys.toml ``stock_*``) -> ``protocol.trajectory`` stock paths."""
 
 
 class FlightPath:
@@ -64,12 +64,12 @@ def resample_path(poses: np.ndarray, num: int, scene_scale: float = 1.0,
                                     smooth_iterations=smooth)
 
 
-def preset_path(name: str, start: np.ndarray, num: int, scene_scale: float) -> np.ndarray:
-    """The paper's preset from ``start``: ``backward``, ``left``, ``right`` or ``forward``."""
-    if name not in PRESET_NAMES:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
-    return trajectory.preset(PRESET_NAMES[name], n_frames=num, median_depth=scene_scale,
-                             start=np.asarray(start, np.float64))
+def stock_path(name: str, start: np.ndarray, num: int, scene_scale: float) -> np.ndarray:
+    """The paper's stock path from ``start``: ``backward``, ``left``, ``right`` or ``forward``."""
+    if name not in STOCK_PATH_KEYS:
+        raise ValueError(f"unknown stock path {name!r}; choose one of {', '.join(STOCK_PATH_KEYS)}")
+    return trajectory.stock_path(STOCK_PATH_KEYS[name], n_frames=num, median_depth=scene_scale,
+                                 start=np.asarray(start, np.float64))
 
 
 def _angle_between(Ra: np.ndarray, Rb: np.ndarray) -> float:

@@ -22,7 +22,15 @@ def load_program(ctx: moderngl.Context, vertex: str, fragment: str) -> moderngl.
     return ctx.program(vertex_shader=shader_source(vertex), fragment_shader=shader_source(fragment))
 
 
+def uniform(program: moderngl.Program, name: str) -> moderngl.Uniform:
+    """The uniform ``name`` of ``program``; KeyError if the program has none of that name."""
+    member = program[name]
+    if not isinstance(member, moderngl.Uniform):
+        raise KeyError(f"{name!r} is a {type(member).__name__} of the program, not a uniform")
+    return member
+
+
 def set_uniform(program: moderngl.Program, name: str, value) -> None:
     """Set ``name`` if the compiler kept it (unused uniforms are optimised away)."""
     if name in program:
-        program[name].value = value
+        uniform(program, name).value = value

@@ -150,6 +150,8 @@ class VideoRecorder:
             raise TimeoutError(f"recording to {self.path} still finalising after {timeout} s")
         if self._error is not None:
             raise RuntimeError(f"recording to {self.path} failed: {self._error}")
+        if self.stats is None:
+            raise RuntimeError(f"recording to {self.path} ended without its statistics")
         return self.stats
 
     # --- encoder thread ------------------------------------------------------------------

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import moderngl
 import numpy as np
+from numpy.typing import ArrayLike
 
 from explorer.point_buffer import VERTEX_ATTRIBUTES, VERTEX_FORMAT, PointCloudBuffer
-from explorer.programs import load_program, set_uniform
+from explorer.programs import load_program, set_uniform, uniform
 from explorer.settings import SplatSettings
 
 
@@ -92,8 +93,8 @@ class CloudRenderer:
 
     def _set_view(self, program: moderngl.Program, params: ViewParams) -> None:
         """The uniforms both splat programs share: camera, focal length, point size cap."""
-        program["u_view"].write(_mat(params.view))
-        program["u_proj"].write(_mat(params.proj))
+        uniform(program, "u_view").write(_mat(params.view))
+        uniform(program, "u_proj").write(_mat(params.proj))
         set_uniform(program, "u_focal", float(params.focal_px))
         set_uniform(program, "u_max_size", self.max_point_size)
 
@@ -134,7 +135,7 @@ class CloudRenderer:
         ctx.depth_func = "<="
         ctx.enable(moderngl.BLEND)
         ctx.blend_func = moderngl.ONE, moderngl.ONE
-        ctx.blend_equation = moderngl.FUNC_ADD
+        ctx.blend_equation = moderngl.FUNC_ADD, moderngl.FUNC_ADD  # colour and alpha
         set_uniform(prog, "u_push", 1.0)
         set_uniform(prog, "u_weighted", 1)
         vao.render(moderngl.POINTS, vertices=self.points.count)
@@ -197,9 +198,9 @@ class BarePointsRenderer:
             )
             self._vao_generation = self.points.generation
         self.ctx.enable(moderngl.DEPTH_TEST | moderngl.PROGRAM_POINT_SIZE)
-        self.program["u_mvp"].write(_mat(params.proj @ params.view))
-        self.program["u_view"].write(_mat(params.view))
-        self.program["u_focal"].value = float(params.focal_px)
+        uniform(self.program, "u_mvp").write(_mat(params.proj @ params.view))
+        uniform(self.program, "u_view").write(_mat(params.view))
+        uniform(self.program, "u_focal").value = float(params.focal_px)
         self._vao.render(moderngl.POINTS, vertices=self.points.count)
 
 
@@ -228,9 +229,9 @@ class PathRenderer:
         if self.count < 2:
             return
         self.ctx.enable(moderngl.DEPTH_TEST)
-        self.program["u_view"].write(_mat(params.view))
-        self.program["u_proj"].write(_mat(params.proj))
-        self.program["u_color"].value = tuple(color)
+        uniform(self.program, "u_view").write(_mat(params.view))
+        uniform(self.program, "u_proj").write(_mat(params.proj))
+        uniform(self.program, "u_color").value = tuple(color)
         self.vao.render(moderngl.LINE_STRIP, vertices=self.count)
 
 
@@ -251,7 +252,7 @@ class OverlayRenderer:
         self.ctx.disable(moderngl.DEPTH_TEST)
         self.ctx.enable(moderngl.BLEND)
         self.ctx.blend_func = moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA
-        self.program["u_viewport"].value = (float(width), float(height))
+        uniform(self.program, "u_viewport").value = (float(width), float(height))
 
     def _draw(self, vertices: np.ndarray, mode: int, color, texture=None) -> None:
         vertices = np.ascontiguousarray(vertices, dtype=np.float32)[: self.max_vertices]
@@ -259,7 +260,7 @@ class OverlayRenderer:
         # would make the driver finish the frame so far first (llvmpipe flushes every tile).
         self.vbo.orphan()
         self.vbo.write(vertices.tobytes())
-        self.program["u_color"].value = tuple(float(c) for c in color)
+        uniform(self.program, "u_color").value = tuple(float(c) for c in color)
         set_uniform(self.program, "u_use_texture", 1 if texture is not None else 0)
         if texture is not None:
             texture.use(location=0)
@@ -269,7 +270,7 @@ class OverlayRenderer:
     def rect(self, x: float, y: float, w: float, h: float, color) -> None:
         self._draw(_quad(x, y, w, h), moderngl.TRIANGLES, color)
 
-    def rects(self, boxes: np.ndarray, color) -> None:
+    def rects(self, boxes: ArrayLike, color) -> None:
         """Many rectangles in one draw: an (M, 4) array of (x, y, w, h)."""
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         if len(boxes):
@@ -323,7 +324,7 @@ class RenderTarget:
         self.fbo.use()
 
     def clear(self, rgb=(0.0, 0.0, 0.0)) -> None:
-        self.fbo.clear(*rgb, 1.0, depth=1.0)
+        self.fbo.clear(rgb[0], rgb[1], rgb[2], 1.0, depth=1.0)
 
     def read_rgb(self) -> np.ndarray:
         """H x W x 3 uint8, top row first (image convention)."""

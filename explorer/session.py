@@ -182,7 +182,7 @@ class ExplorerSession:
         return f"loading points ({waited:.0f} s)", 0.0
 
     def send_transition(self, poses: np.ndarray, fps: float, preset: str | None = None) -> str:
-        scene_id, codec = self._require_scene().scene_id, self.frame_codec
+        scene_id, codec = self.require_scene().scene_id, self.frame_codec
         poses = np.array(poses, dtype=np.float32)
         job_id = self._submit("transition", len(poses), fps, lambda job_id: requests.transition(
             job_id, scene_id, poses, fps, preset, frame_codec=codec))
@@ -191,7 +191,7 @@ class ExplorerSession:
 
     def send_dynamics(self, pose: np.ndarray, arrows: list[Arrow], frozen: np.ndarray | None,
                       num_frames: int, fps: float) -> str:
-        scene_id, codec = self._require_scene().scene_id, self.frame_codec
+        scene_id, codec = self.require_scene().scene_id, self.frame_codec
         pose = np.array(pose, dtype=np.float64)
         frozen = None if frozen is None else np.array(frozen)
         job_id = self._submit("dynamics", num_frames, fps, lambda job_id: requests.dynamics(
@@ -209,8 +209,11 @@ class ExplorerSession:
         """The scene is back on a new connection: send every lost job again, under a new id."""
         lost = [job for job in self.jobs.values() if job.lost]
         for job in lost:
+            build = job.build
+            if build is None:  # known only from a JobAccepted: no request of ours to repeat
+                continue
             del self.jobs[job.job_id]
-            new_id = self._submit(job.kind, job.num_frames, job.fps, job.build)
+            new_id = self._submit(job.kind, job.num_frames, job.fps, build)
             self.jobs[new_id].resent_from = job.job_id
             self.replaced[job.job_id] = new_id
             logger.info("re-sent %s lost with the backend as %s", job.job_id, new_id)
@@ -219,7 +222,7 @@ class ExplorerSession:
 
     def select_region(self, pose: np.ndarray, arrows: list[Arrow], frozen: np.ndarray | None) -> str:
         """Ask which region these arrows would animate (answered by ``region_outline``)."""
-        scene = self._require_scene()
+        scene = self.require_scene()
         self.region_request = self.new_id("region")
         self.client.send(*requests.select_region(self.region_request, scene.scene_id, pose,
                                                  arrows, frozen))
@@ -227,7 +230,7 @@ class ExplorerSession:
 
     def undo(self) -> str:
         """Ask the backend to take back the scene's last transition."""
-        scene = self._require_scene()
+        scene = self.require_scene()
         request_id = self.new_id("undo")
         self.client.send(*requests.undo(request_id, scene.scene_id))
         self.status = "undoing the last transition..."
@@ -240,7 +243,7 @@ class ExplorerSession:
         self._discarded.clear()
         if self.scene is not None:
             self._reattached = True
-            self.open_scene(None, scene_id=self.scene.scene_id, resume=True)
+            self.open_scene(None, scene_id=self.require_scene().scene_id, resume=True)
 
     def cancel(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
@@ -255,7 +258,8 @@ class ExplorerSession:
             self.client.send(Cancel(job_id=job_id))
         self._discarded.add(job_id)
 
-    def _require_scene(self) -> SceneInfo:
+    def require_scene(self) -> SceneInfo:
+        """The open scene; RuntimeError while none is open."""
         if self.scene is None:
             raise RuntimeError("no scene is open yet")
         return self.scene
@@ -266,7 +270,7 @@ class ExplorerSession:
         """Handle what has arrived, up to ``max_messages`` or ``budget_s`` seconds of work."""
         if self._retry_resume_at is not None and time.monotonic() >= self._retry_resume_at:
             self._retry_resume_at = None
-            self.open_scene(None, scene_id=self.scene.scene_id, resume=True)
+            self.open_scene(None, scene_id=self.require_scene().scene_id, resume=True)
         start = time.perf_counter()
         handled = 0
         while handled < max_messages and time.perf_counter() - start < budget_s:

@@ -14,6 +14,8 @@ from typing import Literal
 
 import msgspec
 
+from protocol import splat_filter
+
 
 class SettingsError(ValueError):
     """A settings or key-bindings file cannot be used; the message names the key."""
@@ -68,7 +70,7 @@ class PlayerSettings(_Section):
     min_prebuffer: int = 2
     """Frames buffered before any clip may start (also the minimum for a rate estimate)."""
     max_prebuffer: int = 8
-    """Start at the latest with this many frames (keep it <= ``network.credits``)."""
+    """Start at the latest with this many frames (at most ``network.credits``: checked)."""
     fade_s: float = 0.15
     clip_alpha: float = 1.0
     """Opacity of the clip drawn over the cloud."""
@@ -148,11 +150,11 @@ class SplatSettings(_Section):
     antialias: bool = True
     """Screen-space Gaussian footprints blended near the front surface and normalised;
     false: opaque discs, the nearest point's colour only (faster, aliased)."""
-    depth_tolerance: float = 0.04
+    depth_tolerance: float = splat_filter.DEPTH_TOLERANCE
     """Footprints at most this much (relative to depth) behind the front surface blend."""
-    sigma_scale: float = 0.55
+    sigma_scale: float = splat_filter.SIGMA_SCALE
     """Gaussian sigma of a footprint in units of the point's screen radius."""
-    min_sigma_px: float = 0.5
+    min_sigma_px: float = splat_filter.MIN_SIGMA_PX
     """Smallest sigma in pixels: the low-pass that keeps every splat at least a pixel."""
     cover_scale: float = 1.25
     """A footprint reaches this many screen radii (at least two sigmas) from its centre."""
@@ -184,6 +186,15 @@ class ExplorerSettings(_Section):
     debug: DebugSettings = msgspec.field(default_factory=DebugSettings)
     splats: SplatSettings = msgspec.field(default_factory=SplatSettings)
     editor: EditorSettings = msgspec.field(default_factory=EditorSettings)
+
+    def __post_init__(self) -> None:
+        """Keys that depend on each other (a file that breaks one is an error naming it)."""
+        credits = self.network.credits
+        for key in ("min_prebuffer", "max_prebuffer"):
+            frames = getattr(self.player, key)
+            if frames > credits:
+                raise ValueError(f"player.{key} = {frames} is more than network.credits = "
+                                 f"{credits}: a clip could never start")
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ExplorerSettings:

@@ -176,7 +176,7 @@ class PhotoServer:
         self.peer: bytes | None = None
         self._counts: list[int] = []  # points before each finished transition
         self._points = 0
-        self._K = None
+        self._K: np.ndarray | None = None
         self._cancelled: set[str] = set()
         self._job_thread: threading.Thread | None = None
         """The last job's thread; the next one waits for it, like a GPU backend."""
@@ -205,7 +205,7 @@ class PhotoServer:
 
         while not self._stop.is_set():
             ev = self.endpoint.poll(0.05)
-            if not isinstance(ev, Incoming):
+            if not isinstance(ev, Incoming) or ev.peer is None:
                 continue
             self.peer = ev.peer
             if isinstance(ev.msg, OpenScene):
@@ -256,7 +256,9 @@ class PhotoServer:
 
         if previous is not None:
             previous.join()
-        n = len(poses)
+        n, K = len(poses), self._K
+        if K is None:
+            raise RuntimeError("a transition came before any scene was opened")
         self.endpoint.send(peer, JobAccepted(job_id=msg.job_id, kind="transition", num_frames=n,
                                              queue_position=0))
         h, w = self.images[-1].shape[:2]
@@ -272,7 +274,7 @@ class PhotoServer:
             img[:] = frame_color(i)
             ref, data = encode_image(img, "jpeg", 0, quality=90)
             self.endpoint.send(peer, Frame(job_id=msg.job_id, index=i, num_frames=n,
-                                           pose=pose_list(pose), K=k_list(self._K), image=ref,
+                                           pose=pose_list(pose), K=k_list(K), image=ref,
                                            fps=msg.fps), [data])
             self.frames_sent += 1
             time.sleep(self.frame_delay_s)

@@ -127,7 +127,8 @@ class ExplorerWindow:
                  bindings: KeyBindings | None = None, *, visible: bool = True,
                  caption: str = "DreamJourney explorer", record_path=None,
                  size: tuple[int, int] | None = None, link=None, start_path=None,
-                 fit_on_open: bool = False, quit_if_unopened: bool = False):
+                 fit_on_open: bool = False, quit_if_unopened: bool = False,
+                 local_backend: bool = False):
         import moderngl
         import pyglet
 
@@ -136,8 +137,9 @@ class ExplorerWindow:
         self.settings = settings or ExplorerSettings.load()
         self.bindings = bindings or KeyBindings.load()
         w, h = size or (self.settings.window.width, self.settings.window.height)
-        config = pyglet.gl.Config(major_version=3, minor_version=3, forward_compatible=True,
-                                  double_buffer=True, depth_size=24)
+        # pyglet.gl.Config is the platform's concrete class at runtime; its stub is abstract
+        config = pyglet.gl.Config(major_version=3, minor_version=3,  # type: ignore[abstract]
+                                  forward_compatible=True, double_buffer=True, depth_size=24)
         try:
             self.window = pyglet.window.Window(w, h, caption=caption, resizable=True,
                                                visible=visible, config=config,
@@ -152,14 +154,15 @@ class ExplorerWindow:
             # pyglet's queued internal resize issues GL calls on whatever context is
             # current, so deliver it now, while pyglet's own context is.
             self.window.dispatch_events()
-            self.ctx = moderngl.create_standalone_context(backend="egl")
+            # moderngl's stub types **settings as dicts; backend="egl" is documented
+            self.ctx = moderngl.create_standalone_context(backend="egl")  # type: ignore[arg-type]
         else:
             self.window.switch_to()
             self.ctx = moderngl.create_context()
         fb = self.window.get_framebuffer_size()
         rows = [(r.keys, r.does) for r in self.bindings.help.rows]
         self.explorer = Explorer(self.ctx, fb, client, self.settings, rows, record_path=record_path,
-                                 start_path=start_path)
+                                 start_path=start_path, local_backend=local_backend)
         self.presenter = Presenter(self.ctx)
         self.link = link
         """Optional :class:`~explorer.backend_process.BackendLink`: reconnects when lost."""

@@ -12,6 +12,7 @@ Conventions (DESIGN.md):
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 # Flip y and z: OpenCV camera (x right, y down, z forward) -> OpenGL camera (x right, y up,
 # z backward). The only place the two conventions meet.
@@ -96,7 +97,7 @@ def gl_projection(K: np.ndarray, width: int, height: int, near: float, far: floa
     return P
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, -1.0, 0.0)) -> np.ndarray:
+def look_at(eye: ArrayLike, target: ArrayLike, up: ArrayLike = (0.0, -1.0, 0.0)) -> np.ndarray:
     """OpenCV camera-to-world pose at ``eye`` looking at ``target``; ``up`` defaults to -y (OpenCV)."""
     eye = np.asarray(eye, dtype=np.float64)
     z = np.asarray(target, dtype=np.float64) - eye
@@ -114,7 +115,7 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, -1.0, 0.
     return pose
 
 
-def rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
+def rotation_about(axis: ArrayLike, angle: float) -> np.ndarray:
     """3x3 rotation by ``angle`` radians about unit ``axis`` (Rodrigues)."""
     a = np.asarray(axis, dtype=np.float64)
     a = a / np.linalg.norm(a)
@@ -138,9 +139,9 @@ def quat_from_matrix(R: np.ndarray) -> np.ndarray:
     else:
         s = np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
         q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    q = np.array(q)
-    q /= np.linalg.norm(q)
-    return -q if q[0] < 0 else q
+    quat = np.array(q)
+    quat /= np.linalg.norm(quat)
+    return -quat if quat[0] < 0 else quat
 
 
 def matrix_from_quat(q: np.ndarray) -> np.ndarray:

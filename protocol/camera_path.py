@@ -110,6 +110,7 @@ class CameraPath:
             return [float(v) for v in opencv_to_gl_pose(p).reshape(16)]
 
         n_key = len(self.keyframes)
+        ours: dict[str, object] = {"version": 1, "world": FORMAT_NOTE}
         data = {
             "camera_type": "perspective",
             "render_width": int(self.width),
@@ -125,10 +126,10 @@ class CameraPath:
                            "override_transition_sec": None} for k in self.keyframes],
             "camera_path": [{"camera_to_world": flat(p), "fov": fov, "aspect": aspect}
                             for p in self.poses],
-            "dreamjourney": {"version": 1, "world": FORMAT_NOTE},
+            "dreamjourney": ours,
         }
         if self.median_depth is not None:
-            data["dreamjourney"]["median_depth"] = float(self.median_depth)
+            ours["median_depth"] = float(self.median_depth)
         return data
 
     @classmethod

@@ -134,7 +134,7 @@ class Client:
             if stall > 0.5:  # this process could not run: that is not the backend's silence
                 last_seen += stall
             turn = now
-            ready = dict(poller.poll(timeout=max(0.0, min(next_ping - now, 0.1)) * 1000))
+            ready = dict(poller.poll(timeout=int(max(0.0, min(next_ping - now, 0.1)) * 1000)))
             if self._chan.fileno() in ready:
                 for frames in self._chan.drain():
                     self._send(frames)

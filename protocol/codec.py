@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast, get_args
 
 import msgspec
 import numpy as np
@@ -33,27 +33,29 @@ from protocol.messages import (
     AnyMessage,
     ArrayRef,
     Dynamics,
+    ImageCodec,
     ImageRef,
     Message,
     PointsDelta,
     Transition,
+    WireDtype,
 )
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMessage)
-_TAGS = {cls.__struct_config__.tag for cls in ALL_MESSAGES}
+_TAGS = {str(cls.__struct_config__.tag) for cls in ALL_MESSAGES}
 
 Blob = Any
 """bytes, bytearray, memoryview, numpy array or zmq.Frame: anything with the buffer protocol."""
 
 
 def _nbytes(blob: Blob) -> int:
-    buf = getattr(blob, "buffer", blob)  # zmq.Frame exposes .buffer
-    return memoryview(buf).nbytes
+    return _view(blob).nbytes
 
 
 def _view(blob: Blob) -> memoryview:
-    return memoryview(getattr(blob, "buffer", blob)).cast("B")
+    buf: Any = getattr(blob, "buffer", blob)  # zmq.Frame exposes .buffer
+    return memoryview(buf).cast("B")
 
 
 def encode(msg: Message, blobs: Sequence[Blob] = ()) -> list[Blob]:
@@ -195,9 +197,9 @@ def array_blob(arr: np.ndarray, index: int) -> tuple[ArrayRef, np.ndarray]:
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
     name = a.dtype.name
-    if name not in ("float32", "float64", "uint8", "uint16", "int32"):
+    if name not in get_args(WireDtype):
         raise BadArray(f"dtype {name} cannot go on the wire")
-    return ArrayRef(blob=index, dtype=name, shape=list(a.shape)), a
+    return ArrayRef(blob=index, dtype=cast(WireDtype, name), shape=list(a.shape)), a
 
 
 def read_array(ref: ArrayRef, blobs: Sequence[memoryview]) -> np.ndarray:
@@ -218,7 +220,7 @@ def _check_rgb(img: np.ndarray) -> np.ndarray:
 
 
 def encode_image(
-    img: np.ndarray, codec: str = "jpeg", index: int = 0, quality: int = 90
+    img: np.ndarray, codec: ImageCodec | str = "jpeg", index: int = 0, quality: int = 90
 ) -> tuple[ImageRef, bytes]:
     """Reference and blob for an H x W x 3 uint8 RGB image; JPEG is 4:2:0 (libjpeg-turbo)."""
     img = _check_rgb(img)
@@ -237,7 +239,7 @@ def encode_image(
         data = img.tobytes()
     else:
         raise BadImage(f"unknown image codec {codec!r}; use jpeg, png or raw")
-    return ImageRef(blob=index, codec=codec, width=w, height=h), data
+    return ImageRef(blob=index, codec=cast(ImageCodec, codec), width=w, height=h), data
 
 
 def image_header_size(codec: str, data: memoryview) -> tuple[int, int]:
@@ -308,12 +310,12 @@ def decode_image(ref: ImageRef, blobs: Sequence[memoryview], limits: Limits = DE
     return img
 
 
-def pose_list(pose: np.ndarray) -> list[float]:
-    """16 floats, row-major, from a 4x4 pose."""
+def pose_list(pose: np.ndarray) -> tuple[float, ...]:
+    """16 floats, row-major, from a 4x4 pose (the wire's ``Pose``)."""
     p = np.asarray(pose, dtype=np.float64)
     if p.shape != (4, 4):
         raise BadValue(f"pose must be 4x4, got {p.shape}")
-    return p.reshape(-1).tolist()
+    return tuple(p.reshape(-1).tolist())
 
 
 def pose_array(values: Sequence[float]) -> np.ndarray:
@@ -323,8 +325,9 @@ def pose_array(values: Sequence[float]) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(4, 4)
 
 
-def k_list(K: np.ndarray) -> list[float]:
-    return np.asarray(K, dtype=np.float64).reshape(-1).tolist()
+def k_list(K: np.ndarray) -> tuple[float, ...]:
+    """9 floats, row-major, from 3 x 3 intrinsics (the wire's ``Intrinsics``)."""
+    return tuple(np.asarray(K, dtype=np.float64).reshape(-1).tolist())
 
 
 def k_array(values: Sequence[float]) -> np.ndarray:

@@ -54,14 +54,14 @@ EYE = tuple(np.eye(4).ravel().tolist())
 K = (100.0, 0.0, 32.0, 0.0, 100.0, 32.0, 0.0, 0.0, 1.0)
 
 
-def valid_messages() -> list[tuple[Message, list[bytes]]]:
+def valid_messages() -> list[tuple[Message, list[codec.Blob]]]:
     """One valid instance of every message type, with its blobs."""
     img_ref, img = codec.encode_image(np.zeros((8, 8, 3), np.uint8), "jpeg")
     poses_ref, poses = codec.array_blob(np.tile(np.eye(4, dtype=np.float32), (3, 1, 1)), 0)
     xyz, xyz_b = codec.array_blob(np.zeros((2, 3), np.float32), 0)
     rgb, rgb_b = codec.array_blob(np.zeros((2, 3), np.uint8), 1)
     rad, rad_b = codec.array_blob(np.zeros(2, np.float32), 2)
-    out: list[tuple[Message, list[bytes]]] = [
+    out: list[tuple[Message, list[codec.Blob]]] = [
         (Hello(protocol_version=1), []),
         (Welcome(protocol_version=1, server="s", engines=["classic"], default_engine="classic",
                  heartbeat_s=1.0, max_message_bytes=1), []),
@@ -136,7 +136,8 @@ class HostileMessages:
     def batch(self, n: int) -> list[tuple[str, list[bytes]]]:
         """``n`` messages, kinds in turn; heavy kinds at most ``HEAVY[kind]`` times, drawn
         from a few pre-made instances (the same bytes sent again cost no memory here)."""
-        kinds, out, used = self.kinds(), [], dict.fromkeys(self.HEAVY, 0)
+        kinds, used = self.kinds(), dict.fromkeys(self.HEAVY, 0)
+        out: list[tuple[str, list[bytes]]] = []
         pools = {k: [self.make(k) for _ in range(8)] for k in self.HEAVY}
         i = 0
         while len(out) < n:
@@ -215,22 +216,22 @@ class HostileMessages:
         if pick == 1:
             pose = list(EYE)
             pose[int(self.rng.integers(16))] = bad
-            return codec.encode(Dynamics(job_id="j", scene_id="s", pose=pose))
+            return codec.encode(Dynamics(job_id="j", scene_id="s", pose=tuple(pose)))
         if pick == 2:
             return codec.encode(Ping(seq=1, sent_at=bad))
         k = list(K)
         k[int(self.rng.integers(9))] = bad
-        return codec.encode(OpenScene(request_id="r", scene_id="s", K=k))
+        return codec.encode(OpenScene(request_id="r", scene_id="s", K=tuple(k)))
 
     def kind_wrong_tuple_length(self) -> list:
         pick = int(self.rng.integers(3))
         n = int(self.rng.integers(0, 30))
         if pick == 0:
             n = n if n != 16 else 15
-            return codec.encode(Dynamics(job_id="j", scene_id="s", pose=[0.0] * n))
+            return codec.encode(Dynamics(job_id="j", scene_id="s", pose=(0.0,) * n))
         if pick == 1:
             n = n if n != 9 else 8
-            return codec.encode(OpenScene(request_id="r", scene_id="s", K=[1.0] * n))
+            return codec.encode(OpenScene(request_id="r", scene_id="s", K=(1.0,) * n))
         n = n if n != 2 else 1
         arrow = {"start": [1.0] * n, "vector": [0.0, 1.0]}
         return [_enc.encode({"type": "dynamics", "job_id": "j", "scene_id": "s",

@@ -53,6 +53,8 @@ class ClientKeys:
         """(client public, client secret, server public)."""
         pub, sec = zmq.auth.load_certificate(self.secret_file)
         server_pub, _ = zmq.auth.load_certificate(self.server_public_file)
+        if sec is None:
+            raise ValueError(f"{self.secret_file.name} holds no secret key")
         return pub, sec, server_pub
 
 

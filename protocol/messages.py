@@ -11,6 +11,9 @@ Conventions, as in DESIGN.md:
 - Intrinsics ``K`` are 9 floats, row-major 3x3, in pixels.
 - Images are H x W x 3 uint8 RGB. Depth is float32 z-depth in the units of the poses.
 - Times are seconds (float). Ids are strings chosen by whoever creates the thing.
+
+Over 400 lines on purpose: every wire message is a typed struct in this one module (as viser
+keeps ``_messages.py``), so the whole protocol reads in one place.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ Count = Annotated[int, Meta(ge=0, le=1 << 31)]
 BlobIndex = Annotated[int, Meta(ge=0, le=255)]
 Pixels = Annotated[int, Meta(ge=1, le=1 << 16)]
 ImageCodec = Literal["jpeg", "png", "raw"]
+DepthSource = Literal["model", "given", "prior"]
+"""Where a scene's first depth came from: the depth model, the explorer's map, or the prior."""
+WireDtype = Literal["float32", "float64", "uint8", "uint16", "int32"]
+"""The array dtypes that may go on the wire (little-endian)."""
 """``jpeg`` (4:2:0, lossy, small), ``png`` (lossless, slow to encode), ``raw`` (H x W x 3
 uint8 RGB, row-major, no padding: lossless and free to encode, 3 bytes a pixel)."""
 
@@ -70,7 +77,7 @@ class ArrayRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     blob: BlobIndex
     """Index of the blob frame (0 = first frame after the header)."""
-    dtype: Literal["float32", "float64", "uint8", "uint16", "int32"]
+    dtype: WireDtype
     shape: Annotated[list[Count], Meta(max_length=4)]
     """The blob holds exactly prod(shape) * itemsize bytes."""
 
@@ -200,7 +207,7 @@ class SceneOpened(Message, tag="scene_opened"):
     """Median z-depth of the first view; speeds and presets scale with it."""
     num_points: int
     resumed: bool = False
-    depth_source: Literal["model", "given", "prior"] = "prior"
+    depth_source: DepthSource = "prior"
     """Where the first view's depth came from: a depth model, the explorer's map, or the
     pop-up prior (a guess: sky, ground, and standing things upright on the ground)."""
     depth_note: str = ""
@@ -337,9 +344,13 @@ class JobAccepted(Message, tag="job_accepted"):
 
 
 class Progress(Message, tag="progress"):
+    """Backend -> explorer: how far a job (or a scene's opening) is; the wire form of the
+    engines' ``ProgressOut`` event."""
+
     job_id: str
     stage: str
-    """Short stage name, e.g. ``depth``, ``inpaint``, ``sampling``, ``decode``."""
+    """Short stage name: ``download`` and ``load`` (a model's first use), ``render``,
+    ``prompt``, ``inpaint``, ``sample`` (one per denoising step), ``view``, ``grow``."""
     step: int
     total: int
     message: str = ""

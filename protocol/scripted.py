@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,7 +71,8 @@ class JobResult:
     """Seconds from the request to each frame's arrival."""
     points: Points
     progress: list[Progress]
-    outcome: JobDone | JobFailed
+    outcome: JobDone | JobFailed | None
+    """None until the job ends (``run`` returns once it is set)."""
     accepted: JobAccepted | None = None
 
 
@@ -125,7 +127,7 @@ class ScriptedClient:
         return self.run(msg, blobs, cancel_after)
 
     def dynamics(self, scene_id: str, pose: np.ndarray, num_frames: int = 24,
-                 arrows: list[Arrow] = (), frozen: np.ndarray | None = None,
+                 arrows: Sequence[Arrow] = (), frozen: np.ndarray | None = None,
                  cancel_after: int | None = None, **extra) -> JobResult:
         msg, blobs = requests.dynamics(f"d-{uuid.uuid4().hex[:8]}", scene_id, pose, num_frames,
                                        arrows=arrows, frozen=frozen, **extra)

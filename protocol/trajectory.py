@@ -1,14 +1,15 @@
-"""Camera trajectories (numpy only): presets, resampled user paths, keyframe splines.
+"""Camera trajectories (numpy only): stock paths, resampled user paths, keyframe splines.
 
 Every function returns an ``(N, 4, 4)`` float64 array of camera-to-world poses (OpenCV:
 x right, y down, z forward). Distances are given in units of the scene's median depth
-(``median_depth``), so one preset works for a scene of any scale.
+(``median_depth``), so one stock path works for a scene of any scale.
 
-Presets (DreamJourney sec. V-B, after WonderJourney): a backward move with a small random
+Stock paths (DreamJourney sec. V-B, after WonderJourney; "preset" elsewhere means a
+sampler preset only): a backward move with a small random
 sine perturbation of the intermediate cameras' height; rotations of 0.45 rad left or right
-combined with a small translation (backward, 1/5 of the backward preset's distance, the
-paper's 0.0001 : 0.0005 ratio); and a forward move. ``preset("backward", n_frames=49,
-median_depth=d)``; ``PRESETS`` lists the names. The first pose is ``start`` (identity by
+combined with a small translation (backward, 1/5 of the backward path's distance, the
+paper's 0.0001 : 0.0005 ratio); and a forward move. ``stock_path("backward", n_frames=49,
+median_depth=d)``; ``STOCK_PATHS`` lists the names. The first pose is ``start`` (identity by
 default) and the path is relative to it.
 
 ``resample_path(poses, n)`` turns a path flown by a person (irregular, jittery samples) into
@@ -22,6 +23,7 @@ evaluates it at given parameters (the explorer's path editor spaces its frames b
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from protocol.camera import (
     interpolate_pose,
@@ -31,26 +33,26 @@ from protocol.camera import (
     slerp,
 )
 
-PRESETS = ("backward", "forward", "rotate_left", "rotate_right")
-"""Names accepted by :func:`preset`."""
+STOCK_PATHS = ("backward", "forward", "rotate_left", "rotate_right")
+"""Names accepted by :func:`stock_path`."""
 
 ROTATION_ANGLE = 0.45
-"""Radians turned by the rotation presets (paper sec. V-B)."""
+"""Radians turned by the rotation paths (paper sec. V-B)."""
 BACKWARD_DISTANCE = 0.5
-"""Median depths travelled by the backward and forward presets."""
+"""Median depths travelled by the backward and forward paths."""
 ROTATION_TRANSLATION = 0.1
-"""Median depths travelled backward by the rotation presets (1/5 of BACKWARD_DISTANCE)."""
+"""Median depths travelled backward by the rotation paths (1/5 of BACKWARD_DISTANCE)."""
 HEIGHT_PERTURBATION = 0.03
-"""Largest height offset of the backward preset's sine, in median depths."""
+"""Largest height offset of the backward path's sine, in median depths."""
 
 
-def _pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+def _pose(R: np.ndarray, t: ArrayLike) -> np.ndarray:
     p = np.eye(4)
     p[:3, :3], p[:3, 3] = R, t
     return p
 
 
-def preset(
+def stock_path(
     name: str,
     n_frames: int = 49,
     median_depth: float = 1.0,
@@ -59,18 +61,18 @@ def preset(
     distance: float | None = None,
     angle: float = ROTATION_ANGLE,
 ) -> np.ndarray:
-    """Poses of the named preset, ``n_frames`` of them, starting at ``start``.
+    """Poses of the named stock path, ``n_frames`` of them, starting at ``start``.
 
     Args:
-        name: one of ``PRESETS``.
+        name: one of ``STOCK_PATHS``.
         median_depth: the scene's median depth (world units per distance unit).
-        seed: seeds the backward preset's sine amplitude and sign (None: random).
+        seed: seeds the backward path's sine amplitude and sign (None: random).
         distance: travel in median depths (defaults: BACKWARD_DISTANCE for backward/forward,
             ROTATION_TRANSLATION for rotations).
-        angle: rotation of the rotate presets in radians.
+        angle: rotation of the rotate paths in radians.
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown trajectory preset {name!r}; choose from {', '.join(PRESETS)}")
+    if name not in STOCK_PATHS:
+        raise ValueError(f"unknown stock path {name!r}; choose from {', '.join(STOCK_PATHS)}")
     if n_frames < 2:
         raise ValueError(f"n_frames must be >= 2, got {n_frames}")
     if not median_depth > 0:
@@ -155,7 +157,8 @@ def resample_path(
     return _smooth(out, smooth_iterations, smooth_strength)
 
 
-def _catmull_rom(p0, p1, p2, p3, t: float) -> np.ndarray:
+def _catmull_rom(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray,
+                 t: float) -> np.ndarray:
     t2, t3 = t * t, t * t * t
     return 0.5 * (
         2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2 + (3 * p1 - p0 - 3 * p2 + p3) * t3
@@ -188,5 +191,6 @@ def keyframe_spline_at(keyframes: np.ndarray, params: np.ndarray) -> np.ndarray:
         i = min(int(s), len(k) - 2)
         t = s - i
         R = matrix_from_quat(slerp(quats[i], quats[i + 1], t))
-        out[j] = _pose(R, _catmull_rom(*padded[i : i + 4], t))
+        p0, p1, p2, p3 = padded[i : i + 4]
+        out[j] = _pose(R, _catmull_rom(p0, p1, p2, p3, t))
     return out

@@ -26,7 +26,7 @@ from backend.server import Backend, BackendConfig  # noqa: E402
 from protocol import codec  # noqa: E402
 from protocol.messages import Frame, JobDone, JobFailed, Status, StatusReply, Transition  # noqa: E402
 from protocol.scripted import ScriptedClient  # noqa: E402
-from protocol.trajectory import preset  # noqa: E402
+from protocol.trajectory import stock_path  # noqa: E402
 from protocol.transport import Client  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -97,7 +97,7 @@ def all_idle(backend) -> bool:
 def fly(backend, image, scene_id: str, n: int, out: dict, credits: int = 2, **kw) -> None:
     with ScriptedClient(backend.address, credits=credits, timeout_s=120) as client:
         opened = client.open_scene(image, scene_id=scene_id)
-        poses = preset("rotate_left", n_frames=n, median_depth=opened.scene.median_depth)
+        poses = stock_path("rotate_left", n_frames=n, median_depth=opened.scene.median_depth)
         out["poses"] = poses
         out["opened"] = opened
         out["job"] = client.transition(scene_id, poses, **kw)
@@ -136,7 +136,7 @@ def test_frames_stay_in_order_under_credit_and_the_worker_waits(backend, scenes_
     n = 40
     with ScriptedClient(backend.address, credits=1, timeout_s=120) as sc:
         opened = sc.open_scene(load(scenes_dir / "16_ink_lake.jpg"), scene_id="credit")
-        poses = preset("forward", n_frames=n, median_depth=opened.scene.median_depth)
+        poses = stock_path("forward", n_frames=n, median_depth=opened.scene.median_depth)
         ref, buf = codec.array_blob(poses.astype(np.float32), 0)
         sc.client.send(Transition(job_id="credit-job", scene_id="credit", poses=ref), [buf])
         indices = []
@@ -178,7 +178,7 @@ def test_cancel_stops_the_remote_job(backend, scenes_dir):
     done_before = sum(i["jobs_done"] for i in infos)
     with ScriptedClient(backend.address, credits=1, timeout_s=120) as client:
         opened = client.open_scene(load(scenes_dir / "03_ancient.jpg"), scene_id="cancel")
-        poses = preset("forward", n_frames=60, median_depth=opened.scene.median_depth)
+        poses = stock_path("forward", n_frames=60, median_depth=opened.scene.median_depth)
         job = client.transition("cancel", poses, cancel_after=3)
     assert isinstance(job.outcome, JobFailed) and job.outcome.code == "cancelled"
     assert len(job.frames) <= 4
@@ -214,7 +214,7 @@ def test_killed_worker_fails_only_its_job_and_comes_back(backend, scenes_dir):
     wait_for(lambda: slot.state == "idle" and slot.restarts == restarts + 1, what="the restart")
     with ScriptedClient(backend.address, timeout_s=120) as client:
         opened = client.open_scene(load(scenes_dir / "56_village.jpg"), scene_id="kill-b2")
-        again = client.transition("kill-b2", preset("forward", 6, opened.scene.median_depth))
+        again = client.transition("kill-b2", stock_path("forward", 6, opened.scene.median_depth))
     assert isinstance(again.outcome, JobDone) and len(again.frames) == 6
 
 
@@ -247,9 +247,9 @@ def test_scene_versions_follow_the_work(backend, scenes_dir):
     with ScriptedClient(backend.address, timeout_s=120) as client:
         opened = client.open_scene(load(scenes_dir / "03_ancient.jpg"), scene_id="affinity")
         puts = engine.versions.puts
-        first = client.transition("affinity", preset("rotate_right", 5, opened.scene.median_depth))
+        first = client.transition("affinity", stock_path("rotate_right", 5, opened.scene.median_depth))
         holder = next(s for s in backend._cluster.slots if "affinity" in s.holds)
-        second = client.transition("affinity", preset("forward", 5, opened.scene.median_depth,
+        second = client.transition("affinity", stock_path("forward", 5, opened.scene.median_depth,
                                                       start=first.poses[-1]))
         # the front door's scene (dropped once its explorer leaves) grew as the explorer's cloud did
         from protocol.identity import token_identity

@@ -29,13 +29,13 @@ SERVE_AND_FLY = NO_RAY + textwrap.dedent("""
     from backend.server import Backend, BackendConfig
     from protocol.messages import JobDone, Status, StatusReply
     from protocol.scripted import ScriptedClient
-    from protocol.trajectory import preset
+    from protocol.trajectory import stock_path
 
     config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=tempfile.mkdtemp())
     with Backend(config) as backend, ScriptedClient(backend.address) as client:
         img = (np.indices((64, 64)).sum(0) % 255).astype(np.uint8)[..., None].repeat(3, -1)
         opened = client.open_scene(img, scene_id="noray")
-        job = client.transition("noray", preset("forward", 5, opened.scene.median_depth))
+        job = client.transition("noray", stock_path("forward", 5, opened.scene.median_depth))
         assert isinstance(job.outcome, JobDone), job.outcome
         client.client.send(Status(request_id="s"))
         while not isinstance((ev := client.client.poll(timeout=10)).msg, StatusReply):

@@ -19,8 +19,8 @@ from backend.session import SessionStore, read_mp4
 from protocol import codec
 from protocol.messages import Frame, JobDone, OpenScene, SceneOpened, Transition
 from protocol.scripted import ScriptedClient
-from protocol.trajectory import preset
-from tests.test_hostile import scene
+from protocol.trajectory import stock_path
+from tests.helpers import scene
 
 ROUNDS = 10
 
@@ -99,7 +99,7 @@ def open_fly_and_kill(client: ScriptedClient, proc: subprocess.Popen, i: int, st
                       frame: int) -> str:
     """Open scene ``s<i>``, fly a clip, and SIGKILL the backend at ``stage``."""
     img_ref, data = codec.encode_image(scene(i, 256), "png")
-    poses = preset("forward", 24, 1.0).astype(np.float32)
+    poses = stock_path("forward", 24, 1.0).astype(np.float32)
     ref, buf = codec.array_blob(poses, 0)
     client.client.send(OpenScene(request_id="o", scene_id=f"s{i}", image=img_ref), [data])
     seen = "sent"

@@ -4,7 +4,7 @@ import numpy as np
 
 from backend.engines.base import FrameOut, OpenRequest, PointsOut, TransitionRequest
 from backend.engines.classic import ClassicEngine
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
 
 
 def test_fill_gaps_fills_pinholes_with_their_neighbours_mean_and_keeps_known_pixels():
@@ -33,7 +33,7 @@ def test_transition_streams_every_frame_in_order_and_grows_from_few_keyframes():
     original = engine._grow
     engine._grow = lambda scene, pose: grown.append(pose) or original(scene, pose)
     scene, _ = engine.open_scene(OpenRequest("ramp", image))
-    poses = preset("backward", 49, scene.median_depth)
+    poses = stock_path("backward", 49, scene.median_depth)
     events = list(engine.transition(scene, TransitionRequest(poses)))
     frames = [e for e in events if isinstance(e, FrameOut)]
     assert [f.index for f in frames] == list(range(49))

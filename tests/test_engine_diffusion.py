@@ -39,7 +39,7 @@ from protocol.messages import (
     Transition,
 )
 from protocol.scripted import ScriptedClient
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
 
 W, H = 48, 40  # scene size; the tiny CogVideoX runs at 32 x 32, so frames are resized both ways
 TEXT = SceneText(style="watercolour", content="gorge, river, bridge")
@@ -138,7 +138,7 @@ def test_transition_then_dynamics_with_mllm(tmp_path, models, chat, monkeypatch)
             image = scene_image()
             opened = client.open_scene(image, scene_id="gorge", text=TEXT)
             assert opened.scene.engine == "diffusion" and opened.scene.width == W
-            poses = preset("backward", n_frames=7, median_depth=opened.scene.median_depth)
+            poses = stock_path("backward", n_frames=7, median_depth=opened.scene.median_depth)
             job = client.transition("gorge", poses)
 
             # Stage I: 7 frames for 7 poses (the model made 5), decoded at the scene's size
@@ -185,7 +185,7 @@ def test_no_mllm_endpoint_uses_templates(tmp_path, models, monkeypatch):
         encode, _, pipe = spy_models(backend, monkeypatch)
         with ScriptedClient(backend.address, credits=4) as client:
             opened = client.open_scene(scene_image(1), scene_id="tpl", text=TEXT)
-            poses = preset("rotate_left", n_frames=5, median_depth=opened.scene.median_depth)
+            poses = stock_path("rotate_left", n_frames=5, median_depth=opened.scene.median_depth)
             job = client.transition("tpl", poses)
             assert isinstance(job.outcome, JobDone) and len(job.frames) == 5
             said = [p.message for p in job.progress if p.stage == "prompt"]
@@ -208,7 +208,7 @@ def test_cancel_stops_sampling_midway(tmp_path, models, monkeypatch):
         _, predict, _ = spy_models(backend, monkeypatch)
         with ScriptedClient(backend.address, credits=4) as client:
             opened = client.open_scene(scene_image(2), scene_id="stop")
-            poses = preset("forward", n_frames=5, median_depth=opened.scene.median_depth)
+            poses = stock_path("forward", n_frames=5, median_depth=opened.scene.median_depth)
             ref, buf = codec.array_blob(poses.astype(np.float32), 0)
             client.client.send(Transition(job_id="stop-job", scene_id="stop", poses=ref), [buf])
             sampled, frames, outcome = [], 0, None
@@ -259,7 +259,7 @@ def test_open_scene_depth_sources(models, engine):
 
 def test_bad_settings_are_engine_errors(models, engine):
     scene, _ = engine.open_scene(OpenRequest("bad", scene_image(4)))
-    poses = preset("backward", n_frames=5, median_depth=scene.median_depth)
+    poses = stock_path("backward", n_frames=5, median_depth=scene.median_depth)
     wrong_frames = DiffusionEngine(models=str(models["full"]), guidance={"num_frames": 4})
     with pytest.raises(EngineError, match="cannot generate 8 frames.*nearest valid: 5 or 9"):
         list(wrong_frames.transition(scene, TransitionRequest(poses)))
@@ -291,7 +291,7 @@ def test_align_prediction_recovers_depth_in_holes():
 def test_time_and_pose_resampling():
     np.testing.assert_array_equal(time_indices(7, 5), [0, 1, 1, 2, 3, 3, 4])
     np.testing.assert_array_equal(time_indices(3, 9), [0, 4, 8])
-    poses = preset("backward", n_frames=4, median_depth=1.0)
+    poses = stock_path("backward", n_frames=4, median_depth=1.0)
     out = resample_poses(poses, 7)
     assert out.shape == (7, 4, 4)
     np.testing.assert_allclose(out[[0, 2, 4, 6]], poses, atol=1e-9)  # on the original times
@@ -311,7 +311,7 @@ def test_wan_family_runs_both_stages(models, tmp_path):
                     'height = 32\nwidth = 32\n')
     wan = DiffusionEngine(models=str(toml), guidance=FAST, inpaint_steps=2)
     scene, cloud = wan.open_scene(OpenRequest("wan", scene_image(5), text=TEXT))
-    poses = preset("rotate_right", n_frames=6, median_depth=scene.median_depth)
+    poses = stock_path("rotate_right", n_frames=6, median_depth=scene.median_depth)
     events = list(wan.transition(scene, TransitionRequest(poses)))
     frames = [e for e in events if isinstance(e, FrameOut)]
     assert [f.index for f in frames] == list(range(6))
@@ -328,7 +328,7 @@ def test_transition_preset_picks_the_video_model_and_settings(models, monkeypatc
     engine = DiffusionEngine(models=str(models["full"]), guidance=FAST, inpaint_steps=2,
                              presets={"fast": str(models["ltx"])})
     scene, _ = engine.open_scene(OpenRequest("preset", scene_image(6)))
-    poses = preset("backward", n_frames=4, median_depth=scene.median_depth)
+    poses = stock_path("backward", n_frames=4, median_depth=scene.median_depth)
     events = list(engine.transition(scene, TransitionRequest(poses, preset="fast")))
     frames = [e for e in events if isinstance(e, FrameOut)]
     assert len(frames) == 4 and all(f.image.shape == (H, W, 3) for f in frames)
@@ -363,7 +363,7 @@ def test_preset_travels_from_the_transition_message(tmp_path, models):
     with (make_backend(tmp_path, models["full"], presets=presets) as backend,
           ScriptedClient(backend.address, credits=4) as client):
         opened = client.open_scene(scene_image(8), scene_id="p")
-        poses = preset("backward", n_frames=3, median_depth=opened.scene.median_depth)
+        poses = stock_path("backward", n_frames=3, median_depth=opened.scene.median_depth)
         job = client.transition("p", poses, preset="fast")
         assert isinstance(job.outcome, JobDone), job.outcome
         assert len(job.frames) == 3

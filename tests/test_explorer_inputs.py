@@ -67,6 +67,17 @@ def test_unknown_settings_key_is_named(tmp_path):
         ExplorerSettings.load(bad)
 
 
+def test_a_prebuffer_beyond_the_credits_is_an_error_when_settings_load(tmp_path):
+    """A clip waits for max_prebuffer frames but only ever gets network.credits of them: the
+    settings say so when they load, instead of being cut down silently."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[player]\nmax_prebuffer = 12\n[network]\ncredits = 8\n")
+    with pytest.raises(SettingsError, match="player.max_prebuffer = 12 is more than network.credits = 8"):
+        ExplorerSettings.load(bad)
+    bad.write_text("[player]\nmax_prebuffer = 8\n[network]\ncredits = 8\n")
+    assert ExplorerSettings.load(bad).player.max_prebuffer == 8
+
+
 def test_version_and_sessions_listing(tmp_path):
     out = subprocess.run([sys.executable, "-m", "explorer.cli", "--version"],
                          capture_output=True, text=True, timeout=60)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from explorer.camera import FlyCamera, MoveInput
-from explorer.paths import FlightPath, preset_path, resample_path
+from explorer.paths import FlightPath, resample_path, stock_path
 from explorer.player import ClipFrame, ClipPlayer, PlayerState
 from explorer.settings import PlayerSettings
 from protocol.camera import interpolate_pose, look_at
@@ -80,8 +80,8 @@ def test_empty_path_cannot_be_resampled():
 
 
 @pytest.mark.parametrize("name", ["backward", "left", "right", "forward"])
-def test_presets_start_at_the_view_and_move_the_right_way(name):
-    poses = preset_path(name, np.eye(4), 24, scene_scale=4.0)
+def test_stock_paths_start_at_the_view_and_move_the_right_way(name):
+    poses = stock_path(name, np.eye(4), 24, scene_scale=4.0)
     assert poses.shape == (24, 4, 4)
     np.testing.assert_allclose(poses[0], np.eye(4), atol=1e-9)
     end = poses[-1]

@@ -110,6 +110,7 @@ def recording_dot(view: np.ndarray) -> bool:
 # --- a slow renderer -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_at_one_fps_a_clip_ends_on_its_last_pose_with_the_cloud_grown(display, tmp_path):
     photo_path = tmp_path / "square.png"
     gradient_photo(photo_path, 256, 256)
@@ -123,7 +124,7 @@ def test_at_one_fps_a_clip_ends_on_its_last_pose_with_the_cloud_grown(display, t
     try:
         app.wait_log(r"scene \S+ ready")
         app.key("F2")  # no HUD: the white on screen is the grown points only
-        app.key("3")  # preset: turn right, 48 frames at 30 fps (1.6 s), at about 1 fps
+        app.key("3")  # stock path: turn right, 48 frames at 30 fps (1.6 s), at about 1 fps
         ends = app.wait_log(r"clip (\S+) played to its end: (\d+)/48 frames received in "
                             r"([\d.]+) s", timeout=LOG_DEADLINE)
         (job, poses), = server.transitions
@@ -158,6 +159,7 @@ def test_at_one_fps_a_clip_ends_on_its_last_pose_with_the_cloud_grown(display, t
 # --- a recording that takes seconds to finish --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stopping_a_recording_never_blocks_the_window(display, tmp_path):
     """The encoder sleeps 0.25 s a picture (``debug.encode_sleep_s``) behind a 16-picture
     queue: when R stops the recording, about 4 s of encoding are still to do. The window
@@ -284,35 +286,44 @@ def test_saturated_cores_keep_the_backend_and_the_dynamics_loop(display, tmp_pat
 # --- resume as you left it --------------------------------------------------------------------
 
 
-def saved_session(root: Path, name: str, photo: np.ndarray, end_pose: np.ndarray) -> None:
-    """A session as a local backend saves it (its own SessionStore): the photo lifted on a
-    plane 4 units ahead, opened with the horizon prior, one clip that ended at ``end_pose``."""
+def saved_session(root: Path, name: str, photo: np.ndarray, end_pose: np.ndarray,
+                  identity_file: Path) -> None:
+    """A session as a local backend saves it (its own SessionStore, owned by the identity
+    token kept in ``identity_file``, as the backend would have issued it): the photo lifted on
+    a plane 4 units ahead, opened with the horizon prior, one clip that ended at ``end_pose``."""
     from backend.geometry.store import PointStore
     from backend.geometry.unproject import unproject
     from backend.session import SessionStore
     from protocol.camera import intrinsics
+    from protocol.identity import TokenSigner, token_identity
     from protocol.messages import SceneText
 
     h, w = photo.shape[:2]
     K = intrinsics(w, h, 60.0)
     store = PointStore()
     store.append(unproject(photo, np.full((h, w), 4.0, np.float32), K, np.eye(4)))
-    sessions = SessionStore(root)
+    store_root = SessionStore(root)
+    token = TokenSigner(store_root.token_key).issue()
+    identity_file.parent.mkdir(parents=True, exist_ok=True)
+    identity_file.write_text(token + "\n")
+    sessions = store_root.owned_by(token_identity(token))
     sessions.create(name, photo, K, SceneText(), "classic", 4.0, store=store,
                     depth=("prior", "depth: horizon prior (a guess)"))
     sessions.add_clip(name, "transition", [photo, photo], np.stack([np.eye(4), end_pose]), K,
                       24.0, end_pose, store=store)
 
 
+@pytest.mark.slow
 def test_resume_opens_with_the_photo_shape_and_home_at_the_photo(display, tmp_path):
     photo = gradient_photo(tmp_path / "square.png", 256, 256)
     a = 0.6  # where the last clip ended: forward and turned right, the photo's edge in view
     end = np.array([[np.cos(a), 0, np.sin(a), 0.5], [0, 1, 0, 0], [-np.sin(a), 0, np.cos(a), 1.0],
                     [0, 0, 0, 1]])
-    saved_session(tmp_path / "sessions", "square-1", photo, end)
+    identity = tmp_path / "identity"
+    saved_session(tmp_path / "sessions", "square-1", photo, end, identity)
     shots: dict = {}
     app = App(display, tmp_path, "--resume", "square-1", "--config",
-              config(tmp_path, "[window]\nwidth = 400\n"))
+              config(tmp_path, f"[window]\nwidth = 400\n[network]\nidentity_file = '{identity}'\n"))
     try:
         app.wait_log(r"scene square-1 ready", timeout=LOG_DEADLINE)
         _, _, w, h = app.geometry()

@@ -25,7 +25,7 @@ def test_undo_drops_the_last_transition(tmp_path):
         n0 = opened.points.count()
         nothing = client.undo("undo-test")
         assert nothing.job_id is None and nothing.total_points == n0
-        poses = trajectory.preset("backward", n_frames=6, median_depth=opened.scene.median_depth,
+        poses = trajectory.stock_path("backward", n_frames=6, median_depth=opened.scene.median_depth,
                                   start=np.eye(4))
         result = client.transition("undo-test", poses)
         grown = n0 + result.points.count()

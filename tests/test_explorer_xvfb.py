@@ -282,7 +282,7 @@ def test_cancel_undo_and_home_by_keys_on_an_8000x6000_photo(display, tmp_path):
         app.key("F2")
         assert wait_for(lambda: photo_psnr(app.screen(), photo) > 22.0, 20)
         home = app.screen()
-        # 1: a preset transition; Backspace while it plays cancels it and stops the clip.
+        # 1: a stock-path transition; Backspace while it plays cancels it and stops the clip.
         app.key("1")
         assert wait_for(lambda: server.frames_sent >= 12)
         app.key("BackSpace")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import av
 import numpy as np
@@ -26,7 +27,7 @@ from backend.export.splats import SH_C0, SplatSettings
 from backend.geometry.cloud import PointCloud
 from backend.geometry.ply import iter_ply, read_ply, write_ply
 from backend.geometry.store import PointStore
-from backend.session import SessionStore
+from backend.session import OwnerSessions, SessionStore
 from explorer.cli import main
 from protocol.camera import intrinsics, rotation_about
 from protocol.messages import SceneText
@@ -137,15 +138,16 @@ def test_iter_ply_reads_any_chunking_as_read_ply(tmp_path):
 # --- whole sessions through the command -----------------------------------------------------
 
 
-def _session(tmp_path) -> tuple[SessionStore, PointCloud, list[np.ndarray], np.ndarray]:
+def _session(tmp_path) -> tuple[OwnerSessions, PointCloud, list[np.ndarray], np.ndarray]:
     """A saved 48 x 32 session: a cloud and three clips (the middle one undone)."""
     cloud, _, _ = _plane_and_blob(3)
     store = PointStore(capacity=100_000)
     store.append(cloud)
-    sessions = SessionStore(tmp_path / "sessions")
+    root = SessionStore(tmp_path / "sessions")
+    sessions = root.owned_by("o")
     K = intrinsics(48, 32, 50.0)
-    sessions.create("trip", np.zeros((32, 48, 3), np.uint8), K, SceneText(), "classic", 2.5,
-                    store=store, owner="o")
+    sessions.create("trip", np.zeros((32, 48, 3), np.uint8), K, SceneText(), "classic",
+                    2.5, store=store)
     paths = []
     for c, (n, fps) in enumerate(((12, 24.0), (6, 24.0), (8, 12.0))):
         poses = np.tile(np.eye(4), (n, 1, 1))
@@ -158,6 +160,12 @@ def _session(tmp_path) -> tuple[SessionStore, PointCloud, list[np.ndarray], np.n
     return sessions, cloud, paths, K
 
 
+def _trip(tmp_path) -> Path:
+    """The session folder of ``_session`` (the backend names it ``trip-<random>``)."""
+    (folder,) = (tmp_path / "sessions").glob("trip-*")
+    return folder
+
+
 def _run(capsys, *argv) -> tuple[int, str, str]:
     code = main(["export", *map(str, argv)])
     out = capsys.readouterr()
@@ -167,7 +175,7 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 def test_export_points_and_splats_of_a_session(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sessions, cloud, _, _ = _session(tmp_path)
-    code, out, err = _run(capsys, tmp_path / "sessions" / "trip", "--as", "points",
+    code, out, err = _run(capsys, _trip(tmp_path), "--as", "points",
                           "--out", tmp_path / "p.ply")
     assert code == 0, err
     assert "wrote" in out and "100%" in err
@@ -198,7 +206,7 @@ def _nerfstudio_cameras(data: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def test_export_path_is_a_nerfstudio_camera_path_of_every_kept_camera(tmp_path, capsys):
     _, _, paths, K = _session(tmp_path)
-    code, _, err = _run(capsys, tmp_path / "sessions" / "trip", "--as", "path", "--out", tmp_path / "p.json")
+    code, _, err = _run(capsys, _trip(tmp_path), "--as", "path", "--out", tmp_path / "p.json")
     assert code == 0, err
     data = json.loads((tmp_path / "p.json").read_text())
     for key, kind in (("camera_type", str), ("render_height", int), ("render_width", int), ("fps", float),
@@ -223,7 +231,7 @@ def test_export_video_joins_the_kept_clips_at_their_own_rates(tmp_path, capsys):
     sessions, _, paths, _ = _session(tmp_path)
     sessions.add_clip("trip", "dynamics", [np.full((32, 48, 3), 200, np.uint8)] * 6,
                       np.tile(paths[1][-1], (6, 1, 1)), np.eye(3), 12.0, paths[1][-1])
-    code, _, err = _run(capsys, tmp_path / "sessions" / "trip", "--as", "video", "--out", tmp_path / "v.mp4")
+    code, _, err = _run(capsys, _trip(tmp_path), "--as", "video", "--out", tmp_path / "v.mp4")
     assert code == 0, err
     with av.open(str(tmp_path / "v.mp4")) as container:
         frames = [(f.time, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
@@ -241,12 +249,12 @@ def test_export_video_joins_the_kept_clips_at_their_own_rates(tmp_path, capsys):
     (["{s}", "--as", "points", "--out", "/proc/no/such/dir/x.ply"], "cannot write"),
 ])
 def test_bad_exports_are_one_error_line_and_exit_2(tmp_path, capsys, argv, says):
-    sessions = SessionStore(tmp_path)
+    root = SessionStore(tmp_path)
     store = PointStore()
     store.append(_plane_and_blob(4)[0])
-    sessions.create("bare", np.zeros((8, 8, 3), np.uint8), np.eye(3), SceneText(), "classic", 1.0,
-                    store=store, owner="o")
-    argv = [a.replace("{s}", str(tmp_path / "bare")) for a in argv]
+    folder = root.owned_by("o").create("bare", np.zeros((8, 8, 3), np.uint8), np.eye(3),
+                                       SceneText(), "classic", 1.0, store=store)
+    argv = [a.replace("{s}", str(root.path(folder))) for a in argv]
     code, out, err = _run(capsys, *argv, "--folder", tmp_path)
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]

@@ -12,7 +12,7 @@ from backend.geometry import (
     split_layers,
     unproject,
 )
-from backend.geometry.render import SplatRenderer
+from backend.geometry.splat import SplatRenderer
 from protocol.camera import intrinsics
 
 

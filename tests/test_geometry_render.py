@@ -15,9 +15,9 @@ from backend.geometry import (
     SplatConfig,
     SplatRenderer,
     horizon_depth,
-    splat_cpu,
     unproject,
 )
+from backend.geometry.splat import numba_loops
 from protocol.camera import intrinsics, project, rotation_about
 
 SCENES = Path(__file__).resolve().parents[2] / "shared" / "scenes"
@@ -27,7 +27,7 @@ NEAREST = SplatConfig(antialias=False)
 @pytest.fixture(params=[True, False], ids=["loops", "torch"])
 def filtered(request) -> SplatConfig:
     """The anti-aliased path, as compiled CPU loops and as torch tensors."""
-    if request.param and not splat_cpu.available():
+    if request.param and not numba_loops.available():
         pytest.skip("numba is not installed")
     return SplatConfig(cpu_loops=request.param)
 
@@ -358,7 +358,7 @@ def test_minified_fine_checkerboard_has_no_moire(filtered):
 
 def test_window_max_is_max_pool():
     """The visibility pre-test's window maximum equals torch's max pooling of that window."""
-    from backend.geometry.render import _window_max
+    from backend.geometry.splat.filtered import _window_max
 
     grid = torch.rand(2, 30, 41)
     grid[0, 3, 5] = math.inf
@@ -383,10 +383,10 @@ def _moved_scene(scene, scale: int = 2):
 def test_compiled_loops_match_the_torch_path(scene):
     """The two implementations of the filtered path agree on a real photo's cloud seen from
     three poses, with the points split over two threads."""
-    if not splat_cpu.available():
+    if not numba_loops.available():
         pytest.skip("numba is not installed")
     cloud, poses, k, w, h = _moved_scene(scene)
-    assert len(cloud) > 4 * splat_cpu.MIN_POINTS_PER_THREAD
+    assert len(cloud) > 4 * numba_loops.MIN_POINTS_PER_THREAD
     loops = SplatRenderer("cpu", SplatConfig(threads=2)).render(cloud, poses, k, w, h, return_index=True)
     tensors = SplatRenderer("cpu", SplatConfig(cpu_loops=False)).render(cloud, poses, k, w, h,
                                                                         return_index=True)
@@ -402,7 +402,7 @@ def test_compiled_loops_match_the_torch_path(scene):
 
 def test_compiled_loops_are_repeatable_and_thread_safe(scene):
     """Two threads rendering at once get, to the bit, what one thread gets alone, twice."""
-    if not splat_cpu.available():
+    if not numba_loops.available():
         pytest.skip("numba is not installed")
     cloud, poses, k, w, h = _moved_scene(scene)
     renderer = SplatRenderer("cpu", SplatConfig(threads=2))
@@ -429,7 +429,7 @@ def test_a_frame_cut_short_does_not_leak_into_the_next(scene, monkeypatch):
     """The loops leave their depth buffers clean for the next frame; a frame that raises
     half-way leaves them dirty, and the next frame still renders exactly as a fresh renderer
     does."""
-    if not splat_cpu.available():
+    if not numba_loops.available():
         pytest.skip("numba is not installed")
     cloud, poses, k, w, h = _moved_scene(scene)
     renderer = SplatRenderer("cpu", SplatConfig(threads=2))
@@ -438,11 +438,11 @@ def test_a_frame_cut_short_does_not_leak_into_the_next(scene, monkeypatch):
     def broken(*args):
         raise RuntimeError("cut short")
 
-    merge = splat_cpu._merge_depth  # raise after the pre-pass, before its buffers are reset
-    monkeypatch.setattr(splat_cpu, "_merge_depth", broken)
+    merge = numba_loops._merge_depth  # raise after the pre-pass, before its buffers are reset
+    monkeypatch.setattr(numba_loops, "_merge_depth", broken)
     with pytest.raises(RuntimeError):
         renderer.render(cloud, poses[1], k, w, h)
-    monkeypatch.setattr(splat_cpu, "_merge_depth", merge)
+    monkeypatch.setattr(numba_loops, "_merge_depth", merge)
     after = renderer.render(cloud, poses[2], k, w, h).numpy()
     fresh = SplatRenderer("cpu", SplatConfig(threads=2))
     result = {}  # rendered on a new thread: its own, never-used buffers

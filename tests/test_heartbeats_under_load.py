@@ -29,7 +29,7 @@ from backend.server import Backend, BackendConfig
 from protocol import codec
 from protocol.messages import PROTOCOL_VERSION, Hello, JobDone, Ping, Pong
 from protocol.scripted import ScriptedClient
-from tests.test_hostile import scene
+from tests.helpers import scene
 
 HEARTBEAT_S = 0.25
 GIL_HOLD = (re.compile(r"(a+)+b"), "a" * 25)

@@ -23,9 +23,7 @@ from backend.server import Backend, BackendConfig
 from protocol import codec
 from protocol.hostile import HostileMessages
 from protocol.messages import (
-    PROTOCOL_VERSION,
     Error,
-    Hello,
     JobAccepted,
     JobDone,
     JobFailed,
@@ -34,11 +32,11 @@ from protocol.messages import (
     Pong,
     SceneOpened,
     Transition,
-    Welcome,
 )
 from protocol.scripted import ScriptedClient
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
 from protocol.transport import Client
+from tests.helpers import next_msg, raw_dealer, scene
 
 N_HOSTILE = 20_400
 SENDERS = 3
@@ -51,25 +49,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def scene(seed: int = 0, size: int = 64) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    base = np.stack([xx * 4, yy * 3, (xx + yy) * 2], -1) % 256
-    return np.clip(base + rng.integers(-10, 10, (size, size, 3)), 0, 255).astype(np.uint8)
-
-
-def raw_dealer(ctx: zmq.Context, address: str, hello: bool = True) -> zmq.Socket:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 20_000)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.connect(address)
-    if hello:
-        sock.send_multipart(codec.encode(Hello(protocol_version=PROTOCOL_VERSION, credits=1000)))
-        assert isinstance(next_msg(sock), Welcome)
-    return sock
 
 
 def silent_connections(address: str, reconnect_ivl_ms: int | None = None):
@@ -90,15 +69,6 @@ def silent_connections(address: str, reconnect_ivl_ms: int | None = None):
     return tcp, ctx, dealers
 
 
-def next_msg(sock: zmq.Socket):
-    while True:
-        msg, _ = codec.decode(sock.recv_multipart())
-        if isinstance(msg, Ping):
-            sock.send_multipart(codec.encode(Pong(seq=msg.seq, sent_at=msg.sent_at)))
-        elif not isinstance(msg, Pong):
-            return msg
-
-
 @pytest.fixture
 def backend(tmp_path):
     config = BackendConfig(
@@ -107,8 +77,8 @@ def backend(tmp_path):
         scheduler=SchedulerConfig(job_slots=2, open_slots=2, max_jobs_per_client=4,
                                   credit_timeout_s=2.0),
         # no rate limit here, so every refused message is answered (test_transport covers it)
-        connections=ConnectionsConfig(hello_timeout_s=1.5, max_clients=32, max_messages_per_s=1e6,
-                                      max_refused_per_s=1e6),
+        connections=ConnectionsConfig(hello_timeout_s=1.5, max_peers=32, max_messages_per_s=1e6,
+                                      max_refusals_per_s=1e6),
         limits=LimitsConfig(max_message_mb=0.5, max_image_pixels=512 * 512, max_frames=64),
     )
     with Backend(config) as b:
@@ -130,7 +100,7 @@ class Canary(threading.Thread):
         try:
             with ScriptedClient(self.address, timeout_s=60, credits=8) as client:
                 opened = client.open_scene(scene(1), scene_id="canary")
-                poses = preset("forward", 4, opened.scene.median_depth)
+                poses = stock_path("forward", 4, opened.scene.median_depth)
                 while not self.stop.is_set():
                     t0 = time.perf_counter()
                     job = client.transition("canary", poses)
@@ -176,7 +146,7 @@ def never_credits(address: str, result: dict, scene_id: str = "stingy") -> None:
                 continue
             msg = ev.msg
             if isinstance(msg, SceneOpened):
-                poses = preset("forward", 16, msg.median_depth).astype(np.float32)
+                poses = stock_path("forward", 16, msg.median_depth).astype(np.float32)
                 poses_ref, buf = codec.array_blob(poses, 0)
                 client.send(Transition(job_id="stuck", scene_id=scene_id, poses=poses_ref), [buf])
                 t0 = time.monotonic()
@@ -195,7 +165,7 @@ def flooder(address: str, result: dict, scene_id: str = "flood") -> None:
         sock.send_multipart(codec.encode(OpenScene(request_id="o", scene_id=scene_id, image=img_ref), [data]))
         while not isinstance(opened := next_msg(sock), SceneOpened):
             pass
-        poses = preset("forward", 3, opened.median_depth).astype(np.float32)
+        poses = stock_path("forward", 3, opened.median_depth).astype(np.float32)
         ref, buf = codec.array_blob(poses, 0)
         for i in range(300):
             sock.send_multipart(codec.encode(Transition(job_id=f"f{i}", scene_id=scene_id, poses=ref), [buf]))

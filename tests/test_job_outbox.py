@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from backend.config import BackendConfig
-from backend.engines.base import Engine, FrameOut, Progress, Scene, TransitionRequest
+from backend.engines.base import Engine, FrameOut, ProgressOut, Scene, TransitionRequest
 from backend.geometry.store import PointStore
 from backend.jobs import Job, JobContext, JobRun
 from backend.quotas import Quotas
@@ -56,7 +56,7 @@ class ThreeFrames(Engine):
         raise NotImplementedError
 
     def transition(self, scene, request):
-        yield Progress("render", 0, 3)
+        yield ProgressOut("render", 0, 3)
         for i, pose in enumerate(request.poses):
             yield FrameOut(i, np.full((8, 8, 3), 40 * i, np.uint8), pose)
         scene.pose = request.poses[-1]

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from protocol.scripted import ScriptedClient, ScriptError
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
+from tests.helpers import scene
 from tests.test_crash_sessions import free_port, server_config
-from tests.test_hostile import scene
 
 EXE = str(Path(sys.executable).with_name("dreamjourney"))
 
@@ -69,6 +69,7 @@ def refused(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.P
                             text=True)
 
 
+@pytest.mark.slow
 def test_roots_that_are_not_the_backends_are_refused_untouched(tmp_path):
     work = tmp_path / "work"  # the current folder of the refused servers: a decoy itself
     work.mkdir()
@@ -167,7 +168,7 @@ def test_a_tampered_root_is_quarantined_and_the_good_sessions_served(tmp_path):
             for i, name in enumerate(names):
                 opened = client.open_scene(scene(i, 48), scene_id=name)
                 folders[name] = root / opened.scene.session
-            poses = preset("forward", 4, 1.0)
+            poses = stock_path("forward", 4, 1.0)
             clip = client.transition("good", poses)
             assert clip.outcome.clip == f"{folders['good'].name}/clips/0001.mp4"
     finally:
@@ -218,7 +219,7 @@ def test_a_tampered_root_is_quarantined_and_the_good_sessions_served(tmp_path):
             resumed = client.open_scene(None, scene_id="good", resume=True)
             assert resumed.scene.session == folders["good"].name and resumed.points.count() > 0
             client.open_scene(None, scene_id="plain", resume=True)
-            more = client.transition("good", preset("forward", 3, 1.0, start=poses[-1]))
+            more = client.transition("good", stock_path("forward", 3, 1.0, start=poses[-1]))
             assert more.outcome.clip == f"{folders['good'].name}/clips/0002.mp4"
             for name in ("bad-json", "nan-pose", "linked"):  # quarantined: as if never made
                 with pytest.raises(ScriptError, match=r"\[unknown_scene\].*no saved session"):

@@ -12,7 +12,7 @@ from backend.engines.classic import ClassicEngine
 from backend.geometry.cloud import PointCloud
 from backend.geometry.seen import SeenViews
 from protocol.camera import intrinsics
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
 
 
 def test_seen_views_drop_points_an_earlier_view_would_show():
@@ -51,7 +51,7 @@ def _loop(image: np.ndarray, guarded: bool) -> tuple[np.ndarray, np.ndarray]:
         scene.seen = None
     d, pose, first, frames = scene.median_depth, np.eye(4), None, None
     for name in ("backward", "rotate_left", "forward"):
-        poses = preset(name, 12, d, start=pose, distance=0.3 if name == "forward" else None)
+        poses = stock_path(name, 12, d, start=pose, distance=0.3 if name == "forward" else None)
         frames = [e.image for e in engine.transition(scene, TransitionRequest(poses))
                   if isinstance(e, FrameOut)]
         first = frames[0] if first is None else first

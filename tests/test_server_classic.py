@@ -17,7 +17,7 @@ from backend.server import Backend, BackendConfig
 from backend.session import read_mp4
 from protocol.messages import Arrow, JobDone, JobFailed
 from protocol.scripted import ScriptedClient, ScriptError
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
 
 SIZE = 192  # scenes are shrunk so the whole suite stays quick on two cores
 
@@ -48,7 +48,7 @@ def test_every_shared_scene_opens_and_flies(backend, scenes_dir):
             image = load(path)
             opened = client.open_scene(image, scene_id=path.stem)
             assert opened.scene.width == SIZE and opened.points.count() >= SIZE * SIZE * 0.9
-            poses = preset("backward", n_frames=9, median_depth=opened.scene.median_depth)
+            poses = stock_path("backward", n_frames=9, median_depth=opened.scene.median_depth)
             job = client.transition(path.stem, poses)
             assert isinstance(job.outcome, JobDone), job.outcome
             assert len(job.frames) == 9 and job.outcome.num_frames == 9
@@ -69,7 +69,7 @@ def test_two_clients_at_once_both_finish(backend, scenes_dir):
     def fly(i):
         with ScriptedClient(backend.address, credits=2) as client:
             opened = client.open_scene(images[i], scene_id=f"two-{i}")
-            poses = preset("rotate_left", n_frames=13, median_depth=opened.scene.median_depth)
+            poses = stock_path("rotate_left", n_frames=13, median_depth=opened.scene.median_depth)
             results[i] = client.transition(f"two-{i}", poses)
 
     threads = [threading.Thread(target=fly, args=(i,)) for i in range(2)]
@@ -84,7 +84,7 @@ def test_two_clients_at_once_both_finish(backend, scenes_dir):
 def test_cancel_stops_within_one_frame(backend, scenes_dir):
     with ScriptedClient(backend.address, credits=1) as client:
         opened = client.open_scene(load(scenes_dir / "16_ink_lake.jpg"), scene_id="cancel")
-        poses = preset("forward", n_frames=40, median_depth=opened.scene.median_depth)
+        poses = stock_path("forward", n_frames=40, median_depth=opened.scene.median_depth)
         job = client.transition("cancel", poses, cancel_after=3)
         assert isinstance(job.outcome, JobFailed) and job.outcome.code == "cancelled"
         assert len(job.frames) <= 3 + 1  # the credit granted before the Cancel, no more
@@ -108,13 +108,13 @@ def test_unknown_scene_and_bad_poses_are_clear_errors(backend, scenes_dir):
 KILLED_CLIENT = textwrap.dedent("""
     import sys, numpy as np
     from protocol.scripted import ScriptedClient
-    from protocol.trajectory import preset
+    from protocol.trajectory import stock_path
     c = ScriptedClient(sys.argv[1], credits=1)
     img = (np.indices((96, 96)).sum(0) % 255).astype(np.uint8)[..., None].repeat(3, -1)
     o = c.open_scene(img, scene_id="victim")
     from protocol import codec
     from protocol.messages import Transition
-    poses = preset("forward", n_frames=200, median_depth=o.scene.median_depth)
+    poses = stock_path("forward", n_frames=200, median_depth=o.scene.median_depth)
     ref, buf = codec.array_blob(poses.astype(np.float32), 0)
     c.client.send(Transition(job_id="victim-job", scene_id="victim", poses=ref), [buf])
     while True:
@@ -136,7 +136,7 @@ def test_killed_client_leaves_server_serving(backend, scenes_dir, tmp_path):
         proc.wait()
     with ScriptedClient(backend.address) as client:
         opened = client.open_scene(load(scenes_dir / "58_woodland.jpg", 96), scene_id="after")
-        job = client.transition("after", preset("forward", 5, opened.scene.median_depth))
+        job = client.transition("after", stock_path("forward", 5, opened.scene.median_depth))
         assert isinstance(job.outcome, JobDone)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and "victim-job" in backend.jobs.job_ids():
@@ -170,7 +170,7 @@ def test_session_resumes_after_restart(tmp_path, scenes_dir):
     image = load(scenes_dir / "56_village.jpg", 128)
     with Backend(config) as backend, ScriptedClient(backend.address) as client:
         opened = client.open_scene(image, scene_id="village")
-        poses = preset("rotate_right", 7, opened.scene.median_depth)
+        poses = stock_path("rotate_right", 7, opened.scene.median_depth)
         job = client.transition("village", poses)
         assert isinstance(job.outcome, JobDone)
         before = np.concatenate(opened.points.xyz + job.points.xyz)
@@ -188,7 +188,7 @@ def test_session_resumes_after_restart(tmp_path, scenes_dir):
         frames = read_mp4(tmp_path / "s" / clip)
         assert len(frames) == 7
         assert psnr(frames[0], job.frames[0]) > 30
-        more = client.transition("village", preset("forward", 5, resumed.scene.median_depth,
+        more = client.transition("village", stock_path("forward", 5, resumed.scene.median_depth,
                                                     start=poses[-1]))
         assert isinstance(more.outcome, JobDone)
         assert (tmp_path / "s" / folder / "clips" / "0002.mp4").is_file()
@@ -208,7 +208,7 @@ def test_raw_frames_are_the_engines_own_pixels(backend, scenes_dir):
         clips = {}
         for name in ("raw", "jpeg"):
             opened = client.open_scene(image, scene_id=name)
-            poses = preset("rotate_right", n_frames=5, median_depth=opened.scene.median_depth)
+            poses = stock_path("rotate_right", n_frames=5, median_depth=opened.scene.median_depth)
             clips[name] = client.transition(name, poses, frame_codec=name)
     sent, blobs = requests.open_scene("local", image)
     photo = codec.decode_image(sent.image, [memoryview(b) for b in blobs])

@@ -15,7 +15,7 @@ from backend.session import SessionError, check_scene_id
 from protocol import codec
 from protocol.messages import Dynamics, JobFailed, OpenScene
 from protocol.scripted import ScriptedClient, ScriptError
-from tests.test_hostile import scene
+from tests.helpers import scene
 
 
 def test_unknown_keys_name_the_key_and_the_file(tmp_path):

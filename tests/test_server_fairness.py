@@ -16,9 +16,9 @@ from backend.server import Backend, BackendConfig
 from protocol import codec
 from protocol.messages import Arrow, Frame, JobAccepted, JobDone, JobFailed, Transition
 from protocol.scripted import ScriptedClient
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
 from protocol.transport import Client
-from tests.test_hostile import scene
+from tests.helpers import scene
 
 
 def make_backend(tmp_path, **scheduler) -> Backend:
@@ -39,7 +39,7 @@ def start_job(client: Client, scene_id: str, job_id: str, n: int, size: int = 64
     client.send(*requests.open_scene(scene_id, scene(3, size)))
     while getattr((ev := client.poll(timeout=60)).msg, "last", None) is not True:
         assert ev is not None
-    poses = preset("forward", n, 1.0)
+    poses = stock_path("forward", n, 1.0)
     client.send(*requests.transition(job_id, scene_id, poses))
 
 
@@ -61,7 +61,7 @@ def test_a_slow_reader_gives_its_slot_to_others(tmp_path):
         next_of(slow, (Frame,), "s")  # its first frame: now it waits for credit
         with ScriptedClient(backend.address) as other:
             other.open_scene(scene(4), scene_id="quick")
-            quick = other.transition("quick", preset("forward", 4, 1.0))
+            quick = other.transition("quick", stock_path("forward", 4, 1.0))
             assert isinstance(quick.outcome, JobDone), quick.outcome
         status = {j.job_id: j for j in backend.jobs.states()}
         assert "s" in status and not status["s"].running  # parked, holding no slot
@@ -84,7 +84,7 @@ def test_a_long_job_hands_its_slot_over_in_time(tmp_path):
         next_of(long, (Frame,), "L")
         with ScriptedClient(backend.address) as other:
             other.open_scene(scene(4), scene_id="quick")
-            quick = other.transition("quick", preset("forward", 4, 1.0))
+            quick = other.transition("quick", stock_path("forward", 4, 1.0))
             assert isinstance(quick.outcome, JobDone), quick.outcome
         assert "L" in backend.jobs.job_ids(), "L ended first"
         end = next_of(long, (JobDone, JobFailed), "L")
@@ -95,7 +95,7 @@ def test_wall_time_and_work_caps_name_their_limit(tmp_path):
     with make_backend(tmp_path, max_job_s=0.3) as backend, \
             ScriptedClient(backend.address, timeout_s=120) as client:
         opened = client.open_scene(scene(1, 128), scene_id="cap")
-        job = client.transition("cap", preset("forward", 240, opened.scene.median_depth))
+        job = client.transition("cap", stock_path("forward", 240, opened.scene.median_depth))
         assert isinstance(job.outcome, JobFailed) and job.outcome.code == "time_limit", job.outcome
         assert "scheduler.max_job_s" in job.outcome.message and len(job.frames) < 240
         big = client.open_scene(scene(1, 256), scene_id="big")  # 256 x 256 x 240 > the cap
@@ -124,7 +124,7 @@ def test_a_polite_client_with_ten_jobs_in_flight_is_served(tmp_path):
     with make_backend(tmp_path, **config) as backend, Client(backend.address, credits=64) as client:
         client.connect()
         start_job(client, "p", "j0", 8)
-        poses = codec.array_blob(preset("forward", 8, 1.0).astype(np.float32), 0)
+        poses = codec.array_blob(stock_path("forward", 8, 1.0).astype(np.float32), 0)
         for i in range(1, 10):
             client.send(Transition(job_id=f"j{i}", scene_id="p", poses=poses[0]), [poses[1]])
         done, accepted = set(), 0

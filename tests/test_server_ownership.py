@@ -14,15 +14,15 @@ from backend.server import Backend, BackendConfig
 from protocol.keys import ClientKeys, make_keys
 from protocol.messages import JobDone, JobFailed, Transition
 from protocol.scripted import ScriptedClient, ScriptError
-from protocol.trajectory import preset
-from tests.test_hostile import scene
+from protocol.trajectory import stock_path
+from tests.helpers import scene
 
 
 def _owner_and_intruder(address: str, owner_opts: dict, intruder_opts: dict,
                         owner_again_opts: dict) -> None:
     with ScriptedClient(address, credits=1, **owner_opts) as owner:
         opened = owner.open_scene(scene(5), scene_id="mine")
-        poses = preset("forward", 24, opened.scene.median_depth)
+        poses = stock_path("forward", 24, opened.scene.median_depth)
         with ScriptedClient(address, **intruder_opts) as intruder:
             # resuming it answers exactly as resuming a scene nobody has: no existence oracle
             with pytest.raises(ScriptError) as theirs:

@@ -16,8 +16,8 @@ from backend.session import folder_bytes
 from protocol import codec
 from protocol.messages import PROTOCOL_VERSION, Error, Hello, OpenScene, Ping, Pong, Welcome
 from protocol.scripted import ScriptedClient, ScriptError
-from protocol.trajectory import preset
-from tests.test_hostile import next_msg, raw_dealer, scene
+from protocol.trajectory import stock_path
+from tests.helpers import next_msg, raw_dealer, scene
 
 
 def make_backend(tmp_path, quotas: dict | None = None, **connections) -> Backend:
@@ -29,7 +29,7 @@ def make_backend(tmp_path, quotas: dict | None = None, **connections) -> Backend
 
 
 def test_cheap_identities_holding_every_slot_are_evicted_for_owners_and_newcomers(tmp_path):
-    with make_backend(tmp_path, max_clients=4) as backend:
+    with make_backend(tmp_path, max_peers=4) as backend:
         with ScriptedClient(backend.address) as owner:
             owner.open_scene(scene(1), scene_id="mine")
             token = owner.client.token
@@ -63,12 +63,12 @@ def not_pings(sock: zmq.Socket) -> list:
 
 def test_a_client_with_work_is_never_evicted(tmp_path):
     """Every slot held by a client with a job: a newcomer is refused, naming the limit."""
-    with make_backend(tmp_path, max_clients=1) as backend, \
+    with make_backend(tmp_path, max_peers=1) as backend, \
             ScriptedClient(backend.address, credits=1) as busy:
         busy.open_scene(scene(1), scene_id="b")
         from protocol import requests
 
-        busy.client.send(*requests.transition("long", "b", preset("forward", 64, 1.0)))
+        busy.client.send(*requests.transition("long", "b", stock_path("forward", 64, 1.0)))
         ctx = zmq.Context()
         try:
             sock = raw_dealer(ctx, backend.address, hello=False)
@@ -81,7 +81,7 @@ def test_a_client_with_work_is_never_evicted(tmp_path):
 
 
 def test_probing_for_scene_ids_gets_the_prober_shut_out(tmp_path):
-    with make_backend(tmp_path, max_refused_per_s=5.0) as backend:
+    with make_backend(tmp_path, max_refusals_per_s=5.0) as backend:
         ctx = zmq.Context()
         try:
             sock = raw_dealer(ctx, backend.address)
@@ -110,7 +110,7 @@ def test_scene_and_disk_quotas_name_their_limit_and_keep_nothing_over(tmp_path):
             client.open_scene(scene(3), scene_id="c")
         pose, outcomes = np.eye(4), []
         while len(outcomes) < 40 and not hasattr(outcomes[-1:] and outcomes[-1], "code"):
-            job = client.transition("a", preset("backward", 48, opened.scene.median_depth,
+            job = client.transition("a", stock_path("backward", 48, opened.scene.median_depth,
                                                 start=pose))
             outcomes.append(job.outcome)
             pose = job.poses[-1] if job.poses else pose
@@ -129,14 +129,14 @@ def test_idle_scenes_leave_memory_and_come_back_on_demand(tmp_path):
     with make_backend(tmp_path, {"resident_scenes_per_client": 1}) as backend, \
             ScriptedClient(backend.address, timeout_s=120) as client:
         a = client.open_scene(scene(1), scene_id="a")
-        first = client.transition("a", preset("backward", 6, a.scene.median_depth))
+        first = client.transition("a", stock_path("backward", 6, a.scene.median_depth))
         client.open_scene(scene(2), scene_id="b")  # a is unloaded to make room
         from protocol.identity import token_identity
 
         me = token_identity(client.client.token)
         assert backend.scenes.get(me, "a").scene is None
         assert backend.scenes.get(me, "b").scene is not None
-        job = client.transition("a", preset("forward", 4, a.scene.median_depth,
+        job = client.transition("a", stock_path("forward", 4, a.scene.median_depth,
                                             start=first.poses[-1]))  # a comes back, b leaves
         assert job.outcome.__class__.__name__ == "JobDone", job.outcome
         assert backend.scenes.get(me, "a").scene is not None

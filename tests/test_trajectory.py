@@ -5,19 +5,19 @@ import pytest
 
 from protocol.camera import check_pose, look_at, rotation_about
 from protocol.trajectory import (
-    PRESETS,
     ROTATION_ANGLE,
+    STOCK_PATHS,
     keyframe_spline,
     pose_steps,
-    preset,
     resample_path,
+    stock_path,
 )
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", STOCK_PATHS)
 @pytest.mark.parametrize("median_depth", [0.01, 1.0, 250.0])
-def test_presets_have_length_continuity_and_scale(name, median_depth):
-    poses = preset(name, n_frames=49, median_depth=median_depth)
+def test_stock_paths_have_length_continuity_and_scale(name, median_depth):
+    poses = stock_path(name, n_frames=49, median_depth=median_depth)
     assert poses.shape == (49, 4, 4)
     for p in poses:
         check_pose(p)
@@ -31,28 +31,28 @@ def test_presets_have_length_continuity_and_scale(name, median_depth):
     assert 0.05 * median_depth < total < 1.0 * median_depth
 
 
-def test_preset_directions_follow_the_paper():
-    back = preset("backward", 49, median_depth=2.0)
+def test_stock_path_directions_follow_the_paper():
+    back = stock_path("backward", 49, median_depth=2.0)
     assert back[-1, 2, 3] == pytest.approx(-1.0)
     assert abs(back[24, 1, 3]) > 0.01 and back[-1, 1, 3] == pytest.approx(0.0, abs=1e-12)
-    assert preset("forward", 49, median_depth=2.0)[-1, 2, 3] == pytest.approx(1.0)
-    left, right = preset("rotate_left", 49), preset("rotate_right", 49)
+    assert stock_path("forward", 49, median_depth=2.0)[-1, 2, 3] == pytest.approx(1.0)
+    left, right = stock_path("rotate_left", 49), stock_path("rotate_right", 49)
     _, da = pose_steps(left)
     assert da.sum() == pytest.approx(ROTATION_ANGLE)
     assert left[-1, 0, 2] < 0 < right[-1, 0, 2]  # forward axis turns left / right (x)
-    seeds = {round(preset("backward", 9, seed=s)[4, 1, 3], 6) for s in range(5)}
+    seeds = {round(stock_path("backward", 9, seed=s)[4, 1, 3], 6) for s in range(5)}
     assert len(seeds) > 1  # the sine perturbation is random across seeds
 
 
-def test_preset_rejects_unknown_names():
+def test_stock_path_rejects_unknown_names():
     with pytest.raises(ValueError, match="backward"):
-        preset("sideways")
+        stock_path("sideways")
 
 
-def test_preset_starts_at_a_given_pose():
+def test_stock_path_starts_at_a_given_pose():
     start = look_at([1.0, 0.0, 0.0], [1.0, 0.0, 5.0])
     start[:3, :3] = rotation_about([0, 1, 0], 0.3)
-    poses = preset("forward", 10, start=start)
+    poses = stock_path("forward", 10, start=start)
     np.testing.assert_allclose(poses[0], start)
     # moves along the start pose's own forward axis
     d = poses[-1, :3, 3] - start[:3, 3]

@@ -10,7 +10,7 @@ from backend.engines.base import DynamicsRequest, TransitionRequest
 from protocol import codec
 from protocol.errors import BadArray, BadValue
 from protocol.messages import Arrow, Dynamics, Transition
-from protocol.trajectory import preset
+from protocol.trajectory import stock_path
 
 VIEW = wire.View(width=64, height=48, median_depth=2.0)
 
@@ -21,7 +21,7 @@ def _transition(poses: np.ndarray) -> tuple[Transition, list]:
 
 
 def test_a_transition_becomes_float64_poses_checked_once():
-    poses = preset("forward", n_frames=12, median_depth=2.0)
+    poses = stock_path("forward", n_frames=12, median_depth=2.0)
     msg, blobs = _transition(poses)
     request = wire.job_request(msg, blobs, VIEW)
     assert isinstance(request, TransitionRequest) and request.poses.dtype == np.float64
@@ -37,7 +37,7 @@ def test_a_transition_becomes_float64_poses_checked_once():
     (lambda p: _mirrored(p, 6), "pose 6 rotation is not orthonormal with det"),
 ])
 def test_bad_poses_are_named_by_index(bad, expect):
-    poses = preset("forward", n_frames=8, median_depth=2.0)
+    poses = stock_path("forward", n_frames=8, median_depth=2.0)
     msg, blobs = _transition(bad(poses.copy()))
     with pytest.raises((BadValue, BadArray), match=expect):
         wire.job_request(msg, blobs, VIEW)

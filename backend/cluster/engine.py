@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from backend.cluster.pool import Slot, WorkerLost, WorkerPool
+from backend.cluster.slot import Slot, SlotSource
 from backend.engines.base import (
     DynamicsRequest,
     Engine,
@@ -30,6 +30,7 @@ from backend.engines.base import (
     PointsOut,
     Scene,
     TransitionRequest,
+    WorkerLost,
 )
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 class _Version:
     scene: weakref.ref
     key: tuple
-    token: str
+    token: str | None
+    """The version's name; None: adopted from a run that named none (no worker holds it)."""
     ref: object = None
 
 
@@ -70,7 +72,7 @@ class SceneVersions:
             entry.key, entry.token, entry.ref = key, f"{scene.scene_id}#{next(self._count)}", None
         return entry
 
-    def token(self, scene: Scene) -> str:
+    def token(self, scene: Scene) -> str | None:
         with self._lock:
             return self._entry(scene).token
 
@@ -85,7 +87,7 @@ class SceneVersions:
                 self.puts += 1
             return entry.ref
 
-    def adopt(self, scene: Scene, token: str) -> None:
+    def adopt(self, scene: Scene, token: str | None) -> None:
         """The scene's current version is the one a worker already holds as ``token``."""
         with self._lock:
             entry = self._entry(scene)
@@ -98,7 +100,7 @@ class SceneVersions:
 class ClusterEngine(Engine):
     """Runs engine ``name`` on the pool's workers."""
 
-    def __init__(self, name: str, pool: WorkerPool):
+    def __init__(self, name: str, pool: SlotSource):
         self.name = name
         self.pool = pool
         self.ray = pool.ray

@@ -14,9 +14,10 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 
 from backend.cluster.config import ClusterConfig
+from backend.cluster.engine import ClusterEngine
+from backend.cluster.slot import Slot
 from backend.engines.base import WorkerLost
 
 log = logging.getLogger(__name__)
@@ -41,25 +42,6 @@ def connect(address: str):
         else:
             ray.init(address=address)
     return ray
-
-
-@dataclass
-class Slot:
-    """The front door's view of one EngineWorker."""
-
-    index: int
-    name: str
-    actor: object
-    state: str = "idle"
-    """idle, busy, restarting or lost."""
-    info: dict = field(default_factory=dict)
-    holds: dict[str, str] = field(default_factory=dict)
-    """scene_id -> version token resident in the worker."""
-    job: dict | None = None
-    overdue: bool = False
-    restarts: int = 0
-    jobs_done: int = 0
-    idle_since: float = field(default_factory=time.monotonic)
 
 
 class WorkerPool:
@@ -110,10 +92,8 @@ class WorkerPool:
         with self._cond:
             return [(s, dict(s.job) if s.job else None) for s in self.slots]
 
-    def engine(self, name: str):
+    def engine(self, name: str) -> ClusterEngine:
         """A ClusterEngine running ``name`` on this pool's workers."""
-        from backend.cluster.engine import ClusterEngine
-
         return ClusterEngine(name, self)
 
     # -- scheduling --
@@ -131,7 +111,8 @@ class WorkerPool:
                 if all(s.state == "lost" for s in self.slots):
                     raise WorkerLost("every cluster worker is lost; restart the backend")
                 self._cond.wait(0.5)
-            holding = [s for s in idle if token is not None and s.holds.get(scene_id) == token]
+            holding = [s for s in idle if token is not None and scene_id is not None
+                       and s.holds.get(scene_id) == token]
             slot = holding[0] if holding else min(idle, key=lambda s: s.idle_since)
             slot.state = "busy"
             slot.overdue = False

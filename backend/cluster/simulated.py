@@ -65,7 +65,7 @@ class SleepEngine(Engine):
         self._rng = np.random.default_rng(0)
 
     def _points(self, n: int) -> PointCloud:
-        xyz = self._rng.uniform(-1, 1, (n, 3)).astype(np.float32) + np.float32([0, 0, 4])
+        xyz = self._rng.uniform(-1, 1, (n, 3)).astype(np.float32) + np.array([0, 0, 4], np.float32)
         return PointCloud(xyz, np.full((n, 3), 128, np.uint8), np.full(n, 0.01, np.float32))
 
     def open_scene(self, request: OpenRequest) -> tuple[Scene, PointCloud]:

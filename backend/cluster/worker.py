@@ -1,7 +1,7 @@
 """EngineWorker: a Ray actor holding resident engines and a few scenes.
 
 A job is :meth:`EngineWorker.run`, a streaming generator yielding the engine's own events
-(Progress, FrameOut, PointsOut; numpy arrays travel through the object store). The front door
+(ProgressOut, FrameOut, PointsOut; numpy arrays travel through the object store). The front door
 reads them under the explorer's credit; the generator's backpressure keeps the worker at most
 ``frames_ahead`` events ahead. One job runs at a time (the default concurrency group);
 :meth:`info` answers from its own group while a job runs.

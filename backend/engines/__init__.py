@@ -5,7 +5,7 @@ Engines are imported only when created, so listing names loads no model code.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 
 from backend.engines.base import Engine
 

@@ -1,6 +1,6 @@
 """The one interface every engine implements, and the events its runs yield.
 
-An engine opens scenes and runs jobs. A run is a generator of events (:class:`Progress`,
+An engine opens scenes and runs jobs. A run is a generator of events (:class:`ProgressOut`,
 :class:`FrameOut`, :class:`PointsOut`); the server streams each event as it is yielded and
 stops a cancelled run between two events by closing the generator, so an engine only has to
 yield often (at least once per frame or sampling step) to be cancellable.
@@ -11,12 +11,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from backend.geometry.cloud import PointCloud
-from backend.geometry.store import PointStore
-from protocol.messages import Arrow, SceneText
+from protocol.messages import Arrow, DepthSource, SceneText
+
+if TYPE_CHECKING:
+    from backend.geometry.layout import SceneLayout
+    from backend.geometry.seen import SeenViews
+    from backend.geometry.store import PointStore
 
 
 @dataclass
@@ -38,18 +43,16 @@ class Scene:
     engine: str = "classic"
     clips: list[dict] = field(default_factory=list)
     """Manifest entries of the clips made so far."""
-    depth_source: str = "prior"
+    depth_source: DepthSource = "prior"
     """Where the first view's depth came from: "model", "given" or "prior"."""
     depth_note: str = ""
     """One line for the HUD about the depth in use."""
     points_budget: int = 0
     """Most points the scene's store keeps (0 = unbounded)."""
-    seen: object = None
-    """The views later fills must leave as they are (``geometry.seen.SeenViews``, classic
-    engine); None: not tracked."""
-    layout: object | None = None
-    """The first view's ground plane and sky (backend.geometry.layout.SceneLayout); None when
-    the view shows no level ground."""
+    seen: SeenViews | None = None
+    """The views later fills must leave as they are (the classic engine); None: not tracked."""
+    layout: SceneLayout | None = None
+    """The first view's ground plane and sky; None when the view shows no level ground."""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -65,8 +68,8 @@ class OpenRequest:
     depth: np.ndarray | None = None
     """H x W float32 z-depth sent by the client, used when the engine has no depth model."""
     text: SceneText = SceneText()
-    progress: Callable[[Progress], None] | None = None
-    """Called with Progress events while opening (e.g. a model's first download)."""
+    progress: Callable[[ProgressOut], None] | None = None
+    """Called with ProgressOut events while opening (e.g. a model's first download)."""
 
 
 @dataclass(frozen=True)
@@ -95,11 +98,20 @@ class DynamicsRequest:
 
 
 @dataclass(frozen=True)
-class Progress:
+class ProgressOut:
+    """How far a run (or an open) is; the server sends it as ``protocol.messages.Progress``."""
+
     stage: str
+    """One of ``download``, ``load``, ``render``, ``prompt``, ``inpaint``, ``sample``,
+    ``view``, ``grow``."""
     step: int
     total: int
     message: str = ""
+
+
+Progress = ProgressOut
+"""The event's old name, kept only while ``backend/jobs.py`` imports it (see issue 23's
+merge notes); use ProgressOut."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,7 @@ class PointsOut:
     cloud: PointCloud
 
 
-Event = Progress | FrameOut | PointsOut
+Event = ProgressOut | FrameOut | PointsOut
 
 
 class EngineError(RuntimeError):

@@ -19,6 +19,9 @@
   Frames stream as they are rendered; pinholes no splat reached are pull-push filled.
 - Dynamics: Eulerian flow (backend.animation) inside the region the drawn arrows segment
   (or a sky/water guess), lifted to 3D and rendered from the current pose as a seamless loop.
+
+Over 400 lines on purpose: opening, transition and dynamics of one engine share its fill
+and lift helpers; the geometry itself lives in ``backend.geometry``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from backend.engines.base import (
     FrameOut,
     OpenRequest,
     PointsOut,
-    Progress,
+    ProgressOut,
     Scene,
     TransitionRequest,
 )
@@ -50,12 +53,12 @@ from backend.geometry.fill import pull_push, texture_fill
 from backend.geometry.layers import split_layers
 from backend.geometry.layout import SceneLayout, ViewLayout, fit_layout, view_layout
 from backend.geometry.popup import VERTICAL, popup_depth
-from backend.geometry.render import SplatRenderer
 from backend.geometry.seen import SeenViews
+from backend.geometry.splat import SplatRenderer
 from backend.geometry.store import PointStore
 from backend.geometry.unproject import unproject
 from protocol.camera import intrinsics
-from protocol.messages import SceneOpened
+from protocol.messages import DepthSource
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +66,13 @@ DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 _GET_MODEL = "for real depth run `dreamjourney models fetch` once online"
 
 
-def _saved_depth(manifest: dict) -> tuple[str, str]:
+def _saved_depth(manifest: dict) -> tuple[DepthSource, str]:
     """The depth source and note a session was opened with (older sessions: unknown)."""
     source = manifest.get("depth_source")
-    if source not in typing.get_args(typing.get_type_hints(SceneOpened)["depth_source"]):
-        return "given", "depth: as saved with the scene"
-    return source, str(manifest.get("depth_note") or "")[:500]
+    for known in typing.get_args(DepthSource):
+        if source == known:
+            return known, str(manifest.get("depth_note") or "")[:500]
+    return "given", "depth: as saved with the scene"
 
 
 def inpaint(image: np.ndarray, hole: np.ndarray, radius: int, small_frac: float = 0.01) -> np.ndarray:
@@ -83,8 +87,8 @@ def inpaint(image: np.ndarray, hole: np.ndarray, radius: int, small_frac: float 
     h, w = hole.shape
     sw, sh = max(1, w // 4), max(1, h // 4)
     small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
-    small_hole = cv2.resize(hole.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST)
-    small_hole |= cv2.resize(hole.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) > 0.25
+    small_hole = ((cv2.resize(hole.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0)
+                  | (cv2.resize(hole.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) > 0.25))
     filled = cv2.inpaint(small, small_hole.astype(np.uint8), max(1, radius // 2), cv2.INPAINT_TELEA)
     up = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
     out = img.copy()
@@ -154,7 +158,7 @@ class ClassicEngine(Engine):
         return depth, source
 
     def _depth_and_layout(self, image: np.ndarray, K: np.ndarray, given: np.ndarray | None,
-                          progress=None) -> tuple[np.ndarray, str, SceneLayout | None]:
+                          progress=None) -> tuple[np.ndarray, DepthSource, SceneLayout | None]:
         model = self._load_depth_model(progress)
         if model is not None:
             depth = model(image)
@@ -168,7 +172,7 @@ class ClassicEngine(Engine):
         return prior.depth, "prior", SceneLayout.from_horizon(prior.horizon, K, prior.camera_height,
                                                              prior.sky_depth)
 
-    def depth_note(self, source: str) -> str:
+    def depth_note(self, source: DepthSource) -> str:
         """One line for the HUD: which depth is in use and, without the model, how to get it."""
         if source == "model":
             return f"depth: {self.depth_model_id}"
@@ -187,7 +191,7 @@ class ClassicEngine(Engine):
 
             def report(done: int, total: int, message: str) -> None:
                 if progress is not None:
-                    progress(Progress("download", done, total, message))
+                    progress(ProgressOut("download", done, total, message))
 
             result = load_depth_model(self.depth_model_id, self.device, report)
             self._depth_model = result.predict or False
@@ -208,10 +212,11 @@ class ClassicEngine(Engine):
         depth, keep = clean_depth_edges(depth, mode="push")  # same rays: the first view stays exact
         store.append(unproject(image, depth, K, np.eye(4), mask=keep))
         store.append(self._hidden_background(image, depth, K, layout))
+        seen = SeenViews(K, w, h)
+        seen.record(np.eye(4), np.where(keep, depth, 0))
         scene = Scene(request.scene_id, image, K, store, median, request.text, engine=self.name,
                       depth_source=source, depth_note=note, points_budget=self.capacity,
-                      seen=SeenViews(K, w, h), layout=layout)
-        scene.seen.record(np.eye(4), np.where(keep, depth, 0))
+                      seen=seen, layout=layout)
         self._start_warm_up()
         return scene, store.cloud()
 
@@ -235,7 +240,7 @@ class ClassicEngine(Engine):
             known_depth = np.where(layer.mask, layer.depth, 0)
             filled = texture_fill(layer.color, known_depth, ~layer.mask, layout=labels)
             parts.append(unproject(filled.image, layer.depth, K, np.eye(4), mask=hole))
-        if labels is not None:
+        if labels is not None and layout is not None:
             parts.append(self._behind_standing(image, depth, K, labels, layout, behind))
         return PointCloud.concat(parts)
 
@@ -286,9 +291,9 @@ class ClassicEngine(Engine):
         keys = [n - 1, *range(n - 1 - self.keyframe_every, 0, -self.keyframe_every)]
         added = []
         for i, k in enumerate(keys):
-            yield Progress("grow", i, len(keys), "filling unseen parts of the path")
+            yield ProgressOut("grow", i, len(keys), "filling unseen parts of the path")
             added.append(self._grow(scene, poses[k]))
-        yield Progress("grow", len(keys), len(keys))
+        yield ProgressOut("grow", len(keys), len(keys))
         # 3. render the other frames from the merged cloud, streaming each as it is ready
         for start in range(1, n, self.frames_per_batch):
             batch = poses[start : start + self.frames_per_batch]
@@ -385,10 +390,10 @@ class ClassicEngine(Engine):
 
     def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
         n = request.num_frames
-        yield Progress("view", 0, 1, "lifting the paused view")
+        yield ProgressOut("view", 0, 1, "lifting the paused view")
         colour, depth = self._paused_view(scene, request.pose)
         field, region = animation.motion_field(colour, depth, request.arrows, request.frozen)
-        yield Progress("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
+        yield ProgressOut("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
         # only the pixels that move (the region, its feathered edge included) are animated; the
         # camera stays at the paused pose, so moving a point in 3D at its own depth and
         # projecting it back is moving it in the image

@@ -23,6 +23,9 @@ Models come from a models TOML (``configs/models/<name>.toml`` or a path) throug
 :class:`~backend.models.ModelRegistry` cache, so each loads once and stays resident. A
 transition may name a preset (``paper``, ``interactive`` or any models config): its video model
 and guidance settings replace the default ones for that clip.
+
+Over 400 lines on purpose: the engine's transition and dynamics are numbered recipes that
+read best whole; sampling and decoding already live in ``diffusion_sampling``/``_video``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from backend.engines.base import (
     FrameOut,
     OpenRequest,
     PointsOut,
-    Progress,
+    ProgressOut,
     Scene,
     TransitionRequest,
 )
@@ -181,11 +184,11 @@ class DiffusionEngine(Engine):
             self._presets[preset] = (registry, guidance)
         return self._presets[preset]
 
-    def _loading(self, registry: ModelRegistry | None = None) -> Iterator[Progress]:
+    def _loading(self, registry: ModelRegistry | None = None) -> Iterator[ProgressOut]:
         """A Progress line while the video model loads the first time."""
         registry = registry or self.registry
         if registry.spec("video") not in registry.cache:
-            yield Progress("load", 0, 1, f"loading the video model {registry.spec('video').source}")
+            yield ProgressOut("load", 0, 1, f"loading the video model {registry.spec('video').source}")
         registry.video()
 
     def _clip_config(self, adapter, prompt: str | None, seed: int | None,
@@ -284,37 +287,37 @@ class DiffusionEngine(Engine):
                                 guidance=guidance)
         generator = torch.Generator().manual_seed(cfg.seed)
         # 1. the start view I_0 and the end view, rendered from the cloud
-        yield Progress("render", 0, 2, "rendering the start and end views")
+        yield ProgressOut("render", 0, 2, "rendering the start and end views")
         ends = self._render(scene, poses[[0, -1]])
         start = fill_cracks(ends.image[0], ends.mask[0])
         end_hole = ~ends.mask[1]
         # 2. the entities the end view should show (Y_N), moving ones first
-        yield Progress("prompt", 0, 1, "asking the MLLM what lies ahead")
+        yield ProgressOut("prompt", 0, 1, "asking the MLLM what lies ahead")
         entities = self.agent.entities(start, scene.text)
         self._entities[scene.scene_id] = entities
         names = ", ".join(e.name for e in entities.entities)
-        yield Progress("prompt", 1, 1, entities.message if entities.is_fallback
+        yield ProgressOut("prompt", 1, 1, entities.message if entities.is_fallback
                        else f"entities: {names}")
         # 3. fill the end view's holes
-        yield Progress("inpaint", 0, 1, f"filling {end_hole.mean():.0%} of the end view")
+        yield ProgressOut("inpaint", 0, 1, f"filling {end_hole.mean():.0%} of the end view")
         prompt = self._inpaint_prompt(entities, scene)
         end, filler = self._fill_holes(ends.image[1], end_hole, prompt, scene.text.negative, generator)
         # 4. its unseen pixels into the cloud, at depth aligned to the rendered depth
         added_end, how = self._lift(scene, end, poses[-1], ends.depth[1], end_hole)
-        yield Progress("inpaint", 1, 1, f"end view filled ({filler}), {how}")
+        yield ProgressOut("inpaint", 1, 1, f"end view filled ({filler}), {how}")
         if len(added_end):
             yield PointsOut(added_end)
         # 5. the prior video: partial renders along the path, at the model's size
-        yield Progress("render", 1, 2, f"rendering {cfg.num_frames} partial frames")
+        yield ProgressOut("render", 1, 2, f"rendering {cfg.num_frames} partial frames")
         model_poses = resample_poses(poses, cfg.num_frames)
         mid = self._render(scene, model_poses[1:-1]) if cfg.num_frames > 2 else None
         frames = np.stack([start, *([] if mid is None else mid.image), end])
         masks = np.concatenate([np.ones((1, h, w), np.float32),
                                 np.zeros((0, h, w), np.float32) if mid is None else mid.mask,
                                 np.ones((1, h, w), np.float32)])
-        box = Letterbox.fit(w, h, cfg.width, cfg.height)
+        box = Letterbox.fit(w, h, *_model_size(cfg))
         prior = PriorVideo(box.frames_in(frames), box.masks_in(masks))
-        yield Progress("render", 2, 2, f"prior video: {masks[1:-1].mean():.0%} visible")
+        yield ProgressOut("render", 2, 2, f"prior video: {masks[1:-1].mean():.0%} visible")
         # 6. guided sampling, one Progress per step
         sampler = GuidedVideoSampler(adapter)
         embeds = self._prompts.get(scene.scene_id, adapter, cfg)
@@ -326,6 +329,8 @@ class DiffusionEngine(Engine):
             last_frame = frame
             yield FrameOut(i, frame, poses[i])
         # 8. lift what the last frame shows and the cloud still misses
+        if last_frame is None:
+            raise EngineError("the video model decoded no frame")
         last = self._render(scene, poses[-1:])
         added_last, _ = self._lift(scene, last_frame, poses[-1], last.depth[0], ~last.mask[0])
         scene.pose = poses[-1].copy()
@@ -343,28 +348,28 @@ class DiffusionEngine(Engine):
         cfg = self._clip_config(adapter, None, request.seed, scene.text.negative, dynamics=True)
         generator = torch.Generator().manual_seed(cfg.seed)
         # 1. the paused view, its holes filled
-        yield Progress("view", 0, 1, "rendering the paused view")
+        yield ProgressOut("view", 0, 1, "rendering the paused view")
         view = self._render(scene, pose[None])
         hole = ~view.mask[0]
         fill_prompt = ", ".join(p for p in (scene.text.content, scene.text.style) if p)
         image, _ = self._fill_holes(view.image[0], hole, fill_prompt, scene.text.negative, generator)
-        yield Progress("view", 1, 1)
+        yield ProgressOut("view", 1, 1)
         # 2. the dynamics prompt Y_D: check the entities, describe their motion, write it
         if request.prompt:
             prompt, note = request.prompt, "prompt from the request"
         else:
             candidates = self._entities.get(scene.scene_id)
             if candidates is None:
-                yield Progress("prompt", 0, 2, "asking the MLLM which entities are in view")
+                yield ProgressOut("prompt", 0, 2, "asking the MLLM which entities are in view")
                 candidates = self.agent.entities(image, scene.text)
-            yield Progress("prompt", 1, 2, "asking the MLLM how they move")
+            yield ProgressOut("prompt", 1, 2, "asking the MLLM how they move")
             result = self.agent.dynamics_prompt(image, candidates, scene.text)
             prompt = result.prompt
             note = result.message if result.is_fallback else f"dynamics prompt: {prompt}"
-        yield Progress("prompt", 2, 2, note)
+        yield ProgressOut("prompt", 2, 2, note)
         # 3. image-to-video with that prompt, no prior
         cfg = cfg.replace(prompt=prompt)
-        box = Letterbox.fit(w, h, cfg.width, cfg.height)
+        box = Letterbox.fit(w, h, *_model_size(cfg))
         small = box.frames_in(image[None])[0]
         sampler = GuidedVideoSampler(adapter)
         embeds = self._prompts.get(scene.scene_id, adapter, cfg)
@@ -392,3 +397,10 @@ class DiffusionEngine(Engine):
         scene, cloud = self.geometry.resume_scene(scene_id, sessions)
         scene.engine = self.name
         return scene, cloud
+
+
+def _model_size(cfg: GuidanceConfig) -> tuple[int, int]:
+    """(width, height) the model samples at, as ``_clip_config`` resolved them."""
+    if cfg.width is None or cfg.height is None:
+        raise EngineError("the clip's sampler settings name no size")
+    return cfg.width, cfg.height

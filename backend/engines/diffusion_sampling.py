@@ -1,9 +1,9 @@
-"""Run the guided video sampler so that its steps become Progress events and cancel works.
+"""Run the guided video sampler so that its steps become ProgressOut events and cancel works.
 
 A sampling call blocks for many seconds, but the server streams events and stops a cancelled
 job by closing its generator between two events. ``sample_with_progress`` runs the sampler on
 a worker thread that feeds a queue from ``callback_on_step_end``; the generator yields one
-Progress per step and returns the sampler's output (use it with ``yield from``). When the
+ProgressOut per step and returns the sampler's output (use it with ``yield from``). When the
 generator is closed mid-run it calls ``sampler.interrupt()`` and joins the worker, so the model
 is idle again once the close returns. The sampler stops at the final latents;
 ``stream_clip`` decodes them piece by piece (the VAE's temporal tiles where the family has
@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import torch
 
-from backend.engines.base import Progress
+from backend.engines.base import ProgressOut
 from backend.engines.diffusion_video import time_indices
 from backend.guidance import GuidanceConfig, GuidedSampleOutput, GuidedVideoSampler, PriorVideo
 from backend.models.adapters import PromptEmbeds
@@ -38,7 +38,7 @@ def sample_with_progress(
     lock: AbstractContextManager | None = None,
     stage: str = "sample",
     prompt_embeds: PromptEmbeds | None = None,
-) -> Generator[Progress, None, GuidedSampleOutput]:
+) -> Generator[ProgressOut, None, GuidedSampleOutput]:
     """Progress per denoising step, then the output (the generator's return value), its
     latents undecoded (``output_type="latent"``: decode them with :func:`stream_clip`).
 
@@ -69,7 +69,7 @@ def sample_with_progress(
                 note = "guided by the rendered frames" if guided else "free (no prior)"
                 if loss is not None:
                     note += f", prior loss {loss:.4g}"
-                yield Progress(stage, i + 1, total, note)
+                yield ProgressOut(stage, i + 1, total, note)
             elif kind == "done":
                 return rest[0]
             else:

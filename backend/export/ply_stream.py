@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,17 @@ import numpy as np
 _PLY_NAMES = {np.dtype("<f4"): "float", np.dtype("u1"): "uchar"}
 
 
-def ply_header(dtype: np.dtype, count: int, comments: list[str] = ()) -> bytes:
+def ply_header(dtype: np.dtype, count: int, comments: Sequence[str] = ()) -> bytes:
     """The header of a binary little-endian PLY with ``count`` vertices of ``dtype``."""
     lines = ["ply", "format binary_little_endian 1.0", *(f"comment {c}" for c in comments),
              f"element vertex {count}"]
+    if dtype.names is None or dtype.fields is None:
+        raise ValueError(f"a PLY vertex needs named fields, got {dtype}")
     for name in dtype.names:
-        kind = _PLY_NAMES.get(dtype.fields[name][0])
+        field = dtype.fields[name][0]
+        kind = _PLY_NAMES.get(field)
         if kind is None:
-            raise ValueError(f"PLY property {name}: no PLY type for {dtype.fields[name][0]}")
+            raise ValueError(f"PLY property {name}: no PLY type for {field}")
         lines.append(f"property {kind} {name}")
     lines.append("end_header")
     return ("\n".join(lines) + "\n").encode("ascii")
@@ -34,7 +38,7 @@ def ply_header(dtype: np.dtype, count: int, comments: list[str] = ()) -> bytes:
 class PlyStream:
     """A PLY file written row chunk by row chunk (see the module docstring)."""
 
-    def __init__(self, path: str | Path, dtype: np.dtype, count: int, comments: list[str] = ()):
+    def __init__(self, path: str | Path, dtype: np.dtype, count: int, comments: Sequence[str] = ()):
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
         self.count = int(count)
@@ -49,7 +53,7 @@ class PlyStream:
             raise TypeError(f"rows must be {self.dtype}, got {rows.dtype}")
         if self.written + len(rows) > self.count:
             raise ValueError(f"more than the {self.count} rows announced in the header")
-        self._file.write(memoryview(np.ascontiguousarray(rows)).cast("B"))
+        self._file.write(np.ascontiguousarray(rows).data.cast("B"))
         self.written += len(rows)
 
     def close(self) -> Path:

@@ -3,19 +3,20 @@
 ``open_session(SESSION, folder)`` takes a session folder (``sessions/NAME``) or a name under
 ``folder`` and returns a :class:`SavedSession`: the scene's intrinsics, size and median
 depth, the path of its cloud PLY and its clips with their poses. The manifest is read
-through ``backend.session.SessionStore`` (its public loading API, no second parser); only
+through ``backend.session.read_session`` (its public reading API, no second parser); only
 the clips' sidecar JSON (``clips/NNNN.json``: poses, K, fps) is read here.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from backend.session import SessionError, SessionStore
+from backend.session import SessionError, read_manifest, read_session
 
 
 class ExportError(Exception):
@@ -50,25 +51,53 @@ class SavedSession:
 
 
 def open_session(session: str | Path, folder: str | Path | None = None) -> SavedSession:
-    """The session at ``session`` (a session folder) or named ``session`` under ``folder``."""
+    """The session at ``session`` (a session folder) or with scene id ``session`` under
+    ``folder`` (the newest, if several clients saved one so named). The folder is read, never
+    claimed or changed."""
     path = Path(session)
-    if (path / "manifest.json").is_file():
-        root, name = path.resolve().parent, path.resolve().name
-    elif folder is not None and (Path(folder) / str(session) / "manifest.json").is_file():
-        root, name = Path(folder), str(session)
-    else:
+    found = path if (path / "manifest.json").is_file() else _by_scene_id(str(session), folder)
+    if found is None:
         where = f" or under {folder}" if folder is not None else ""
         raise ExportError(f"no saved session at {session}{where} (see `dreamjourney sessions`)")
     try:
-        saved = SessionStore(root).load(name)
-    except (SessionError, OSError, KeyError, TypeError, ValueError) as exc:  # a malformed manifest too
-        raise ExportError(f"cannot read session {name}: {exc}") from None
-    height, width = saved["image"].shape[:2]
-    cloud = saved.get("cloud_path")
-    clips = [_clip(root / name, entry) for entry in saved["clips"]]
-    return SavedSession(root / name, name, np.asarray(saved["K"], np.float64), int(width),
-                        int(height), float(saved["median_depth"]),
-                        Path(cloud) if cloud is not None and Path(cloud).is_file() else None, clips)
+        saved = read_session(found)
+    except SessionError as exc:
+        raise ExportError(f"cannot read session {session}: {exc}") from None
+    try:
+        height, width = saved["image"].shape[:2]
+        cloud = saved.get("cloud_path")
+        clips = [_clip(found, entry) for entry in saved["clips"]]
+        return SavedSession(found, saved["scene_id"], np.asarray(saved["K"], np.float64),
+                            int(width), int(height), float(saved["median_depth"]),
+                            Path(cloud) if cloud is not None and Path(cloud).is_file() else None,
+                            clips)
+    except (KeyError, TypeError, ValueError) as exc:  # a malformed manifest too
+        raise ExportError(f"cannot read session {session}: {exc}") from None
+
+
+def _by_scene_id(scene_id: str, folder: str | Path | None) -> Path | None:
+    if folder is None:
+        return None
+    root = Path(folder)
+    if (root / scene_id / "manifest.json").is_file():
+        return root / scene_id
+    best: tuple[float, Path] | None = None
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return None
+    for name in names:
+        candidate = root / name
+        if name.startswith(".") or candidate.is_symlink():
+            continue
+        try:
+            manifest = read_manifest(candidate)
+            mtime = (candidate / "manifest.json").stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        if manifest.scene_id == scene_id and (best is None or mtime > best[0]):
+            best = (mtime, candidate)
+    return best[1] if best else None
 
 
 def _clip(folder: Path, entry: dict) -> SavedClip:

@@ -52,6 +52,8 @@ def join_clips(clips: list[SavedClip], out: Path, progress: Callable[[int, int],
                         written += 1
                         if progress is not None:
                             progress(written, total)
+            if stream is None:
+                raise ExportError("the session's clips hold no frames")
             container.mux(stream.encode())
         part.replace(out)
     except BaseException:

@@ -19,7 +19,7 @@ clean_depth_edges), ``popup`` (the no-model depth prior: sky, ground, standing r
 ``layout`` (a scene's ground plane and sky; views labelled for fills), ``regions`` (the region
 a stroke lies in), ``depth_metrics``, ``synthetic`` (scenes with exact depth for tests and
 benchmarks), ``layers`` (split_layers), ``store`` (PointStore), ``ply`` (read/write),
-``render`` (SplatRenderer, SplatConfig, RenderOutput), ``render_pytorch3d`` (adapter),
+``splat`` (SplatRenderer, SplatConfig, RenderOutput: one module per renderer),
 ``metrics`` (consistency). Trajectories live in ``protocol.trajectory`` (numpy only) because
 the explorer uses them too.
 """
@@ -35,7 +35,7 @@ from backend.geometry.depth import (
 from backend.geometry.layers import DepthLayer, LayeredDepth, split_layers
 from backend.geometry.metrics import ConsistencyResult, consistency
 from backend.geometry.ply import read_ply, write_ply
-from backend.geometry.render import RenderOutput, SplatConfig, SplatRenderer
+from backend.geometry.splat import RenderOutput, SplatConfig, SplatRenderer
 from backend.geometry.store import PointStore
 from backend.geometry.unproject import unproject
 

@@ -70,7 +70,7 @@ def align_depth(
     d, r = d[keep], r[keep]
     A = np.stack([d, np.ones_like(d)], axis=1)
     w = np.ones_like(d)
-    params = np.zeros(2)
+    params: np.ndarray = np.zeros(2)
     iterations = 0
     for _ in range(max_iterations):
         iterations += 1

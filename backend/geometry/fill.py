@@ -12,6 +12,9 @@ first mirror landed in the hole; the last stragglers take a pull-push fill.
 
 ``pull_push(image, known) -> image``: fills pixels from a pyramid of normalised averages
 (Gortler et al., the Lumigraph): cheap, smooth and without streaks, for small gaps only.
+
+Over 400 lines on purpose: the fill's steps share one working grid (``_Work``) and its
+labels; split, each part would need the others' private layout.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def pull_push(image: np.ndarray, known: np.ndarray, levels: int = 12) -> np.ndar
     if squeeze:
         img = img[..., None]
     w = known.astype(np.float32)[..., None]
-    pyramid = [(img * w, w)]
+    pyramid: list[tuple[np.ndarray, np.ndarray]] = [(img * w, w)]
     for _ in range(levels):
         c, a = pyramid[-1]
         if min(a.shape[:2]) <= 1:
@@ -358,7 +361,7 @@ def texture_fill(image: np.ndarray, depth: np.ndarray, hole: np.ndarray, work_px
     wide = cv2.morphologyEx(hole.astype(np.uint8), cv2.MORPH_OPEN, np.ones((k, k), np.uint8)) > 0
     porous = cv2.blur(work.known, (5, 5)) >= porous_known  # gaps in a sieve of magnified splats
     smooth = ~good | ~wide.ravel()[flat] | porous[ys // work.f, xs // work.f]
-    if layout is not None:
+    if layout is not None and labels is not None and own is not None:  # set together above
         want = _pixel_labels(labels, layout, expected, ys, xs, work.f, size)
         smooth |= src_labels != want
         _label_smooth(values, smooth, want, work, own, expected, ys, xs, size)

@@ -156,7 +156,7 @@ def block_ground_depth(ground_depth: np.ndarray, f: int, hc: int, wc: int) -> np
     """hc x wc ground depth of blocks (through the mean disparity, inf where none)."""
     h, w = ground_depth.shape
     disp = np.where(np.isfinite(ground_depth), 1.0 / np.maximum(ground_depth, 1e-9), 0).astype(np.float32)
-    disp = cv2.copyMakeBorder(disp, 0, hc * f - h, 0, wc * f - w, cv2.BORDER_REPLICATE)
-    small = cv2.resize(disp, (wc, hc), interpolation=cv2.INTER_AREA)
+    padded = cv2.copyMakeBorder(disp, 0, hc * f - h, 0, wc * f - w, cv2.BORDER_REPLICATE)
+    small = cv2.resize(padded, (wc, hc), interpolation=cv2.INTER_AREA)
     with np.errstate(divide="ignore"):
         return np.where(small > 0, 1.0 / small, np.inf).astype(np.float32)

@@ -63,8 +63,8 @@ def consistency(
         u = K[0][0] * pc[..., 0] / z + K[0][2]
         v = K[1][1] * pc[..., 1] / z + K[1][2]
     ok = valid & (z > 0) & (u >= 0.5) & (u <= w - 0.5) & (v >= 0.5) & (v <= h - 0.5)
-    grid = np.stack([(u / w) * 2 - 1, (v / h) * 2 - 1], axis=-1)
-    grid = torch.from_numpy(np.where(ok[..., None], grid, 0.0).astype(np.float32))[None]
+    uv = np.stack([(u / w) * 2 - 1, (v / h) * 2 - 1], axis=-1)
+    grid = torch.from_numpy(np.where(ok[..., None], uv, 0.0).astype(np.float32))[None]
     warped = F.grid_sample(b.permute(2, 0, 1)[None], grid, align_corners=False)[0].permute(1, 2, 0)
     if depth_t1 is not None:
         dt1 = torch.from_numpy(np.asarray(depth_t1, np.float32))[None, None]

@@ -111,6 +111,8 @@ def nearest_patches(image: np.ndarray, hole: np.ndarray, source: np.ndarray, log
             if it < iterations - 1 or i < len(pyramid) - 1:
                 estimate = search.vote(estimate)
         offsets = search.offsets()
+    if offsets is None:
+        raise ValueError("an empty pyramid: nothing to search")
     return offsets
 
 

@@ -49,7 +49,7 @@ def write_ply(path: str | Path, cloud: PointCloud) -> None:
         "comment dreamjourney point cloud; radius = world-space splat radius",
         f"element vertex {len(cloud)}",
         *(f"property {'uchar' if name in ('red', 'green', 'blue') else 'float'} {name}"
-          for name in _VERTEX.names),
+          for name in _VERTEX.names or ()),
         "end_header",
     ]  # fmt: skip
     with open(path, "wb") as f:
@@ -114,7 +114,7 @@ def _vertex_layout(f) -> tuple[np.dtype, int]:
         f.seek(size, os.SEEK_CUR)
     else:
         raise ValueError("PLY file has no vertex element")
-    missing = {"x", "y", "z", "red", "green", "blue"} - set(dtype.names)
+    missing = {"x", "y", "z", "red", "green", "blue"} - set(dtype.names or ())
     if missing:
         raise ValueError(f"PLY vertex element lacks {sorted(missing)}")
     return dtype, count
@@ -123,7 +123,7 @@ def _vertex_layout(f) -> tuple[np.dtype, int]:
 def _as_cloud(data: np.ndarray) -> PointCloud:
     xyz = np.stack([data["x"], data["y"], data["z"]], axis=1).astype(np.float32)
     rgb = np.stack([data["red"], data["green"], data["blue"]], axis=1).astype(np.uint8)
-    names = data.dtype.names
+    names = data.dtype.names or ()
     radius = data["radius"].astype(np.float32) if "radius" in names else np.zeros(len(data), np.float32)
     return PointCloud(xyz, rgb, radius)
 

@@ -124,17 +124,15 @@ def make_boxes(width: int = 384, height: int = 288, fov_x_deg: float = 60.0,
 
 def _slab(dx: np.ndarray, dy: np.ndarray, lo: np.ndarray, hi: np.ndarray):
     """Ray (dx, dy, 1) from the origin against an axis-aligned box: (t_near, t_far, axis)."""
-    near, far, axis = None, None, None
+    near, far = np.full(dx.shape, -np.inf), np.full(dx.shape, np.inf)
+    axis = np.zeros(dx.shape, np.int8)
     for k, d in enumerate((dx, dy, np.ones_like(dx))):
         with np.errstate(divide="ignore", invalid="ignore"):
             a = np.where(d != 0, lo[k] / d, np.where(lo[k] <= 0, -np.inf, np.inf))
             b = np.where(d != 0, hi[k] / d, np.where(hi[k] >= 0, np.inf, -np.inf))
         t0, t1 = np.minimum(a, b), np.maximum(a, b)
-        if near is None:
-            near, far, axis = t0, t1, np.zeros(dx.shape, np.int8)
-        else:
-            axis = np.where(t0 > near, k, axis).astype(np.int8)
-            near, far = np.maximum(near, t0), np.minimum(far, t1)
+        axis = np.where(t0 > near, k, axis).astype(np.int8)
+        near, far = np.maximum(near, t0), np.minimum(far, t1)
     return near, far, axis
 
 

@@ -251,7 +251,10 @@ class GuidedVideoSampler:
         """x_t -> x_{t-1}; when ``guided``, 1 + R rounds of (renoise, guide, step) as the
         release loops them (no renoise before the first round)."""
         rounds = 1 + (config.renoise_rounds if guided else 0)
-        x_prev = x0 = loss = None
+        prior = (z_prior, mask) if guided and z_prior is not None and mask is not None else None
+        if guided and prior is None:
+            raise ValueError("a guided step needs the prior's latents and mask")
+        x_prev, x0, loss = x, None, None  # round 0 sets x_prev before any renoise reads it
         for r in range(rounds):
             if self._interrupt:
                 raise SamplingInterrupted(f"interrupted at step {i}")
@@ -260,14 +263,15 @@ class GuidedVideoSampler:
                 x = schedule.renoise(x_prev, i, generator)
                 counters.renoise_rounds += 1
             # 2. Guide: blend pastes the noised prior; release moves x_t down the prior loss
-            if guided and config.mode == "blend":
-                noised = schedule.add_noise(z_prior, i, randn_like(z_prior, generator))
-                x = mask * noised + (1.0 - mask) * x
-            elif guided and config.mode == "release":
+            if prior is not None and config.mode == "blend":
+                z, m = prior
+                noised = schedule.add_noise(z, i, randn_like(z, generator))
+                x = m * noised + (1.0 - m) * x
+            elif prior is not None and config.mode == "release":
                 out = self.adapter.predict(schedule.model_input(x, i), t, cond, scale)
                 counters.model_evals += 1
                 counters.guidance_evals += 1
-                x, loss = release_guidance(x, out, schedule, i, z_prior, mask, config.lr)
+                x, loss = release_guidance(x, out, schedule, i, *prior, config.lr)
             # 3. Step from the model's output on the (moved) x_t
             out = self.adapter.predict(schedule.model_input(x, i), t, cond, scale)
             counters.model_evals += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .spec import CONFIG_DIR, ModelSpec, load_specs
 
@@ -32,9 +33,10 @@ class Download:
 
     role: str
     repo: str
-    kind: str
+    kind: Literal["diffusers", "transformers", "file"]
     """``diffusers`` (a pipeline repository), ``transformers`` (a model) or ``file``."""
     filename: str | None = None
+    """The file of a ``file`` download (None for the others)."""
     revision: str | None = None
     ignore: tuple[str, ...] = ()
     variant: str | None = None
@@ -61,7 +63,8 @@ def downloads(specs: dict[str, ModelSpec]) -> list[Download]:
     for role, spec in specs.items():
         if Path(spec.source).expanduser().exists():
             continue
-        kind = "diffusers" if role in ("video", "inpaint") else "transformers"
+        kind: Literal["diffusers", "transformers"] = (
+            "diffusers" if role in ("video", "inpaint") else "transformers")
         match = _FILE_URL.match(spec.source)
         if match:
             out.append(Download(role, match["repo"], "file", match["file"], match["rev"]))
@@ -84,7 +87,7 @@ def is_cached(download: Download) -> bool:
     """Whether the hub cache already holds it (a repository: its index file's snapshot)."""
     from huggingface_hub import try_to_load_from_cache
 
-    if download.kind == "file":
+    if download.filename is not None:  # kind "file"
         name = download.filename
     else:
         name = "model_index.json" if download.kind == "diffusers" else "config.json"
@@ -98,7 +101,7 @@ def fetch(download: Download) -> str:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        if download.kind == "file":
+        if download.filename is not None:  # kind "file"
             return hf_hub_download(download.repo, download.filename, revision=download.revision)
         if download.kind == "diffusers" and not download.ignore:
             from diffusers import DiffusionPipeline  # fetches what from_pretrained reads

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .adapters.base import DiffusersModel
 from .published import PublishedModel
 
 _DENOISERS = {"cogvideox": "CogVideoXTransformer3DModel", "wan": "WanTransformer3DModel",
@@ -33,11 +34,11 @@ def _diffusers(name: str):
     return getattr(diffusers, name)
 
 
-def build_denoiser(model: PublishedModel) -> torch.nn.Module:
+def build_denoiser(model: PublishedModel) -> DiffusersModel:
     return _diffusers(_DENOISERS[model.family])(**model.denoiser)
 
 
-def build_vae(model: PublishedModel) -> torch.nn.Module:
+def build_vae(model: PublishedModel) -> DiffusersModel:
     return _diffusers(_VAES[model.family])(**model.vae)
 
 
@@ -50,12 +51,13 @@ def build_text_encoder(model: PublishedModel) -> torch.nn.Module | None:
     if model.text_encoder is None:
         return None
     import transformers
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
 
     cls_name, config = model.text_encoder
     cls = getattr(transformers, cls_name)
     if cls_name.startswith("Qwen2VL"):
         values = dict(config)
-        vision = transformers.Qwen2VLConfig().vision_config.__class__(**values.pop("vision_config"))
+        vision = Qwen2VLVisionConfig(**values.pop("vision_config"))
         text = {k: v for k, v in values.items()}
         cfg = transformers.Qwen2VLConfig(vision_config=vision.to_dict(), **text)
     else:
@@ -73,32 +75,33 @@ def denoiser_inputs(model: PublishedModel, batch: int = 1, device: torch.device 
     def empty(*shape):
         return torch.zeros(*shape, device=device, dtype=dtype)
 
-    text = model.text_shape
     family = model.family
     if family == "cogvideox":
         return dict(hidden_states=empty(batch, f, 2 * c, h, w),
-                    encoder_hidden_states=empty(batch, *text), timestep=empty(batch))
+                    encoder_hidden_states=empty(batch, *model.text_tokens()), timestep=empty(batch))
     if family == "wan":
         return dict(hidden_states=empty(batch, d["in_channels"], f, h, w),
-                    encoder_hidden_states=empty(batch, *text), timestep=empty(batch),
-                    encoder_hidden_states_image=empty(batch, *model.image_shape))
+                    encoder_hidden_states=empty(batch, *model.text_tokens()), timestep=empty(batch),
+                    encoder_hidden_states_image=empty(batch, *model.image_tokens()))
     if family == "wan-vace":
-        return dict(hidden_states=empty(batch, c, f, h, w), encoder_hidden_states=empty(batch, *text),
+        return dict(hidden_states=empty(batch, c, f, h, w),
+                    encoder_hidden_states=empty(batch, *model.text_tokens()),
                     timestep=empty(batch), control_hidden_states=empty(batch, 96, f, h, w),
                     control_hidden_states_scale=torch.ones(len(d["vace_layers"]), device=device))
     if family == "ltx":
         tokens = f * h * w + h * w  # the clip plus the end view's condition tokens
-        return dict(hidden_states=empty(batch, tokens, c), encoder_hidden_states=empty(batch, *text),
+        return dict(hidden_states=empty(batch, tokens, c),
+                    encoder_hidden_states=empty(batch, *model.text_tokens()),
                     timestep=empty(batch, tokens),
-                    encoder_attention_mask=torch.ones(batch, text[0], device=device),
+                    encoder_attention_mask=torch.ones(batch, model.text_tokens()[0], device=device),
                     video_coords=torch.zeros(batch, 3, tokens, device=device))
     if family == "easyanimate":
         return dict(hidden_states=empty(batch, c, f, h, w), timestep=empty(batch),
-                    encoder_hidden_states=empty(batch, *text),
+                    encoder_hidden_states=empty(batch, *model.text_tokens()),
                     inpaint_latents=empty(batch, d["in_channels"] - c, f, h, w))
     if family == "svd":
         return dict(sample=empty(batch, f, 2 * c, h, w), timestep=empty(batch),
-                    encoder_hidden_states=empty(batch, *model.image_shape),
+                    encoder_hidden_states=empty(batch, *model.image_tokens()),
                     added_time_ids=empty(batch, 3))
     raise ValueError(f"unknown family {family!r}")
 
@@ -124,7 +127,7 @@ SVD_DECODE_CHUNK = 8
 """Frames SVD's temporal decoder decodes at once (the adapter's ``decode_chunk_size``)."""
 
 
-def vae_decode(vae: torch.nn.Module, model: PublishedModel, latents: torch.Tensor) -> torch.Tensor:
+def vae_decode(vae: DiffusersModel, model: PublishedModel, latents: torch.Tensor) -> torch.Tensor:
     """Decode the clip as the family's adapter does (SVD in chunks of frames)."""
     if model.family == "svd":
         chunks = [latents[i:i + SVD_DECODE_CHUNK] for i in range(0, latents.shape[0], SVD_DECODE_CHUNK)]
@@ -176,6 +179,6 @@ def build_pipeline(model: PublishedModel, device: torch.device, dtype: torch.dty
         extra.update(image_encoder=None, image_processor=None)
     pipe = _diffusers(_PIPELINES[model.family])(scheduler=build_scheduler(model), **parts, **extra)
     if model.family == "wan":
-        shape = model.image_shape
+        shape = model.image_tokens()
         pipe.encode_image = lambda image, dev=None: torch.randn(1, *shape, device=device, dtype=dtype)
     return pipe

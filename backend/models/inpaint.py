@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -27,7 +28,7 @@ class Inpainter:
 
         device = spec.resolve_device()
         logger.info("loading inpainting pipeline %s on %s", spec.source, device)
-        kwargs = {"torch_dtype": spec.torch_dtype}
+        kwargs: dict[str, Any] = {"torch_dtype": spec.torch_dtype}
         if spec.variant:
             kwargs["variant"] = spec.variant
         pipe = AutoPipelineForInpainting.from_pretrained(spec.source, **kwargs)

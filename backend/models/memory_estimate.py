@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import full_size as fs
+from .adapters.base import DiffusersModel
 from .memory import PROFILES, MemoryProfile, enable_vae_option
 from .meta_memory import parameter_bytes, peak_of
 from .published import DEPTH_ANYTHING_V2, SD2_INPAINTING, PublishedModel, published_for
@@ -57,7 +58,7 @@ def _grouped_bytes(module: torch.nn.Module) -> int:
     return direct + 2 * largest
 
 
-def _cast(module: torch.nn.Module, fp8: bool) -> torch.nn.Module:
+def _cast(module: DiffusersModel, fp8: bool) -> DiffusersModel:
     """Float8 storage as ``apply_profile`` sets it (computed in the module's dtype)."""
     if fp8 and hasattr(module, "enable_layerwise_casting"):
         module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
@@ -90,7 +91,7 @@ def video_components(model: PublishedModel, spec: ModelSpec, fp8: bool, tiled: b
     if text is not None:
         text = text.to(dtype)
         t = Component(parameter_bytes(text), _grouped_bytes(text))
-        ids = torch.zeros(1, model.text_shape[0], dtype=torch.long, device="meta")
+        ids = torch.zeros(1, model.text_tokens()[0], dtype=torch.long, device="meta")
         t.phases["text"], _ = peak_of(lambda: text(input_ids=ids))
         parts["text_encoder"] = t
     return parts
@@ -107,14 +108,16 @@ def other_components(specs: dict[str, ModelSpec], height: int, width: int,
     depth = specs.get("depth")
     if depth is not None and depth.source in DEPTH_ANYTHING_V2:
         c = DEPTH_ANYTHING_V2[depth.source]
-        backbone = transformers.Dinov2Config(**c["backbone"], patch_size=14, image_size=518,
+        # Library-stub gaps below: Dinov2Config takes out_indices through **kwargs; the
+        # models' ``to`` is decorated (transformers) or hidden by ModelMixin (diffusers).
+        backbone = transformers.Dinov2Config(**c["backbone"], patch_size=14, image_size=518,  # type: ignore[call-arg]
                                              out_indices=_out_indices(c["backbone"]),
                                              reshape_hidden_states=False)
         config = transformers.DepthAnythingConfig(
             backbone_config=backbone, neck_hidden_sizes=c["neck_hidden_sizes"],
             fusion_hidden_size=c["fusion_hidden_size"], reassemble_hidden_size=c["backbone"]["hidden_size"])
         with torch.device("meta"):
-            net = transformers.DepthAnythingForDepthEstimation(config).to(depth.torch_dtype)
+            net = transformers.DepthAnythingForDepthEstimation(config).to(depth.torch_dtype)  # type: ignore[arg-type]
         side = 518 * max(height, width) // min(height, width) // 14 * 14
         pixels = torch.zeros(1, 3, 518, side, device="meta", dtype=depth.torch_dtype)
         part = Component(parameter_bytes(net), parameter_bytes(net))
@@ -125,13 +128,16 @@ def other_components(specs: dict[str, ModelSpec], height: int, width: int,
     inpaint = specs.get("inpaint")
     if inpaint is not None and "stable-diffusion-2-inpainting" in inpaint.source:
         with torch.device("meta"):
-            unet = diffusers.UNet2DConditionModel(**SD2_INPAINTING["unet"]).to(inpaint.torch_dtype)
+            unet: DiffusersModel = diffusers.UNet2DConditionModel(**SD2_INPAINTING["unet"])
+            unet = unet.to(inpaint.torch_dtype)
             text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**SD2_INPAINTING["text_encoder"]))
-            vae = diffusers.AutoencoderKL(**SD2_INPAINTING["vae"]).to(inpaint.torch_dtype)
+            vae: DiffusersModel = diffusers.AutoencoderKL(**SD2_INPAINTING["vae"])
+            vae = vae.to(inpaint.torch_dtype)
         h, w = height // 8, width // 8
         sample = torch.zeros(2, 9, h, w, device="meta", dtype=inpaint.torch_dtype)
         context = torch.zeros(2, 77, 1024, device="meta", dtype=inpaint.torch_dtype)
-        weights = parameter_bytes(unet) + parameter_bytes(text.to(inpaint.torch_dtype)) + parameter_bytes(vae)
+        text = text.to(inpaint.torch_dtype)  # type: ignore[arg-type]
+        weights = parameter_bytes(unet) + parameter_bytes(text) + parameter_bytes(vae)
         part = Component(weights, weights)
         part.phases["inpaint"], _ = peak_of(lambda: unet(sample, 500, encoder_hidden_states=context))
         parts["inpaint"] = part

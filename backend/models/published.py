@@ -56,6 +56,18 @@ class PublishedModel:
     options: dict[str, Any] = field(default_factory=dict)
     """Adapter options the release documents (decode timestep, ...)."""
 
+    def text_tokens(self) -> tuple[int, int]:
+        """``text_shape``: (tokens, width) of the text embeddings the denoiser takes."""
+        if self.text_shape is None:
+            raise ValueError(f"{self.family} takes no text embeddings")
+        return self.text_shape
+
+    def image_tokens(self) -> tuple[int, int]:
+        """``image_shape``: (tokens, width) of the image embeddings the denoiser takes."""
+        if self.image_shape is None:
+            raise ValueError(f"{self.family} takes no image embeddings")
+        return self.image_shape
+
     @property
     def latent_grid(self) -> tuple[int, int, int]:
         return ((self.frames - 1) // self.temporal + 1, self.height // self.spatial,

@@ -94,10 +94,6 @@ class ModelSpec:
             return torch.device("mps")
         return torch.device("cpu")
 
-    @property
-    def is_local(self) -> bool:
-        return Path(self.source).expanduser().exists()
-
     @classmethod
     def from_table(cls, role: str, table: dict[str, Any]) -> ModelSpec:
         unknown = sorted(set(table) - _SPEC_KEYS)

@@ -7,7 +7,12 @@ tokenizer is a word-level ``tokenizers`` model built in memory.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from backend.models.adapters.base import DiffusersModel
 
 _WORDS = ("a", "camera", "flyover", "cruising", "steadily", "across", "the", "scene", "water",
           "flows", "flag", "waves", "river", "bridge", "mountain", "city", "sky", "tree",
@@ -126,7 +131,7 @@ def ltx_components() -> dict:
         attention_head_dim=8, cross_attention_dim=32, num_layers=1, caption_channels=32,
     )
     torch.manual_seed(0)
-    vae = AutoencoderKLLTXVideo(
+    vae: DiffusersModel = AutoencoderKLLTXVideo(
         in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
         decoder_layers_per_block=(1, 1, 1, 1, 1),
@@ -188,7 +193,7 @@ def easyanimate_components() -> dict:
         patch_size=2,
     )
     torch.manual_seed(0)
-    vae = AutoencoderKLMagvit(
+    vae: DiffusersModel = AutoencoderKLMagvit(
         in_channels=3, out_channels=3,
         down_block_types=("SpatialDownBlock3D",) + ("SpatialTemporalDownBlock3D",) * 3,
         up_block_types=("SpatialUpBlock3D",) + ("SpatialTemporalUpBlock3D",) * 3,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from typing import Any
 
 from .adapters import ADAPTERS, VideoFamilyAdapter
 from .inpaint import place_pipeline
@@ -22,7 +23,7 @@ def load_video_adapter(spec: ModelSpec, memory: MemoryConfig | None = None) -> V
     pipeline_cls = getattr(importlib.import_module("diffusers"), adapter_cls.pipeline_class_name)
     device = spec.resolve_device()
     logger.info("loading %s pipeline %s on %s", spec.family, spec.source, device)
-    kwargs = {"dtype": spec.torch_dtype}
+    kwargs: dict[str, Any] = {"dtype": spec.torch_dtype}
     if spec.variant:
         kwargs["variant"] = spec.variant
     if spec.single_file:

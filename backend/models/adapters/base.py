@@ -33,6 +33,27 @@ class PromptEmbeds:
     """Attention masks of the text tokens, for families that take them (LTX)."""
     negative_mask: torch.Tensor | None = None
 
+    def text(self, cfg: bool) -> torch.Tensor:
+        """The embeddings a network takes: [negative, positive] along the batch with
+        classifier-free guidance, else the positive alone."""
+        return _pair(self.negative, self.positive, cfg, "prompt embeddings")
+
+    def mask(self, cfg: bool) -> torch.Tensor:
+        """The attention masks laid out like :meth:`text`."""
+        return _pair(self.negative_mask, self.positive_mask, cfg, "prompt attention masks")
+
+
+def _pair(negative: torch.Tensor | None, positive: torch.Tensor | None, cfg: bool,
+          what: str) -> torch.Tensor:
+    if positive is None or (cfg and negative is None):
+        raise ValueError(f"{what} missing (classifier-free guidance needs both branches)")
+    return torch.cat([negative, positive]) if cfg and negative is not None else positive
+
+
+DiffusersModel = Any
+"""A diffusers network (``ModelMixin``: a torch Module). Typed loosely on purpose: its
+``config`` is read by attribute (``config.patch_size``), which diffusers annotates as a dict."""
+
 
 @dataclass
 class Conditioning:
@@ -50,7 +71,11 @@ class VideoFamilyAdapter(ABC):
 
     family: ClassVar[str]
     pipeline_class_name: ClassVar[str]
-    default_max_sequence_length: ClassVar[int | None] = None
+
+    @property
+    def default_max_sequence_length(self) -> int | None:
+        """Text tokens the prompt is encoded to (None: the pipeline's own default)."""
+        return None
 
     def __init__(self, pipe) -> None:
         self.pipe = pipe
@@ -61,11 +86,11 @@ class VideoFamilyAdapter(ABC):
     # ------------------------------------------------------------------ properties
     @property
     @abstractmethod
-    def denoiser(self) -> torch.nn.Module:
+    def denoiser(self) -> DiffusersModel:
         """The transformer or UNet."""
 
     @property
-    def vae(self) -> torch.nn.Module:
+    def vae(self) -> DiffusersModel:
         return self.pipe.vae
 
     @property
@@ -242,7 +267,7 @@ class CompressionRatios:
     pipe: Any
 
     @property
-    def denoiser(self) -> torch.nn.Module:
+    def denoiser(self) -> DiffusersModel:
         return self.pipe.transformer
 
     @property

@@ -15,7 +15,7 @@ import torch
 from backend.guidance.frames import image_to_tensor
 from backend.guidance.prior import PriorVideo
 
-from .base import Conditioning, PromptEmbeds, VideoFamilyAdapter
+from .base import Conditioning, DiffusersModel, PromptEmbeds, VideoFamilyAdapter
 
 
 class CogVideoXAdapter(VideoFamilyAdapter):
@@ -31,7 +31,7 @@ class CogVideoXAdapter(VideoFamilyAdapter):
             self._patch_t = 1
 
     @property
-    def denoiser(self) -> torch.nn.Module:
+    def denoiser(self) -> DiffusersModel:
         return self.pipe.transformer
 
     @property
@@ -109,10 +109,9 @@ class CogVideoXAdapter(VideoFamilyAdapter):
         frames = self.latent_frames(num_frames)
         padding = first.new_zeros((1, frames - 1, *first.shape[2:]))
         image_latents = torch.cat([first, padding], dim=1).to(self.dtype)
-        text = prompt.positive
+        text = prompt.text(cfg)
         if cfg:
             image_latents = torch.cat([image_latents, image_latents])
-            text = torch.cat([prompt.negative, prompt.positive])
         rotary = None
         if self.denoiser.config.use_rotary_positional_embeddings:
             rotary = self.pipe._prepare_rotary_positional_embeddings(height, width, frames, device)

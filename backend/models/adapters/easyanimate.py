@@ -111,10 +111,9 @@ class EasyAnimateAdapter(CompressionRatios, VideoFamilyAdapter):
         else:
             mask_latents = self._encode_native(torch.tile(mask, (1, 3, 1, 1, 1)))
         inpaint = torch.cat([mask_latents, video_latents], dim=1).to(self.dtype)
-        text = prompt.positive
+        text = prompt.text(cfg)
         if cfg:
             inpaint = torch.cat([inpaint, inpaint])
-            text = torch.cat([prompt.negative, prompt.positive])
         return Conditioning(cfg, {"inpaint": inpaint, "text": text.to(self.dtype)})
 
     def forward(self, model_input: torch.Tensor, timestep: torch.Tensor,

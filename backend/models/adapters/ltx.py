@@ -187,10 +187,8 @@ class LTXAdapter(CompressionRatios, VideoFamilyAdapter):
             end = image_to_tensor(prior.frames[-1], device, torch.float32).unsqueeze(2)
             extra = self.pipe._pack_latents(self._encode_native(end))  # 1 hw C
             coords = torch.cat([self._coords(1, h, w, num_frames - 1), coords], dim=2)
-        text, mask = prompt.positive, prompt.positive_mask
+        text, mask = prompt.text(cfg), prompt.mask(cfg)
         if cfg:
-            text = torch.cat([prompt.negative, prompt.positive])
-            mask = torch.cat([prompt.negative_mask, prompt.positive_mask])
             coords = torch.cat([coords, coords])
         return Conditioning(cfg, {"kept": kept, "strength": strength, "extra": extra,
                                   "coords": coords, "text": text.to(self.dtype),
@@ -264,7 +262,8 @@ def ltx_noise_schedule(scheduler, num_inference_steps: int,
     else:
         values = (linear_quadratic_schedule(num_inference_steps) * 1000).tolist()
     with scheduler_logger_quiet():  # the chain is checked below: its consistency warning is moot
-        retrieve_timesteps(scheduler, num_inference_steps, "cpu", values)
+        # diffusers annotates timesteps as ints; the LTX pipeline itself passes floats
+        retrieve_timesteps(scheduler, num_inference_steps, "cpu", values)  # type: ignore[arg-type]
     table = scheduler.sigmas.detach().to("cpu", torch.float64)
     steps = scheduler.timesteps.detach().to("cpu")
     current = steps.to(torch.float64) / float(scheduler.config.num_train_timesteps)

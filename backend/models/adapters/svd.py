@@ -17,7 +17,7 @@ import torch
 from backend.guidance.frames import image_to_tensor
 from backend.guidance.prior import PriorVideo
 
-from .base import Conditioning, PromptEmbeds, VideoFamilyAdapter
+from .base import Conditioning, DiffusersModel, PromptEmbeds, VideoFamilyAdapter
 
 
 class SVDAdapter(VideoFamilyAdapter):
@@ -33,7 +33,7 @@ class SVDAdapter(VideoFamilyAdapter):
         self.decode_chunk_size = decode_chunk_size
 
     @property
-    def denoiser(self) -> torch.nn.Module:
+    def denoiser(self) -> DiffusersModel:
         return self.pipe.unet
 
     @property

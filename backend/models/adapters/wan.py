@@ -18,7 +18,7 @@ import torch
 from backend.guidance.frames import image_to_tensor
 from backend.guidance.prior import PriorVideo
 
-from .base import Conditioning, PromptEmbeds, VideoFamilyAdapter
+from .base import Conditioning, DiffusersModel, PromptEmbeds, VideoFamilyAdapter
 
 
 class WanAdapter(VideoFamilyAdapter):
@@ -35,7 +35,7 @@ class WanAdapter(VideoFamilyAdapter):
             raise ValueError("wan: two-expert Wan 2.2 checkpoints are not supported by this adapter")
 
     @property
-    def denoiser(self) -> torch.nn.Module:
+    def denoiser(self) -> DiffusersModel:
         return self.pipe.transformer
 
     @property
@@ -101,10 +101,9 @@ class WanAdapter(VideoFamilyAdapter):
         if self.denoiser.config.image_dim is not None:
             images = image if end is None else [image, end]
             image_embeds = self.pipe.encode_image(images, device).to(self.dtype)
-        text = prompt.positive
+        text = prompt.text(cfg)
         if cfg:
             condition = torch.cat([condition, condition])
-            text = torch.cat([prompt.negative, prompt.positive])
             if image_embeds is not None:
                 image_embeds = torch.cat([image_embeds, image_embeds])
         return Conditioning(cfg, {"condition": condition, "text": text.to(self.dtype),

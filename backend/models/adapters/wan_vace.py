@@ -53,10 +53,9 @@ class WanVACEAdapter(WanAdapter):
         mask_latents = self.pipe.prepare_masks(hole, [[]], generator)
         control = torch.cat([video_latents, mask_latents.to(video_latents.dtype)], dim=1)
         control = control.to(self.dtype)
-        text = prompt.positive
+        text = prompt.text(cfg)
         if cfg:
             control = torch.cat([control, control])
-            text = torch.cat([prompt.negative, prompt.positive])
         layers = len(self.denoiser.config.vace_layers)
         scale = torch.full((layers,), float(self.conditioning_scale), device=self.device)
         return Conditioning(cfg, {"control": control, "text": text.to(self.dtype),

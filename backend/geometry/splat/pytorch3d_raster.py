@@ -1,6 +1,6 @@
-"""Adapter: render through pytorch3d's PointsRasterizer (selected by SplatConfig.backend).
+"""Adapter: render through pytorch3d's PointsRasterizer (``SplatConfig.backend = "pytorch3d"``).
 
-Same inputs and RenderOutput as the native renderer. Per pose, each point's screen radius
+The same ``render`` signature and RenderOutput as the other renderers. Per pose, each point's screen radius
 ``radius * f / z`` (clamped to ``[sqrt(0.5), max_radius_px]`` px, so it covers at least the
 pixel it falls in) is converted to pytorch3d's NDC units (2 / min(H, W) per pixel); the
 rasterizer keeps the nearest point per pixel (points_per_pixel=1), i.e. an opaque
@@ -10,39 +10,27 @@ compositor, and colour is gathered by that index. Needs pytorch3d importable.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+import threading
 
 import numpy as np
 import torch
 
-from backend.geometry.render import RenderOutput, _as_cloud
-
-if TYPE_CHECKING:
-    from backend.geometry.render import SplatRenderer
+from backend.geometry.splat.base import DeviceCloud, RenderOutput, SplatConfig, mean_focal
 
 
-def render_pytorch3d(
-    renderer: SplatRenderer,
-    source,
-    poses: np.ndarray,
-    K: np.ndarray,
-    width: int,
-    height: int,
-    return_index: bool = False,
-) -> RenderOutput:
-    """Render like ``SplatRenderer.render`` with pytorch3d's rasterizer."""
+def render(cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray, width: int, height: int,
+           config: SplatConfig, scratch: threading.local, want_index: bool) -> RenderOutput:
+    """Render with pytorch3d's rasterizer, one pose at a time (``scratch`` is unused)."""
     try:
         from pytorch3d.renderer import PointsRasterizationSettings, PointsRasterizer
         from pytorch3d.structures import Pointclouds
         from pytorch3d.utils import cameras_from_opencv_projection
     except ImportError as e:
         raise ImportError("backend='pytorch3d' needs pytorch3d installed") from e
-    device, cfg = renderer.device, renderer.config
-    cloud = _as_cloud(source)
-    xyz = torch.from_numpy(cloud.xyz).to(device)
-    rgb = torch.from_numpy(cloud.rgb).to(device)
-    radius = torch.from_numpy(cloud.radius).to(device)
-    f = 0.5 * (K[0, 0] + K[1, 1])
+    cfg = config
+    device = cloud.radius.device
+    xyz, rgb, radius = cloud.xyz_t.T, cloud.rgb(), cloud.radius
+    f = mean_focal(K)
     px_to_ndc = 2.0 / min(width, height)
     settings = PointsRasterizationSettings(
         image_size=(height, width), radius=0.0, points_per_pixel=1
@@ -81,5 +69,5 @@ def render_pytorch3d(
         torch.stack(images).to(torch.uint8),
         torch.stack(masks),
         torch.stack(depths).float(),
-        torch.stack(indices) if return_index else None,
+        torch.stack(indices) if want_index else None,
     )

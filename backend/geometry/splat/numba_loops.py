@@ -1,9 +1,9 @@
-"""The anti-aliased splatting of ``render.py`` as compiled CPU loops (numba), one pose at a time.
+"""The anti-aliased splatting of ``filtered`` as compiled CPU loops (numba), one pose at a time.
 
 The torch path forms every tap of every point as tensors and scatters them: about forty
 passes over memory per frame, each a few hundred microseconds on two cores. Here a frame is
 a few compiled loops, each one pass over the points or the pixels. The arithmetic is the
-module docstring of ``render.py``, step for step:
+module docstring of ``filtered``, step for step:
 
 1. project (float32, relative to the camera's centre), drop points behind ``near`` or too
    far off-screen for any tap; a tent's pixels are noted;
@@ -26,6 +26,9 @@ loops release the GIL (``nogil``), so the chunks run side by side on a thread po
 several renders may run at once. Compiled on first use (3-4 s; numba caches the machine
 code beside this file, or in the user's cache when that is read-only, so later processes
 load it in ~0.3 s); ``SplatRenderer.warm_up`` does it ahead of time.
+
+Over 400 lines on purpose: the compiled kernels share one buffer layout and one set of
+conventions (unsigned slots, the dump slot) that only make sense side by side.
 """
 
 from __future__ import annotations
@@ -34,9 +37,20 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
+import torch
 
+from backend.geometry.splat.base import (
+    DeviceCloud,
+    RenderOutput,
+    SplatConfig,
+    centred_projections,
+    mean_focal,
+)
+
+numba: Any
 try:
     import numba
 except ImportError:  # the torch path renders instead
@@ -332,8 +346,26 @@ def _buffers(n: int, parts: int, size: int) -> _Buffers:
     return held
 
 
+def render(cloud: DeviceCloud, poses: np.ndarray, K: np.ndarray, width: int, height: int,
+           config: SplatConfig, scratch: threading.local, want_index: bool) -> RenderOutput:
+    """Steps 1-5 of ``filtered`` for every pose, one at a time (a non-empty cloud on the CPU;
+    the loops keep their own per-thread buffers, so ``scratch`` is unused)."""
+    out = RenderOutput.empty(len(poses), height, width, torch.device("cpu"), want_index)
+    P = centred_projections(poses, K)
+    xyz_t = np.ascontiguousarray(cloud.xyz_t.numpy(), np.float32)
+    radius = np.ascontiguousarray(cloud.radius.numpy(), np.float32)
+    rgb = cloud.rgba.numpy().view(np.uint8).reshape(-1, 4)
+    threads = config.threads or torch.get_num_threads()
+    for i, p in enumerate(P):
+        views = (out.image[i].numpy(), out.mask[i].numpy(), out.depth[i].numpy(),
+                 None if out.index is None else out.index[i].numpy())
+        render_filtered(xyz_t, radius, rgb, p, mean_focal(K), width, height, config, threads, views)
+    return out
+
+
 def render_filtered(xyz_t: np.ndarray, radius: np.ndarray, rgb: np.ndarray, P: np.ndarray, f: float,
-                    width: int, height: int, cfg, threads: int, out: tuple) -> None:
+                    width: int, height: int, cfg: SplatConfig, threads: int,
+                    out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]) -> None:
     """Render one pose into ``out``: (image H x W x 3 uint8, mask H x W bool, depth H x W
     float32, index H x W int64 or None), all C-contiguous.
 
