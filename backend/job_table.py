@@ -14,12 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, cast
 
 from backend import wire
 from backend.config import BackendConfig
 from backend.engines.base import Engine
-from backend.jobs import Job, JobContext, JobRun
+from backend.jobs import WIRE_KINDS, Job, JobContext, JobRun
 from backend.outbox import Endpoint, PeerOutbox
 from backend.quotas import QuotaExceeded, Quotas
 from backend.scenes import OpenEntry, SceneRegistry
@@ -85,8 +84,7 @@ class JobTable:
             return
         ahead = self._queue(job)
         if ahead is not None:
-            kind = cast(Literal["transition", "dynamics"], job.kind.value)
-            self.endpoint.send(peer, JobAccepted(job_id=job.job_id, kind=kind,
+            self.endpoint.send(peer, JobAccepted(job_id=job.job_id, kind=WIRE_KINDS[job.kind],
                                                  num_frames=job.num_frames, queue_position=ahead))
 
     def _refusal(self, job: Job) -> tuple[JobFailCode, str] | None:

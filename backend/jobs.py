@@ -42,6 +42,7 @@ from backend.engines.base import (
     TransitionRequest,
     WorkerLost,
 )
+from backend.manifest import ClipKind
 from backend.outbox import Outbox
 from backend.quotas import QuotaExceeded, Quotas, cloud_bytes
 from backend.scenes import OpenEntry, ResidentLimit, SceneRegistry, UndoPoint
@@ -67,7 +68,11 @@ RUNS: dict[type, tuple[JobKind, Callable[..., Iterator[Event]]]] = {
     DynamicsRequest: (JobKind.DYNAMICS, run_dynamics),
 }
 """Engine request type -> its kind and how an engine runs it (a new job kind adds its
-entry here and its message's in ``backend.wire.REQUESTS``)."""
+entry here, in :data:`WIRE_KINDS` and its message's in ``backend.wire.REQUESTS``)."""
+
+WIRE_KINDS: dict[JobKind, ClipKind] = {JobKind.TRANSITION: "transition",
+                                       JobKind.DYNAMICS: "dynamics"}
+"""A job's kind as JobAccepted and the session's clip entries name it."""
 
 
 @dataclass
@@ -250,7 +255,7 @@ class JobRun:
             grown = cloud_bytes(len(scene.cloud)) if is_transition else 0
             self.ctx.quotas.check_bytes(job.client, self.writer.bytes_written() + grown)
             clip = self.ctx.sessions.owned_by(job.client).commit_clip(
-                scene.scene_id, job.kind.value, self.writer, np.stack(self.poses), scene.K,
+                scene.scene_id, WIRE_KINDS[job.kind], self.writer, np.stack(self.poses), scene.K,
                 job.request.fps, scene.pose, store=scene.cloud if is_transition else None,
                 timings=timings)
             timings["save"] = time.monotonic() - t1
