@@ -236,10 +236,11 @@ class EndpointIO:
     # -- outgoing messages --
 
     def _on_outgoing(self, items: list[Outgoing]) -> None:
-        """What application threads queued, in order. Each peer is flushed once at the end,
-        so a job waiting for room wakes once per batch, not once per frame."""
+        """What application threads queued, in order. A peer is flushed once at the end, so
+        a job waiting for room wakes once per batch, not once per frame; but at once after an
+        Error that answers its request, so that when that Error puts it over its refusal
+        budget, the notice it is shut out follows that Error, not the whole batch."""
         touched: dict[bytes, Peer] = {}
-        refused: set[bytes] = set()
         for peer_id, frame_of, frames, refusal in items:
             peer = self._peers.get(peer_id)
             if peer is None:
@@ -248,18 +249,18 @@ class EndpointIO:
                 if frames is not None and frame_of is None:
                     self._sock.send_multipart([peer_id, *frames], copy=False)  # e.g. an Error
                 continue
-            touched[peer_id] = peer
-            if refusal:
-                self._police.refused(peer_id)
-                refused.add(peer_id)
             if frames is None:
                 self._release(peer_id, peer.discard(frame_of))
             elif not peer.hold(frame_of, frames):
                 self._release(peer_id, 1)  # produced before the job saw its Cancel
+            if refusal:
+                self._police.refused(peer_id)
+                self._flush(peer)
+                self._shut_if_over_refusals(peer_id)
+            else:
+                touched[peer_id] = peer
         for peer in touched.values():
             self._flush(peer)
-        for peer_id in refused:
-            self._shut_if_over_refusals(peer_id)
 
     def _flush(self, peer: Peer) -> None:
         """Send what ``peer``'s credit allows of what is held for it."""
