@@ -1,9 +1,11 @@
 """One job (a transition or a dynamics clip), run in slices on the scheduler's slots.
 
-:class:`JobRun` is the body of a job's ticket. It validates the request, then pulls events
-from the engine's generator and streams them: Progress as is, frames under the client's
-credit (encoded as the client asked), each frame also streamed into the clip's MP4, added
-points as PointsDelta chunks. It ends with JobDone or JobFailed, always.
+:class:`JobRun` is the body of a job's ticket. A :class:`Job` carries its engine request,
+checked before it was queued (``backend.wire``), and the :class:`~backend.outbox.Outbox` of
+its explorer. It pulls events from the engine's generator and streams them: Progress as is,
+frames under the client's credit (encoded as the client asked), each frame also streamed
+into the clip's MP4, added points as PointsDelta chunks. It ends with JobDone or JobFailed,
+always.
 
 It holds its slot only while it makes progress. When the client has not granted credit for
 the next frame and another client's job waits for a slot, it hands the slot back and parks
@@ -21,38 +23,58 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from backend import wire
 from backend.config import BackendConfig
 from backend.engines.base import (
     DynamicsRequest,
     Engine,
     EngineError,
+    Event,
     FrameOut,
     MotionOut,
     PointsOut,
-    Progress,
+    ProgressOut,
     Scene,
     TransitionRequest,
     WorkerLost,
 )
+from backend.manifest import ClipKind
+from backend.outbox import Outbox
 from backend.quotas import QuotaExceeded, Quotas, cloud_bytes
 from backend.region_motion import motion_messages
-from backend.region_reply import check_view_marks
-from backend.scenes import OpenEntry, ResidentLimit, SceneTable
+from backend.scenes import OpenEntry, ResidentLimit, SceneRegistry, UndoPoint
 from backend.scheduler import FairScheduler, JobKind, Resume
-from backend.session import SessionError, SessionStore
+from backend.session import ClipWriter, SessionError, SessionStore
 from protocol import codec
-from protocol.camera import check_pose
-from protocol.errors import BadArray, BadValue, JobFailCode, ProtocolError
-from protocol.messages import Dynamics, Frame, JobDone, JobFailed, Transition
-from protocol.messages import Progress as ProgressMsg
-from protocol.transport import ServerEndpoint
+from protocol.errors import JobFailCode
+from protocol.messages import JobDone, JobFailed
 
 log = logging.getLogger(__name__)
+
+
+def run_transition(engine: Engine, scene: Scene, request: TransitionRequest) -> Iterator[Event]:
+    return engine.transition(scene, request)
+
+
+def run_dynamics(engine: Engine, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
+    return engine.dynamics(scene, request)
+
+
+RUNS: dict[type, tuple[JobKind, Callable[..., Iterator[Event]]]] = {
+    TransitionRequest: (JobKind.TRANSITION, run_transition),
+    DynamicsRequest: (JobKind.DYNAMICS, run_dynamics),
+}
+"""Engine request type -> its kind and how an engine runs it (a new job kind adds its
+entry here, in :data:`WIRE_KINDS` and its message's in ``backend.wire.REQUESTS``)."""
+
+WIRE_KINDS: dict[JobKind, ClipKind] = {JobKind.TRANSITION: "transition",
+                                       JobKind.DYNAMICS: "dynamics"}
+"""A job's kind as JobAccepted and the session's clip entries name it."""
 
 
 @dataclass
@@ -61,42 +83,46 @@ class Job:
     peer: bytes
     client: str
     """The client identity (owner)."""
-    kind: JobKind
     entry: OpenEntry
     """The open scene it runs on (loaded again first if it was unloaded)."""
-    msg: Transition | Dynamics
-    blobs: list
+    request: wire.JobRequest
+    """The engine request, checked (``backend.wire``)."""
+    outbox: Outbox
+    """Where its messages go (its explorer's connection)."""
     engine: str
     """Name of the engine to run it (created on the job's slot if not resident yet)."""
-    num_frames: int
+    frame_codec: str = "jpeg"
+    """How its Frames are encoded (the explorer's ``frame_codec``)."""
     cancel: threading.Event = field(default_factory=threading.Event)
     accepted_at: float = field(default_factory=time.perf_counter)
 
+    @property
+    def kind(self) -> JobKind:
+        return RUNS[type(self.request)][0]
 
-class JobHost(Protocol):
+    @property
+    def num_frames(self) -> int:
+        request = self.request
+        return len(request.poses) if isinstance(request, TransitionRequest) else request.num_frames
+
+
+@dataclass(frozen=True)
+class JobContext:
     """What a job needs of the backend."""
 
     config: BackendConfig
-    endpoint: ServerEndpoint
     sessions: SessionStore
     quotas: Quotas
-    scenes: SceneTable
-
-    def engine(self, name: str | None) -> Engine: ...
-
-    def load_scene(self, entry: OpenEntry) -> Scene:
-        """The entry's scene in memory (loaded from its session if it was unloaded)."""
-
-    def send_points(self, peer: bytes, scene_id: str, cloud, total: int, job_id: str | None) -> None: ...
-
-    def job_ended(self, job: Job) -> None:
-        """Forget the job (its outcome is about to be sent)."""
+    scenes: SceneRegistry
+    engine: Callable[[str], Engine]
+    ended: Callable[[Job], None]
+    """Forget the job (its outcome is about to be sent)."""
 
 
 class _Stop(Exception):
     """A job stops early; ``code`` and the message go into its JobFailed."""
 
-    def __init__(self, code: JobFailCode, message: str):
+    def __init__(self, code: JobFailCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -107,34 +133,38 @@ _END = object()
 class JobRun:
     """The resumable body of one job; call it on a slot until it returns None."""
 
-    def __init__(self, host: JobHost, job: Job, scheduler: FairScheduler, preemptible: bool):
-        self.host, self.job, self.scheduler = host, job, scheduler
+    def __init__(self, ctx: JobContext, job: Job, scheduler: FairScheduler, preemptible: bool):
+        self.ctx, self.job, self.scheduler = ctx, job, scheduler
         self.preemptible = preemptible
         """Whether it may hand its slot back (not with remote workers, which it would keep)."""
-        self.started: float | None = None
+        self.started = 0.0
         self.waiting_since: float | None = None
         """When it began waiting for frame credit (None while it has room)."""
-        self.events = None
-        self.writer = None
-        self.held = None
+        self.scene: Scene | None = None
+        self.events: Iterator[Event] | None = None
+        self.writer: ClipWriter | None = None
+        self.held: Event | object | None = None
         """An event pulled from the engine that waits for credit."""
+        self.before: UndoPoint | None = None
         self.poses: list[np.ndarray] = []
         self.count = 0
         self.first_frame_s: float | None = None
+        self.K: tuple[float, ...] = ()
         self.kept: MotionOut | None = None
         """The motion a dynamics run left in the world (4D points)."""
 
     def __call__(self) -> Resume | None:
         job = self.job
+        outcome: JobDone | JobFailed
         try:
-            if self.started is None:
+            if self.scene is None:
                 self._start()
             resume = self._stream()
             if resume is not None:
                 return resume
             outcome = self._finish()
         except _Stop as stop:
-            self.host.endpoint.discard_frames(job.peer, job.job_id)
+            job.outbox.discard_frames(job.job_id)
             outcome = JobFailed(job_id=job.job_id, code=stop.code, message=str(stop))
         except QuotaExceeded as exc:
             outcome = JobFailed(job_id=job.job_id, code="quota", message=str(exc))
@@ -147,8 +177,8 @@ class JobRun:
             outcome = JobFailed(job_id=job.job_id, code="internal",
                                 message=f"{type(exc).__name__} (the backend's log has the details)")
         self._close()
-        if self.host.endpoint.is_connected(job.peer):
-            self.host.endpoint.send(job.peer, outcome)
+        if job.outbox.connected():
+            job.outbox.send(outcome)
         else:
             log.info("job %s ended after its explorer left", job.job_id)
         return None
@@ -156,37 +186,32 @@ class JobRun:
     # -- steps --
 
     def _start(self) -> None:
-        job, host = self.job, self.host
+        job, ctx = self.job, self.ctx
         self.started = time.monotonic()
-        host.scenes.use(job.entry)
+        ctx.scenes.use(job.entry)
         self._check_stop()
         try:
-            self.scene = host.load_scene(job.entry)
+            scene = self.scene = ctx.scenes.load(job.entry)
         except ResidentLimit as exc:
             raise _Stop("busy", str(exc)) from None
         except (SessionError, OSError, ValueError) as exc:
             log.warning("scene %s could not be loaded again: %s", job.entry.scene_id, exc)
             raise _Stop("bad_request", "the scene's saved session cannot be loaded") from None
-        try:
-            self.request = validate(job, self.scene)
-        except (ProtocolError, ValueError) as exc:  # check_pose raises ValueError
-            raise _Stop("bad_request", str(exc)) from None
-        scene = self.scene
-        self.before = (job.job_id, len(scene.cloud), scene.pose.copy(), scene.cloud.merges)
-        if host.config.save_clips:
-            host.quotas.check_bytes(job.client)
-        engine = host.engine(job.engine)
-        run = engine.transition if job.kind is JobKind.TRANSITION else engine.dynamics
-        self.events = run(scene, self.request)
-        if host.config.save_clips:
-            owned = host.sessions.owned_by(job.client)
-            self.writer = owned.begin_clip(scene.scene_id, self.request.fps)
-        self.K = codec.k_list(scene.K)
+        self.before = UndoPoint(job.job_id, len(scene.cloud), scene.pose.copy(), scene.cloud.merges)
+        if ctx.config.save_clips:
+            ctx.quotas.check_bytes(job.client)
+        run = RUNS[type(job.request)][1]
+        self.events = run(ctx.engine(job.engine), scene, job.request)
+        if ctx.config.save_clips:
+            owned = ctx.sessions.owned_by(job.client)
+            self.writer = owned.begin_clip(scene.scene_id, job.request.fps)
+        self.K = tuple(codec.k_list(scene.K))
 
     def _stream(self) -> Resume | None:
         """Send events until the engine is done (None) or the slot is handed back: parked
         until credit comes, or queued again after a time slice."""
-        slice_end = time.monotonic() + self.host.config.scheduler.slice_s
+        assert self.events is not None
+        slice_end = time.monotonic() + self.ctx.config.scheduler.slice_s
         while True:
             self._check_stop()
             if self.held is None:
@@ -201,35 +226,35 @@ class JobRun:
                     and self.scheduler.others_waiting(self.job.client)):
                 return Resume()
 
-    def _emit(self, ev) -> None:
-        job, endpoint, scene = self.job, self.host.endpoint, self.scene
+    def _emit(self, ev: object) -> None:
+        job, ctx, scene = self.job, self.ctx, self.scene
+        assert scene is not None
         if isinstance(ev, FrameOut):
-            ref, data = codec.encode_image(ev.image, job.msg.frame_codec,
-                                           quality=self.host.config.jpeg_quality)
-            endpoint.send(job.peer, Frame(
-                job_id=job.job_id, index=ev.index, num_frames=job.num_frames,
-                pose=codec.pose_list(ev.pose), K=self.K, image=ref, fps=self.request.fps,
-                loop=job.kind is JobKind.DYNAMICS), [data])
+            job.outbox.send(*wire.frame_message(
+                job.job_id, ev, job.num_frames, self.K, job.request.fps,
+                loop=job.kind is JobKind.DYNAMICS, frame_codec=job.frame_codec,
+                quality=ctx.config.jpeg_quality))
             self.first_frame_s = self.first_frame_s or time.monotonic() - self.started
             if self.writer is not None:
                 self.writer.add(ev.image)
-                self.host.quotas.check_bytes(job.client, self.writer.bytes_written())
+                ctx.quotas.check_bytes(job.client, self.writer.bytes_written())
             self.poses.append(ev.pose)
             self.count += 1
-        elif isinstance(ev, Progress):
-            endpoint.send(job.peer, ProgressMsg(job_id=job.job_id, stage=ev.stage, step=ev.step,
-                                                total=ev.total, message=ev.message))
+        elif isinstance(ev, ProgressOut):
+            job.outbox.send(wire.progress_message(job.job_id, ev))
         elif isinstance(ev, PointsOut):
-            self.host.send_points(job.peer, scene.scene_id, ev.cloud, total=len(scene.cloud),
-                                  job_id=job.job_id)
+            for msg, blobs in wire.points_messages(scene.scene_id, ev.cloud, len(scene.cloud),
+                                                   job.job_id, ctx.config.chunk_points):
+                job.outbox.send(msg, blobs)
         elif isinstance(ev, MotionOut):
             self.kept = ev
-            for msg, blobs in motion_messages(scene, ev.index, ev.motion, job.job_id,
-                                              self.host.config.chunk_points):
-                endpoint.send(job.peer, msg, blobs)
+            for moving, blobs in motion_messages(scene, ev.index, ev.motion, job.job_id,
+                                                 ctx.config.chunk_points):
+                job.outbox.send(moving, blobs)
 
     def _finish(self) -> JobDone:
         job, scene = self.job, self.scene
+        assert scene is not None and self.before is not None
         is_transition = job.kind is JobKind.TRANSITION
         changed = is_transition or self.kept is not None  # points grown, or set moving
         timings = {"first_frame": self.first_frame_s or 0.0,
@@ -238,39 +263,41 @@ class JobRun:
         if self.writer is not None and self.count:
             t1 = time.monotonic()
             grown = cloud_bytes(len(scene.cloud)) if changed else 0
-            self.host.quotas.check_bytes(job.client, self.writer.bytes_written() + grown)
-            clip = self.host.sessions.owned_by(job.client).commit_clip(
-                scene.scene_id, job.kind.value, self.writer, np.stack(self.poses), scene.K,
-                self.request.fps, scene.pose, store=scene.cloud if changed else None,
+            self.ctx.quotas.check_bytes(job.client, self.writer.bytes_written() + grown)
+            clip = self.ctx.sessions.owned_by(job.client).commit_clip(
+                scene.scene_id, WIRE_KINDS[job.kind], self.writer, np.stack(self.poses), scene.K,
+                job.request.fps, scene.pose, store=scene.cloud if changed else None,
                 timings=timings, region=None if self.kept is None else self.kept.region)
             timings["save"] = time.monotonic() - t1
         elif changed:
             job.entry.dirty = True  # changed in memory only
         if changed:
-            job.entry.undo.append((*self.before, self.kept))
+            self.ctx.scenes.remember(job.entry, replace(self.before, kept=self.kept))
         timings["total"] = time.monotonic() - self.started
         return JobDone(job_id=job.job_id, num_frames=self.count, timings=timings, clip=clip)
 
     def _close(self) -> None:
         """Release what the job held, however it ended."""
         if self.events is not None:
-            self.events.close()
+            close = getattr(self.events, "close", None)
+            if close is not None:
+                close()
         if self.writer is not None:
             self.writer.abort()  # no-op once committed
-        if self.started is not None:
-            self.host.scenes.done_with(self.job.entry)
-        self.host.job_ended(self.job)
+        if self.started:
+            self.ctx.scenes.done_with(self.job.entry)
+        self.ctx.ended(self.job)
 
     # -- waiting --
 
     def _await_room(self) -> bool:
         """Wait on the slot for room for one more frame while nobody else needs the slot;
         False when it should be handed back."""
-        endpoint, job = self.host.endpoint, self.job
+        job = self.job
         if self.waiting_since is None:
             self.waiting_since = time.monotonic()
         while True:
-            if endpoint.wait_writable(job.peer, self.host.config.frames_ahead, timeout=0.05):
+            if job.outbox.wait_room(self.ctx.config.frames_ahead, timeout=0.05):
                 self.waiting_since = None
                 return True
             self._check_stop()
@@ -279,20 +306,20 @@ class JobRun:
 
     def _can_go_on(self) -> bool:
         """Whether a parked job should run again: room for a frame, or a reason to end."""
-        job, endpoint, now = self.job, self.host.endpoint, time.monotonic()
-        sched = self.host.config.scheduler
+        job, now = self.job, time.monotonic()
+        sched = self.ctx.config.scheduler
         waited = now - (self.waiting_since or now)
-        return (job.cancel.is_set() or not endpoint.is_connected(job.peer)
-                or endpoint.wait_writable(job.peer, self.host.config.frames_ahead, timeout=0)
+        return (job.cancel.is_set() or not job.outbox.connected()
+                or job.outbox.has_room(self.ctx.config.frames_ahead)
                 or waited > sched.credit_timeout_s or now - self.started > sched.max_job_s)
 
     def _check_stop(self) -> None:
-        job, sched, now = self.job, self.host.config.scheduler, time.monotonic()
+        job, sched, now = self.job, self.ctx.config.scheduler, time.monotonic()
         if job.cancel.is_set():
-            if not self.host.endpoint.is_connected(job.peer):
+            if not job.outbox.connected():
                 raise _Stop("peer_gone", "job stopped: the explorer disconnected")
             raise _Stop("cancelled", "job stopped: cancelled")
-        if not self.host.endpoint.is_connected(job.peer):
+        if not job.outbox.connected():
             raise _Stop("peer_gone", "job stopped: the explorer disconnected")
         if now - self.started > sched.max_job_s:
             raise _Stop("time_limit", f"the job ran {sched.max_job_s:g} s, the limit per job "
@@ -300,25 +327,3 @@ class JobRun:
         if self.waiting_since is not None and now - self.waiting_since > sched.credit_timeout_s:
             raise _Stop("credit_timeout", f"no frame credit for {sched.credit_timeout_s:g} s "
                         "(scheduler.credit_timeout_s): the job was cancelled")
-
-
-def validate(job: Job, scene: Scene) -> TransitionRequest | DynamicsRequest:
-    """The engine request, every number checked (this runs on the job's slot, not the
-    dispatcher). Arrows are bounded by the view: a start inside it, a displacement per
-    frame no longer than its larger side."""
-    msg = job.msg
-    if job.kind is JobKind.TRANSITION:
-        poses = np.asarray(codec.read_array(msg.poses, job.blobs), dtype=np.float64)
-        if poses.ndim != 3 or poses.shape[1:] != (4, 4):
-            raise BadArray(f"poses must be N x 4 x 4, got {poses.shape}")
-        reach = 1e4 * max(scene.median_depth, 1e-3)
-        for i, p in enumerate(poses):
-            check_pose(p, f"pose {i}")
-            if np.abs(p[:3, 3]).max() > reach:
-                raise BadValue(f"pose {i} is more than {reach:g} (10^4 median depths) from the "
-                               "first view")
-        return TransitionRequest(poses, msg.fps, msg.prompt, msg.seed, msg.preset, msg.dynamics)
-    pose = check_pose(codec.pose_array(msg.pose))
-    frozen = check_view_marks(scene, msg.arrows, msg.frozen, job.blobs)
-    return DynamicsRequest(pose, msg.num_frames, msg.fps, tuple(msg.arrows), frozen,
-                           msg.prompt, msg.seed)

@@ -45,7 +45,7 @@ def _optional_subcommands() -> list[Callable[[argparse._SubParsersAction], None]
     for module, attr in (
         ("backend.serve_cli", "add_arguments"),
         ("explorer.app_main", "add_arguments"),
-        ("backend.cluster.status_cli", "add_arguments"),
+        ("backend.status_cli", "add_arguments"),
         ("backend.tools_cli", "add_arguments"),
         ("backend.export.cli", "add_arguments"),
     ):

@@ -188,11 +188,11 @@ class PhotoServer:
 
     def credits_granted(self) -> int:
         """Credit the explorer has granted on the wire beyond its initial window."""
-        with self.endpoint._cond:  # the endpoint's own peer record (test-only reading)
-            peer = None if self.peer is None else self.endpoint._peers.get(self.peer)
-            if peer is None:
-                return -1
-            return peer.credits + peer.frames_sent - self.initial_credits
+        report = None if self.peer is None else self.endpoint.credit_report(self.peer)
+        if report is None:
+            return -1
+        credits, frames_sent = report
+        return credits + frames_sent - self.initial_credits
 
     initial_credits = 8
 

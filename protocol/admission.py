@@ -89,7 +89,8 @@ class HelloGate:
 
     def ready(self, now: float) -> list[Any]:
         """Waiting items whose bucket has a token again, in arrival order."""
-        out, keep = [], collections.deque()
+        out: list[Any] = []
+        keep: collections.deque[tuple[str, Any]] = collections.deque()
         for identity, item in self._waiting:
             if self._bucket(identity).take(now):
                 out.append(item)

@@ -35,6 +35,10 @@ class Channel:
                 with contextlib.suppress(BlockingIOError):
                     self._tx.send(b"\0")
 
+    def waiting(self) -> bool:
+        """Whether anything is queued (a cheap look, from the I/O thread)."""
+        return bool(self._items)
+
     def drain(self) -> list:
         """Everything queued so far (call on the I/O thread when fileno() is readable)."""
         with contextlib.suppress(BlockingIOError):

@@ -150,6 +150,9 @@ class Client:
                         self._on_message(frames)
                     except Exception:  # the I/O thread must outlive any one message
                         log.exception("handling a message from the backend at %s failed", self.address)
+                    if self._chan.waiting():  # e.g. credit granted meanwhile: out at once,
+                        for out in self._chan.drain():  # not after the whole batch
+                            self._send(out)
             now = time.monotonic()
             if now >= next_ping:
                 self._send(encode(Ping(seq=next(seq), sent_at=now)))

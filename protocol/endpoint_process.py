@@ -23,11 +23,13 @@ The parent mirrors what it needs to answer at once (who is connected and as whom
 frames each peer has waiting for credit). The child ends when told, when its parent ends,
 or when the parent has sent nothing for ``PARENT_SILENCE_S`` (a hung backend must not look
 alive to its clients forever).
+
+(Just over 400 lines: the parent's bridge and the child's loop are the two ends of one pipe
+protocol, kept in one module so that both ends of every message are read side by side.)
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import json
@@ -40,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 
 import msgspec
 import zmq
@@ -47,17 +50,12 @@ import zmq
 from protocol.admission import AdmissionCaps
 from protocol.channel import Channel, next_event
 from protocol.codec import Blob, decode, encode
-from protocol.endpoint import (
-    EndpointCaps,
-    EndpointStats,
-    Occupancy,
-    ServerEndpoint,
-    _public,
-    wait_for_room,
-)
+from protocol.endpoint import ServerEndpoint, public_message
+from protocol.endpoint_caps import DEFAULT_CAPS, EndpointCaps, EndpointStats, Occupancy
 from protocol.errors import ErrorCode
 from protocol.events import Incoming, PeerGone, Released, Welcomed
 from protocol.keys import ServerKeys
+from protocol.ledger import PeerLedger
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import Error, Frame, Message
 
@@ -68,7 +66,6 @@ OCCUPANCY_S = 0.25
 PARENT_SILENCE_S = 120.0
 """The endpoint ends when its application has sent nothing for this long."""
 START_TIMEOUT_S = 120.0
-DEFAULT_CAPS = EndpointCaps()
 
 
 class EndpointProcess:
@@ -82,7 +79,7 @@ class EndpointProcess:
         default_engine: str | None = None,
         name: str = "dreamjourney-backend",
         heartbeat_s: float = 1.0,
-        peer_timeout_s: float = 5.0,
+        peer_timeout_s: float = 10.0,
         keys: ServerKeys | None = None,
         limits: Limits = DEFAULT_LIMITS,
         caps: EndpointCaps = DEFAULT_CAPS,
@@ -96,12 +93,12 @@ class EndpointProcess:
         self._occupancy = occupancy
         self._stats = EndpointStats()
         self._stats_seq = 0
-        self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self._peers: dict[bytes, str] = {}
-        self._pending: collections.Counter = collections.Counter()
-        self._queued: collections.Counter = collections.Counter()
-        """Messages of each peer relayed here and not yet taken by :meth:`poll`."""
+        self._events: queue.SimpleQueue[Incoming | PeerGone] = queue.SimpleQueue()
+        self.ledger = PeerLedger(caps.max_queued_per_peer)
+        """The child's peers as relayed here, the Frames pending there, and the requests
+        relayed here and not yet taken by :meth:`poll`."""
         self._cond = threading.Condition()
+        """Guards the stats fetched from the child."""
         self._dir = tempfile.mkdtemp(prefix="dj-io-")  # 0700: only this user reaches the pipes
         self._ctx = zmq.Context()
         self._down = self._ctx.socket(zmq.PAIR)
@@ -119,6 +116,7 @@ class EndpointProcess:
         }
         self._proc = subprocess.Popen([sys.executable, "-m", "protocol.endpoint_process"],
                                       stdin=subprocess.PIPE, text=True)
+        assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(settings))
         self._proc.stdin.close()
         try:
@@ -145,7 +143,7 @@ class EndpointProcess:
 
     # -- the ServerEndpoint API --
 
-    def send(self, peer: bytes, msg: Message, blobs: list[Blob] | tuple = ()) -> None:
+    def send(self, peer: bytes, msg: Message, blobs: Sequence[Blob] = ()) -> None:
         """Queue a message to ``peer``; Frames wait for the peer's credit, in order."""
         self._queue_out(peer, msg, blobs, refusal=False)
 
@@ -153,13 +151,12 @@ class EndpointProcess:
         """Send ``Error(code, message)`` to ``peer``; it counts against its refusal budget."""
         self._queue_out(peer, Error(code=code, message=message, request_id=request_id), (), True)
 
-    def _queue_out(self, peer: bytes, msg: Message, blobs, refusal: bool) -> None:
+    def _queue_out(self, peer: bytes, msg: Message, blobs: Sequence[Blob], refusal: bool) -> None:
         frame_of = msg.job_id if isinstance(msg, Frame) else ""
         if frame_of:
-            with self._cond:
-                self._pending[peer] += 1
+            self.ledger.frame_queued(peer)
         self._chan.put([b"send", peer, frame_of.encode(), b"1" if refusal else b"0",
-                        *encode(_public(msg), blobs)])
+                        *encode(public_message(msg), blobs)])
 
     def discard_frames(self, peer: bytes, job_id: str) -> None:
         self._chan.put([b"discard", peer, job_id.encode()])
@@ -167,21 +164,18 @@ class EndpointProcess:
     def wait_writable(self, peer: bytes, max_pending: int = 2, timeout: float | None = None) -> bool:
         """Block while ``max_pending`` or more Frames to ``peer`` wait for credit; False on
         timeout or when the peer is gone."""
-        return wait_for_room(self._cond, self._pending, self._peers, peer, max_pending, timeout)
+        return self.ledger.wait_room(peer, max_pending, timeout)
 
     def is_connected(self, peer: bytes) -> bool:
-        with self._cond:
-            return peer in self._peers
+        return self.ledger.is_connected(peer)
 
     def identity(self, peer: bytes) -> str | None:
-        with self._cond:
-            return self._peers.get(peer)
+        return self.ledger.identity(peer)
 
     def poll(self, timeout: float | None = 0.0) -> Incoming | PeerGone | None:
-        ev = next_event(self._events, timeout)
-        if isinstance(ev, Incoming):
-            with self._cond:
-                self._queued[ev.peer] -= 1
+        ev: Incoming | PeerGone | None = next_event(self._events, timeout)
+        if isinstance(ev, Incoming) and ev.peer is not None:
+            self.ledger.taken(ev.peer)
         return ev
 
     @property
@@ -232,7 +226,7 @@ class EndpointProcess:
         poller.register(self._chan.fileno(), zmq.POLLIN)
         next_push = 0.0
         while True:
-            poller.poll(timeout=OCCUPANCY_S * 1000)
+            poller.poll(timeout=int(OCCUPANCY_S * 1000))
             items = self._chan.drain()
             for frames in items:
                 self._down.send_multipart(frames, copy=False)
@@ -240,7 +234,12 @@ class EndpointProcess:
                 return
             if time.monotonic() >= next_push:
                 next_push = time.monotonic() + OCCUPANCY_S
-                self._down.send_multipart([b"occupancy", self._occupancy_blob()])
+                try:
+                    blob = self._occupancy_blob()
+                except Exception:  # the application's answer must not end the bridge
+                    log.exception("reading the application's occupancy failed")
+                    continue
+                self._down.send_multipart([b"occupancy", blob])
 
     def _occupancy_blob(self) -> bytes:
         snapshot = getattr(self._occupancy, "snapshot", None)
@@ -265,28 +264,18 @@ class EndpointProcess:
         if kind == b"in":
             peer = rest[0].bytes
             msg, blobs = decode(rest[1:], self.limits)  # checked in the child already
-            with self._cond:
-                full = self._queued[peer] >= self.caps.max_queued_per_peer
-                self._queued[peer] += not full
-            if full:  # the application is behind: the same bound as the endpoint's own
+            if not self.ledger.try_queue(peer):  # the application is behind: the same bound
                 self.error(peer, "busy", f"more than {self.caps.max_queued_per_peer} of your "
                            "requests are waiting: slow down", getattr(msg, "job_id", None))
             else:
                 self._events.put(Incoming(msg, blobs, peer))
         elif kind == b"welcomed":
-            with self._cond:
-                self._peers[rest[0].bytes] = rest[1].bytes.decode()
+            self.ledger.welcomed(rest[0].bytes, rest[1].bytes.decode())
         elif kind == b"released":
-            with self._cond:
-                self._pending[rest[0].bytes] -= int(rest[1].bytes)
-                self._cond.notify_all()
+            self.ledger.released(rest[0].bytes, int(rest[1].bytes))
         elif kind == b"gone":
             peer = rest[0].bytes
-            with self._cond:
-                self._peers.pop(peer, None)
-                self._pending.pop(peer, None)
-                self._queued.pop(peer, None)
-                self._cond.notify_all()
+            self.ledger.gone(peer)
             self._events.put(PeerGone(peer, rest[1].bytes.decode()))
         elif kind == b"stats":
             stats = EndpointStats(**msgspec.msgpack.decode(rest[0].bytes))

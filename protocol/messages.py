@@ -296,7 +296,9 @@ class Transition(Message, tag="transition"):
     job_id: Id
     scene_id: Id
     poses: ArrayRef
-    """N x 4 x 4 float32 camera-to-world poses, the first at the current view."""
+    """N x 4 x 4 float32 camera-to-world poses, the first at the current view. float32 is the
+    one wire precision (7 digits: a millimetre at 10 km); the backend checks them once and
+    computes in float64 (``backend.wire``)."""
     fps: Fps = 24.0
     engine: Name | None = None
     prompt: Text | None = None

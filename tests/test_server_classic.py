@@ -139,9 +139,9 @@ def test_killed_client_leaves_server_serving(backend, scenes_dir, tmp_path):
         job = client.transition("after", stock_path("forward", 5, opened.scene.median_depth))
         assert isinstance(job.outcome, JobDone)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and "victim-job" in backend._jobs:
+    while time.monotonic() < deadline and "victim-job" in backend.jobs.job_ids():
         time.sleep(0.1)
-    assert "victim-job" not in backend._jobs  # the dead client's job was cancelled
+    assert "victim-job" not in backend.jobs.job_ids()  # the dead client's job was cancelled
 
 
 def test_dynamics_follows_arrows_and_loops(backend):

@@ -63,8 +63,8 @@ def test_a_slow_reader_gives_its_slot_to_others(tmp_path):
             other.open_scene(scene(4), scene_id="quick")
             quick = other.transition("quick", stock_path("forward", 4, 1.0))
             assert isinstance(quick.outcome, JobDone), quick.outcome
-        status = {j["job_id"]: j for j in backend.status()["jobs"]}
-        assert "s" in status and not status["s"]["running"]  # parked, holding no slot
+        status = {j.job_id: j for j in backend.jobs.states()}
+        assert "s" in status and not status["s"].running  # parked, holding no slot
         frames = 1
         while True:  # credit comes: the slow reader's job resumes and finishes
             slow.credit(1)
@@ -86,7 +86,7 @@ def test_a_long_job_hands_its_slot_over_in_time(tmp_path):
             other.open_scene(scene(4), scene_id="quick")
             quick = other.transition("quick", stock_path("forward", 4, 1.0))
             assert isinstance(quick.outcome, JobDone), quick.outcome
-        assert any(j["job_id"] == "L" for j in backend.status()["jobs"]), "L ended first"
+        assert "L" in backend.jobs.job_ids(), "L ended first"
         end = next_of(long, (JobDone, JobFailed), "L")
         assert isinstance(end, JobDone) and end.num_frames == 240, end
 

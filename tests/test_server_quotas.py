@@ -75,7 +75,7 @@ def test_a_client_with_work_is_never_evicted(tmp_path):
             sock.send_multipart(codec.encode(Hello(protocol_version=PROTOCOL_VERSION)))
             msg = next_msg(sock)
             assert isinstance(msg, Error) and msg.code == "busy", msg
-            assert "connections.max_clients" in msg.message
+            assert "connections.max_peers" in msg.message
         finally:
             ctx.destroy(linger=0)
 

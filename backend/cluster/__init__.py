@@ -11,27 +11,23 @@ Importing this package does not import Ray; :func:`start_pool` does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from backend.cluster.config import ClusterConfig, ClusterConfigError
 
 __all__ = ["ClusterConfig", "ClusterConfigError", "start_pool"]
 
 
 def start_pool(address: str, options: dict, device: str, default_engine: str,
-               engine_options: dict, cpu_jobs: int = 1, backend=None):
+               engine_options: dict, cpu_jobs: int = 1,
+               report: Callable[[], str] | None = None):
     """Connect to (or start) Ray and start the workers; a ready WorkerPool.
 
-    With ``backend``, the pool's periodic log line is the backend's whole status (workers,
-    queues per explorer, jobs running), the numbers a Status message answers with.
+    ``report`` gives the pool's periodic log line (the backend passes its whole status:
+    workers, queues per explorer, jobs running, the numbers a Status message answers with).
     """
     from backend.cluster.pool import WorkerPool
 
     config = ClusterConfig.from_dict(options)
-    report = None
-    if backend is not None:
-        from backend.cluster.status import status_line
-
-        def report() -> str:
-            return status_line(backend)
-
     return WorkerPool(address, config, device=device, default_engine=default_engine,
                       engine_options=engine_options, cpu_jobs=cpu_jobs, report=report)

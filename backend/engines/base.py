@@ -77,7 +77,8 @@ class OpenRequest:
 @dataclass(frozen=True)
 class TransitionRequest:
     poses: np.ndarray
-    """N x 4 x 4 camera-to-world, the first at the scene's current view."""
+    """N >= 2 float64 4 x 4 rigid camera-to-world transforms, the first at the scene's current
+    view (checked by ``backend.wire``; engines trust them)."""
     fps: float = 24.0
     prompt: str | None = None
     seed: int | None = None
@@ -90,6 +91,7 @@ class TransitionRequest:
 @dataclass(frozen=True)
 class DynamicsRequest:
     pose: np.ndarray
+    """float64 4 x 4 rigid camera-to-world transform (checked by ``backend.wire``)."""
     num_frames: int = 48
     fps: float = 24.0
     arrows: tuple[Arrow, ...] = ()
@@ -109,11 +111,6 @@ class ProgressOut:
     step: int
     total: int
     message: str = ""
-
-
-Progress = ProgressOut
-"""The event's old name, kept only while ``backend/jobs.py`` imports it (see issue 23's
-merge notes); use ProgressOut."""
 
 
 @dataclass(frozen=True)

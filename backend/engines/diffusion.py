@@ -285,9 +285,7 @@ class DiffusionEngine(Engine):
     # -- Stage I --
 
     def transition(self, scene: Scene, request: TransitionRequest) -> Iterator[Event]:
-        poses = np.asarray(request.poses, dtype=np.float64)
-        if poses.ndim != 3 or poses.shape[1:] != (4, 4) or len(poses) < 2:
-            raise EngineError(f"a transition needs at least 2 poses (N x 4 x 4), got {poses.shape}")
+        poses = request.poses  # checked by backend.wire: N >= 2 rigid float64 poses
         n = len(poses)
         w, h = scene.size
         registry, guidance = self._video_setup(request.preset)

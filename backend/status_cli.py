@@ -20,7 +20,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import msgspec
 
-    from backend.cluster.status import format_status
+    from backend.status import format_status
     from protocol.messages import Error, Status, StatusReply
     from protocol.transport import Client, ClientKeys, PeerGone
 
