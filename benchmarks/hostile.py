@@ -207,7 +207,7 @@ def hostile_sprayer(address: str, seed: int, rate: float, stop, active, sprayed)
 def slow_reader(address: str, stop, active) -> None:
     """The longest clip allowed, granting one frame of credit every 4 s; again when it ends."""
     from protocol import requests
-    from protocol.messages import Frame, JobDone, JobFailed
+    from protocol.messages import JobDone, JobFailed
     from protocol.scripted import ScriptedClient
     from protocol.trajectory import stock_path
     from tests.test_hostile import scene
@@ -220,12 +220,14 @@ def slow_reader(address: str, stop, active) -> None:
             opened = client.open_scene(scene(7, 128), scene_id=f"slow{n}")
             poses = stock_path("forward", 64, opened.scene.median_depth)
             client.client.send(*requests.transition(f"slow{n}", f"slow{n}", poses))
+            next_credit = time.monotonic() + 4.0
             while active.is_set() and not stop.is_set():
-                ev = client.client.poll(timeout=4.0)
+                ev = client.client.poll(timeout=max(0.0, min(0.5, next_credit - time.monotonic())))
                 if ev is not None and isinstance(ev.msg, (JobDone, JobFailed)):
                     break
-                if ev is None or isinstance(ev.msg, Frame):
+                if time.monotonic() >= next_credit:  # a frame read every 4 s, never sooner
                     client.client.credit(1)
+                    next_credit += 4.0
         n += 1
 
 
