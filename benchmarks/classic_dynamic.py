@@ -43,7 +43,7 @@ from backend.server import Backend  # noqa: E402
 from protocol import codec  # noqa: E402
 from protocol.messages import Arrow  # noqa: E402
 from protocol.scripted import ScriptedClient  # noqa: E402
-from protocol.trajectory import preset  # noqa: E402
+from protocol.trajectory import stock_path  # noqa: E402
 
 MOTION_MARGIN = 0.5
 """Consistency points (x100 L1) the moving region must add over the static clip's."""
@@ -100,7 +100,7 @@ def run_scene(client: ScriptedClient, name: str, image: np.ndarray, lake: np.nda
         opened = client.open_scene(image, scene_id=sid)
         if kind == "dynamic":
             client.dynamics(sid, np.eye(4), num_frames=48, arrows=arrows, frame_codec=frame_codec)
-        poses = preset(preset_name, frames, opened.scene.median_depth)
+        poses = stock_path(preset_name, frames, opened.scene.median_depth)
         job = client.transition(sid, poses, frame_codec=frame_codec)
         points = opened.points
         for field in ("xyz", "rgb", "radius"):
