@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -126,3 +127,27 @@ def read_manifest(folder: Path) -> Manifest:
     if st.st_size > MAX_MANIFEST_BYTES:
         raise ValueError(f"manifest.json is over {MAX_MANIFEST_BYTES >> 20} MB")
     return decode_manifest(path.read_bytes())
+
+
+def saved_folders(root: Path) -> Iterator[tuple[str, Manifest | None, float]]:
+    """Each entry of the sessions folder ``root`` whose name does not start with a dot, in
+    name order: (its name, its typed manifest or None when it is not a readable session
+    folder, the manifest's modification time or 0). Links are never followed; nothing is
+    claimed or changed."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("."):
+            continue
+        folder = root / name
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                raise ValueError("not a folder")
+            manifest = read_manifest(folder)
+            modified = os.lstat(folder / "manifest.json").st_mtime
+        except (OSError, ValueError, UnicodeError):
+            yield name, None, 0.0
+            continue
+        yield name, manifest, modified

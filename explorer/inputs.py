@@ -200,33 +200,15 @@ def list_sessions(root: Path) -> tuple[list[dict], int]:
     folder, clips, engine, photo, modified time), and how many folders are not readable
     sessions (skipped, never an error). Links are not followed; manifests are decoded with
     the backend's typed structs."""
-    import os
-    import stat
-
-    from backend.manifest import decode_manifest
+    from backend.manifest import saved_folders
 
     out, skipped = [], 0
-    try:
-        names = sorted(os.listdir(root))
-    except OSError:
-        return [], 0
-    for name in names:
-        if name.startswith("."):
-            continue
-        folder = root / name
-        path = folder / "manifest.json"
-        try:
-            if not stat.S_ISDIR(os.lstat(folder).st_mode):
-                raise ValueError("not a folder")
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > 4 << 20:
-                raise ValueError("not a manifest")
-            manifest = decode_manifest(path.read_bytes())
-            originals = [p.name for p in folder.glob("original.*") if not p.is_symlink()]
-        except (OSError, ValueError, UnicodeError):
+    for name, manifest, modified in saved_folders(root):
+        if manifest is None:
             skipped += 1
             continue
+        originals = [p.name for p in (root / name).glob("original.*") if not p.is_symlink()]
         out.append({"name": manifest.scene_id, "folder": name, "engine": manifest.engine,
                     "clips": sum(1 for c in manifest.clips if not c.undone),
-                    "modified": st.st_mtime, "original": originals[0] if originals else None})
+                    "modified": modified, "original": originals[0] if originals else None})
     return sorted(out, key=lambda s: -s["modified"]), skipped

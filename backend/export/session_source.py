@@ -10,13 +10,13 @@ the clips' sidecar JSON (``clips/NNNN.json``: poses, K, fps) is read here.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from backend.session import SessionError, read_manifest, read_session
+from backend.manifest import saved_folders
+from backend.session import SessionError, read_session
 
 
 class ExportError(Exception):
@@ -82,21 +82,10 @@ def _by_scene_id(scene_id: str, folder: str | Path | None) -> Path | None:
     if (root / scene_id / "manifest.json").is_file():
         return root / scene_id
     best: tuple[float, Path] | None = None
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return None
-    for name in names:
-        candidate = root / name
-        if name.startswith(".") or candidate.is_symlink():
-            continue
-        try:
-            manifest = read_manifest(candidate)
-            mtime = (candidate / "manifest.json").stat().st_mtime
-        except (OSError, ValueError):
-            continue
-        if manifest.scene_id == scene_id and (best is None or mtime > best[0]):
-            best = (mtime, candidate)
+    for name, manifest, modified in saved_folders(root):
+        if manifest is not None and manifest.scene_id == scene_id and (
+                best is None or modified > best[0]):
+            best = (modified, root / name)
     return best[1] if best else None
 
 
