@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.engines.base import Scene, TransitionRequest
+from backend.geometry.motion import any_moving
 from backend.geometry.motion_render import render_at
 from backend.geometry.splat import NumpyRenderOutput
 
@@ -24,8 +25,7 @@ STILL_NOTE = ("dynamic transition: nothing in this scene moves yet (animate a re
 
 def world_moves(scene: Scene) -> bool:
     """Whether any of the scene's points carries a looping motion."""
-    motion = scene.cloud.cloud().motion
-    return motion is not None and bool((motion[:, 3] > 0).any())
+    return any_moving(scene.cloud.cloud().motion)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,11 @@ def static_motion(n: int) -> np.ndarray:
     return np.zeros((n, MOTION_COLUMNS), np.float32)
 
 
+def any_moving(motion: np.ndarray | None) -> bool:
+    """Whether any point of a cloud's ``motion`` (None: all static) has a loop."""
+    return motion is not None and bool((motion[:, 3] > 0).any())
+
+
 def check_motion(motion: np.ndarray, n: int) -> np.ndarray:
     """``motion`` if it is ``(n, 4)`` float32 with finite values and non-negative periods."""
     if motion.shape != (n, MOTION_COLUMNS) or motion.dtype != np.float32:

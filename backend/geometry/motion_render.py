@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from backend.geometry.cloud import PointCloud
-from backend.geometry.motion import copies_at, phase_at
+from backend.geometry.motion import any_moving, copies_at, phase_at
 from backend.geometry.splat import RenderOutput
 
 
@@ -22,7 +22,7 @@ def render_at(renderer, source, poses: np.ndarray, K: np.ndarray, width: int, he
               t: float) -> RenderOutput:
     """The world ``source`` (PointStore or PointCloud) at ``t`` seconds from each pose."""
     cloud = source.cloud() if hasattr(source, "cloud") else source
-    if cloud.motion is None or not (cloud.motion[:, 3] > 0).any():
+    if not any_moving(cloud.motion):
         return renderer.render(source, poses, K, width, height)
     c = copies_at(cloud.xyz, cloud.motion, t)
     forward, backward = cloud.xyz.copy(), cloud.xyz.copy()

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.geometry.cloud import PointCloud
+from backend.geometry.motion import any_moving
 from backend.geometry.ply import read_ply, write_ply
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class PointStore:
         full = cloud.motion_or_static().copy()
         before = full[index].copy()
         full[index] = motion
-        self._cloud = cloud.with_motion(full if (full[:, 3] > 0).any() else None)
+        self._cloud = cloud.with_motion(full if any_moving(full) else None)
         self._parts = [self._cloud]
         self.version += 1
         return before
