@@ -22,7 +22,7 @@ import msgspec
 from msgspec import Meta
 
 from protocol.admission import AdmissionCaps
-from protocol.endpoint import EndpointCaps
+from protocol.endpoint_caps import DEFAULT_CAPS, PEER_TIMEOUT_S, EndpointCaps
 from protocol.limits import Limits
 
 
@@ -61,17 +61,17 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ConnectionsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    hello_timeout_s: Annotated[float, Meta(ge=0.1, le=600.0)] = 5.0
+    hello_timeout_s: Annotated[float, Meta(ge=0.1, le=600.0)] = DEFAULT_CAPS.hello_timeout_s
     """Connections that have not said Hello by then are shut."""
-    max_peers: Annotated[int, Meta(ge=1, le=4096)] = 64
+    max_peers: Annotated[int, Meta(ge=1, le=4096)] = DEFAULT_CAPS.max_peers
     """Connected clients at once; when all are taken, a Hello evicts the longest-idle
     client without work (a newcomer only clients that own no scenes)."""
-    max_connections_per_client: Annotated[int, Meta(ge=1, le=64)] = 4
-    max_queued_per_peer: Annotated[int, Meta(ge=1, le=4096)] = 64
+    max_connections_per_client: Annotated[int, Meta(ge=1, le=64)] = DEFAULT_CAPS.max_connections_per_client
+    max_queued_per_peer: Annotated[int, Meta(ge=1, le=4096)] = DEFAULT_CAPS.max_queued_per_peer
     """Requests of one client received but not yet dispatched; more get ``busy``."""
-    max_messages_per_s: Annotated[float, Meta(ge=10.0, le=1e6)] = 2000.0
+    max_messages_per_s: Annotated[float, Meta(ge=10.0, le=1e6)] = DEFAULT_CAPS.max_messages_per_s
     """Messages one connection may send per second; over it, it is disconnected."""
-    max_refusals_per_s: Rate = 5.0
+    max_refusals_per_s: Rate = DEFAULT_CAPS.max_refusals_per_s
     """Messages of one connection answered with an Error per second (20 at once); over it,
     it is disconnected."""
     new_clients_per_s: Rate = 10.0
@@ -129,7 +129,7 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cpu_jobs: Annotated[int, Meta(ge=1, le=64)] | None = None
     """Deprecated alias of ``scheduler.job_slots``."""
     heartbeat_s: Annotated[float, Meta(ge=0.05, le=60.0)] = 1.0
-    peer_timeout_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 10.0
+    peer_timeout_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = PEER_TIMEOUT_S
     """A client silent this long is gone; longer than ``heartbeat_s``."""
     keys: Annotated[str, Meta(max_length=4096)] | None = None
     jpeg_quality: Annotated[int, Meta(ge=1, le=100)] = 95

@@ -61,7 +61,14 @@ from zmq.auth.thread import ThreadAuthenticator
 from protocol.channel import Channel, next_event
 from protocol.codec import Blob, encode
 from protocol.connections import Conn, Connections
-from protocol.endpoint_caps import DEFAULT_CAPS, EndpointCaps, EndpointStats, NoOccupancy, Occupancy
+from protocol.endpoint_caps import (
+    DEFAULT_CAPS,
+    PEER_TIMEOUT_S,
+    EndpointCaps,
+    EndpointStats,
+    NoOccupancy,
+    Occupancy,
+)
 from protocol.endpoint_io import EndpointIO
 from protocol.errors import ErrorCode, public_text
 from protocol.events import Incoming, PeerGone, Released, Welcomed
@@ -115,7 +122,7 @@ class ServerEndpoint(EndpointIO):
         default_engine: str | None = None,
         name: str = "dreamjourney-backend",
         heartbeat_s: float = 1.0,
-        peer_timeout_s: float = 10.0,
+        peer_timeout_s: float = PEER_TIMEOUT_S,
         keys: ServerKeys | None = None,
         limits: Limits = DEFAULT_LIMITS,
         caps: EndpointCaps = DEFAULT_CAPS,

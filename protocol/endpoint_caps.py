@@ -8,6 +8,10 @@ from typing import Protocol
 
 from protocol.admission import AdmissionCaps
 
+PEER_TIMEOUT_S = 10.0
+"""Seconds of silence after which a peer is gone (the endpoint's and the backend config's
+default)."""
+
 
 @dataclass(frozen=True)
 class EndpointCaps:

@@ -51,7 +51,7 @@ from protocol.admission import AdmissionCaps
 from protocol.channel import Channel, next_event
 from protocol.codec import Blob, decode, encode
 from protocol.endpoint import ServerEndpoint, public_message
-from protocol.endpoint_caps import DEFAULT_CAPS, EndpointCaps, EndpointStats, Occupancy
+from protocol.endpoint_caps import DEFAULT_CAPS, PEER_TIMEOUT_S, EndpointCaps, EndpointStats, Occupancy
 from protocol.errors import ErrorCode
 from protocol.events import Incoming, PeerGone, Released, Welcomed
 from protocol.keys import ServerKeys
@@ -79,7 +79,7 @@ class EndpointProcess:
         default_engine: str | None = None,
         name: str = "dreamjourney-backend",
         heartbeat_s: float = 1.0,
-        peer_timeout_s: float = 10.0,
+        peer_timeout_s: float = PEER_TIMEOUT_S,
         keys: ServerKeys | None = None,
         limits: Limits = DEFAULT_LIMITS,
         caps: EndpointCaps = DEFAULT_CAPS,
