@@ -163,6 +163,15 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def offered(self) -> list[str]:
         return list(self.offer) or [self.engine]
 
+    def offered_presets(self) -> list[str]:
+        """The sampler presets a transition may name: configs/models and the diffusion
+        engine's ``presets`` table; none when the diffusion engine is not offered."""
+        if "diffusion" not in self.offered():
+            return []
+        own = self.engine_options.get("diffusion", {}).get("presets") or {}
+        shipped = resources.files("configs").joinpath("models").iterdir()
+        return sorted({p.name[:-5] for p in shipped if p.name.endswith(".toml")} | set(own))
+
     def job_slots(self) -> int:
         return self.cpu_jobs if self.cpu_jobs is not None else self.scheduler.job_slots
 

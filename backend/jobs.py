@@ -43,7 +43,6 @@ from backend.engines.base import (
     TransitionRequest,
     WorkerLost,
 )
-from backend.manifest import ClipKind
 from backend.outbox import Outbox
 from backend.quotas import QuotaExceeded, Quotas, cloud_bytes
 from backend.region_motion import motion_messages
@@ -52,6 +51,7 @@ from backend.scheduler import FairScheduler, JobKind, Resume
 from backend.session import ClipWriter, SessionError, SessionStore
 from protocol import codec
 from protocol.errors import JobFailCode
+from protocol.files.manifest import ClipKind
 from protocol.messages import JobDone, JobFailed
 
 log = logging.getLogger(__name__)

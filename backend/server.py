@@ -94,6 +94,7 @@ class Backend:
         endpoint = EndpointProcess if config.io_process else ServerEndpoint
         self.endpoint: Endpoint = endpoint(
             config.bind, engines=config.offered(), default_engine=config.engine,
+            presets=config.offered_presets(),
             heartbeat_s=config.heartbeat_s, peer_timeout_s=config.peer_timeout_s, keys=keys,
             limits=self.limits, caps=config.endpoint_caps(), token_key=self.sessions.token_key,
             occupancy=self)

@@ -4,7 +4,7 @@ The root is claimed first (``backend.session_root``: never an assumed folder). E
 is ``<root>/<scene_id>-<random>/`` and holds ``input.png`` (the first view),
 ``cloud-<random>.ply`` (the point store after the last clip), ``clips/NNNN.mp4`` with
 ``clips/NNNN.json`` (frame poses, K, fps) for every clip, and ``manifest.json``
-(``backend.manifest``), which names the cloud and the clips, the scene id and whose client
+(``protocol.files.manifest``), which names the cloud and the clips, the scene id and whose client
 owns it. Scene ids are per owner: two clients may each have a scene ``a``, and nothing a
 client sends can name, probe or reach another's session. Every change is ordered so the
 manifest is the commit point:
@@ -38,7 +38,8 @@ from av.container import OutputContainer
 from av.video.stream import VideoStream
 from PIL import Image
 
-from backend.manifest import (
+from backend.session_root import claim_root
+from protocol.files.manifest import (
     MANIFEST_VERSION,
     ClipEntry,
     ClipKind,
@@ -47,7 +48,6 @@ from backend.manifest import (
     is_scene_id,
     read_manifest,
 )
-from backend.session_root import claim_root
 from protocol.messages import SceneText
 
 

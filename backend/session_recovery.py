@@ -5,7 +5,7 @@ Every entry of the (claimed) root is judged without following a symbolic link:
 - the marker and the quarantine folder are left alone;
 - the backend's own leftovers (``.new-*`` folders of sessions never renamed into place,
   ``.*.part`` files) are deleted;
-- a session folder is kept when its manifest decodes (``backend.manifest``), its name
+- a session folder is kept when its manifest decodes (``protocol.files.manifest``), its name
   agrees with the manifest, it holds no symbolic link, and every file the manifest names is
   a plain file; inside it, files the backend writes that no manifest names (``.part``
   files, clouds and clips written after the last manifest) are deleted;
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from backend.manifest import Manifest, is_scene_id, read_manifest, referenced
 from backend.session_root import MARKER, QUARANTINE, is_plain_file
+from protocol.files.manifest import Manifest, is_scene_id, read_manifest, referenced
 
 log = logging.getLogger(__name__)
 

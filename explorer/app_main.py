@@ -29,8 +29,9 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
                                    "in millimetres, used when the engine has no depth model")
     p.add_argument("--fov", type=float, default=None,
                    help="horizontal field of view of the photo in degrees (default: backend's)")
-    p.add_argument("--preset", help="sampler preset sent with transitions: paper or "
-                                    "interactive (default: settings paths.preset, else backend's)")
+    p.add_argument("--preset", help="sampler preset sent with transitions, one the backend "
+                                    "offers, e.g. interactive or paper (default: settings "
+                                    "paths.preset, else the backend's)")
     p.add_argument("--record", metavar="PATH",
                    help="where R saves the recording (default recordings/journey-TIME.mp4)")
     p.add_argument("--record-on-start", action="store_true", help="start recording at once")
@@ -66,9 +67,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default=None, help="window size WIDTHxHEIGHT")
 
 
-PRESETS = ("paper", "interactive")
-
-
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -76,12 +74,14 @@ def _fail(message: str) -> int:
 
 def _link(args: argparse.Namespace, settings, wait: bool = True):
     """The connection; with ``wait=False`` a local backend starts while the window opens."""
-    from explorer.backend_process import BackendLink
+    from explorer.backend_process import BackendLink, Wanted
 
     serve = ["--sessions", settings.session.folder]
     if args.engine:
         serve += ["--engine", args.engine]
-    return BackendLink(settings, args.backend, args.keys, serve, wait=wait)
+    preset_from = "--preset" if getattr(args, "preset", None) else "paths.preset"
+    wanted = Wanted(args.engine, settings.paths.preset, preset_from)
+    return BackendLink(settings, args.backend, args.keys, serve, wait=wait, wanted=wanted)
 
 
 def _sigterm_as_interrupt() -> None:
@@ -96,8 +96,8 @@ def _check_explore(args: argparse.Namespace):
     resume is looked up in the sessions folder when the backend is our own (a remote backend
     says itself whether it has it)."""
     from explorer.inputs import (
-        check_engine,
         check_fov,
+        check_name,
         check_session_name,
         load_depth,
         load_photo,
@@ -107,11 +107,10 @@ def _check_explore(args: argparse.Namespace):
     from explorer.settings import ExplorerSettings
 
     settings = ExplorerSettings.load(args.config)
-    check_engine(args.engine)
+    check_name("--engine", args.engine)
+    check_name("--preset", args.preset)
     check_fov(args.fov)
     size = parse_size(args.size)
-    if args.preset is not None and args.preset not in PRESETS:
-        raise InputError(f"--preset {args.preset!r}: choose one of: {', '.join(PRESETS)}")
     if (args.image is None) == (args.resume is None):
         raise InputError("give a photo to explore, or --resume SESSION (not both)")
     photo = load_photo(args.image, settings.photo) if args.image else None
@@ -251,14 +250,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
     configure_pyglet(headless=True)
     from explorer.demo import DemoDriver, journey_script
-    from explorer.inputs import check_engine, load_photo, parse_size, session_name
+    from explorer.inputs import check_name, load_photo, parse_size, session_name
     from explorer.procedural_scene import make_valley, river_flow
     from explorer.settings import SettingsError
     from explorer.window import ExplorerWindow
 
     try:
         settings = ExplorerSettings.load(args.config)
-        check_engine(args.engine)
+        check_name("--engine", args.engine)
         size = parse_size(args.size) or (640, 360)
         photo = load_photo(args.image, settings.photo) if args.image else None
         _load_path(args.path)  # checked now: a bad file is an error before anything starts

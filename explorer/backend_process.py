@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.messages import Error
+from protocol.messages import Error, Welcome
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,41 @@ def start_local_backend(extra_args: Sequence[str] = (), timeout: float = 60.0) -
         raise RuntimeError(f"the local backend did not start within {timeout:.0f} s") from None
 
 
-def connect(address: str, settings, keys_folder: str | None = None, token: str | None = None):
-    """A connected :class:`protocol.transport.Client` (raises HandshakeError on failure).
+@dataclass(frozen=True)
+class Wanted:
+    """The engine and sampler preset a person asked for, checked against the backend's
+    Welcome (the explorer keeps no list of names: the backend says what it offers)."""
+
+    engine: str | None = None
+    preset: str | None = None
+    preset_from: str = "--preset"
+    """Where the preset came from, for the error (the flag, or the settings key)."""
+
+
+class NotOffered(RuntimeError):
+    """The backend does not offer the engine or preset asked for."""
+
+
+def check_offered(welcome: Welcome, wanted: Wanted) -> None:
+    """Raise :class:`NotOffered` naming what the backend offers instead. A preset on a
+    backend whose engines take none is only logged: it changes nothing there."""
+    if wanted.engine is not None and wanted.engine not in welcome.engines:
+        raise NotOffered(f"--engine {wanted.engine!r}: this backend offers "
+                         f"{', '.join(welcome.engines)}")
+    if wanted.preset is None or wanted.preset in welcome.presets:
+        return
+    if not welcome.presets:
+        logger.warning("%s %r is ignored: the backend's engines (%s) take no sampler preset",
+                       wanted.preset_from, wanted.preset, ", ".join(welcome.engines))
+        return
+    raise NotOffered(f"{wanted.preset_from} {wanted.preset!r}: this backend offers "
+                     f"{', '.join(welcome.presets)}")
+
+
+def connect(address: str, settings, keys_folder: str | None = None, token: str | None = None,
+            wanted: Wanted | None = None):
+    """A connected :class:`protocol.transport.Client` (raises HandshakeError on failure, and
+    :class:`NotOffered` when the backend lacks what ``wanted`` names).
 
     ``token`` is the loopback identity to present (None asks the backend for a new one)."""
     from protocol.transport import Client, ClientKeys
@@ -89,6 +122,7 @@ def connect(address: str, settings, keys_folder: str | None = None, token: str |
                     peer_timeout_s=net.peer_timeout_s, keys=keys, token=token)
     try:
         welcome = client.connect(timeout=net.connect_timeout_s)
+        check_offered(welcome, wanted or Wanted())
     except Exception:
         client.close()
         raise
@@ -175,8 +209,9 @@ class BackendLink:
     """
 
     def __init__(self, settings, address: str | None = None, keys_folder: str | None = None,
-                 serve_args: Sequence[str] = (), wait: bool = True):
+                 serve_args: Sequence[str] = (), wait: bool = True, wanted: Wanted | None = None):
         self.settings = settings
+        self.wanted = wanted or Wanted()
         self.keys_folder = keys_folder
         self.local: LocalBackend | None = None
         self.serve_args = list(serve_args)
@@ -204,7 +239,7 @@ class BackendLink:
         if is_loopback(self.address) and not self.keys_folder:
             self._identity = identity_path(self.settings)
             self.token = load_token(self._identity)
-        client = connect(self.address, self.settings, self.keys_folder, self.token)
+        client = connect(self.address, self.settings, self.keys_folder, self.token, self.wanted)
         self._keep_token(client)
         return client
 
@@ -255,7 +290,8 @@ class BackendLink:
                     self.address = self.local.address
                 if self.address is None:
                     raise RuntimeError("reconnecting before the first connection")
-                fresh = connect(self.address, self.settings, self.keys_folder, self.token)
+                fresh = connect(self.address, self.settings, self.keys_folder, self.token,
+                                self.wanted)
                 self._keep_token(fresh)
                 self._fresh = fresh
                 logger.info("reconnected to %s", self.address)

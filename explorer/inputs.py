@@ -17,7 +17,8 @@ import numpy as np
 
 from explorer.settings import PhotoSettings
 
-ENGINES = ("classic", "diffusion")
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+"""The shape of an engine or preset name; which names exist, the backend's Welcome says."""
 SIZE_RANGE = (64, 8192)
 """Smallest and largest window side in pixels."""
 MIN_PHOTO_SIDE = 64
@@ -122,10 +123,12 @@ def check_fov(fov: float | None) -> float | None:
     return fov
 
 
-def check_engine(engine: str | None) -> str | None:
-    if engine is not None and engine not in ENGINES:
-        raise InputError(f"--engine {engine!r} is not an engine; choose one of: {', '.join(ENGINES)}")
-    return engine
+def check_name(flag: str, name: str | None) -> str | None:
+    """An engine or preset name's shape, before anything starts (whether the backend offers
+    it is checked against its Welcome: :func:`explorer.backend_process.check_offered`)."""
+    if name is not None and not _NAME.fullmatch(name):
+        raise InputError(f"{flag} {name!r} is not a name (lower-case letters, digits, - and _)")
+    return name
 
 
 def window_size(photo_size: tuple[int, int], width: int, max_height: int = 900) -> tuple[int, int]:
@@ -200,7 +203,7 @@ def list_sessions(root: Path) -> tuple[list[dict], int]:
     folder, clips, engine, photo, modified time), and how many folders are not readable
     sessions (skipped, never an error). Links are not followed; manifests are decoded with
     the backend's typed structs."""
-    from backend.manifest import saved_folders
+    from protocol.files.manifest import saved_folders
 
     out, skipped = [], 0
     for name, manifest, modified in saved_folders(root):

@@ -260,7 +260,7 @@ class PathTools:
         self.export_thread.start()
 
     def _export(self, data: np.ndarray, out: Path) -> None:
-        from backend.export.clouds import write_splats  # numpy only: no torch in the explorer
+        from protocol.files.clouds import write_splats  # numpy only: no torch in the explorer
 
         chunk = 1 << 18
         chunks = ((data["position"][i:i + chunk], data["color"][i:i + chunk, :3], data["radius"][i:i + chunk])

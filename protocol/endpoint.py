@@ -120,6 +120,7 @@ class ServerEndpoint(EndpointIO):
         *,
         engines: Sequence[str] = ("classic",),
         default_engine: str | None = None,
+        presets: Sequence[str] = (),
         name: str = "dreamjourney-backend",
         heartbeat_s: float = 1.0,
         peer_timeout_s: float = PEER_TIMEOUT_S,
@@ -148,7 +149,7 @@ class ServerEndpoint(EndpointIO):
         self._welcome_msg = Welcome(
             protocol_version=PROTOCOL_VERSION, server=name, engines=list(engines),
             default_engine=default_engine or engines[0], heartbeat_s=heartbeat_s,
-            max_message_bytes=limits.max_message_bytes)
+            max_message_bytes=limits.max_message_bytes, presets=list(presets))
         self._signer = TokenSigner(token_key)
         self._occupancy: Occupancy = occupancy or NoOccupancy()
         self._report_state = report_state

@@ -77,6 +77,7 @@ class EndpointProcess:
         *,
         engines: list[str] | tuple[str, ...] = ("classic",),
         default_engine: str | None = None,
+        presets: list[str] | tuple[str, ...] = (),
         name: str = "dreamjourney-backend",
         heartbeat_s: float = 1.0,
         peer_timeout_s: float = PEER_TIMEOUT_S,
@@ -108,6 +109,7 @@ class EndpointProcess:
             sock.bind(f"ipc://{self._dir}/{end}")
         settings = {
             "address": address, "engines": list(engines), "default_engine": default_engine,
+            "presets": list(presets),
             "name": name, "heartbeat_s": heartbeat_s, "peer_timeout_s": peer_timeout_s,
             "keys": None if keys is None else [str(keys.secret_file), str(keys.authorized_dir)],
             "limits": dataclasses.asdict(limits), "caps": dataclasses.asdict(caps),
@@ -337,7 +339,8 @@ def _child_main() -> int:
     try:
         endpoint = ServerEndpoint(
             settings["address"], engines=settings["engines"],
-            default_engine=settings["default_engine"], name=settings["name"],
+            default_engine=settings["default_engine"], presets=settings["presets"],
+            name=settings["name"],
             heartbeat_s=settings["heartbeat_s"], peer_timeout_s=settings["peer_timeout_s"],
             keys=None if keys is None else ServerKeys(*map(_path, keys)),
             limits=Limits(**settings["limits"]), caps=EndpointCaps(**caps),

@@ -138,6 +138,9 @@ class Welcome(Message, tag="welcome"):
     """The client's identity token on loopback: the Hello's token if this backend issued
     it, else a new one it signed (a token a client makes up is never accepted); keep it and
     send it in later Hellos to own the same scenes. Empty under CURVE."""
+    presets: list[str] = []
+    """Sampler presets a Transition's ``preset`` may name (``configs/models`` names such as
+    ``interactive`` and ``paper``); empty when no offered engine takes one."""
 
 
 class Ping(Message, tag="ping"):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from PIL import Image
@@ -44,8 +45,8 @@ def bad_files(tmp_path_factory):
     ([SCENE, "--size", "0x0"], "between 64 and 8192"),
     ([SCENE, "--size", "20000x20000"], "between 64 and 8192"),
     ([SCENE, "--size", "big"], "must look like 1280x720"),
-    ([SCENE, "--engine", "bogus"], "choose one of: classic, diffusion"),
-    ([SCENE, "--preset", "fastest"], "choose one of: paper, interactive"),
+    ([SCENE, "--engine", "Bogus!"], "is not a name"),
+    ([SCENE, "--preset", "../paper"], "is not a name"),
     ([], "give a photo to explore, or --resume SESSION"),
     ([SCENE, "--config", "{d}/nothing.toml"], "cannot read"),
 ])
@@ -55,6 +56,50 @@ def test_bad_input_is_one_line_and_exit_code_2(bad_files, tmp_path, args, says):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+@pytest.fixture(scope="module")
+def offering_backend(tmp_path_factory):
+    """A real ``dreamjourney serve`` offering both engines (no weights load until a job)."""
+    from explorer.backend_process import start_local_backend
+
+    folder = tmp_path_factory.mktemp("offering")
+    backend = start_local_backend(["--sessions", str(folder / "sessions"),
+                                   "--offer", "classic,diffusion"])
+    yield backend
+    backend.stop()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--engine", "bogus"], "--engine 'bogus': this backend offers classic, diffusion"),
+    (["--preset", "fastest"], "--preset 'fastest': this backend offers cogvideox, easyanimate, "
+                              "interactive, paper, svd, wan, wan-vace"),
+])
+def test_names_the_backend_does_not_offer(offering_backend, tmp_path, args, says):
+    """Engine and preset names are checked against the backend's Welcome, not a list kept
+    in the explorer: one line naming what it offers, exit code 2, before a window opens."""
+    out = explore(tmp_path, SCENE, "--backend", offering_backend.address, *args)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert lines == [f"error: {says}"], out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_welcome_lists_presets_only_where_an_engine_takes_them(offering_backend):
+    from explorer.backend_process import NotOffered, Wanted, check_offered, connect
+
+    settings = ExplorerSettings.load(None)
+    client = connect(offering_backend.address, settings, wanted=Wanted("diffusion", "paper"))
+    try:
+        welcome = client.welcome
+        assert welcome is not None and {"interactive", "paper"} <= set(welcome.presets)
+        assert welcome.engines == ["classic", "diffusion"]
+    finally:
+        client.close()
+    classic_only = msgspec.structs.replace(welcome, engines=["classic"], presets=[])
+    check_offered(classic_only, Wanted("classic", "paper"))  # ignored there, and logged
+    with pytest.raises(NotOffered, match="this backend offers classic$"):
+        check_offered(classic_only, Wanted("diffusion"))
 
 
 def test_unknown_settings_key_is_named(tmp_path):

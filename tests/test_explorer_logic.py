@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,32 @@ def test_importing_the_explorer_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_packages(package: str) -> dict[str, set[str]]:
+    """Top-level packages each module of ``package`` imports, lazy imports included."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_layers_explorer_never_imports_backend_and_protocol_imports_neither():
+    """The explorer reaches the backend only over the wire (shared formats live in protocol/),
+    and protocol/ stands alone, at any depth of a function as well as at the top."""
+    for module, names in _imported_packages("explorer").items():
+        assert "backend" not in names, module
+    for module, names in _imported_packages("protocol").items():
+        assert not names & {"backend", "explorer"}, module
 
 
 def test_camera_moves_by_speed_times_time_scaled_by_scene_depth():

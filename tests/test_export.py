@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 from plyfile import PlyData
 
-from backend.export.clouds import write_splats
-from backend.export.splats import SH_C0, SplatSettings
 from backend.geometry.cloud import PointCloud
 from backend.geometry.ply import iter_ply, read_ply, write_ply
 from backend.geometry.store import PointStore
 from backend.session import OwnerSessions, SessionStore
 from explorer.cli import main
 from protocol.camera import intrinsics, rotation_about
+from protocol.files.clouds import write_splats
+from protocol.files.splats import SH_C0, SplatSettings
 from protocol.messages import SceneText
 
 REFERENCE_LAYOUT = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]

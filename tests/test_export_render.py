@@ -12,8 +12,8 @@ from PIL import Image
 
 from backend.engines.base import OpenRequest
 from backend.engines.classic import ClassicEngine
-from backend.export.clouds import write_splats
 from backend.geometry.splat import SplatRenderer
+from protocol.files.clouds import write_splats
 from protocol.messages import SceneText
 
 pytestmark = pytest.mark.slow

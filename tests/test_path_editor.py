@@ -102,7 +102,7 @@ def test_camera_path_files_round_trip_and_refuse_bad_ones(tmp_path):
 
 
 def test_the_explorers_export_path_does_not_import_torch():
-    code = ("import sys; import explorer.path_tools, backend.export.clouds, protocol.camera_path\n"
+    code = ("import sys; import explorer.path_tools, protocol.files.clouds, protocol.camera_path\n"
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -51,7 +51,7 @@ class ProgressLine:
 def run_export(args: argparse.Namespace) -> int:
     from backend.export.session_export import SUFFIXES, export_session
     from backend.export.session_source import ExportError, open_session
-    from backend.export.splats import SplatSettings
+    from protocol.files.splats import SplatSettings
 
     try:
         folder = args.folder or _default_folder()

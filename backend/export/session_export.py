@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.export.clouds import write_points, write_splats
 from backend.export.session_source import ExportError, SavedSession
-from backend.export.splats import SplatSettings
 from backend.export.video import join_clips
 from protocol.camera_path import CameraPath
+from protocol.files.clouds import write_points, write_splats
+from protocol.files.splats import SplatSettings
 
 KINDS = ("splats", "points", "path", "video")
 SUFFIXES = {"splats": "-splats.ply", "points": "-points.ply", "path": "-path.json", "video": ".mp4"}

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.manifest import saved_folders
 from backend.session import SessionError, read_session
+from protocol.files.manifest import saved_folders
 
 
 class ExportError(Exception):

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.export.ply_stream import PlyStream
-from backend.export.points import FRAME_COMMENTS as POINT_COMMENTS
-from backend.export.points import POINT_DTYPE, point_rows
-from backend.export.splats import FRAME_COMMENTS as SPLAT_COMMENTS
-from backend.export.splats import SplatSettings, splat_dtype, splat_rows
+from protocol.files.ply_stream import PlyStream
+from protocol.files.points import FRAME_COMMENTS as POINT_COMMENTS
+from protocol.files.points import POINT_DTYPE, point_rows
+from protocol.files.splats import FRAME_COMMENTS as SPLAT_COMMENTS
+from protocol.files.splats import SplatSettings, splat_dtype, splat_rows
 
 Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]
 """(xyz N x 3 float32, rgb N x 3 uint8, radius N float32) of consecutive points."""

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backend.export.surfaces import surface_normals
+from protocol.files.surfaces import surface_normals
 
 SH_C0 = 0.28209479177387814
 """The degree-0 real spherical harmonic, 1 / (2 sqrt(pi))."""
