@@ -17,6 +17,9 @@ manifest is the commit point:
 A crash at any moment leaves the old manifest or the new one; ``backend.session_recovery``
 (run at start) finishes the job. Nothing here follows a symbolic link inside the root: a
 session folder or ``clips`` folder that is not a real folder is refused.
+
+Over 400 lines on purpose: every write to a session (create, clip, cloud, undo) goes through
+the ordered commit steps above, and those steps are only checkable read side by side.
 """
 
 from __future__ import annotations
