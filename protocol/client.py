@@ -16,6 +16,7 @@ from protocol.events import Incoming, PeerGone
 from protocol.keys import ClientKeys
 from protocol.limits import DEFAULT_LIMITS, Limits, ProtocolError
 from protocol.messages import PROTOCOL_VERSION, Credit, Error, Hello, Message, Ping, Pong, Welcome
+from protocol.multipart import NOBLOCK, recv_parts, send_parts
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Client:
             if self._sock in ready:
                 for _ in range(256):
                     try:
-                        frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = recv_parts(self._sock, NOBLOCK)
                     except zmq.Again:
                         break
                     last_seen = time.monotonic()
@@ -170,7 +171,7 @@ class Client:
     def _send(self, frames: list) -> None:
         # Never block the I/O thread: with no backend connected a DEALER send would wait forever.
         try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_parts(self._sock, frames, NOBLOCK)
         except zmq.Again:
             log.warning("backend at %s not reachable; a message was dropped", self.address)
 
