@@ -16,7 +16,7 @@ from protocol.events import Incoming, PeerGone
 from protocol.keys import ClientKeys
 from protocol.limits import DEFAULT_LIMITS, Limits, ProtocolError
 from protocol.messages import PROTOCOL_VERSION, Credit, Error, Hello, Message, Ping, Pong, Welcome
-from protocol.multipart import NOBLOCK, recv_parts, send_parts
+from protocol.multipart import NOBLOCK, more_waiting, recv_parts, send_parts
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,8 @@ class Client:
                     if self._chan.waiting():  # e.g. credit granted meanwhile: out at once,
                         for out in self._chan.drain():  # not after the whole batch
                             self._send(out)
+                    if not more_waiting(self._sock):
+                        break
             now = time.monotonic()
             if now >= next_ping:
                 self._send(encode(Ping(seq=next(seq), sent_at=now)))

@@ -27,7 +27,7 @@ from protocol.events import Incoming, PeerGone, Released
 from protocol.ledger import PeerLedger
 from protocol.limits import Limits, ProtocolError
 from protocol.messages import Cancel, Credit, Error, Hello, Message, Ping, Pong
-from protocol.multipart import send_parts
+from protocol.multipart import more_waiting, send_parts
 from protocol.peer import Peer
 from protocol.policing import Police
 
@@ -107,7 +107,9 @@ class EndpointIO:
         return now
 
     def _receive_some(self) -> None:
-        for _ in range(256):
+        for i in range(256):
+            if i and not more_waiting(self._sock):
+                return
             try:
                 frames = self._recv_bounded()
             except zmq.Again:
