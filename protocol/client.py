@@ -123,7 +123,8 @@ class Client:
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._chan.fileno(), zmq.POLLIN)
+        chan_fd = self._chan.fileno()
+        poller.register(chan_fd, zmq.POLLIN)
         seq = itertools.count()
         last_seen = time.monotonic()
         next_ping = time.monotonic() + self.heartbeat_s
@@ -136,7 +137,7 @@ class Client:
                 last_seen += stall
             turn = now
             ready = dict(poller.poll(timeout=int(max(0.0, min(next_ping - now, 0.1)) * 1000)))
-            if self._chan.fileno() in ready:
+            if chan_fd in ready:
                 for frames in self._chan.drain():
                     self._send(frames)
             if self._sock in ready:

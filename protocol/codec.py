@@ -15,6 +15,7 @@ from typing import Any, cast, get_args
 
 import msgspec
 import numpy as np
+import simplejpeg
 
 from protocol.limits import (
     DEFAULT_LIMITS,
@@ -260,8 +261,6 @@ def encode_image(
     img = _check_rgb(img)
     h, w = img.shape[:2]
     if codec == "jpeg":
-        import simplejpeg
-
         data = simplejpeg.encode_jpeg(img, quality=quality, colorspace="RGB", colorsubsampling="420")
     elif codec == "png":
         from PIL import Image
@@ -281,8 +280,6 @@ def image_header_size(codec: str, data: memoryview) -> tuple[int, int]:
     raw = data[:24].tobytes() if codec == "png" else data
     try:
         if codec == "jpeg":
-            import simplejpeg
-
             height, width, _, _ = simplejpeg.decode_jpeg_header(raw if data.contiguous else bytes(raw))
             return int(width), int(height)
         if codec == "png":
@@ -325,8 +322,6 @@ def decode_image(ref: ImageRef, blobs: Sequence[memoryview], limits: Limits = DE
         if ref.codec == "raw":
             img = np.frombuffer(data, dtype=np.uint8).reshape(ref.height, ref.width, 3)
         elif ref.codec == "jpeg":
-            import simplejpeg
-
             img = simplejpeg.decode_jpeg(bytes(data) if not data.contiguous else data, colorspace="RGB")
         else:
             from PIL import Image

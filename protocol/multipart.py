@@ -14,7 +14,7 @@ that is not a buffer never reaches a socket half-way through a message.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -51,4 +51,4 @@ def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
 def more_waiting(sock: zmq.Socket) -> bool:
     """Whether another message can be received now: ends a batch of receives without the
     ``zmq.Again`` a last NOBLOCK receive would raise (an exception costs twice this look)."""
-    return bool(sock.get(_EVENTS) & _POLLIN)
+    return bool(cast(int, sock.get(_EVENTS)) & _POLLIN)
