@@ -94,6 +94,10 @@ def run_transport(blobs: list[bytes], credits: int) -> dict:
 def run_bare(blobs: list[bytes]) -> dict:
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
+    # At the high-water mark a ROUTER drops messages unless it is mandatory (then send waits):
+    # without this, past ~1000 frames in flight frames (and "done") were dropped and the
+    # reader hung. Every frame arrives, as with our transport.
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     dealer = ctx.socket(zmq.DEALER)
     dealer.connect(f"tcp://127.0.0.1:{port}")
@@ -110,17 +114,19 @@ def run_bare(blobs: list[bytes]) -> dict:
     start = time.perf_counter()
     producer = threading.Thread(target=produce)
     producer.start()
-    nbytes = 0
+    nbytes = received = 0
     while True:
         frames = dealer.recv_multipart(copy=False)
         if len(frames) == 1:
             break
         nbytes += len(frames[1].buffer)
+        received += 1
     elapsed = time.perf_counter() - start
     producer.join()
     router.close(linger=0)
     dealer.close(linger=0)
     ctx.term()
+    assert received == len(blobs), f"bare: received {received} of {len(blobs)} frames"
     return {"elapsed": elapsed, "bytes": nbytes}
 
 

@@ -16,6 +16,7 @@ from protocol.events import Incoming, PeerGone
 from protocol.keys import ClientKeys
 from protocol.limits import DEFAULT_LIMITS, Limits, ProtocolError
 from protocol.messages import PROTOCOL_VERSION, Credit, Error, Hello, Message, Ping, Pong, Welcome
+from protocol.multipart import NOBLOCK, more_waiting, recv_parts, send_parts
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,8 @@ class Client:
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._chan.fileno(), zmq.POLLIN)
+        chan_fd = self._chan.fileno()
+        poller.register(chan_fd, zmq.POLLIN)
         seq = itertools.count()
         last_seen = time.monotonic()
         next_ping = time.monotonic() + self.heartbeat_s
@@ -135,13 +137,13 @@ class Client:
                 last_seen += stall
             turn = now
             ready = dict(poller.poll(timeout=int(max(0.0, min(next_ping - now, 0.1)) * 1000)))
-            if self._chan.fileno() in ready:
+            if chan_fd in ready:
                 for frames in self._chan.drain():
                     self._send(frames)
             if self._sock in ready:
                 for _ in range(256):
                     try:
-                        frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = recv_parts(self._sock, NOBLOCK)
                     except zmq.Again:
                         break
                     last_seen = time.monotonic()
@@ -153,6 +155,8 @@ class Client:
                     if self._chan.waiting():  # e.g. credit granted meanwhile: out at once,
                         for out in self._chan.drain():  # not after the whole batch
                             self._send(out)
+                    if not more_waiting(self._sock):
+                        break
             now = time.monotonic()
             if now >= next_ping:
                 self._send(encode(Ping(seq=next(seq), sent_at=now)))
@@ -170,7 +174,7 @@ class Client:
     def _send(self, frames: list) -> None:
         # Never block the I/O thread: with no backend connected a DEALER send would wait forever.
         try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_parts(self._sock, frames, NOBLOCK)
         except zmq.Again:
             log.warning("backend at %s not reachable; a message was dropped", self.address)
 

@@ -15,6 +15,7 @@ from typing import Any, cast, get_args
 
 import msgspec
 import numpy as np
+import simplejpeg
 
 from protocol.limits import (
     DEFAULT_LIMITS,
@@ -50,17 +51,19 @@ Blob = Any
 """bytes, bytearray, memoryview, numpy array or zmq.Frame: anything with the buffer protocol."""
 
 
-def _nbytes(blob: Blob) -> int:
-    return _view(blob).nbytes
-
-
 def _view(blob: Blob) -> memoryview:
     buf: Any = getattr(blob, "buffer", blob)  # zmq.Frame exposes .buffer
     return memoryview(buf).cast("B")
 
 
 def encode(msg: Message, blobs: Sequence[Blob] = ()) -> list[Blob]:
-    """Frames of one message: the msgpack header, then the blobs as they are (no copy)."""
+    """Frames of one message: the msgpack header, then the blobs as they are (no copy).
+
+    A blob without the buffer protocol raises TypeError here, on the caller's thread, so
+    the I/O threads (``protocol.multipart.send_parts``) only ever send buffers."""
+    for blob in blobs:
+        if type(blob) is not bytes:
+            memoryview(blob)
     return [_encoder.encode(msg), *blobs]
 
 
@@ -81,16 +84,17 @@ def decode(frames: Sequence[Blob], limits: Limits = DEFAULT_LIMITS) -> tuple[Mes
 def _decode(frames: Sequence[Blob], limits: Limits) -> tuple[Message, list[memoryview]]:
     if not frames:
         raise BadMessage("empty message")
-    total = sum(_nbytes(f) for f in frames)
+    views = [_view(f) for f in frames]
+    total = sum(v.nbytes for v in views)
     if total > limits.max_message_bytes:
         raise TooLarge(f"message of {total} bytes exceeds the limit of {limits.max_message_bytes}")
     if len(frames) - 1 > limits.max_blobs:
         raise TooLarge(f"{len(frames) - 1} blob frames exceed the limit of {limits.max_blobs}")
-    header = _view(frames[0])
+    header = views[0]
     if header.nbytes > limits.max_header_bytes:
         raise TooLarge(f"header of {header.nbytes} bytes exceeds {limits.max_header_bytes}")
     msg = _decode_header(header)
-    blobs = [_view(f) for f in frames[1:]]
+    blobs = views[1:]
     _check_refs(msg, blobs, limits)
     return msg, blobs
 
@@ -101,12 +105,12 @@ def _tag_first(header: memoryview) -> bool:
     With the tag first and every field typed, msgspec rejects a nested value at its first
     wrong level, so nesting depth is bounded by the message types, never by the peer.
     """
-    lead = header[:1].tobytes()
+    lead = header[:10].tobytes()
     if not lead:
         return False
     b = lead[0]
     skip = 1 if 0x80 <= b <= 0x8F else 3 if b == 0xDE else 5 if b == 0xDF else 0
-    return skip > 0 and header[skip : skip + 5].tobytes() == b"\xa4type"
+    return skip > 0 and lead[skip : skip + 5] == b"\xa4type"
 
 
 def _decode_header(header: memoryview) -> Message:
@@ -125,9 +129,33 @@ def _decode_header(header: memoryview) -> Message:
         raise BadMessage(f"header is not valid msgpack: {exc}") from None
 
 
+def _may_hold_ref(t: msgspec.inspect.Type) -> bool:
+    """Whether a field of type ``t`` can hold an ImageRef or ArrayRef."""
+    if isinstance(t, msgspec.inspect.UnionType):
+        return any(_may_hold_ref(u) for u in t.types)
+    if isinstance(t, msgspec.inspect.Metadata):
+        return _may_hold_ref(t.type)
+    if isinstance(t, msgspec.inspect.StructType):
+        return t.cls in (ImageRef, ArrayRef)
+    return isinstance(t, msgspec.inspect.AnyType)
+
+
+_REF_FIELDS: dict[type, tuple[str, ...]] = {}
+"""Message type -> its fields that can hold a blob reference (worked out once per type)."""
+
+
+def _ref_fields(cls: type) -> tuple[str, ...]:
+    fields = _REF_FIELDS.get(cls)
+    if fields is None:
+        info = msgspec.inspect.type_info(cls)
+        assert isinstance(info, msgspec.inspect.StructType)
+        fields = _REF_FIELDS[cls] = tuple(f.name for f in info.fields if _may_hold_ref(f.type))
+    return fields
+
+
 def _check_refs(msg: Message, blobs: list[memoryview], limits: Limits) -> None:
     used = []
-    for name in msg.__struct_fields__:
+    for name in _ref_fields(type(msg)):
         ref = getattr(msg, name)
         if isinstance(ref, (ImageRef, ArrayRef)):
             if not 0 <= ref.blob < len(blobs):
@@ -233,8 +261,6 @@ def encode_image(
     img = _check_rgb(img)
     h, w = img.shape[:2]
     if codec == "jpeg":
-        import simplejpeg
-
         data = simplejpeg.encode_jpeg(img, quality=quality, colorspace="RGB", colorsubsampling="420")
     elif codec == "png":
         from PIL import Image
@@ -254,8 +280,6 @@ def image_header_size(codec: str, data: memoryview) -> tuple[int, int]:
     raw = data[:24].tobytes() if codec == "png" else data
     try:
         if codec == "jpeg":
-            import simplejpeg
-
             height, width, _, _ = simplejpeg.decode_jpeg_header(raw if data.contiguous else bytes(raw))
             return int(width), int(height)
         if codec == "png":
@@ -298,8 +322,6 @@ def decode_image(ref: ImageRef, blobs: Sequence[memoryview], limits: Limits = DE
         if ref.codec == "raw":
             img = np.frombuffer(data, dtype=np.uint8).reshape(ref.height, ref.width, 3)
         elif ref.codec == "jpeg":
-            import simplejpeg
-
             img = simplejpeg.decode_jpeg(bytes(data) if not data.contiguous else data, colorspace="RGB")
         else:
             from PIL import Image

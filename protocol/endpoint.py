@@ -86,6 +86,7 @@ from protocol.messages import (
     Message,
     Welcome,
 )
+from protocol.multipart import send_parts
 from protocol.peer import Peer, Room, make_room
 from protocol.policing import Police
 
@@ -332,7 +333,7 @@ class ServerEndpoint(EndpointIO):
         welcome = self._welcome_msg
         if arrival.token:
             welcome = msgspec.structs.replace(welcome, token=arrival.token)
-        self._sock.send_multipart([peer_id, *encode(welcome)])
+        send_parts(self._sock, [peer_id, *encode(welcome)], copy=True)
 
     def _evict(self, victim: Peer, why: str) -> None:
         log.info("evicting idle client %s: %s", victim.rid.hex(), why)

@@ -27,6 +27,7 @@ from protocol.events import Incoming, PeerGone, Released
 from protocol.ledger import PeerLedger
 from protocol.limits import Limits, ProtocolError
 from protocol.messages import Cancel, Credit, Error, Hello, Message, Ping, Pong
+from protocol.multipart import more_waiting, send_parts
 from protocol.peer import Peer
 from protocol.policing import Police
 
@@ -106,7 +107,9 @@ class EndpointIO:
         return now
 
     def _receive_some(self) -> None:
-        for _ in range(256):
+        for i in range(256):
+            if i and not more_waiting(self._sock):
+                return
             try:
                 frames = self._recv_bounded()
             except zmq.Again:
@@ -190,8 +193,8 @@ class EndpointIO:
 
     def _error(self, peer_id: bytes, code: ErrorCode, message: str, request_id: str | None = None) -> None:
         self.stats.errors_sent += 1
-        self._sock.send_multipart([peer_id, *encode(Error(code=code, message=public_text(message),
-                                                          request_id=request_id))])
+        send_parts(self._sock, [peer_id, *encode(Error(code=code, message=public_text(message),
+                                                        request_id=request_id))], copy=True)
 
     # -- incoming messages --
 
@@ -210,7 +213,7 @@ class EndpointIO:
         if isinstance(msg, Hello):
             self._on_hello(peer_id, msg, frames[1])
         elif isinstance(msg, Ping):
-            self._sock.send_multipart([peer_id, *encode(Pong(seq=msg.seq, sent_at=msg.sent_at))])
+            send_parts(self._sock, [peer_id, *encode(Pong(seq=msg.seq, sent_at=msg.sent_at))], copy=True)
         elif isinstance(msg, Pong):
             pass
         elif peer is None:
@@ -247,7 +250,7 @@ class EndpointIO:
                 if frame_of is not None:
                     self.ledger.drop_pending(peer_id)
                 if frames is not None and frame_of is None:
-                    self._sock.send_multipart([peer_id, *frames], copy=False)  # e.g. an Error
+                    send_parts(self._sock, [peer_id, *frames])  # e.g. an Error
                 continue
             if frames is None:
                 self._release(peer_id, peer.discard(frame_of))
@@ -265,8 +268,9 @@ class EndpointIO:
     def _flush(self, peer: Peer) -> None:
         """Send what ``peer``'s credit allows of what is held for it."""
         ready, frames = peer.sendable()
+        sock, rid = self._sock, peer.rid
         for parts in ready:
-            self._sock.send_multipart([peer.rid, *parts], copy=False)
+            send_parts(sock, [rid, *parts])
         if frames:
             self.stats.frames_sent += frames
             self._release(peer.rid, frames)
@@ -286,7 +290,7 @@ class EndpointIO:
             if now - peer.last_seen > self.peer_timeout_s:
                 self._drop(peer.rid, f"no message for {self.peer_timeout_s:.1f} s")
             else:
-                self._sock.send_multipart([peer.rid, *ping])
+                send_parts(self._sock, [peer.rid, *ping], copy=True)
         self.stats.connections_shut += self._conns.sweep(self.caps.hello_timeout_s,
                                                          self.caps.max_pending_connections)
         self._police.forget_idle()

@@ -20,6 +20,9 @@ class PeerLedger:
     def __init__(self, max_queued: int):
         self.max_queued = max_queued
         self.cond = threading.Condition()
+        self._waiters = 0
+        """Threads in :meth:`wait_room` (under ``cond``): a release wakes nobody when there
+        are none, which is the common case while a job keeps ahead of its peer's credit."""
         self._identity: dict[bytes, str] = {}
         self._pending: collections.Counter[bytes] = collections.Counter()
         """Frames handed to the endpoint and not yet sent or dropped."""
@@ -59,7 +62,8 @@ class PeerLedger:
         with self.cond:
             if peer in self._pending:
                 self._pending[peer] -= frames
-            self.cond.notify_all()
+            if self._waiters:
+                self.cond.notify_all()
 
     def drop_pending(self, peer: bytes) -> None:
         """Frames queued for a peer that is not (or no longer) connected were dropped."""
@@ -78,7 +82,11 @@ class PeerLedger:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self.cond.wait(left if left is not None else 0.5)
+                self._waiters += 1
+                try:
+                    self.cond.wait(left if left is not None else 0.5)
+                finally:
+                    self._waiters -= 1
             return peer in self._identity
 
     # -- requests waiting for the application --

@@ -107,6 +107,8 @@ class Police:
 
     def due(self) -> list[tuple[bytes, Any]]:
         """What is to be shut now, in the order it was asked."""
+        if not self._due:  # the I/O loop asks every turn; almost always nothing is due
+            return []
         now, out = self.clock(), []
         while self._due and self._due[0][0] <= now:
             _, rid, what = self._due.popleft()

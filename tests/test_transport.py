@@ -393,3 +393,31 @@ def test_a_connection_over_the_message_rate_is_shut_out():
         with Client(ep.address) as client:  # everyone else is served
             assert client.connect(timeout=3).protocol_version == PROTOCOL_VERSION
         assert ep.alive()
+
+
+def test_multipart_helpers_send_and_receive_whole_messages():
+    """send_parts/recv_parts (the I/O threads' hot path) keep message boundaries, hand
+    zmq.Frame parts through, and with NOBLOCK raise Again when nothing waits."""
+    from protocol.multipart import NOBLOCK, recv_parts, send_parts
+
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        a.bind("inproc://multipart-test")
+        b.connect("inproc://multipart-test")
+        big = np.arange(300_000, dtype=np.uint8)  # above pyzmq's zero-copy threshold
+        send_parts(a, [b"one"])
+        send_parts(a, [b"h", memoryview(b"mv"), big, zmq.Frame(b"frame")], copy=False)
+        send_parts(a, [b"x", b"y"], copy=True)
+        assert [f.bytes for f in recv_parts(b)] == [b"one"]
+        parts = recv_parts(b)
+        assert [f.bytes for f in parts[:2]] == [b"h", b"mv"]
+        assert np.array_equal(np.frombuffer(parts[2].buffer, np.uint8), big)
+        assert parts[3].bytes == b"frame"
+        assert [f.bytes for f in recv_parts(b)] == [b"x", b"y"]
+        with pytest.raises(zmq.Again):
+            recv_parts(b, NOBLOCK)
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
+        ctx.term()
