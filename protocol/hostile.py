@@ -17,6 +17,7 @@ from protocol import codec
 from protocol.limits import Limits, ProtocolError
 from protocol.messages import (
     ALL_MESSAGES,
+    PROTOCOL_VERSION,
     ArrayRef,
     Arrow,
     Cancel,
@@ -65,8 +66,8 @@ def valid_messages() -> list[tuple[Message, list[codec.Blob]]]:
     idx, idx_b = codec.array_blob(np.arange(2, dtype=np.int32), 0)
     mot, mot_b = codec.array_blob(np.zeros((2, 4), np.float32), 1)
     out: list[tuple[Message, list[codec.Blob]]] = [
-        (Hello(protocol_version=1), []),
-        (Welcome(protocol_version=1, server="s", engines=["classic"], default_engine="classic",
+        (Hello(protocol_version=PROTOCOL_VERSION), []),
+        (Welcome(protocol_version=PROTOCOL_VERSION, server="s", engines=["classic"], default_engine="classic",
                  heartbeat_s=1.0, max_message_bytes=1), []),
         (Ping(seq=1, sent_at=0.5), []),
         (Pong(seq=1, sent_at=0.5), []),

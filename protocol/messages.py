@@ -25,7 +25,10 @@ from msgspec import Meta
 
 from protocol.errors import ErrorCode, JobFailCode
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""Bumped whenever a message gains or changes a field: every struct forbids unknown fields,
+so peers of different versions would fail to decode each other. 2: Welcome.presets,
+Transition.dynamics, PointsMotion."""
 
 # Field types with their bounds, so the decoder itself rejects non-finite numbers (NaN fails
 # every bound), wrong tuple lengths, huge strings and out-of-range counts.
