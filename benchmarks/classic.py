@@ -1,16 +1,16 @@
 """The classic engine end to end: 49-frame 512x512 transitions on three shared scenes.
 
 A backend runs in this process on loopback (torch on ``--threads`` cores); a scripted client
-opens each scene and runs each preset (backward, rotate_right, forward by default) from the
+opens each scene and flies each stock camera path (backward, rotate_right, forward by default) from the
 scene's first view, receiving every frame (``--frame-codec``: raw by default, as the explorer
-asks its own local backend; jpeg as from a backend across a network). Per scene and preset
+asks its own local backend; jpeg as from a backend across a network). Per scene and path
 it prints a JSON line; the last line is one JSON object with the medians of ttff_s (request to first frame
 received), total_s and realtime_factor (clip length at 24 fps over generation time), the mean
 consistency (Make-It-4D's metric x100 on consecutive received frames, warped with depth
 rendered from the cloud the client received; lower is better) and grid_energy: the
 high-frequency energy (grey image minus its Gaussian blur, sigma 1 px, squared, mean) of the
-forward preset's frames over that of the photo itself (a screen-door pattern raises it; 1.0
-is the photo's own). ``--sheets DIR`` writes a contact sheet per scene (rows: presets and a
+forward path's frames over that of the photo itself (a screen-door pattern raises it; 1.0
+is the photo's own). ``--sheets DIR`` writes a contact sheet per scene (rows: paths and a
 sideways strafe; columns: first, middle, last frame) as PNG, and each scene's first frame at
 full size (``NAME-first.png``); ``--scenes all`` takes every shared scene. ``goals`` and
 ``goals_met`` compare the summary with issue 14's targets.
@@ -54,6 +54,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import classic_dynamic  # noqa: E402
+from sheets import contact_sheet  # noqa: E402
 
 from backend.geometry.cloud import PointCloud  # noqa: E402
 from backend.geometry.metrics import consistency  # noqa: E402
@@ -98,13 +99,6 @@ def grid_energy(frames: list[np.ndarray], photo: np.ndarray) -> float:
     return float(np.median([hf_energy(f) for f in frames[1:]]) / max(hf_energy(photo), 1e-9))
 
 
-def contact_sheet(rows: list[list[np.ndarray]], path: Path, thumb: int = 256) -> None:
-    """Frames in a grid (one row per list), each resized to ``thumb`` wide."""
-    tiles = [np.concatenate([cv2.resize(f, (thumb, thumb * f.shape[0] // f.shape[1]),
-                                        interpolation=cv2.INTER_AREA) for f in row], 1) for row in rows]
-    Image.fromarray(np.concatenate(tiles, 0)).save(path)
-
-
 def strafe(n: int, median_depth: float) -> np.ndarray:
     """N poses sliding right by a quarter of the median depth while creeping forward."""
     poses = np.repeat(np.eye(4)[None], n, axis=0)
@@ -115,8 +109,8 @@ def strafe(n: int, median_depth: float) -> np.ndarray:
 
 
 def run_transitions(args, rows: list[dict]) -> None:
-    """Every scene x preset through a loopback backend: one JSON line each; contact sheets."""
-    presets = list(args.presets) + (["strafe"] if args.sheets else [])
+    """Every scene x camera path through a loopback backend: one JSON line each; contact sheets."""
+    paths = list(args.paths) + (["strafe"] if args.sheets else [])
     with tempfile.TemporaryDirectory() as tmp:
         config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=Path(tmp), save_clips=False)
         with Backend(config) as backend:
@@ -125,11 +119,11 @@ def run_transitions(args, rows: list[dict]) -> None:
                     image = np.asarray(im.convert("RGB").resize((args.size, args.size)))
                 sheet = []
                 with ScriptedClient(backend.address, credits=8) as client:  # scene caps are per client
-                    for preset_name in presets:
-                        row, frames = run_one(client, name, preset_name, image, args)
+                    for path_name in paths:
+                        row, frames = run_one(client, name, path_name, image, args)
                         sheet.append([frames[0], frames[len(frames) // 2], frames[-1]])
-                        if preset_name == "strafe":
-                            continue  # shown, not measured: the issue 14 figures keep their presets
+                        if path_name == "strafe":
+                            continue  # shown, not measured: the issue 14 figures keep their paths
                         rows.append(row)
                         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                           for k, v in row.items()}), flush=True)
@@ -138,13 +132,13 @@ def run_transitions(args, rows: list[dict]) -> None:
                     Image.fromarray(sheet[0][0]).save(args.sheets / f"{name}-first.png")
 
 
-def run_one(client: ScriptedClient, name: str, preset_name: str, image: np.ndarray, args
+def run_one(client: ScriptedClient, name: str, path_name: str, image: np.ndarray, args
             ) -> tuple[dict, list[np.ndarray]]:
-    scene_id = f"{name}-{preset_name}"
+    scene_id = f"{name}-{path_name}"
     opened = client.open_scene(image, scene_id=scene_id)
     median = opened.scene.median_depth
-    poses = (strafe(args.frames, median) if preset_name == "strafe"
-             else stock_path(preset_name, args.frames, median))
+    poses = (strafe(args.frames, median) if path_name == "strafe"
+             else stock_path(path_name, args.frames, median))
     job = client.transition(scene_id, poses, frame_codec=args.frame_codec)
     points = opened.points
     points.xyz += job.points.xyz
@@ -154,7 +148,7 @@ def run_one(client: ScriptedClient, name: str, preset_name: str, image: np.ndarr
     total = job.frame_times[-1]
     row = {
         "scene": name,
-        "preset": preset_name,
+        "path": path_name,
         "depth_source": opened.scene.depth_source,
         "ttff_s": job.frame_times[0],
         "total_s": total,
@@ -242,7 +236,8 @@ def main() -> None:
                         help="shared scene names, or 'all'")
     parser.add_argument("--frames", type=int, default=49)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--presets", nargs="+", default=["backward", "rotate_right", "forward"])
+    parser.add_argument("--paths", nargs="+", default=["backward", "rotate_right", "forward"],
+                        help="stock camera paths (protocol.trajectory.stock_path)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--frame-codec", choices=["raw", "jpeg", "png"], default="raw",
                         help="how frames travel (raw: the explorer's own backend; jpeg: remote)")
@@ -274,14 +269,14 @@ def main() -> None:
         run_transitions(args, rows)
         result.update(transition_summary(args, rows))
     if "dynamic" in args.parts:
-        result.update(classic_dynamic.dynamic_transition_figures(args, contact_sheet))
+        result.update(classic_dynamic.dynamic_transition_figures(args))
     result["goals"] = GOALS
     result["goals_met"] = goals_met(result)
     print(json.dumps(result))
 
 
 def transition_summary(args, rows: list[dict]) -> dict:
-    forward = [r for r in rows if r["preset"] == "forward"]
+    forward = [r for r in rows if r["path"] == "forward"]
     per_scene = {
         name: {
             "consistency": round(float(np.mean([r["consistency"] for r in rows if r["scene"] == name])), 4),
@@ -292,7 +287,7 @@ def transition_summary(args, rows: list[dict]) -> dict:
     }
     return {
         "scenes": args.scenes,
-        "presets": args.presets,
+        "paths": args.paths,
         "threads": torch.get_num_threads(),
         "frame_codec": args.frame_codec,
         "depth_source": sorted({r["depth_source"] for r in rows}),

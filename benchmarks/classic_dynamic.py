@@ -4,7 +4,7 @@ alone: ``python benchmarks/classic_dynamic.py [--scenes ...] [--sheets DIR]``.
 For each scene: a lake is composited into the photo (``synthetic.composite_water``) and two
 scenes are opened from it through the loopback backend. One stays static; the other gets a
 48-frame Dynamics with three arrows on the lake first, so its lake's points keep moving (4D
-points). Both then run the same transition preset. Per scene:
+points). Both then fly the same stock camera path. Per scene:
 
 - ``static_consistency``: Make-It-4D's consistency of the static scene's clip (all pixels);
 - ``dynamic_static_consistency``: the same metric on the moving world's clip, over the pixels
@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sheets import contact_sheet  # noqa: E402
 
 from backend.config import BackendConfig  # noqa: E402
 from backend.geometry.cloud import PointCloud  # noqa: E402
@@ -91,7 +93,7 @@ def _pair_errors(frames, poses, depth, K, mask=None) -> list[float]:
 
 
 def run_scene(client: ScriptedClient, name: str, image: np.ndarray, lake: np.ndarray,
-              preset_name: str, frames: int, frame_codec: str) -> dict:
+              path_name: str, frames: int, frame_codec: str) -> dict:
     arrows = [Arrow(start=a, vector=((b[0] - a[0]) / 24, (b[1] - a[1]) / 24))
               for a, b in water_strokes(lake, 3)]
     clips = {}
@@ -100,7 +102,7 @@ def run_scene(client: ScriptedClient, name: str, image: np.ndarray, lake: np.nda
         opened = client.open_scene(image, scene_id=sid)
         if kind == "dynamic":
             client.dynamics(sid, np.eye(4), num_frames=48, arrows=arrows, frame_codec=frame_codec)
-        poses = stock_path(preset_name, frames, opened.scene.median_depth)
+        poses = stock_path(path_name, frames, opened.scene.median_depth)
         job = client.transition(sid, poses, frame_codec=frame_codec)
         points = opened.points
         for field in ("xyz", "rgb", "radius"):
@@ -127,7 +129,7 @@ def run_scene(client: ScriptedClient, name: str, image: np.ndarray, lake: np.nda
     region_dyn = _pair_errors(job_d.frames, job_d.poses, out.depth, K, moving_px)
     region_static = _pair_errors(job_s.frames, job_s.poses, depth_s, K, moving_px)
     excess = np.array(region_dyn) - np.array(region_static)
-    return {"scene": name, "preset": preset_name, "moving_points": int(flags.sum()),
+    return {"scene": name, "path": path_name, "moving_points": int(flags.sum()),
             "moving_pixels": float(moving_px.mean()),
             "static_consistency": float(np.nanmean(static_err)),
             "dynamic_static_consistency": float(np.nanmean(dyn_static)),
@@ -152,16 +154,16 @@ def lake_scenes(args, names) -> Iterator[tuple[str, np.ndarray, np.ndarray, Scri
                     yield name, image, lake, client
 
 
-def dynamic_transition_figures(args, contact_sheet=None) -> dict:
+def dynamic_transition_figures(args) -> dict:
     """The ``dynamic_transition`` row (module docstring); with ``args.sheets``, a contact
     sheet per scene (the moving world's first, middle and last frame, the static clip's
-    middle one) written by ``contact_sheet(rows, path)``."""
+    middle one)."""
     rows = []
     for name, image, lake, client in lake_scenes(args, args.dynamic_scenes):
-        row = run_scene(client, name, image, lake, args.dynamic_preset, args.frames,
+        row = run_scene(client, name, image, lake, args.dynamic_path, args.frames,
                         args.frame_codec)
         sheet = row.pop("sheet")
-        if args.sheets and contact_sheet is not None:
+        if args.sheets:
             contact_sheet([sheet], args.sheets / f"{name}-dynamic.png")
         rows.append(row)
         print(json.dumps({key: round(v, 4) if isinstance(v, float) else v
@@ -169,7 +171,7 @@ def dynamic_transition_figures(args, contact_sheet=None) -> dict:
     mean = {key: round(float(np.mean([r[key] for r in rows])), 4) for key in
             ("static_consistency", "static_clip_same_pixels", "dynamic_static_consistency")}
     return {"dynamic_transition": {
-        "scenes": list(args.dynamic_scenes), "preset": args.dynamic_preset, **mean,
+        "scenes": list(args.dynamic_scenes), "path": args.dynamic_path, **mean,
         "static_part_ok": bool(all(r["dynamic_static_consistency"]
                                    <= r["static_clip_same_pixels"] + 0.1 for r in rows)),
         "static_part_ok_vs_whole_clip": bool(all(
@@ -181,12 +183,11 @@ def dynamic_transition_figures(args, contact_sheet=None) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dynamic-scenes", nargs="+", default=list(DEFAULT_SCENES),
                         help="shared scenes for the dynamic_transition row")
-    parser.add_argument("--dynamic-preset", default="forward")
+    parser.add_argument("--dynamic-path", default="forward")
 
 
 def main() -> None:
     import torch
-    from classic import contact_sheet
 
     parser = argparse.ArgumentParser(description=__doc__)
     add_arguments(parser)
@@ -201,7 +202,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.sheets:
         args.sheets.mkdir(parents=True, exist_ok=True)
-    print(json.dumps(dynamic_transition_figures(args, contact_sheet)))
+    print(json.dumps(dynamic_transition_figures(args)))
 
 
 if __name__ == "__main__":
