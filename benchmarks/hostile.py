@@ -231,10 +231,11 @@ def slow_reader(address: str, stop, active) -> None:
         n += 1
 
 
-def huge_job(address: str, stop, active, frames) -> None:
+def huge_job(address: str, stop, active, frames, started) -> None:
     """The largest job the caps allow, every frame credited, over and over; cancelled when
     its phase ends. Each phase connects anew and opens its scene (a connection idle between
-    phases is the one the slot holders evict)."""
+    phases is the one the slot holders evict); ``started`` is set once its first job of the
+    phase runs."""
     import numpy as np
 
     from protocol import requests
@@ -264,6 +265,7 @@ def huge_job(address: str, stop, active, frames) -> None:
                         print(f"huge job's connection lost: {ev.reason}", file=sys.stderr)
                         return
                     if isinstance(ev.msg, Frame):
+                        started.set()
                         client.client.credit(1)
                         with frames.get_lock():
                             frames.value += 1
@@ -427,6 +429,7 @@ def main() -> None:
         stop = fork.Event()
         active = {k: fork.Event() for k in KINDS}
         sent, dropped, sprayed, held, huge = (fork.Value("q", 0) for _ in range(5))
+        huge_started = fork.Event()
         flood = active["flood"]
         procs = [fork.Process(target=hostile_sender, args=(address, s, stop, flood, sent, dropped))
                  for s in range(args.senders)]
@@ -437,7 +440,8 @@ def main() -> None:
                   fork.Process(target=slow_reader, args=(address, stop, active["slow_reader"])),
                   fork.Process(target=slot_holders,
                                args=(address, stop, active["slot_holders"], held)),
-                  fork.Process(target=huge_job, args=(address, stop, active["huge_job"], huge))]
+                  fork.Process(target=huge_job,
+                               args=(address, stop, active["huge_job"], huge, huge_started))]
         for p in procs:  # started before any client thread exists here (fork)
             p.start()
         with ScriptedClient(address, credits=8) as client:
@@ -452,6 +456,8 @@ def main() -> None:
                     latencies["alone"] += canary_latencies(client, poses, per_round // len(kinds) + 1)
                     active[kind].set()
                     time.sleep(1.5)  # the attack is in full swing
+                    if kind == "huge_job":  # its scene is open and its job streams frames
+                        assert huge_started.wait(120), "the huge job did not start"
                     for i in range(per_round):
                         latencies[kind] += canary_latencies(client, poses, 1)
                         peak = max(peak, rss_mb(server.pid))
@@ -461,6 +467,7 @@ def main() -> None:
                             back["owner"] += got["owner"]
                             back["newcomer"] += got["newcomer"]
                     active[kind].clear()
+                    huge_started.clear()
                     time.sleep(1.0)  # the attack's last batches drain
             stop.set()
             for p in procs:
