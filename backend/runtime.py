@@ -51,7 +51,7 @@ def limit_job_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     threadpool_limits(limits=threads)
-    log.info("numeric code of a job: %d thread(s)", threads)
+    log.debug("numeric code of a job: %d thread(s)", threads)
 
 
 LARGE_BLOCK_BYTES = 256 << 10
@@ -73,5 +73,5 @@ def return_large_blocks(threshold: int = LARGE_BLOCK_BYTES) -> bool:
         return False
     ok = bool(mallopt(_M_MMAP_THRESHOLD, threshold))
     if ok:
-        log.info("freed blocks of %d KiB and more go back to the system", threshold >> 10)
+        log.debug("freed blocks of %d KiB and more go back to the system", threshold >> 10)
     return ok
