@@ -58,6 +58,20 @@ def integrate(field: np.ndarray, start: np.ndarray, steps: int) -> list[np.ndarr
     return out
 
 
+def advect(field: np.ndarray, ahead: np.ndarray, behind: np.ndarray, steps: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """N x 2 positions (x, y) ``ahead`` carried ``steps`` Euler steps along ``field`` and
+    ``behind`` as many against it, without keeping the steps between: from one start, the
+    ends of ``integrate(field, ...)`` and ``integrate(-field, ...)``, bitwise (bilinear
+    sampling of ``-field`` is the negated sample of ``field``), and the same in stretches."""
+    n = len(ahead)
+    ahead, behind = ahead.astype(np.float32), behind.astype(np.float32)
+    for _ in range(steps):
+        moved = _sample(field, np.concatenate([ahead, behind]))
+        ahead, behind = ahead + moved[:n], behind - moved[n:]
+    return ahead, behind
+
+
 def loop_paths(field: np.ndarray, start: np.ndarray, num_frames: int) -> tuple[list, list, np.ndarray]:
     """Forward and backward positions for each frame of a seamless loop, and blend weights.
 

@@ -55,9 +55,16 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     slice_s: Annotated[float, Meta(ge=0.01, le=3600.0)] = 1.0
     """A running job whose slot another client's job waits for hands the slot over after
     this long (at its next frame or step) and queues again; a job waiting for frame credit
-    hands it over at once. Not with ``cluster`` (a remote job keeps its worker)."""
+    hands it over at once. A job is fresh for its first ``slice_s`` on a slot: one past it
+    waits (at its next frame or step) while another client's fresh job runs or is due,
+    at most ``slice_s`` at a time. Not with ``cluster`` (a remote job keeps its worker)."""
     max_job_s: Seconds = 1800.0
     """A job (queued time excluded) that runs longer fails with ``time_limit``."""
+    job_threads: Annotated[int, Meta(ge=0, le=256)] = 0
+    """Threads one job's numeric code may use (BLAS, OpenMP, torch, OpenCV, the CPU
+    splatter), set once for the whole ``dreamjourney serve`` process; 0: the machine's cores
+    shared among the job slots (at least 1), so jobs running side by side do not
+    oversubscribe the cores (a BLAS pool's threads spin on a busy core)."""
 
 
 class ConnectionsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

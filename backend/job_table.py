@@ -18,7 +18,7 @@ from functools import partial
 from backend import wire
 from backend.config import BackendConfig
 from backend.engines.base import Engine
-from backend.jobs import WIRE_KINDS, Job, JobContext, JobRun
+from backend.jobs import WIRE_KINDS, Job, JobContext, JobRun, ticket_key
 from backend.outbox import Endpoint, PeerOutbox
 from backend.quotas import QuotaExceeded, Quotas
 from backend.scenes import OpenEntry, SceneRegistry
@@ -41,11 +41,6 @@ class JobState:
     running: bool
     age_s: float
     """Seconds since it was accepted."""
-
-
-def ticket_key(peer: bytes, job_id: str) -> str:
-    """The scheduler's key of a connection's job (job ids are per connection)."""
-    return f"{peer.hex()}:{job_id}"
 
 
 class JobTable:

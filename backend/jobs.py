@@ -10,9 +10,12 @@ always.
 It holds its slot only while it makes progress. When the client has not granted credit for
 the next frame and another client's job waits for a slot, it hands the slot back and parks
 (``Resume``) until credit comes; and after ``scheduler.slice_s`` on a slot that another
-client's job waits for, it hands it over at its next event and queues again. The engine's
-generator keeps its place in between. So a slow reader or a long job delays others by at
-most one event. A job ends with ``credit_timeout`` after ``scheduler.credit_timeout_s``
+client's job waits for, it hands it over at its next event and queues again. Past its
+first slice it also gives way, at its next event, to another client's fresh job running
+beside it or due to start (``FairScheduler.gives_way``), and waits, its generator not
+advanced, until that job is done or a slice has passed: a short job gets the CPU, not only
+a slot. The engine's generator keeps its place in between. So a slow reader or a long job
+delays others by at most one event. A job ends with ``credit_timeout`` after ``scheduler.credit_timeout_s``
 without credit, ``time_limit`` after ``scheduler.max_job_s`` of running (waits included),
 ``quota`` when its clip would pass a disk quota (nothing of it is kept), and ``cancelled``
 or ``peer_gone`` at its next event after a Cancel or the client leaving.
@@ -77,6 +80,11 @@ WIRE_KINDS: dict[JobKind, ClipKind] = {JobKind.TRANSITION: "transition",
 """A job's kind as JobAccepted and the session's clip entries name it."""
 
 
+def ticket_key(peer: bytes, job_id: str) -> str:
+    """The scheduler's key of a connection's job (job ids are per connection)."""
+    return f"{peer.hex()}:{job_id}"
+
+
 @dataclass
 class Job:
     job_id: str
@@ -138,8 +146,14 @@ class JobRun:
         self.preemptible = preemptible
         """Whether it may hand its slot back (not with remote workers, which it would keep)."""
         self.started = 0.0
+        self.key = ticket_key(job.peer, job.job_id)
+        """Its ticket's key on the scheduler."""
         self.waiting_since: float | None = None
         """When it began waiting for frame credit (None while it has room)."""
+        self.gave_way_at: float | None = None
+        """When it last handed its slot back for another client's fresh job (None: running)."""
+        self.keeps_cpu_until = 0.0
+        """It gives way to no fresh job before then (after being held back a whole slice)."""
         self.scene: Scene | None = None
         self.events: Iterator[Event] | None = None
         self.writer: ClipWriter | None = None
@@ -209,9 +223,16 @@ class JobRun:
 
     def _stream(self) -> Resume | None:
         """Send events until the engine is done (None) or the slot is handed back: parked
-        until credit comes, or queued again after a time slice."""
+        until credit comes, queued again after a time slice, or waiting while another
+        client's fresh job has the CPU."""
         assert self.events is not None
-        slice_end = time.monotonic() + self.ctx.config.scheduler.slice_s
+        job, sched = self.job, self.scheduler
+        now = time.monotonic()
+        slice_end = now + self.ctx.config.scheduler.slice_s
+        if self.gave_way_at is not None:
+            if now - self.gave_way_at >= sched.slice_s:  # held back a whole slice: now it
+                self.keeps_cpu_until = now + sched.slice_s  # runs one before giving way again
+            self.gave_way_at = None
         while True:
             self._check_stop()
             if self.held is None:
@@ -222,8 +243,13 @@ class JobRun:
                 return Resume(ready=self._can_go_on)
             event, self.held = self.held, None
             self._emit(event)
-            if (self.preemptible and time.monotonic() > slice_end
-                    and self.scheduler.others_waiting(self.job.client)):
+            if not self.preemptible:
+                continue
+            now = time.monotonic()
+            if now >= self.keeps_cpu_until and sched.gives_way(self.key, job.client):
+                self.gave_way_at = now
+                return Resume(ready=self._way_clear)
+            if now > slice_end and sched.others_waiting(job.client):
                 return Resume()
 
     def _emit(self, ev: object) -> None:
@@ -312,6 +338,15 @@ class JobRun:
         return (job.cancel.is_set() or not job.outbox.connected()
                 or job.outbox.has_room(self.ctx.config.frames_ahead)
                 or waited > sched.credit_timeout_s or now - self.started > sched.max_job_s)
+
+    def _way_clear(self) -> bool:
+        """Whether a job that gave way goes on: no other client's fresh job runs or is due,
+        it was held back a whole slice, or it has a reason to end."""
+        job, now = self.job, time.monotonic()
+        held = now - (self.gave_way_at or now)
+        return (job.cancel.is_set() or not job.outbox.connected()
+                or now - self.started > self.ctx.config.scheduler.max_job_s
+                or held >= self.scheduler.slice_s or not self.scheduler.fresh_rival(job.client))
 
     def _check_stop(self) -> None:
         job, sched, now = self.job, self.ctx.config.scheduler, time.monotonic()

@@ -17,7 +17,7 @@ from typing import cast
 from backend import region_motion, wire
 from backend.engines.base import Engine, EngineError, ProgressOut, Scene
 from backend.geometry.cloud import PointCloud
-from backend.job_table import ticket_key
+from backend.jobs import ticket_key
 from backend.outbox import Endpoint
 from backend.quotas import QuotaExceeded, Quotas, cloud_bytes
 from backend.scenes import OpenEntry, SceneRegistry

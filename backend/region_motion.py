@@ -9,16 +9,19 @@ lifted at the point's own depth, is its world displacement over one loop of
 little path behind it, one near where it ends little ahead, and its two copies travel both
 ways, so either chord at full length would carry a copy out of the region.)
 
-:func:`lift_region` computes it, :func:`keep` sets it in the scene's store (the event the
-engine yields), :func:`take_back` is its undo and :func:`motion_messages` the wire messages.
+:func:`lift_region` computes it (:func:`lift_region_steps` a step at a time), :func:`keep`
+sets it in the scene's store (the event the engine yields), :func:`take_back` is its undo and
+:func:`motion_messages` the wire messages.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import numpy as np
 
 from backend import animation
-from backend.engines.base import MotionOut, Scene
+from backend.engines.base import MotionOut, ProgressOut, Scene
 from backend.geometry.cloud import PointCloud
 from backend.geometry.motion import lift_flow
 from protocol import codec
@@ -50,6 +53,22 @@ def lift_region(cloud: PointCloud, pose: np.ndarray, K: np.ndarray, field: np.nd
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(M int64 indices, M x 4 motion) of the points the 2D ``field`` (H x W x 2, pixels per
     frame at ``pose``) moves: each visible point on a pixel where the field is not zero."""
+    steps = lift_region_steps(cloud, pose, K, field, depth, num_frames, fps, tolerance)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def lift_region_steps(cloud: PointCloud, pose: np.ndarray, K: np.ndarray, field: np.ndarray,
+                      depth: np.ndarray, num_frames: int, fps: float, tolerance: float = 0.08,
+                      stretches: int = 4) -> Generator[ProgressOut, None, tuple[np.ndarray, np.ndarray]]:
+    """:func:`lift_region` a step at a time (``index, motion = yield from ...`` in an
+    engine's run): a ``keep`` ProgressOut between its steps (finding the points, the paths
+    in ``stretches`` stretches of steps, lifting), where a long job may give way."""
+    total = stretches + 2
+    yield ProgressOut("keep", 0, total, "setting the region moving in the scene")
     index, uv = visible_in(cloud, pose, K, depth, tolerance)
     px = uv.astype(np.int64)
     moving = np.abs(field[px[:, 1], px[:, 0]]).max(axis=1) > 0
@@ -59,8 +78,15 @@ def lift_region(cloud: PointCloud, pose: np.ndarray, K: np.ndarray, field: np.nd
         return index, motion
     # the chord along the flow and the one against it: the shorter, so that both copies of
     # a point near the region's edge stay inside (the field fades to zero at the edge)
-    ahead = animation.integrate(field, uv, num_frames)[-1] - uv
-    behind = uv - animation.integrate(-field, uv, num_frames)[-1]
+    end_ahead = end_behind = uv
+    done = 0
+    for i in range(stretches):
+        yield ProgressOut("keep", 1 + i, total)
+        step = (num_frames * (i + 1)) // stretches - done
+        end_ahead, end_behind = animation.advect(field, end_ahead, end_behind, step)
+        done += step
+    yield ProgressOut("keep", total - 1, total)
+    ahead, behind = end_ahead - uv, uv - end_behind
     shorter = (ahead**2).sum(1) <= (behind**2).sum(1)
     chord = np.where(shorter[:, None], ahead, behind)
     motion[:, :3] = lift_flow(cloud.xyz[index], pose, K, uv + chord, uv)

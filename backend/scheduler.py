@@ -15,6 +15,15 @@ waiting. Job bodies do so after a time slice when others wait (:meth:`others_wai
 at once when they would wait for a slow reader, so neither a long job nor a slow client
 holds a slot that others need.
 
+Short jobs first, in time as well as in slots: a job is *fresh* for its first ``slice_s``
+on a slot (its service time). A job past its first slice gives way to another client's
+fresh job that is running or due to start (:meth:`gives_way`): its body hands the slot back
+at its next event and waits, its generator not advanced, until no such job runs or waits
+(:meth:`fresh_rival`). So a short job runs alone on the CPU (the slots share one machine)
+rather than beside a long job's threads. A long job held back for a whole slice runs a
+whole slice before it gives way again: fresh jobs can slow it to half its pace, never stop
+it.
+
 A job is any callable; the backend's job bodies only talk to the :class:`Engine` interface,
 so an engine whose generators run elsewhere (remote workers) plugs in with ``slots`` set to
 the number of workers.
@@ -25,6 +34,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -50,8 +60,9 @@ class Resume:
     """A job body's answer when it hands its slot back before its end."""
 
     ready: Callable[[], bool] | None = None
-    """Whether the job can go on (called under the scheduler's lock: answer at once);
-    None: at once, behind the clients already waiting."""
+    """Whether the job can go on (called under the scheduler's lock, which is re-entrant: it
+    may ask the scheduler, and must answer at once); None: at once, behind the clients
+    already waiting."""
 
 
 @dataclass
@@ -67,16 +78,29 @@ class Ticket:
     done: threading.Event = field(default_factory=threading.Event)
     resume: Resume | None = None
     """Set while the job waits between two runs of its body."""
+    served_s: float = 0.0
+    """Seconds its body has run on a slot, over its runs before the current one."""
+    running_since: float | None = None
+    """When its current run began (None while it is not on a slot)."""
+
+    def service_s(self, now: float) -> float:
+        """Seconds it has run on a slot so far, the current run included."""
+        return self.served_s + (now - self.running_since if self.running_since is not None else 0.0)
 
 
 class FairScheduler:
     """``slots`` worker threads taking jobs round-robin across clients."""
 
-    def __init__(self, slots: int, max_per_client: int, name: str = "dj-job", what: str = "jobs"):
+    def __init__(self, slots: int, max_per_client: int, name: str = "dj-job", what: str = "jobs",
+                 slice_s: float = 1.0):
         if slots < 1 or max_per_client < 1:
             raise ValueError("slots and max_per_client must be >= 1")
+        if not slice_s > 0:
+            raise ValueError("slice_s must be > 0")
         self.slots = slots
         self.max_per_client = max_per_client
+        self.slice_s = slice_s
+        """A job is fresh for its first ``slice_s`` seconds on a slot."""
         self.what = what
         self._queues: dict[str, collections.deque[Ticket]] = {}
         """Jobs not started yet, per client."""
@@ -85,7 +109,8 @@ class FairScheduler:
         self._turn: collections.deque[str] = collections.deque()
         """Clients with queued or waiting jobs, in the order they are served next."""
         self._running_keys: set[str] = set()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.RLock())
+        """Re-entrant: a waiting job's ``ready`` (called with it held) may ask the scheduler."""
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
                          for i in range(slots)]
@@ -134,6 +159,30 @@ class FairScheduler:
         """Whether another client has a job that could use a slot now."""
         with self._cond:
             return any(c != client and self._eligible(c) is not None for c in self._turn)
+
+    def fresh_rival(self, client: str) -> bool:
+        """Whether another client's fresh job (in its first ``slice_s`` on a slot) is running,
+        or is due to start (the next of its client's queue, with nothing of that client in
+        progress). Jobs waiting between two runs never count: a fresh one waits for its client,
+        not for the CPU."""
+        with self._cond:
+            now = time.monotonic()
+            for other, ticket in self._current.items():
+                if (other != client and ticket.key in self._running_keys
+                        and ticket.service_s(now) < self.slice_s):
+                    return True
+            return not self._stopping and any(
+                other != client and queue and other not in self._current
+                for other, queue in self._queues.items())
+
+    def gives_way(self, key: str, client: str) -> bool:
+        """Whether running job ``key`` of ``client``, past its first ``slice_s``, should
+        hand its slot back now for another client's fresh job (:meth:`fresh_rival`)."""
+        with self._cond:
+            ticket = self._current.get(client)
+            if ticket is None or ticket.key != key or key not in self._running_keys:
+                return False
+            return ticket.service_s(time.monotonic()) >= self.slice_s and self.fresh_rival(client)
 
     def running_keys(self) -> set[str]:
         """Keys of the jobs running now (on a slot, not queued or waiting)."""
@@ -191,6 +240,7 @@ class FairScheduler:
                 self._queues[client].popleft()
                 self._current[client] = ticket
             ticket.resume = None
+            ticket.running_since = time.monotonic()
             self._running_keys.add(ticket.key)
             if self._queues.get(client):
                 self._turn.append(client)
@@ -216,6 +266,8 @@ class FairScheduler:
                 log.exception("job %s of %s raised", ticket.key, ticket.client)
             with self._cond:
                 self._running_keys.discard(ticket.key)
+                ticket.served_s = ticket.service_s(time.monotonic())
+                ticket.running_since = None
                 if resume is None:
                     del self._current[ticket.client]
                 else:

@@ -54,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from backend.runtime import job_threads, limit_job_threads, return_large_blocks
     from backend.server import Backend
 
+    limit_job_threads(job_threads(config.scheduler.job_threads, config.job_slots()))
+    return_large_blocks()
     try:
         backend = Backend(config)
     except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: Ray missing or not started

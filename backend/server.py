@@ -32,7 +32,8 @@ from backend import status as status_mod
 from backend.config import BackendConfig, check_config
 from backend.engines import create_engine
 from backend.engines.base import Engine, EngineError
-from backend.job_table import JobTable, ticket_key
+from backend.job_table import JobTable
+from backend.jobs import ticket_key
 from backend.openings import SceneOpener
 from backend.outbox import Endpoint
 from backend.quotas import Quotas
@@ -111,7 +112,8 @@ class Backend:
                 self.endpoint.close()
                 raise
             slots = self._cluster.size
-        self._job_slots = FairScheduler(slots, sched.max_jobs_per_client, "dj-job", "jobs")
+        self._job_slots = FairScheduler(slots, sched.max_jobs_per_client, "dj-job", "jobs",
+                                        slice_s=sched.slice_s)
         self._open_slots = FairScheduler(sched.open_slots, sched.max_scenes_per_client,
                                          "dj-open", "scene openings")
         self.jobs = JobTable(config, self.sessions, self.quotas, self.scenes, self.engine,

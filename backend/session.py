@@ -140,6 +140,10 @@ class ClipWriter:
             stream.width, stream.height = w - w % 2, h - h % 2
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": "18", "preset": "veryfast"}
+            # encoded on the job's own thread: x264's frame threads would go on encoding
+            # while the job waits for another client's (scheduler.gives_way), and each
+            # holds its own frames in memory
+            stream.codec_context.thread_count = 1
             self._out = container, stream
         container, stream = self._out
         crop = np.ascontiguousarray(img[: stream.height, : stream.width])

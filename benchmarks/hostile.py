@@ -231,38 +231,46 @@ def slow_reader(address: str, stop, active) -> None:
         n += 1
 
 
-def huge_job(address: str, stop, active, frames) -> None:
+def huge_job(address: str, stop, active, frames, started) -> None:
     """The largest job the caps allow, every frame credited, over and over; cancelled when
-    its phase ends."""
+    its phase ends. Each phase connects anew and opens its scene (a connection idle between
+    phases is the one the slot holders evict); ``started`` is set once its first job of the
+    phase runs."""
     import numpy as np
 
     from protocol import requests
+    from protocol.events import PeerGone
     from protocol.messages import Cancel, Frame, JobDone, JobFailed
     from protocol.scripted import ScriptedClient
     from tests.test_hostile import scene
 
-    with ScriptedClient(address, credits=64, timeout_s=600) as client:
-        client.open_scene(scene(8, HUGE), scene_id="huge")
-        n = 0
-        while not stop.is_set():
-            if not active.wait(0.1):
-                continue
-            n += 1
-            client.client.send(*requests.dynamics(f"h{n}", "huge", np.eye(4), num_frames=64))
-            cancelled = False
-            while True:
-                ev = client.client.poll(timeout=0.2)
-                if not cancelled and (stop.is_set() or not active.is_set()):
-                    client.client.send(Cancel(job_id=f"h{n}"))
-                    cancelled = True
-                if ev is None:
-                    continue
-                if isinstance(ev.msg, Frame):
-                    client.client.credit(1)
-                    with frames.get_lock():
-                        frames.value += 1
-                elif isinstance(ev.msg, (JobDone, JobFailed)) and ev.msg.job_id == f"h{n}":
-                    break
+    n = 0
+    while not stop.is_set():
+        if not active.wait(0.1):
+            continue
+        with ScriptedClient(address, credits=64, timeout_s=600) as client:
+            client.open_scene(scene(8, HUGE), scene_id="huge")
+            while active.is_set() and not stop.is_set():
+                n += 1
+                client.client.send(*requests.dynamics(f"h{n}", "huge", np.eye(4), num_frames=64))
+                cancelled = False
+                while True:
+                    ev = client.client.poll(timeout=0.2)
+                    if not cancelled and (stop.is_set() or not active.is_set()):
+                        client.client.send(Cancel(job_id=f"h{n}"))
+                        cancelled = True
+                    if ev is None:
+                        continue
+                    if isinstance(ev, PeerGone):
+                        print(f"huge job's connection lost: {ev.reason}", file=sys.stderr)
+                        return
+                    if isinstance(ev.msg, Frame):
+                        started.set()
+                        client.client.credit(1)
+                        with frames.get_lock():
+                            frames.value += 1
+                    elif isinstance(ev.msg, (JobDone, JobFailed)) and ev.msg.job_id == f"h{n}":
+                        break
 
 
 def slot_holders(address: str, stop, active, held) -> None:
@@ -395,7 +403,12 @@ def main() -> None:
     parser.add_argument("--sprayers", type=int, default=1, help="open-loop hostile processes")
     parser.add_argument("--spray-rate", type=float, default=5000.0, help="messages/s per sprayer")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of alone/attacked phases")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"comma-separated attack kinds to run (of {', '.join(KINDS)})")
     args = parser.parse_args()
+    kinds = tuple(args.kinds.split(","))
+    if not kinds or not set(kinds) <= set(KINDS):
+        parser.error(f"--kinds: choose from {', '.join(KINDS)}")
     from protocol.scripted import ScriptedClient
     from protocol.trajectory import stock_path
     from tests.test_hostile import scene
@@ -410,12 +423,13 @@ def main() -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert "listening" in server.stdout.readline()
     fork = mp.get_context("fork")
-    latencies: dict[str, list[float]] = {"alone": [], **{k: [] for k in KINDS}}
+    latencies: dict[str, list[float]] = {"alone": [], **{k: [] for k in kinds}}
     back = {"owner": 0, "newcomer": 0, "tries": 0}
     try:
         stop = fork.Event()
         active = {k: fork.Event() for k in KINDS}
         sent, dropped, sprayed, held, huge = (fork.Value("q", 0) for _ in range(5))
+        huge_started = fork.Event()
         flood = active["flood"]
         procs = [fork.Process(target=hostile_sender, args=(address, s, stop, flood, sent, dropped))
                  for s in range(args.senders)]
@@ -426,7 +440,8 @@ def main() -> None:
                   fork.Process(target=slow_reader, args=(address, stop, active["slow_reader"])),
                   fork.Process(target=slot_holders,
                                args=(address, stop, active["slot_holders"], held)),
-                  fork.Process(target=huge_job, args=(address, stop, active["huge_job"], huge))]
+                  fork.Process(target=huge_job,
+                               args=(address, stop, active["huge_job"], huge, huge_started))]
         for p in procs:  # started before any client thread exists here (fork)
             p.start()
         with ScriptedClient(address, credits=8) as client:
@@ -437,10 +452,12 @@ def main() -> None:
             rss0, peak = rss_mb(server.pid), 0.0
             per_round = max(1, args.requests // args.rounds)
             for _ in range(args.rounds):
-                for kind in KINDS:
-                    latencies["alone"] += canary_latencies(client, poses, per_round // len(KINDS) + 1)
+                for kind in kinds:
+                    latencies["alone"] += canary_latencies(client, poses, per_round // len(kinds) + 1)
                     active[kind].set()
                     time.sleep(1.5)  # the attack is in full swing
+                    if kind == "huge_job":  # its scene is open and its job streams frames
+                        assert huge_started.wait(120), "the huge job did not start"
                     for i in range(per_round):
                         latencies[kind] += canary_latencies(client, poses, 1)
                         peak = max(peak, rss_mb(server.pid))
@@ -450,6 +467,7 @@ def main() -> None:
                             back["owner"] += got["owner"]
                             back["newcomer"] += got["newcomer"]
                     active[kind].clear()
+                    huge_started.clear()
                     time.sleep(1.0)  # the attack's last batches drain
             stop.set()
             for p in procs:
@@ -466,7 +484,7 @@ def main() -> None:
               "canary_p50_ms_alone": round(float(p50a), 2),
               "canary_p99_ms_alone": round(float(p99a), 2)}
     ratios = {}
-    for kind in KINDS:
+    for kind in kinds:
         p50, p99 = np.percentile(latencies[kind], [50, 99]) * 1e3
         result[f"canary_p50_ms_{kind}"] = round(float(p50), 2)
         result[f"canary_p99_ms_{kind}"] = round(float(p99), 2)

@@ -409,7 +409,8 @@ class Progress(Message, tag="progress"):
     job_id: str
     stage: str
     """Short stage name: ``download`` and ``load`` (a model's first use), ``render``,
-    ``prompt``, ``inpaint``, ``sample`` (one per denoising step), ``view``, ``grow``."""
+    ``prompt``, ``inpaint``, ``sample`` (one per denoising step), ``view``, ``grow``,
+    ``keep`` (a dynamics clip's region set moving in the scene, after its frames)."""
     step: int
     total: int
     message: str = ""

@@ -104,3 +104,19 @@ def test_dynamics_paths_one_frame_at_a_time_match_the_whole_paths():
         for t, f, b, a in frames:
             assert np.array_equal(f, forward[t]) and np.array_equal(b, backward[t])
             assert a == pytest.approx(alpha[t])
+
+
+def test_advect_ends_where_the_whole_paths_end():
+    """Both ends at once, without the steps between (what lifting a region keeps), bitwise
+    those of integrating along the field and against it, in one go or in stretches."""
+    from backend import animation
+
+    rng = np.random.default_rng(1)
+    field = rng.normal(0.0, 1.5, (16, 24, 2)).astype(np.float32)
+    start = rng.uniform(0.0, 16.0, (500, 2)).astype(np.float32)
+    for n in (0, 1, 7, 48):
+        ahead, behind = animation.advect(field, start, start, n)
+        assert np.array_equal(ahead, animation.integrate(field, start, n)[-1])
+        assert np.array_equal(behind, animation.integrate(-field, start, n)[-1])
+        half = animation.advect(field, *animation.advect(field, start, start, n // 2), n - n // 2)
+        assert np.array_equal(half[0], ahead) and np.array_equal(half[1], behind)

@@ -107,7 +107,7 @@ class ProgressOut:
 
     stage: str
     """One of ``download``, ``load``, ``render``, ``prompt``, ``inpaint``, ``sample``,
-    ``view``, ``grow``."""
+    ``view``, ``grow``, ``keep``."""
     step: int
     total: int
     message: str = ""

@@ -401,10 +401,12 @@ class ClassicEngine(Engine):
 
     def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
         n = request.num_frames
-        yield ProgressOut("view", 0, 1, "lifting the paused view")
+        # each step between two events: where a long job gives way to a short one
+        yield ProgressOut("view", 0, 2, "lifting the paused view")
         colour, depth = self._paused_view(scene, request.pose)
+        yield ProgressOut("view", 1, 2, "finding what moves")
         field, region = animation.motion_field(colour, depth, request.arrows, request.frozen)
-        yield ProgressOut("view", 1, 1, "animating" if np.abs(field).max() > 0 else "nothing to animate")
+        yield ProgressOut("view", 2, 2, "animating" if np.abs(field).max() > 0 else "nothing to animate")
         # only the pixels that move (the region, its feathered edge included) are animated; the
         # camera stays at the paused pose, so moving a point in 3D at its own depth and
         # projecting it back is moving it in the image
@@ -418,8 +420,8 @@ class ClassicEngine(Engine):
             frame = animation.loop_frame(colour, ys, xs, from_back, from_ahead, (t + 0.5) / n)
             yield FrameOut(t, frame, request.pose)
         # the loop stays in the world: the region's points carry its motion (4D points)
-        index, motion = region_motion.lift_region(scene.cloud.cloud(), request.pose, scene.K,
-                                                  field, depth, n, request.fps)
+        index, motion = yield from region_motion.lift_region_steps(
+            scene.cloud.cloud(), request.pose, scene.K, field, depth, n, request.fps)
         if len(index):
             yield region_motion.keep(scene, index, motion,
                                      region_motion.region_name(request.arrows, depth.shape))
