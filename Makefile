@@ -36,12 +36,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/dreamjourney demo --out journey.mp4
 
+# Two pytest workers, a test file each at a time (module fixtures start once): the suite waits
+# on processes, windows and sockets as much as it computes. PYTEST_WORKERS=0 runs it in one.
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(PYTEST)
 
 # Everything but the tests marked slow (end-to-end runs, real windows): under 90 s on a quiet machine.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # ruff, then mypy on protocol/, backend/ and explorer/ (configured in pyproject.toml).
 lint: $(STAMP)

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 PARENT = """
 import sys, time
 from explorer.backend_process import start_local_backend
@@ -26,6 +28,7 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow  # an explorer process and the backend process it starts, then a kill
 def test_a_killed_explorer_takes_its_local_backend_with_it(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / "sessions")],
                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])

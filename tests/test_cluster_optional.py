@@ -46,6 +46,7 @@ SERVE_AND_FLY = NO_RAY + textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a backend process started and flown end to end
 def test_backend_serves_without_ray(tmp_path):
     script = tmp_path / "noray.py"
     script.write_text(SERVE_AND_FLY)
@@ -54,6 +55,7 @@ def test_backend_serves_without_ray(tmp_path):
     assert out.stdout.strip().endswith("ok 5")
 
 
+@pytest.mark.slow  # a `dreamjourney serve` process
 def test_cluster_without_ray_is_a_one_line_error(tmp_path):
     script = tmp_path / "serve.py"
     script.write_text(NO_RAY + "from explorer.cli import main\nsys.exit(main(sys.argv[1:]))\n")

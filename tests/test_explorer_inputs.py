@@ -164,6 +164,7 @@ def test_far_plane_reaches_past_the_cloud_and_the_whole_photo_fits():
     assert ys[0] == pytest.approx(0) and ys[1] == pytest.approx(320)
 
 
+@pytest.mark.slow  # an 8000x6000 photo written and decoded
 def test_big_photo_is_scaled_to_the_working_size(tmp_path):
     from explorer.inputs import load_photo
 

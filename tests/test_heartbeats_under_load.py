@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterator
 
 import numpy as np
+import pytest
 import zmq
 
 from backend.engines.base import Engine, FrameOut, OpenRequest, Scene
@@ -85,6 +86,7 @@ class HogBackend(Backend):
     _hog = HogEngine()
 
 
+@pytest.mark.slow  # seconds of a GIL-holding engine on a real backend, by design
 def test_pings_keep_time_while_the_engine_holds_the_gil(tmp_path):
     config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=str(tmp_path / "s"),
                            heartbeat_s=HEARTBEAT_S, peer_timeout_s=60.0, save_clips=False)

@@ -40,6 +40,7 @@ def backend(tmp_path):
         yield b
 
 
+@pytest.mark.slow  # every shared scene opened and flown end to end
 def test_every_shared_scene_opens_and_flies(backend, scenes_dir):
     paths = sorted(scenes_dir.glob("*.jpg"))
     assert len(paths) >= 10

@@ -40,6 +40,7 @@ def test_doctor_reports_each_thing_in_one_line(tmp_path):
     assert "estimating" not in again.stderr
 
 
+@pytest.mark.slow  # three CLI processes, each importing torch and diffusers
 def test_fetch_offline_and_unknown_presets_are_one_line_errors():
     offline = cli("models", "fetch", "interactive", timeout=120)
     assert offline.returncode == 2

@@ -9,11 +9,14 @@ import os
 import signal
 
 import numpy as np
+import pytest
 
 from protocol.messages import Arrow
 from protocol.scripted import ScriptedClient
 from tests.test_classic_dynamics import SIZE, _image
 from tests.test_crash_sessions import free_port, start_server
+
+pytestmark = pytest.mark.slow  # a real serve killed and started again
 
 
 def _manifest(sessions) -> dict:
