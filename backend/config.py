@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from configs import model_names
 from protocol.admission import AdmissionCaps
 from protocol.endpoint_caps import DEFAULT_CAPS, PEER_TIMEOUT_S, EndpointCaps
 from protocol.limits import Limits
@@ -176,8 +177,7 @@ class BackendConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if "diffusion" not in self.offered():
             return []
         own = self.engine_options.get("diffusion", {}).get("presets") or {}
-        shipped = resources.files("configs").joinpath("models").iterdir()
-        return sorted({p.name[:-5] for p in shipped if p.name.endswith(".toml")} | set(own))
+        return sorted(set(model_names()) | set(own))
 
     def job_slots(self) -> int:
         return self.cpu_jobs if self.cpu_jobs is not None else self.scheduler.job_slots

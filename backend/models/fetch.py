@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from configs import model_names
+
 from .spec import CONFIG_DIR, ModelSpec, load_specs
 
 _FILE_URL = re.compile(r"^https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/(?:blob|resolve)/"
@@ -47,7 +49,7 @@ class Download:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    return model_names()
 
 
 def preset_specs(name: str) -> dict[str, ModelSpec]:

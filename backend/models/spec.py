@@ -26,10 +26,12 @@ from typing import Any, Literal
 
 import torch
 
+from configs import MODELS_DIR, model_names
+
 Role = Literal["depth", "inpaint", "video"]
 ROLES: tuple[str, ...] = ("depth", "inpaint", "video")
 VIDEO_FAMILIES: tuple[str, ...] = ("cogvideox", "wan", "svd", "ltx", "wan-vace", "easyanimate")
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+CONFIG_DIR = MODELS_DIR
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SPEC_KEYS = {"family", "source", "config", "dtype", "device", "offload", "variant",
@@ -123,6 +125,6 @@ def named_config(name: str) -> Path:
     """configs/models/<name>.toml, e.g. ``cogvideox``, ``wan``, ``svd``."""
     path = CONFIG_DIR / f"{name}.toml"
     if not path.exists():
-        available = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise FileNotFoundError(f"no model config {name!r}; available: {', '.join(available)}")
+        raise FileNotFoundError(
+            f"no model config {name!r}; available: {', '.join(model_names())}")
     return path
