@@ -421,3 +421,65 @@ def test_multipart_helpers_send_and_receive_whole_messages():
         a.close(linger=0)
         b.close(linger=0)
         ctx.term()
+
+
+def test_job_threads_streaming_to_one_peer_keep_order_credit_and_the_peer_heard(server, raw):
+    """Three job threads stream Frames and a JobDone each to one peer while it grants
+    credit a few at a time and keeps sending requests: every thread's messages arrive
+    complete and in order, no Frame beyond the credit granted, every request and Credit
+    is received by the endpoint, and no Frame is left pending in the ledger. (It holds for
+    any way the endpoint moves a job's messages to the socket, e.g. a job thread sending
+    itself when the I/O thread is not in the socket: branch wire4-direct.)"""
+    import threading
+
+    raw.send_multipart(codec.encode(Hello(protocol_version=PROTOCOL_VERSION, credits=4)))
+    assert isinstance(recv_msg(raw)[0], Welcome)
+    raw.send_multipart(codec.encode(Cancel(job_id="hello")))
+    peer = server.poll(timeout=3).peer
+    ref, blob = codec.encode_image(np.zeros((16, 16, 3), np.uint8))
+    per_thread, jobs = 300, ["a", "b", "c"]
+
+    def produce(job: str) -> None:
+        for i in range(per_thread):
+            assert server.wait_writable(peer, max_pending=3, timeout=10)
+            server.send(peer, Frame(job_id=job, index=i, num_frames=per_thread,
+                                    pose=np.eye(4).ravel().tolist(),
+                                    K=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], image=ref, fps=24.0),
+                        [blob])
+        server.send(peer, JobDone(job_id=job, num_frames=per_thread))
+
+    threads = [threading.Thread(target=produce, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    seen: dict[str, list] = {job: [] for job in jobs}
+    done: set[str] = set()
+    granted, frames, requests = 4, 0, 0
+    while len(done) < len(jobs):
+        msg, _ = codec.decode(raw.recv_multipart())  # RCVTIMEO 3 s: a stall fails here
+        if isinstance(msg, Ping):
+            raw.send_multipart(codec.encode(Pong(seq=msg.seq, sent_at=msg.sent_at)))
+        elif isinstance(msg, Frame):
+            frames += 1
+            assert frames <= granted, "a Frame beyond the credit granted"
+            assert msg.job_id not in done
+            seen[msg.job_id].append(msg.index)
+            if frames % 2 == 0:
+                raw.send_multipart(codec.encode(Credit(frames=2)))
+                granted += 2
+            if frames % 25 == 0:
+                raw.send_multipart(codec.encode(Cancel(job_id=f"r{frames}")))
+                requests += 1
+        elif isinstance(msg, JobDone):
+            assert seen[msg.job_id] == list(range(per_thread)), msg.job_id
+            done.add(msg.job_id)
+    for t in threads:
+        t.join(timeout=10)
+    got = []
+    while len(got) < requests:
+        ev = server.poll(timeout=3)
+        assert isinstance(ev, Incoming), f"{len(got)} of {requests} requests received"
+        got.append(ev.msg.job_id)
+    assert got == [f"r{n}" for n in range(25, frames + 1, 25)]
+    assert server.wait_writable(peer, max_pending=1, timeout=1)
+    assert server.credit_report(peer) == (granted - frames, frames)
+    assert server.stats.io_faults == 0
