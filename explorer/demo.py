@@ -43,7 +43,8 @@ class Wait:
 class WaitFor:
     condition: str
     """``scene``, ``clip_done``, ``looping`` or ``preview_done`` (see :class:`DemoDriver`)."""
-    timeout_s: float = 120.0
+    timeout_s: float = 600.0
+    """Seconds of wall clock before the demo gives up (a clip on a busy CPU takes minutes)."""
 
 
 @dataclass
@@ -73,7 +74,7 @@ def journey_script(river: tuple | None = None, path: str | None = None) -> list[
     arrow = (Drag(LEFT, None, None, 0.6, world=river) if river is not None
              else Drag(LEFT, (0.45, 0.8), (0.55, 0.8), 0.6))
     return [
-        WaitFor("scene", 120.0),
+        WaitFor("scene"),
         Tap("R"),
         Wait(0.4),
         Tap("F1"), Wait(1.2), Tap("F1"),

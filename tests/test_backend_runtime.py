@@ -36,7 +36,7 @@ print(json.dumps({{"fixed": fixed, "held_mb": rss_mb() - before}}))
 
 def _held_after_free(fix: bool) -> dict:
     out = subprocess.run([sys.executable, "-c", FREED.format(root=str(ROOT), fix=fix)],
-                         capture_output=True, text=True, timeout=120, check=True)
+                         capture_output=True, text=True, timeout=600, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

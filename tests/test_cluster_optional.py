@@ -50,7 +50,7 @@ SERVE_AND_FLY = NO_RAY + textwrap.dedent("""
 def test_backend_serves_without_ray(tmp_path):
     script = tmp_path / "noray.py"
     script.write_text(SERVE_AND_FLY)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok 5")
 
@@ -61,7 +61,7 @@ def test_cluster_without_ray_is_a_one_line_error(tmp_path):
     script.write_text(NO_RAY + "from explorer.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     out = subprocess.run([sys.executable, str(script), "serve", "--bind", "tcp://127.0.0.1:0",
                           "--sessions", str(tmp_path / "s"), "--cluster", "auto"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: --cluster needs Ray: pip install 'dreamjourney[cluster]'"
 

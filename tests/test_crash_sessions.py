@@ -104,7 +104,7 @@ def open_fly_and_kill(client: ScriptedClient, proc: subprocess.Popen, i: int, st
     client.client.send(OpenScene(request_id="o", scene_id=f"s{i}", image=img_ref), [data])
     seen = "sent"
     while stage != seen:
-        ev = client.client.poll(timeout=120)
+        ev = client.client.poll(timeout=600)
         assert ev is not None, f"no event after {seen}"
         if isinstance(ev.msg, SceneOpened):
             client.client.send(Transition(job_id="t", scene_id=f"s{i}", poses=ref), [buf])

@@ -318,7 +318,7 @@ def test_the_photo_is_shown_until_its_cloud_is_loaded():
 def explore(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in __import__("os").environ.items() if k != "DISPLAY"}
     return subprocess.run([sys.executable, "-m", "explorer.cli", "explore", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (63, 400)])

@@ -28,7 +28,7 @@ from PIL import Image
 from explorer.testing import PhotoServer
 
 pytestmark = [pytest.mark.gl]
-LOG_DEADLINE = 120.0
+LOG_DEADLINE = 600.0
 display = xvfb.display  # the Xvfb fixture
 App, photo_psnr, wait_for, xdo = xvfb.App, xvfb.photo_psnr, xvfb.wait_for, xvfb.xdo
 

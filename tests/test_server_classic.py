@@ -77,7 +77,7 @@ def test_two_clients_at_once_both_finish(backend, scenes_dir):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=600)
     for r in results:
         assert r is not None and isinstance(r.outcome, JobDone) and len(r.frames) == 13
 

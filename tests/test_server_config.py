@@ -45,7 +45,7 @@ def test_serve_with_a_bad_config_prints_one_line(tmp_path):
     cfg.write_text("[limits]\nmax_frame = 3\n")
     exe = Path(sys.executable).with_name("dreamjourney")
     out = subprocess.run([str(exe), "serve", "--config", str(cfg)], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=600)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"error: {cfg}: unknown key 'limits.max_frame'"]
 

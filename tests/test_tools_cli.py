@@ -42,14 +42,14 @@ def test_doctor_reports_each_thing_in_one_line(tmp_path):
 
 @pytest.mark.slow  # three CLI processes, each importing torch and diffusers
 def test_fetch_offline_and_unknown_presets_are_one_line_errors():
-    offline = cli("models", "fetch", "interactive", timeout=120)
+    offline = cli("models", "fetch", "interactive", timeout=600)
     assert offline.returncode == 2
     assert offline.stderr.strip().splitlines() == [
         "error: cannot reach the Hugging Face hub to fetch "
         "depth-anything/Depth-Anything-V2-Small-hf (offline, or HF_HUB_OFFLINE is set)"]
-    unknown = cli("models", "fetch", "sora", timeout=120)
+    unknown = cli("models", "fetch", "sora", timeout=600)
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: no preset 'sora'")
-    bad = cli("doctor", "--presets", "sora", timeout=120)
+    bad = cli("doctor", "--presets", "sora", timeout=600)
     assert bad.returncode == 2 and bad.stderr.startswith("error: no preset sora")
 
 

@@ -28,7 +28,7 @@ from backend.geometry.ply import read_ply
 from tests.test_explorer_render import synthetic_depth
 
 pytestmark = [pytest.mark.gl, pytest.mark.slow]
-LOG_DEADLINE = 180.0
+LOG_DEADLINE = 600.0
 SCENE = "/work/shared/scenes/03_ancient.jpg"  # a river under a bridge, 512 x 512
 WINDOW = 480
 display = xvfb.display
