@@ -38,8 +38,9 @@ demo: $(STAMP)
 
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
-# One process: the slow tests start backends, windows (llvmpipe) and numba pools of their own,
-# and two of them side by side cost more CPU than they save (measured: 551 s against ~450 s).
+# One process. Two pytest workers took 551 s in one quiet run against 882 s for one process
+# (the earlier ~450 s figure that made two look worse was not reproducible on this machine), but
+# one Xvfb test failed there: two workers wait until that failure is understood.
 test: $(STAMP)
 	$(PYTEST)
 
