@@ -71,7 +71,7 @@ def check_sessions(address: str, sessions: Path, token: str) -> int:
     assert store.orphans() == [], store.orphans()
     assert not (sessions / ".quarantine").exists(), list((sessions / ".quarantine").iterdir())
     folders = sorted(p for p in sessions.iterdir() if not p.name.startswith("."))
-    with ScriptedClient(address, token=token, timeout_s=60) as client:
+    with ScriptedClient(address, token=token, timeout_s=600) as client:
         for folder in folders:
             manifest = json.loads((folder / "manifest.json").read_text())
             opened = client.open_scene(None, scene_id=manifest["scene_id"], resume=True)

@@ -20,7 +20,7 @@ def test_undo_drops_the_last_transition(tmp_path):
     with Image.open(SCENE) as im:
         photo = np.asarray(im.convert("RGB").resize((128, 72)))
     config = BackendConfig(bind="tcp://127.0.0.1:*", sessions=tmp_path)
-    with Backend(config) as backend, ScriptedClient(backend.address, timeout_s=120) as client:
+    with Backend(config) as backend, ScriptedClient(backend.address, timeout_s=600) as client:
         opened = client.open_scene(photo, scene_id="undo-test")
         n0 = opened.points.count()
         nothing = client.undo("undo-test")

@@ -98,7 +98,7 @@ class Canary(threading.Thread):
 
     def run(self) -> None:
         try:
-            with ScriptedClient(self.address, timeout_s=60, credits=8) as client:
+            with ScriptedClient(self.address, timeout_s=600, credits=8) as client:
                 opened = client.open_scene(scene(1), scene_id="canary")
                 poses = stock_path("forward", 4, opened.scene.median_depth)
                 while not self.stop.is_set():

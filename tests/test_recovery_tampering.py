@@ -163,7 +163,7 @@ def test_a_tampered_root_is_quarantined_and_the_good_sessions_served(tmp_path):
              "ply-huge", "ply-1e15", *BAD_MANIFESTS]
     folders = {}
     try:
-        with ScriptedClient(address, timeout_s=120) as client:
+        with ScriptedClient(address, timeout_s=600) as client:
             token = client.client.token
             for i, name in enumerate(names):
                 opened = client.open_scene(scene(i, 48), scene_id=name)
@@ -215,7 +215,7 @@ def test_a_tampered_root_is_quarantined_and_the_good_sessions_served(tmp_path):
             assert sorted(p.name for p in box.iterdir()) == files
         (link,) = [p for p in quarantine.iterdir() if p.name.startswith(folders["linked"].name)]
         assert link.is_symlink() and link.resolve() == moved.resolve()
-        with ScriptedClient(address, token=token, timeout_s=120) as client:
+        with ScriptedClient(address, token=token, timeout_s=600) as client:
             resumed = client.open_scene(None, scene_id="good", resume=True)
             assert resumed.scene.session == folders["good"].name and resumed.points.count() > 0
             client.open_scene(None, scene_id="plain", resume=True)

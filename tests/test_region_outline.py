@@ -31,7 +31,7 @@ def test_the_outline_is_the_lake_and_the_clip_moves_only_inside_it(backend, scen
     image, lake = composite_water(photo, seed=4)
     arrows = [Arrow(start=a, vector=((b[0] - a[0]) / 24, (b[1] - a[1]) / 24))
               for a, b in water_strokes(lake, 2, length_px=16)]
-    with ScriptedClient(backend.address, timeout_s=120) as client:
+    with ScriptedClient(backend.address, timeout_s=600) as client:
         client.open_scene(image, scene_id="lake")
         reply, lines = client.select_region("lake", np.eye(4), arrows)
         region = fill_outline(lines, lake.shape)

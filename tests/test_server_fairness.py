@@ -93,7 +93,7 @@ def test_a_long_job_hands_its_slot_over_in_time(tmp_path):
 
 def test_wall_time_and_work_caps_name_their_limit(tmp_path):
     with make_backend(tmp_path, max_job_s=0.3) as backend, \
-            ScriptedClient(backend.address, timeout_s=120) as client:
+            ScriptedClient(backend.address, timeout_s=600) as client:
         opened = client.open_scene(scene(1, 128), scene_id="cap")
         job = client.transition("cap", stock_path("forward", 240, opened.scene.median_depth))
         assert isinstance(job.outcome, JobFailed) and job.outcome.code == "time_limit", job.outcome

@@ -103,7 +103,7 @@ def test_scene_and_disk_quotas_name_their_limit_and_keep_nothing_over(tmp_path):
     quota_mb = 0.5
     with make_backend(tmp_path, {"scenes_per_client": 2, "disk_mb_per_client": quota_mb,
                                  "min_free_disk_mb": 0}) as backend, \
-            ScriptedClient(backend.address, timeout_s=120) as client:
+            ScriptedClient(backend.address, timeout_s=600) as client:
         opened = client.open_scene(scene(1), scene_id="a")
         client.open_scene(scene(2), scene_id="b")
         with pytest.raises(ScriptError, match=r"\[busy\].*quotas\.scenes_per_client"):
@@ -127,7 +127,7 @@ def test_scene_and_disk_quotas_name_their_limit_and_keep_nothing_over(tmp_path):
 
 def test_idle_scenes_leave_memory_and_come_back_on_demand(tmp_path):
     with make_backend(tmp_path, {"resident_scenes_per_client": 1}) as backend, \
-            ScriptedClient(backend.address, timeout_s=120) as client:
+            ScriptedClient(backend.address, timeout_s=600) as client:
         a = client.open_scene(scene(1), scene_id="a")
         first = client.transition("a", stock_path("backward", 6, a.scene.median_depth))
         client.open_scene(scene(2), scene_id="b")  # a is unloaded to make room

@@ -37,7 +37,7 @@ def test_motion_survives_sigkill_and_resume_and_undo_removes_it(tmp_path):
     proc = start_server(address, sessions)
     try:
         # 1. dynamics with an arrow on the water: its points start moving, told to the client
-        with ScriptedClient(address, timeout_s=120) as client:
+        with ScriptedClient(address, timeout_s=600) as client:
             token = client.client.token
             client.open_scene(_image(), scene_id="river", depth=depth)
             job = client.dynamics("river", np.eye(4), num_frames=8, arrows=arrows)
@@ -48,7 +48,7 @@ def test_motion_survives_sigkill_and_resume_and_undo_removes_it(tmp_path):
         proc = start_server(address, sessions)
         # 2. resumed: the same points move the same way, the HUD's regions with them; a
         #    second dynamics on the bank, then undo: the bank's points get their rest back
-        with ScriptedClient(address, token=token, timeout_s=120) as client:
+        with ScriptedClient(address, token=token, timeout_s=600) as client:
             client.open_scene(None, scene_id="river", resume=True)
             again, r_index, r_motion = client.next_motion("river")
             order = np.argsort(index)
@@ -70,7 +70,7 @@ def test_motion_survives_sigkill_and_resume_and_undo_removes_it(tmp_path):
         _kill(proc)
         proc = start_server(address, sessions)
         # 3. resumed after the undo: the water moves, the bank does not
-        with ScriptedClient(address, token=token, timeout_s=120) as client:
+        with ScriptedClient(address, token=token, timeout_s=600) as client:
             client.open_scene(None, scene_id="river", resume=True)
             last, l_index, l_motion = client.next_motion("river")
             np.testing.assert_array_equal(l_index, index[order])
