@@ -95,7 +95,7 @@ def all_idle(backend) -> bool:
 
 
 def fly(backend, image, scene_id: str, n: int, out: dict, credits: int = 2, **kw) -> None:
-    with ScriptedClient(backend.address, credits=credits, timeout_s=600) as client:
+    with ScriptedClient(backend.address, credits=credits, timeout_s=600, peer_timeout_s=60.0) as client:
         opened = client.open_scene(image, scene_id=scene_id)
         poses = stock_path("rotate_left", n_frames=n, median_depth=opened.scene.median_depth)
         out["poses"] = poses
@@ -132,7 +132,7 @@ def test_two_explorers_run_on_two_workers_at_once(backend, scenes_dir):
 
 def test_frames_stay_in_order_under_credit_and_the_worker_waits(backend, scenes_dir):
     n = 40
-    with ScriptedClient(backend.address, credits=1, timeout_s=600) as sc:
+    with ScriptedClient(backend.address, credits=1, timeout_s=600, peer_timeout_s=60.0) as sc:
         opened = sc.open_scene(load(scenes_dir / "16_ink_lake.jpg"), scene_id="credit")
         poses = stock_path("forward", n_frames=n, median_depth=opened.scene.median_depth)
         ref, buf = codec.array_blob(poses.astype(np.float32), 0)
@@ -174,7 +174,7 @@ def test_cancel_stops_the_remote_job(backend, scenes_dir):
     wait_for(lambda: all_idle(backend), what="idle workers")
     infos = ray.get([s.actor.info.remote() for s in backend._cluster.slots], timeout=300)
     done_before = sum(i["jobs_done"] for i in infos)
-    with ScriptedClient(backend.address, credits=1, timeout_s=600) as client:
+    with ScriptedClient(backend.address, credits=1, timeout_s=600, peer_timeout_s=60.0) as client:
         opened = client.open_scene(load(scenes_dir / "03_ancient.jpg"), scene_id="cancel")
         poses = stock_path("forward", n_frames=60, median_depth=opened.scene.median_depth)
         job = client.transition("cancel", poses, cancel_after=3)
@@ -210,7 +210,7 @@ def test_killed_worker_fails_only_its_job_and_comes_back(backend, scenes_dir):
     assert isinstance(a["job"].outcome, JobDone) and len(a["job"].frames) == 30
     # Ray restarts the actor; the explorer can resubmit and it completes
     wait_for(lambda: slot.state == "idle" and slot.restarts == restarts + 1, what="the restart")
-    with ScriptedClient(backend.address, timeout_s=600) as client:
+    with ScriptedClient(backend.address, timeout_s=600, peer_timeout_s=60.0) as client:
         opened = client.open_scene(load(scenes_dir / "56_village.jpg"), scene_id="kill-b2")
         again = client.transition("kill-b2", stock_path("forward", 6, opened.scene.median_depth))
     assert isinstance(again.outcome, JobDone) and len(again.frames) == 6
@@ -242,7 +242,7 @@ def test_scene_versions_follow_the_work(backend, scenes_dir):
     """The second job of a scene runs where its version is resident: no second put."""
     wait_for(lambda: all_idle(backend), what="idle workers")
     engine = backend.engine("classic")
-    with ScriptedClient(backend.address, timeout_s=600) as client:
+    with ScriptedClient(backend.address, timeout_s=600, peer_timeout_s=60.0) as client:
         opened = client.open_scene(load(scenes_dir / "03_ancient.jpg"), scene_id="affinity")
         puts = engine.versions.puts
         first = client.transition("affinity", stock_path("rotate_right", 5, opened.scene.median_depth))
@@ -274,7 +274,7 @@ def test_a_job_past_the_deadline_is_reported_and_abandoned(cluster, tmp_path, ca
         cluster_options={"workers": 1, "cpus_per_worker": 0, "busy_deadline_s": 1.5, "status_log_s": 0.5,
                          "engine_classes": {"classic": "backend.cluster.simulated:SleepEngine"}},
         engine_options={"classic": {"frame_s": 0.4}})
-    with Backend(config) as b, ScriptedClient(b.address, timeout_s=600) as client:
+    with Backend(config) as b, ScriptedClient(b.address, timeout_s=600, peer_timeout_s=60.0) as client:
         client.open_scene(np.full((64, 64, 3), 90, np.uint8), scene_id="late")
         t0 = time.monotonic()
         job = client.transition("late", np.tile(np.eye(4), (20, 1, 1)))  # 8 s of frames
