@@ -47,9 +47,10 @@ def _estimate_key(name: str) -> str:
 
     from backend.models import memory_estimate, meta_memory
     from backend.models.published import published_for
-    from backend.models.spec import CONFIG_DIR, load_specs
+    from backend.models.spec import load_specs
+    from configs import model_path
 
-    path = CONFIG_DIR / f"{name}.toml"
+    path = model_path(name)
     model = published_for(load_specs(path)["video"].source)
     parts = [path.read_bytes(), repr(model).encode(), torch.__version__.encode(),
              diffusers.__version__.encode(), inspect.getsource(memory_estimate).encode(),
@@ -104,12 +105,13 @@ def weights_line(name: str) -> tuple[str, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backend.models.fetch import FetchError, preset_names
+    from backend.models.fetch import FetchError
+    from configs import model_names
 
-    presets = preset_names() if args.presets == "all" else args.presets.split(",")
-    unknown = [p for p in presets if p not in preset_names()]
+    presets = model_names() if args.presets == "all" else args.presets.split(",")
+    unknown = [p for p in presets if p not in model_names()]
     if unknown:
-        print(f"error: no preset {', '.join(unknown)}; known: {', '.join(preset_names())}",
+        print(f"error: no preset {', '.join(unknown)}; known: {', '.join(model_names())}",
               file=sys.stderr)
         return 2
     line, free = gpu_line()

@@ -32,9 +32,9 @@ PRESETS = ("interactive", "paper")
 def load_preset(name: str):
     from backend.guidance import GuidanceConfig
     from backend.models.published import published_for
-    from backend.models.spec import CONFIG_DIR
+    from configs import model_path
 
-    with open(CONFIG_DIR / f"{name}.toml", "rb") as f:
+    with open(model_path(name), "rb") as f:
         video = tomllib.load(f)["video"]
     return (published_for(video["source"]), GuidanceConfig.from_mapping(video.get("guidance", {})),
             video.get("options", {}))

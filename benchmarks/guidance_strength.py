@@ -31,7 +31,7 @@ from backend.guidance import GuidanceConfig, GuidedVideoSampler, PriorVideo  # n
 from backend.models.analytic import GaussianVideoModel, image_latent  # noqa: E402
 from backend.models.full_size import published_schedule  # noqa: E402
 from backend.models.published import published_for  # noqa: E402
-from backend.models.spec import CONFIG_DIR  # noqa: E402
+from configs import model_path  # noqa: E402
 
 GOALS = {"paper": 0.25, "interactive": 0.5}
 PAD, SIZE = 1, 8
@@ -53,7 +53,7 @@ is the previous preset's rule: the release's lr on the first six distilled steps
 
 def preset_setup(name: str) -> tuple[GaussianVideoModel, GuidanceConfig, int]:
     """The analytic model on the preset's VE levels, its guidance and its latent frames."""
-    with open(CONFIG_DIR / f"{name}.toml", "rb") as f:
+    with open(model_path(name), "rb") as f:
         video = tomllib.load(f)["video"]
     model = published_for(video["source"])
     guidance = GuidanceConfig.from_mapping(video.get("guidance", {}))

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.models.memory import PROFILE_NAMES  # noqa: E402
 from backend.models.memory_estimate import estimate_preset  # noqa: E402
-from backend.models.spec import CONFIG_DIR  # noqa: E402
+from configs import model_names  # noqa: E402
 
 GOALS = {"interactive_16gb_peak_gb": 16.0, "paper_24gb_peak_gb": 24.0}
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--presets", default="paper,interactive",
                         help="comma-separated configs/models names, or 'all'")
     args = parser.parse_args()
-    names = (sorted(p.stem for p in CONFIG_DIR.glob("*.toml")) if args.presets == "all"
+    names = (model_names() if args.presets == "all"
              else args.presets.split(","))
     table = {}
     for name in names:

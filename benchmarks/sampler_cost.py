@@ -38,7 +38,7 @@ from backend.guidance import GuidanceConfig  # noqa: E402
 from backend.guidance.cost import forwards_per_clip  # noqa: E402
 from backend.models import full_size as fs  # noqa: E402
 from backend.models.published import PUBLISHED, PublishedModel, published_for  # noqa: E402
-from backend.models.spec import CONFIG_DIR  # noqa: E402
+from configs import model_path  # noqa: E402
 
 PRESETS = ("paper", "interactive")
 GOAL_TFLOPS_PER_FRAME = 16.0
@@ -53,7 +53,7 @@ def tflops(fn) -> float:
 
 def preset(name: str) -> tuple[PublishedModel, GuidanceConfig, dict]:
     """The preset's published model, guidance settings and adapter options."""
-    with open(CONFIG_DIR / f"{name}.toml", "rb") as f:
+    with open(model_path(name), "rb") as f:
         video = tomllib.load(f)["video"]
     return (published_for(video["source"]), GuidanceConfig.from_mapping(video.get("guidance", {})),
             video.get("options", {}))

@@ -11,6 +11,11 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 """configs/models: a sampler preset's roles (depth, inpaint, video) per file."""
 
 
+def model_path(name: str) -> Path:
+    """``configs/models/<name>.toml`` (whether or not it exists)."""
+    return MODELS_DIR / f"{name}.toml"
+
+
 def model_names() -> list[str]:
     """The presets shipped in ``configs/models`` (file names without ``.toml``), sorted."""
     return sorted(p.stem for p in MODELS_DIR.glob("*.toml"))

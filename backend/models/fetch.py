@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from configs import model_names
+from configs import model_names, model_path
 
-from .spec import CONFIG_DIR, ModelSpec, load_specs
+from .spec import ModelSpec, load_specs
 
 _FILE_URL = re.compile(r"^https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/(?:blob|resolve)/"
                        r"(?P<rev>[^/]+)/(?P<file>.+)$")
@@ -48,14 +48,10 @@ class Download:
         return f"{self.repo}/{self.filename}" if self.filename else self.repo
 
 
-def preset_names() -> list[str]:
-    return model_names()
-
-
 def preset_specs(name: str) -> dict[str, ModelSpec]:
-    path = CONFIG_DIR / f"{name}.toml"
+    path = model_path(name)
     if not path.is_file():
-        raise FetchError(f"no preset {name!r}; known: {', '.join(preset_names())}")
+        raise FetchError(f"no preset {name!r}; known: {', '.join(model_names())}")
     return load_specs(path)
 
 

@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from configs import model_path
+
 from . import full_size as fs
 from .adapters.base import DiffusersModel
 from .memory import PROFILES, MemoryProfile, enable_vae_option
 from .meta_memory import parameter_bytes, peak_of
 from .published import DEPTH_ANYTHING_V2, SD2_INPAINTING, PublishedModel, published_for
-from .spec import CONFIG_DIR, ModelSpec, load_specs
+from .spec import ModelSpec, load_specs
 
 GB = 1e9
 
@@ -178,7 +180,7 @@ def phase_peaks(profile: MemoryProfile, parts: dict[str, Component]) -> dict[str
 
 
 def load_preset(name: str) -> dict[str, ModelSpec]:
-    return load_specs(CONFIG_DIR / f"{name}.toml")
+    return load_specs(model_path(name))
 
 
 def estimate_preset(name: str, profiles: tuple[str, ...] = tuple(PROFILES)) -> PresetEstimate:
@@ -197,7 +199,7 @@ def _estimate(name: str, profiles: tuple[str, ...]) -> PresetEstimate:
     specs = load_preset(name)
     video = specs["video"]
     model = published_for(video.source)
-    with open(CONFIG_DIR / f"{name}.toml", "rb") as f:
+    with open(model_path(name), "rb") as f:
         guidance = tomllib.load(f)["video"].get("guidance", {})
     cfg = float(guidance.get("guidance_scale", 1.0)) > 1.0
     measured: dict[tuple[bool, bool], dict[str, Component]] = {}

@@ -26,12 +26,11 @@ from typing import Any, Literal
 
 import torch
 
-from configs import MODELS_DIR, model_names
+from configs import model_names, model_path
 
 Role = Literal["depth", "inpaint", "video"]
 ROLES: tuple[str, ...] = ("depth", "inpaint", "video")
 VIDEO_FAMILIES: tuple[str, ...] = ("cogvideox", "wan", "svd", "ltx", "wan-vace", "easyanimate")
-CONFIG_DIR = MODELS_DIR
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SPEC_KEYS = {"family", "source", "config", "dtype", "device", "offload", "variant",
@@ -123,7 +122,7 @@ def load_specs(path: str | Path) -> dict[str, ModelSpec]:
 
 def named_config(name: str) -> Path:
     """configs/models/<name>.toml, e.g. ``cogvideox``, ``wan``, ``svd``."""
-    path = CONFIG_DIR / f"{name}.toml"
+    path = model_path(name)
     if not path.exists():
         raise FileNotFoundError(
             f"no model config {name!r}; available: {', '.join(model_names())}")
