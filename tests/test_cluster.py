@@ -8,6 +8,7 @@ while a job is running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -49,7 +50,13 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def backend(cluster, tmp_path_factory):
+def holds(tmp_path_factory):
+    """A job of scene X waits before its first event while ``holds / X`` exists."""
+    return tmp_path_factory.mktemp("holds")
+
+
+@pytest.fixture(scope="module")
+def backend(cluster, holds, tmp_path_factory):
     config = BackendConfig(
         bind="tcp://127.0.0.1:0", sessions=tmp_path_factory.mktemp("sessions"), heartbeat_s=0.2,
         peer_timeout_s=30.0, cluster="auto", status_shows="all",  # an operator's view
@@ -57,7 +64,8 @@ def backend(cluster, tmp_path_factory):
                          "ready_timeout_s": 3000.0,  # a loaded machine starts Ray workers slowly
                          "engine_classes": {"classic": "backend.cluster.simulated:PacedEngine"}},
         # the horizon prior: these tests are about scheduling, not about loading a depth model
-        engine_options={"classic": {"start_s": START_S, "frame_s": FRAME_S, "depth_model": "none"}})
+        engine_options={"classic": {"start_s": START_S, "frame_s": FRAME_S, "depth_model": "none",
+                                    "hold_dir": str(holds)}})
     with Backend(config) as b:
         yield b
 
@@ -88,6 +96,17 @@ def worker_running(backend, scene_id: str):
     pool = backend._cluster
     with pool._cond:
         return next((s for s in pool.slots if s.job and s.job["scene_id"] == scene_id), None)
+
+
+@contextlib.contextmanager
+def held(holds, scene_id: str):
+    """Jobs of ``scene_id`` wait before their first event until this block ends."""
+    flag = holds / scene_id
+    flag.touch()
+    try:
+        yield
+    finally:
+        flag.unlink()
 
 
 def all_idle(backend) -> bool:
@@ -216,26 +235,34 @@ def test_killed_worker_fails_only_its_job_and_comes_back(backend, scenes_dir):
     assert isinstance(again.outcome, JobDone) and len(again.frames) == 6
 
 
-def test_requeued_job_completes_after_a_restart(backend, scenes_dir):
+def test_requeued_job_completes_after_a_restart(backend, holds, scenes_dir):
+    """A worker killed before its job's first event: the job waits for the restart and runs.
+
+    Both jobs are held before their first event (flag files) until the test lets them go, so
+    the kill lands before job b starts and job a keeps the other worker busy meanwhile, however
+    slowly a loaded machine runs them."""
     wait_for(lambda: all_idle(backend), what="idle workers")
     a, b = {}, {}
-    ta = start(fly, backend, load(scenes_dir / "09_countryside.jpg"), "rq-a", 70, a)
-    wait_for(lambda: worker_running(backend, "rq-a"), what="job a running")
-    tb = start(fly, backend, load(scenes_dir / "12_desert.jpg"), "rq-b", 8, b)
-    slot = wait_for(lambda: (s := worker_running(backend, "rq-b")) and s.job["kind"] == "transition" and s,
-                    what="job b on a worker")
-    # killed inside the paced engine's START_S wait, before the job's first event
-    restarts, done = slot.restarts, slot.jobs_done
-    ray.kill(slot.actor, no_restart=False)
-    tb.join(timeout=600)
+    with held(holds, "rq-a"):
+        ta = start(fly, backend, load(scenes_dir / "09_countryside.jpg"), "rq-a", 8, a)
+        other = wait_for(lambda: worker_running(backend, "rq-a"), what="job a running")
+        with held(holds, "rq-b"):
+            tb = start(fly, backend, load(scenes_dir / "12_desert.jpg"), "rq-b", 8, b)
+            slot = wait_for(lambda: (s := worker_running(backend, "rq-b")) and s.job["kind"] == "transition"
+                            and s, what="job b on a worker")
+            restarts, done = slot.restarts, slot.jobs_done
+            ray.kill(slot.actor, no_restart=False)
+            wait_for(lambda: slot.restarts == restarts + 1, what="the restart")
+        tb.join(timeout=600)
+        # the other worker was busy with job a, so job b waited for this worker's restart
+        assert slot is not other and slot.restarts == restarts + 1, (slot.name, other.name)
+        assert slot.jobs_done == done + 1, (slot.jobs_done, done)
+        assert isinstance(b["job"].outcome, JobDone), b["job"].outcome
+        assert len(b["job"].frames) == 8
+        for sent, got in zip(b["poses"], b["job"].poses, strict=True):
+            np.testing.assert_allclose(got, sent, atol=1e-5)
     ta.join(timeout=600)
-    # the other worker was busy with job a, so job b waited for this worker's restart
-    assert slot.restarts == restarts + 1 and slot.jobs_done == done + 1
-    assert isinstance(b["job"].outcome, JobDone), b["job"].outcome
-    assert len(b["job"].frames) == 8
-    for sent, got in zip(b["poses"], b["job"].poses, strict=True):
-        np.testing.assert_allclose(got, sent, atol=1e-5)
-    assert isinstance(a["job"].outcome, JobDone) and len(a["job"].frames) == 70
+    assert isinstance(a["job"].outcome, JobDone) and len(a["job"].frames) == 8
 
 
 def test_scene_versions_follow_the_work(backend, scenes_dir):
@@ -280,8 +307,9 @@ def test_a_job_past_the_deadline_is_reported_and_abandoned(cluster, tmp_path, ca
         job = client.transition("late", np.tile(np.eye(4), (20, 1, 1)))  # 8 s of frames
         took = time.monotonic() - t0
         assert isinstance(job.outcome, JobFailed) and job.outcome.code == "worker_lost"
-        assert "deadline" in job.outcome.message and took < 6.0, (job.outcome, took)
-        assert 1 <= len(job.frames) < 20
+        # abandoned before its 20 frames (8 s of them), whatever the machine's load
+        assert "deadline" in job.outcome.message, (job.outcome, took)
+        assert 1 <= len(job.frames) < 20, (len(job.frames), took)
         logged = [r.getMessage() for r in caplog.records]
         assert any("busy for more than" in m for m in logged)
         assert any(m.startswith("status: 1 workers (1 busy), 1 jobs running, 0 queued; explorers ")

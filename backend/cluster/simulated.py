@@ -4,7 +4,9 @@
   time, not this machine's cores), and each frame carries the wall-clock time it was made,
   written in 8 x 8 pixel blocks that survive JPEG, so a client can measure per-frame latency.
 - :class:`PacedEngine`: a real engine (``classic``) slowed to a chosen pace: a wait before
-  the first event and before every frame, so a test can act mid-job.
+  the first event and before every frame, so a test can act mid-job; and held before its
+  first event for as long as a flag file names the job's scene, so a test can act before a
+  job starts however slow the machine is.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -98,15 +101,24 @@ class SleepEngine(Engine):
         yield from self._frames(np.repeat(request.pose[None], request.num_frames, axis=0))
 
 
+HOLD_MAX_S = 600.0
+"""The longest a job waits for its scene's flag file to go."""
+
+
 class PacedEngine(Engine):
-    """A registry engine (``inner``) with a wait before its first event and before each frame."""
+    """A registry engine (``inner``) with a wait before its first event and before each frame.
+
+    With ``hold_dir`` set, a job also waits before its first event while the file
+    ``<hold_dir>/<scene id>`` exists (at most ``HOLD_MAX_S``).
+    """
 
     def __init__(self, device: str = "cpu", inner: str = "classic", start_s: float = 0.0,
-                 frame_s: float = 0.0, **options):
+                 frame_s: float = 0.0, hold_dir: str | None = None, **options):
         self.engine = create_engine(inner, device=device, **options)
         self.name = self.engine.name
         self.start_s = start_s
         self.frame_s = frame_s
+        self.hold_dir = None if hold_dir is None else Path(hold_dir)
 
     def open_scene(self, request: OpenRequest) -> tuple[Scene, PointCloud]:
         return self.engine.open_scene(request)
@@ -114,15 +126,24 @@ class PacedEngine(Engine):
     def resume_scene(self, scene_id: str, sessions) -> tuple[Scene, PointCloud]:
         return self.engine.resume_scene(scene_id, sessions)
 
-    def _paced(self, events: Iterator[Event]) -> Iterator[Event]:
+    def _paced(self, scene_id: str, events: Iterator[Event]) -> Iterator[Event]:
         time.sleep(self.start_s)
+        self._wait_released(scene_id)
         for event in events:
             if isinstance(event, FrameOut):
                 time.sleep(self.frame_s)
             yield event
 
     def transition(self, scene: Scene, request: TransitionRequest) -> Iterator[Event]:
-        return self._paced(self.engine.transition(scene, request))
+        return self._paced(scene.scene_id, self.engine.transition(scene, request))
 
     def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
-        return self._paced(self.engine.dynamics(scene, request))
+        return self._paced(scene.scene_id, self.engine.dynamics(scene, request))
+
+    def _wait_released(self, scene_id: str) -> None:
+        if self.hold_dir is None:
+            return
+        flag = self.hold_dir / scene_id
+        deadline = time.monotonic() + HOLD_MAX_S
+        while flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
