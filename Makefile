@@ -36,13 +36,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/dreamjourney demo --out journey.mp4
 
+# Python keeps the project's compiled bytecode (in the ignored __pycache__ folders) even where
+# the environment sets PYTHONDONTWRITEBYTECODE: otherwise every pytest worker and every process
+# a test starts (serve, explore, the endpoint child) compiles the project's modules again, and
+# pytest rewrites every test module's asserts again (13 s against 5.6 s to collect the fast
+# set, per worker, on this 2-core machine).
+unexport PYTHONDONTWRITEBYTECODE
+
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
-# One process. Two pytest workers took 551 s in one quiet run against 882 s for one process
-# (the earlier ~450 s figure that made two look worse was not reproducible on this machine), but
-# one Xvfb test failed there: two workers wait until that failure is understood.
+# Two pytest workers, a test file each at a time (TEST_WORKERS=0 runs them in one process).
+# Two Xvfb tests that measured motion over a fixed time failed beside serve-heavy tests on the
+# other worker; they now wait on the screen (see tests/test_path_editor_xvfb.py).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PYTEST)
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile
 
 # Everything but the tests marked slow (end-to-end runs, real windows): 110 s on a quiet 2-core
 # machine (the goal is 90 s).

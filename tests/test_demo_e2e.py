@@ -13,11 +13,13 @@ import pytest
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # five clips' worth of work, rendered headless on the CPU
-# (about 3 CPU-minutes: 150 s on a quiet 2-core machine, several times that beside busy cores)
+# (at 320x180, like the other window tests' small windows: 88 CPU-seconds, 62 s on a quiet
+# 2-core machine, against 242 CPU-seconds and 159 s at the default 640x360; several times
+# that beside busy cores)
 def test_demo_writes_a_journey_of_at_least_ten_seconds(tmp_path):
     out = tmp_path / "journey.mp4"
     proc = subprocess.run(
-        [sys.executable, "-m", "explorer.cli", "demo", "--out", str(out)],
+        [sys.executable, "-m", "explorer.cli", "demo", "--out", str(out), "--size", "320x180"],
         capture_output=True, text=True, timeout=2400, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

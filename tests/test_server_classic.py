@@ -32,9 +32,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
 
 
-@pytest.fixture
-def backend(tmp_path):
-    config = BackendConfig(bind="tcp://127.0.0.1:0", sessions=tmp_path / "sessions",
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    """One backend for the module's tests: each connects as its own identity with its own
+    scene names, as independent explorers would (a backend start costs ~1 CPU-second)."""
+    config = BackendConfig(bind="tcp://127.0.0.1:0",
+                           sessions=tmp_path_factory.mktemp("classic") / "sessions",
                            heartbeat_s=0.2, peer_timeout_s=1.5, cpu_jobs=2)
     with Backend(config) as b:
         yield b

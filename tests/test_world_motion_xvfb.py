@@ -136,19 +136,33 @@ def test_the_river_keeps_moving_while_the_camera_is_still_and_flies(display, tmp
         position = np.array([float(v) for v in re.search(r"\[([^\]]*)\]", line)[1].split()])
         app.key("Delete")  # no keyframe marker in the view
         rest = xvfb.settled_screen(app)
-        app.key("m")
-        app.wait_log(r"world motion on")
-        moving = later_grab(app, rest, 0.3)
         pose = np.eye(4)
         pose[:3, 3] = position
         region = moving_mask(tmp_path, pose)
-        differs = np.abs(moving.astype(int) - rest).max(axis=2) > 8
+        app.key("m")
+        app.wait_log(r"world motion on")
+        # Grabs until a fifth of the region differs from the view at rest (how far the river
+        # flows between two grabs depends on how many frames a busy machine lets the window
+        # draw); outside the region no grab may differ.
+        grabs: list[np.ndarray] = []
+
+        def differing(view: np.ndarray) -> np.ndarray:
+            return np.abs(view.astype(int) - rest).max(axis=2) > 8
+
+        def region_moved() -> bool:
+            grabs.append(app.screen())
+            return differing(grabs[-1])[shrunk(region, 6)].mean() > 0.2
+
+        wait_for(region_moved, 60)
+        outside_worst = max(differing(g)[~grown(region, 24)].mean() for g in grabs)
+        moving = grabs[-1]
+        differs = differing(moving)
         for name, img in (("flown-rest", rest), ("flown-moving", moving)):
             cv2.imwrite(str(tmp_path / f"{name}.png"), img[..., ::-1])
         print(f"flown to z = {position[2]:.3f}: differing pixels inside "
               f"{differs[shrunk(region, 6)].mean():.1%}, outside {differs[~grown(region, 24)].mean():.3%}")
         assert differs[shrunk(region, 6)].mean() > 0.2, differs[shrunk(region, 6)].mean()
-        assert differs[~grown(region, 24)].mean() < 1e-3, differs[~grown(region, 24)].mean()
+        assert outside_worst < 1e-3, outside_worst
         assert position[2] > 0.01  # it did fly forward
         assert app.quit() == 0
     finally:
