@@ -52,7 +52,7 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile
 
-# Everything but the tests marked slow (end-to-end runs, real windows): 110 s on a quiet 2-core
+# Everything but the tests marked slow (end-to-end runs, real windows): 95-104 s on a quiet 2-core
 # machine (the goal is 90 s).
 # Two pytest workers, a test file each at a time (module fixtures start once); FAST_WORKERS=0
 # runs them in one process.
