@@ -299,6 +299,7 @@ def test_a_job_past_the_deadline_is_reported_and_abandoned(cluster, tmp_path, ca
     config = BackendConfig(
         bind="tcp://127.0.0.1:0", sessions=tmp_path / "s", save_clips=False, cluster="auto",
         cluster_options={"workers": 1, "cpus_per_worker": 0, "busy_deadline_s": 1.5, "status_log_s": 0.5,
+                         "ready_timeout_s": 3000.0,  # a loaded machine starts Ray workers slowly
                          "engine_classes": {"classic": "backend.cluster.simulated:SleepEngine"}},
         engine_options={"classic": {"frame_s": 0.4}})
     with Backend(config) as b, ScriptedClient(b.address, timeout_s=600, peer_timeout_s=60.0) as client:
