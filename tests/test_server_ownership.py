@@ -5,6 +5,7 @@ open over it, nor cancel its jobs, nor learn that it exists (scene ids are per c
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -39,8 +40,13 @@ def _owner_and_intruder(address: str, owner_opts: dict, intruder_opts: dict,
             owner.client.send(Transition(job_id="owned-job", scene_id="mine", poses=ref), [buf])
             # Status shows the intruder that someone is busy, not who nor on which scene (the
             # owner grants no credit meanwhile: its job waits on its slot for the next frame)
+            # (the Status may overtake the Transition on its way to a slot: ask until it runs)
             mine = _status(owner).clients
+            deadline = time.monotonic() + 120
             others = _status(intruder)
+            while not any(w.state == "busy" for w in others.workers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                others = _status(intruder)
             assert len(mine) == 1 and mine[0].client.startswith(("token:", "curve:")), mine
             assert [c.client for c in others.clients] == ["other-1"], others
             assert any(w.state == "busy" for w in others.workers), others.workers
