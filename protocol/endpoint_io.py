@@ -298,6 +298,7 @@ class EndpointIO:
     def _drop(self, peer_id: bytes, reason: str, shut_later: bool = False) -> None:
         peer = self._peers.pop(peer_id, None)
         self.ledger.gone(peer_id)
+        self._police.gone(peer_id)
         if peer is not None and shut_later:
             self._police.shut_later(peer_id, peer.conn)
         elif peer is not None:

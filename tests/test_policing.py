@@ -74,3 +74,20 @@ def test_a_peer_sends_under_its_credit_in_order_and_drops_cancelled_frames():
     assert peer.cancel("job") == 1 and not peer.hold("job", [b"f2"])
     peer.credits += 1
     assert peer.sendable() == ([], 0) and peer.frames_sent == 1
+
+
+def test_a_welcomed_peer_keeps_its_whole_rate_through_a_long_silence():
+    # A client whose process could not run for a while (its GIL held, its machine starved)
+    # answers the pings that piled up all at once: that backlog is not a flood. Its budget
+    # once forgotten, it came back as a newcomer's small burst and the peer was cut.
+    clock = Clock()
+    police = Police(EndpointCaps(max_messages_per_s=100.0, first_burst=3.0), clock, forget_s=10.0)
+    police.admit(b"p")
+    police.welcomed(b"p")
+    clock.now += 30.0
+    police.forget_idle()
+    assert all(police.admit(b"p") == "ok" for _ in range(40))
+    police.gone(b"p")  # once it left, its budget goes like anyone's
+    clock.now += 11.0
+    police.forget_idle()
+    assert [police.admit(b"p") for _ in range(4)] == ["ok", "ok", "ok", "over_rate"]
