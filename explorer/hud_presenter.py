@@ -15,6 +15,9 @@ from explorer.session import ExplorerSession
 
 DEPTH_SOURCES = {"model": "depth model", "given": "your depth map", "prior": "pop-up guess"}
 """What a depth source is called when the backend sent no note of its own."""
+DEPTH_NOTE_S = 8.0
+"""How long the backend's whole depth note (which depth, why, how to get better) stays on
+the HUD after a scene opens; then one short line (the note is in the log as well)."""
 
 
 class HudPresenter:
@@ -29,6 +32,7 @@ class HudPresenter:
         self.frame_ms = 0.0
         self._last = time.perf_counter()
         self._ticks = 0
+        self._depth = DepthLine()
 
     def toggle(self) -> None:
         self.visible = not self.visible
@@ -53,6 +57,8 @@ class HudPresenter:
             return
         st = self.state
         scene, depth = self._scene_lines(session, points)
+        if session.scene is not None:
+            depth = self._depth.line(session.scene.depth_source, depth, time.perf_counter())
         st.lines = [session.status, "  |  ".join([scene, *self._player_lines(player), *extra]),
                     depth]
         st.recording = recording
@@ -104,3 +110,31 @@ class HudPresenter:
                 label += " (re-sent)"
             bars[job.job_id] = JobBar(label, 0.0 if job.lost else job.fraction)
         return bars
+
+
+class DepthLine:
+    """The depth line: the backend's whole note for ``DEPTH_NOTE_S`` after it first shows,
+    then one short line (in a small window the whole note wraps to several lines over the
+    scene)."""
+
+    def __init__(self) -> None:
+        self._since: tuple[str, float] | None = None
+        """(the note shown, when it first was)."""
+
+    def line(self, source: str, note: str, now: float) -> str:
+        if not note:
+            return note
+        if self._since is None or self._since[0] != note:
+            self._since = (note, now)
+        if now - self._since[1] < DEPTH_NOTE_S:
+            return note
+        return short_depth_line(source, note)
+
+
+def short_depth_line(source: str, note: str) -> str:
+    """One short line for the depth in use: its source, and whether the depth model is
+    missing (the backend's note says "unavailable" then)."""
+    short = f"depth: {DEPTH_SOURCES.get(source, source)}"
+    if source == "model":
+        return note.split(";")[0]  # "depth: <model id>"
+    return f"{short} (no depth model)" if "unavailable" in note else short

@@ -409,3 +409,19 @@ def test_a_recording_started_while_one_is_finished_gets_its_own_file(tmp_path):
     second = recording.start((32, 32), 0.6)  # R again, within the same second
     assert second != first and recording.finalising[0].path == first
     assert [s.path for s in recording.finish(1.0)] == [first, second]
+
+
+def test_the_whole_depth_note_shows_a_few_seconds_then_one_short_line():
+    from explorer.hud_presenter import DEPTH_NOTE_S, DepthLine
+
+    depth = DepthLine()
+    assert depth.line("prior", NOTE, 100.0) == NOTE
+    assert depth.line("prior", NOTE, 100.0 + DEPTH_NOTE_S - 0.1) == NOTE
+    assert depth.line("prior", NOTE, 100.0 + DEPTH_NOTE_S) == "depth: pop-up guess (no depth model)"
+    other = NOTE.replace("offline", "unreachable")  # a new note (another scene) shows whole again
+    assert depth.line("prior", other, 200.0) == other
+    model = "depth: depth-anything/Depth-Anything-V2-Small-hf"
+    depth.line("model", model, 300.0)
+    assert depth.line("model", model, 300.0 + DEPTH_NOTE_S) == model
+    assert depth.line("given", 'depth: your depth map (depth_model = "none")', 0.0).startswith(
+        "depth: your depth map")
