@@ -132,9 +132,9 @@ class DepthLine:
 
 
 def short_depth_line(source: str, note: str) -> str:
-    """One short line for the depth in use: its source, and whether the depth model is
-    missing (the backend's note says "unavailable" then)."""
-    short = f"depth: {DEPTH_SOURCES.get(source, source)}"
+    """One short line for the depth in use: its source, and for the pop-up guess whether the
+    depth model is missing (the backend's note says "unavailable" then)."""
     if source == "model":
         return note.split(";")[0]  # "depth: <model id>"
-    return f"{short} (no depth model)" if "unavailable" in note else short
+    short = f"depth: {DEPTH_SOURCES.get(source, source)}"
+    return f"{short} (no depth model)" if source == "prior" and "unavailable" in note else short

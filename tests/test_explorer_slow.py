@@ -423,5 +423,6 @@ def test_the_whole_depth_note_shows_a_few_seconds_then_one_short_line():
     model = "depth: depth-anything/Depth-Anything-V2-Small-hf"
     depth.line("model", model, 300.0)
     assert depth.line("model", model, 300.0 + DEPTH_NOTE_S) == model
-    assert depth.line("given", 'depth: your depth map (depth_model = "none")', 0.0).startswith(
-        "depth: your depth map")
+    given = "depth: your depth map; model x unavailable (offline); for real depth run ..."
+    depth.line("given", given, 400.0)  # the user's own depth: the missing model is no matter
+    assert depth.line("given", given, 400.0 + DEPTH_NOTE_S) == "depth: your depth map"
