@@ -114,6 +114,12 @@ class ClipPlayer:
         self.stalls = 0
         self._consumed: set[int] = set()
         self.started_at = 0.0
+        self.ticks = 0
+        """Updates since the current clip started."""
+        self.longest_tick = 0.0
+        """The longest of those updates' ``dt``."""
+        self.waited = 0.0
+        """Seconds of the current clip's playing time its clock held for a frame not yet here."""
         self._passed = -1.0
         """Furthest point of the clip's timeline (frame index, unwrapped) the playhead reached."""
         self._looped = False
@@ -232,16 +238,24 @@ class ClipPlayer:
                 return None
             self.clip = self.queue.pop(0)
             self.started_at = now
+            self.ticks = 0
+            self.longest_tick = 0.0
+            self.waited = 0.0
             self.position = 0.0
             self.shown_index = -1
             self._passed = -1.0
             self._consumed = set()
             self._looped = False
             self.state = PlayerState.PLAYING
-        elif self.state != PlayerState.STALLED:  # a stalled clip resumes at the frame's start
-            self.position += dt
-            if self.settings.show_every_frame and self._passed >= 0:
-                self.position = min(self.position, (self._passed + 1) / self.clip.fps)
+        else:
+            self.ticks += 1
+            self.longest_tick = max(self.longest_tick, dt)
+            if self.state == PlayerState.STALLED:  # a stalled clip resumes at the frame's start
+                self.waited += dt
+            else:
+                self.position += dt
+                if self.settings.show_every_frame and self._passed >= 0:
+                    self.position = min(self.position, (self._passed + 1) / self.clip.fps)
         return self._frame_at_position()
 
     def _frame_at_position(self) -> ShowFrame | None:
@@ -273,6 +287,7 @@ class ClipPlayer:
             self.state = PlayerState.STALLED
             if self.shown_index >= 0:
                 self.stalls += 1
+            self.waited += max(0.0, self.position - linear / clip.fps)
             self.position = linear / clip.fps
             self._pass(clip, linear - 1)
             index = self._newest_reached(clip, index)
@@ -314,8 +329,10 @@ class ClipPlayer:
             self.clips_ended += 1
             clip = self.clip
             end = "to its end" if natural else "until stopped"
-            logger.info("clip %s played %s: %d/%d frames received in %.2f s", clip.job_id, end,
-                        len(clip.frames), clip.num_frames, self._clock - self.started_at)
+            logger.info("clip %s played %s: %d/%d frames received in %.2f s (%d ticks, longest "
+                        "%.2f s; %.2f s waiting for frames)", clip.job_id, end, len(clip.frames),
+                        clip.num_frames, self._clock - self.started_at, self.ticks,
+                        self.longest_tick, self.waited)
         self.clip = None
         self.state = PlayerState.FINISHED
         self.shown_index = -1

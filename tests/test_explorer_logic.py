@@ -163,6 +163,36 @@ def test_player_plays_at_clip_fps_stalls_on_gaps_and_ends():
     assert any(g is not None and g.ended for g in got) and not player.active
 
 
+def test_player_reports_its_ticks_and_the_time_its_clock_held_for_frames(caplog):
+    """The clip's end line: its wall time is its own length (give or take the last tick) plus
+    the time its clock held for frames not received yet."""
+    player = ClipPlayer(PlayerSettings(min_prebuffer=1, max_prebuffer=1, fade_s=0))
+    for i in range(3):
+        player.add("j", _frame(i, 0.0), 5, 10.0, loop=False)
+    now = 0.0
+    player.update(0.0, now)
+
+    def tick(dt):
+        nonlocal now
+        now += dt
+        return player.update(dt, now)
+
+    for _ in range(3):  # 0.36 s: 0.06 s into frame 3, which is not here: back to its start
+        tick(0.12)
+    assert player.state == PlayerState.STALLED
+    assert player.waited == pytest.approx(0.06)
+    for _ in range(2):  # held
+        tick(0.2)
+    player.add("j", _frame(3, 0.0), 5, 10.0, loop=False)
+    player.add("j", _frame(4, 0.0), 5, 10.0, loop=False)
+    assert tick(0.1).frame.index == 3  # held until this tick, then frame 3 from its start
+    with caplog.at_level("INFO", logger="explorer.player"):
+        assert tick(0.25).ended  # 0.55 s of clip played: past its 0.5 s
+    assert player.waited == pytest.approx(0.06 + 0.4 + 0.1)
+    assert "5/5 frames received in 1.11 s (7 ticks, longest 0.25 s; 0.56 s waiting for " \
+           "frames)" in caplog.text
+
+
 def test_player_discard_reports_frames_never_shown():
     player = ClipPlayer(PlayerSettings(min_prebuffer=1, max_prebuffer=1))
     for i in range(4):

@@ -328,7 +328,8 @@ def test_slow_renderer_plays_whole_clips_and_credits_every_frame(display, tmp_pa
         app.key("1")
         app.key("4")  # queued behind the first: sent while the first is still buffering
         ends = app.wait_log(r"clip (\S+) played to its end: (\d+)/48 frames received in "
-                            r"([\d.]+) s", count=2, timeout=90)
+                            r"([\d.]+) s \((\d+) ticks, longest ([\d.]+) s; ([\d.]+) s waiting "
+                            r"for frames\)", count=2, timeout=TIMEOUT)
         assert wait_for(lambda: server.credits_granted() == server.frames_sent == 96), \
             (server.credits_granted(), server.frames_sent)
         fps = [float(m) for m in re.findall(r"rendering at ([\d.]+) fps", app.log())]
@@ -338,9 +339,16 @@ def test_slow_renderer_plays_whole_clips_and_credits_every_frame(display, tmp_pa
         server.close()
     assert [e[0] for e in ends] == [job for job, _ in server.transitions]
     assert all(e[1] == "48" for e in ends)
-    # Played on the wall clock: a 2 s clip takes about 2 s even at a few frames a second.
-    assert all(1.5 <= float(e[2]) <= 6.0 for e in ends), ends
-    assert len(fps) == 2 and all(1.0 < f <= 8.0 for f in fps), fps  # a slow renderer indeed
+    for _, _, elapsed, ticks, longest, waited in ends:
+        # Played on the wall clock, not a frame a tick: the 48 frames took fewer ticks (the
+        # playhead skipped frames) ...
+        assert int(ticks) < 48, ends
+        # ... and the clip's 2 s of wall time, give or take its last tick, besides the time its
+        # clock held for frames not received yet (a starved machine or the credit window).
+        played = float(elapsed) - float(waited)
+        assert 2.0 - 0.02 <= played <= 2.0 + float(longest) + 0.02, ends
+    # A slow renderer indeed (frame_sleep_s caps it under 7 fps), and the HUD measures it.
+    assert len(fps) == 2 and all(0.0 < f <= 8.0 for f in fps), fps
 
 
 def test_a_killed_local_backend_is_restarted_and_the_scene_resumed(display, tmp_path):

@@ -5,8 +5,9 @@
   written in 8 x 8 pixel blocks that survive JPEG, so a client can measure per-frame latency.
 - :class:`PacedEngine`: a real engine (``classic``) slowed to a chosen pace: a wait before
   the first event and before every frame, so a test can act mid-job; and held before its
-  first event for as long as a flag file names the job's scene, so a test can act before a
-  job starts however slow the machine is.
+  first event for as long as a flag file names the job's scene, or before its frame ``k``
+  while one names ``<scene>@<k>``, so a test can act before a job starts, or between two of
+  its frames, however slow the machine is.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ class PacedEngine(Engine):
     """A registry engine (``inner``) with a wait before its first event and before each frame.
 
     With ``hold_dir`` set, a job also waits before its first event while the file
-    ``<hold_dir>/<scene id>`` exists (at most ``HOLD_MAX_S``).
+    ``<hold_dir>/<scene id>`` exists, and before its frame ``k`` (from 0) while
+    ``<hold_dir>/<scene id>@<k>`` exists (each at most ``HOLD_MAX_S``).
     """
 
     def __init__(self, device: str = "cpu", inner: str = "classic", start_s: float = 0.0,
@@ -129,9 +131,12 @@ class PacedEngine(Engine):
     def _paced(self, scene_id: str, events: Iterator[Event]) -> Iterator[Event]:
         time.sleep(self.start_s)
         self._wait_released(scene_id)
+        frames = 0
         for event in events:
             if isinstance(event, FrameOut):
                 time.sleep(self.frame_s)
+                self._wait_released(f"{scene_id}@{frames}")
+                frames += 1
             yield event
 
     def transition(self, scene: Scene, request: TransitionRequest) -> Iterator[Event]:
@@ -140,10 +145,10 @@ class PacedEngine(Engine):
     def dynamics(self, scene: Scene, request: DynamicsRequest) -> Iterator[Event]:
         return self._paced(scene.scene_id, self.engine.dynamics(scene, request))
 
-    def _wait_released(self, scene_id: str) -> None:
+    def _wait_released(self, name: str) -> None:
         if self.hold_dir is None:
             return
-        flag = self.hold_dir / scene_id
+        flag = self.hold_dir / name
         deadline = time.monotonic() + HOLD_MAX_S
         while flag.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
