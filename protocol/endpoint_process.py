@@ -13,7 +13,8 @@ Between the two, two ZeroMQ PAIR sockets over ``ipc://`` in a private folder, on
 
 - down (application -> endpoint): ``send`` (peer, job id of a Frame or empty, refusal flag,
   the encoded message), ``discard`` (peer, job id), ``occupancy`` (who owns scenes and
-  which connections have work, pushed every ``OCCUPANCY_S``), ``stats?`` and ``stop``;
+  which connections have work, pushed every ``OCCUPANCY_S`` and ahead of every message that
+  is not a Frame), ``stats?`` and ``stop``;
 - up (endpoint -> application): ``in`` (peer, the message re-encoded after the child
   decoded and checked it), ``gone``, ``welcomed`` (peer, identity), ``released`` (frames
   that left the wait for credit), ``stats`` and, first, ``ready`` (the bound address) or
@@ -223,25 +224,32 @@ class EndpointProcess:
     # -- the bridge threads --
 
     def _send_loop(self) -> None:
-        """Application -> endpoint: queued messages, and the occupancy now and then."""
+        """Application -> endpoint: queued messages, and the occupancy every ``OCCUPANCY_S``
+        and before any message that is not a Frame: the application changes what a client
+        owns or has running before it tells the client (SceneOpened, a job's first Progress),
+        so the endpoint knows it by the time the client does (a newcomer in between once
+        evicted a client that had just opened a scene)."""
         poller = zmq.Poller()
         poller.register(self._chan.fileno(), zmq.POLLIN)
         next_push = 0.0
         while True:
             poller.poll(timeout=int(OCCUPANCY_S * 1000))
             items = self._chan.drain()
+            if time.monotonic() >= next_push or any(_announces(f) for f in items):
+                next_push = time.monotonic() + OCCUPANCY_S
+                self._push_occupancy()
             for frames in items:
                 self._down.send_multipart(frames, copy=False)
             if any(f[0] == b"stop" for f in items):
                 return
-            if time.monotonic() >= next_push:
-                next_push = time.monotonic() + OCCUPANCY_S
-                try:
-                    blob = self._occupancy_blob()
-                except Exception:  # the application's answer must not end the bridge
-                    log.exception("reading the application's occupancy failed")
-                    continue
-                self._down.send_multipart([b"occupancy", blob])
+
+    def _push_occupancy(self) -> None:
+        try:
+            blob = self._occupancy_blob()
+        except Exception:  # the application's answer must not end the bridge
+            log.exception("reading the application's occupancy failed")
+            return
+        self._down.send_multipart([b"occupancy", blob])
 
     def _occupancy_blob(self) -> bytes:
         snapshot = getattr(self._occupancy, "snapshot", None)
@@ -284,6 +292,12 @@ class EndpointProcess:
             with self._cond:
                 self._stats, self._stats_seq = stats, self._stats_seq + 1
                 self._cond.notify_all()
+
+
+def _announces(item: list) -> bool:
+    """Whether a queued ``send`` carries a message that is not a Frame (its job id part is
+    empty)."""
+    return item[0] == b"send" and not item[2]
 
 
 # -- the child --------------------------------------------------------------------------

@@ -6,6 +6,8 @@ demand with its points."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import zmq
@@ -14,7 +16,17 @@ from backend.config import ConnectionsConfig, QuotasConfig, SchedulerConfig
 from backend.server import Backend, BackendConfig
 from backend.session import folder_bytes
 from protocol import codec
-from protocol.messages import PROTOCOL_VERSION, Error, Hello, OpenScene, Ping, Pong, Welcome
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Error,
+    Hello,
+    OpenScene,
+    Ping,
+    Pong,
+    Status,
+    StatusReply,
+    Welcome,
+)
 from protocol.scripted import ScriptedClient, ScriptError
 from protocol.trajectory import stock_path
 from tests.helpers import next_msg, raw_dealer, scene
@@ -61,10 +73,19 @@ def not_pings(sock: zmq.Socket) -> list:
     return out
 
 
-def test_a_client_with_work_is_never_evicted(tmp_path):
-    """Every slot held by a client with a job: a newcomer is refused, naming the limit."""
+def test_a_client_with_work_is_never_evicted(tmp_path, monkeypatch):
+    """Every slot held by a client with a job: a newcomer is refused, naming the limit.
+
+    The endpoint (a process of its own) learns who owns what with each message the backend
+    sends, not only from the periodic push: here the push is an hour apart, so the owner
+    must be known from its SceneOpened on (a newcomer in that gap once evicted it)."""
+    from protocol import endpoint_process
+
+    monkeypatch.setattr(endpoint_process, "OCCUPANCY_S", 3600.0)
     with make_backend(tmp_path, max_peers=1) as backend, \
             ScriptedClient(backend.address, credits=1) as busy:
+        busy.client.send(Status(request_id="s"))  # the first push goes with its answer:
+        assert isinstance(busy._next(time.monotonic() + 60).msg, StatusReply)  # owns nothing
         busy.open_scene(scene(1), scene_id="b")
         from protocol import requests
 
