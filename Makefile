@@ -52,8 +52,8 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile
 
-# Everything but the tests marked slow (end-to-end runs, real windows): 95-104 s on a quiet 2-core
-# machine (the goal is 90 s).
+# Everything but the tests marked slow (end-to-end runs, real windows): 64-67 s on a quiet 2-core
+# machine (the goal is 90 s; beside other work it took 95-104 s).
 # Two pytest workers, a test file each at a time (module fixtures start once); FAST_WORKERS=0
 # runs them in one process.
 FAST_WORKERS ?= 2
