@@ -334,8 +334,10 @@ class ExplorerSession:
                                points_budget=msg.points_budget, resumed=msg.resumed,
                                session=msg.session)
         verb = "resumed" if msg.resumed else "open"
-        logger.info("scene %s %s (%s engine, %d points; %s)", msg.scene_id, verb,
-                    msg.engine, msg.num_points, msg.depth_note or f"depth: {msg.depth_source}")
+        logger.info("scene %s %s (%s engine, %d points, depth: %s)", msg.scene_id, verb,
+                    msg.engine, msg.num_points, msg.depth_source)
+        if msg.depth_note:  # the HUD shortens it after a few seconds; here it stays whole
+            logger.info("scene %s: %s", msg.scene_id, msg.depth_note)
         self.status = f"scene {verb} ({msg.engine} engine), loading {msg.num_points} points"
         self.open_error = None
         if self.on_opened is not None:
