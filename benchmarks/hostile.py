@@ -110,7 +110,7 @@ def connect(ctx, address: str):
     """A DEALER that said Hello and was welcomed, or None (refused or timed out)."""
     import zmq
 
-    from tests.test_hostile import raw_dealer
+    from tests.helpers import raw_dealer
 
     try:
         return raw_dealer(ctx, address)
@@ -123,7 +123,7 @@ def hostile_sender(address: str, seed: int, stop, active, sent, dropped) -> None
     import zmq
 
     from protocol.messages import Error
-    from tests.test_hostile import next_msg
+    from tests.helpers import next_msg
 
     batch = hostile_batch(seed)
     ctx = zmq.Context()
@@ -210,7 +210,7 @@ def slow_reader(address: str, stop, active) -> None:
     from protocol.messages import JobDone, JobFailed
     from protocol.scripted import ScriptedClient
     from protocol.trajectory import stock_path
-    from tests.test_hostile import scene
+    from tests.helpers import scene
 
     n = 0
     while not stop.is_set():
@@ -242,7 +242,7 @@ def huge_job(address: str, stop, active, frames, started) -> None:
     from protocol.events import PeerGone
     from protocol.messages import Cancel, Frame, JobDone, JobFailed
     from protocol.scripted import ScriptedClient
-    from tests.test_hostile import scene
+    from tests.helpers import scene
 
     n = 0
     while not stop.is_set():
@@ -324,7 +324,7 @@ def nuisances(address: str, stop, active) -> None:
     flooding 300 valid transitions."""
     import threading
 
-    from tests.test_hostile import flooder, never_credits, silent_connections
+    from tests.attackers import flooder, never_credits, silent_connections
 
     silent, ctx, dealers = silent_connections(address)
     n = 0
@@ -411,7 +411,7 @@ def main() -> None:
         parser.error(f"--kinds: choose from {', '.join(KINDS)}")
     from protocol.scripted import ScriptedClient
     from protocol.trajectory import stock_path
-    from tests.test_hostile import scene
+    from tests.helpers import scene
 
     tmp = Path(tempfile.mkdtemp(prefix="dj-hostile-"))
     address = f"tcp://127.0.0.1:{free_port()}"
