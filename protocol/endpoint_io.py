@@ -293,12 +293,11 @@ class EndpointIO:
                 send_parts(self._sock, [peer.rid, *ping], copy=True)
         self.stats.connections_shut += self._conns.sweep(self.caps.hello_timeout_s,
                                                          self.caps.max_pending_connections)
-        self._police.forget_idle()
+        self._police.forget_idle(keep=self._peers)
 
     def _drop(self, peer_id: bytes, reason: str, shut_later: bool = False) -> None:
         peer = self._peers.pop(peer_id, None)
         self.ledger.gone(peer_id)
-        self._police.gone(peer_id)
         if peer is not None and shut_later:
             self._police.shut_later(peer_id, peer.conn)
         elif peer is not None:

@@ -13,16 +13,16 @@ it is tested on its own with a fake clock:
   connection is shut ``grace_s`` later, so that its one Error gets out first;
 - admission: Hellos spend from :class:`~protocol.admission.HelloGate`'s budgets.
 
-Budgets of quiet connections are forgotten after ``forget_s``, bans after ``ban_s``; a
-welcomed peer's budget is kept while it is a peer (see :meth:`Police.gone`), however long it
-is silent.
+Budgets of quiet connections are forgotten after ``forget_s``, bans after ``ban_s``; the
+budgets of connections the caller still keeps (its welcomed peers) are kept however long
+they are silent (see :meth:`Police.forget_idle`).
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, Literal
 
 from protocol.admission import HelloGate, TokenBucket
@@ -47,8 +47,6 @@ class Police:
         self._refusals: dict[bytes, TokenBucket] = {}
         """Routing id -> its budget of refused messages."""
         self._over_refusals: set[bytes] = set()
-        self._welcomed: set[bytes] = set()
-        """Routing ids of welcomed peers: their budgets are not forgotten while quiet."""
         self._banned: dict[bytes, float] = {}
         self._due: collections.deque[tuple[float, bytes, Any]] = collections.deque()
         """(when, routing id, what to shut) in time order."""
@@ -87,14 +85,9 @@ class Police:
 
     def welcomed(self, rid: bytes) -> None:
         """``rid`` said Hello and was welcomed: it may burst its whole rate from now on."""
-        self._welcomed.add(rid)
         bucket = self._rates.get(rid)
         if bucket is not None:
             bucket.burst = bucket.tokens = self.caps.max_messages_per_s
-
-    def gone(self, rid: bytes) -> None:
-        """The peer ``rid`` left: its budgets are forgotten once quiet, like anyone's."""
-        self._welcomed.discard(rid)
 
     # -- bans and delayed shutdowns --
 
@@ -124,16 +117,18 @@ class Police:
             out.append((rid, what))
         return out
 
-    def forget_idle(self) -> None:
-        """Drop budgets of quiet connections and old bans (routing ids are per connection).
+    def forget_idle(self, keep: Container[bytes] = frozenset()) -> None:
+        """Drop budgets of quiet connections, except those in ``keep``, and old bans
+        (routing ids are per connection).
 
-        A welcomed peer silent for a while (its process starved, or its GIL held) sends its
-        backlog at once when it runs again; forgetting its budget would meet that backlog
-        with a newcomer's small burst and cut a polite peer."""
+        ``keep`` is the caller's welcomed peers: one silent for a while (its process
+        starved, or its GIL held) sends its backlog at once when it runs again; forgetting
+        its budget would meet that backlog with a newcomer's small burst and cut a polite
+        peer."""
         now = self.clock()
         for budgets in (self._rates, self._refusals):
             quiet = [r for r, b in budgets.items() if now - b.last > self.forget_s]
-            for rid in [r for r in quiet if r not in self._welcomed]:
+            for rid in [r for r in quiet if r not in keep]:
                 del budgets[rid]
         for rid in [r for r, t in self._banned.items() if now - t > self.ban_s]:
             del self._banned[rid]

@@ -85,9 +85,8 @@ def test_a_welcomed_peer_keeps_its_whole_rate_through_a_long_silence():
     police.admit(b"p")
     police.welcomed(b"p")
     clock.now += 30.0
-    police.forget_idle()
+    police.forget_idle(keep={b"p"})
     assert all(police.admit(b"p") == "ok" for _ in range(40))
-    police.gone(b"p")  # once it left, its budget goes like anyone's
-    clock.now += 11.0
+    clock.now += 11.0  # once it left (the caller keeps it no more), its budget goes
     police.forget_idle()
     assert [police.admit(b"p") for _ in range(4)] == ["ok", "ok", "ok", "over_rate"]
