@@ -96,19 +96,13 @@ def wait_for(predicate, timeout: float = 300.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def worker_running(backend, scene_id: str):
-    """The pool slot running a job of ``scene_id``, if any."""
-    pool = backend._cluster
-    with pool._cond:
-        return next((s for s in pool.slots if s.job and s.job["scene_id"] == scene_id), None)
-
-
-def running(backend, scene_id: str):
-    """The pool slot running a transition of ``scene_id`` (not opening the scene), if any."""
+def worker_running(backend, scene_id: str, kind: str | None = None):
+    """The pool slot running a job of ``scene_id`` (only of ``kind``, e.g. a transition and
+    not the scene's opening, when given), if any."""
     pool = backend._cluster
     with pool._cond:
         return next((s for s in pool.slots if s.job and s.job["scene_id"] == scene_id
-                     and s.job["kind"] == "transition"), None)
+                     and kind in (None, s.job["kind"])), None)
 
 
 @contextlib.contextmanager
@@ -229,10 +223,10 @@ def test_killed_worker_fails_only_its_job_and_comes_back(backend, holds, scenes_
     wait_for(lambda: all_idle(backend), what="idle workers")
     a, b = {}, {}
     ta = start(fly, backend, load(scenes_dir / "58_woodland.jpg"), "kill-a", 30, a)
-    wait_for(lambda: running(backend, "kill-a"), what="job a running")
+    wait_for(lambda: worker_running(backend, "kill-a", "transition"), what="job a running")
     with held(holds, "kill-b@4"):
         tb = start(fly, backend, load(scenes_dir / "56_village.jpg"), "kill-b", 30, b, credits=1)
-        slot = wait_for(lambda: running(backend, "kill-b"), what="job b running")
+        slot = wait_for(lambda: worker_running(backend, "kill-b", "transition"), what="job b running")
         # mid-job: frames 0-3 of job b are out (the explorer has some), frame 4 is held
         wait_for(lambda: (i := ray.get(slot.actor.info.remote()))["job"] and i["job"]["frames"] >= 4,
                  what="job b streaming")
@@ -263,10 +257,10 @@ def test_requeued_job_completes_after_a_restart(backend, holds, scenes_dir):
     a, b = {}, {}
     with held(holds, "rq-a"):
         ta = start(fly, backend, load(scenes_dir / "09_countryside.jpg"), "rq-a", 8, a)
-        other = wait_for(lambda: running(backend, "rq-a"), what="job a running")
+        other = wait_for(lambda: worker_running(backend, "rq-a", "transition"), what="job a running")
         with held(holds, "rq-b"):
             tb = start(fly, backend, load(scenes_dir / "12_desert.jpg"), "rq-b", 8, b)
-            slot = wait_for(lambda: running(backend, "rq-b"), what="job b on a worker")
+            slot = wait_for(lambda: worker_running(backend, "rq-b", "transition"), what="job b on a worker")
             restarts, done = slot.restarts, slot.jobs_done
             ray.kill(slot.actor, no_restart=False)
             wait_for(lambda: slot.restarts == restarts + 1, what="the restart")
