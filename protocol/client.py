@@ -141,6 +141,9 @@ class Client:
                 for frames in self._chan.drain():
                     self._send(frames)
             if self._sock in ready:
+                # Handed over once the batch is read: a poll() waiting for them wakes once per
+                # batch, not once per message (fewer GIL hand-offs: benchmarks/transport.py)
+                batch: list[Incoming] = []
                 for _ in range(256):
                     try:
                         frames = recv_parts(self._sock, NOBLOCK)
@@ -149,7 +152,7 @@ class Client:
                     last_seen = time.monotonic()
                     gone = False
                     try:
-                        self._on_message(frames)
+                        self._on_message(frames, batch)
                     except Exception:  # the I/O thread must outlive any one message
                         log.exception("handling a message from the backend at %s failed", self.address)
                     if self._chan.waiting():  # e.g. credit granted meanwhile: out at once,
@@ -157,6 +160,8 @@ class Client:
                             self._send(out)
                     if not more_waiting(self._sock):
                         break
+                for event in batch:
+                    self._events.put(event)
             now = time.monotonic()
             if now >= next_ping:
                 self._send(encode(Ping(seq=next(seq), sent_at=now)))
@@ -178,9 +183,9 @@ class Client:
         except zmq.Again:
             log.warning("backend at %s not reachable; a message was dropped", self.address)
 
-    def _on_message(self, frames: list) -> None:
-        try:
-            msg, blobs = decode(frames, self.limits)
+    def _on_message(self, frames: list, batch: list[Incoming]) -> None:
+        try:  # images are read where they are decoded (codec.decode_image), not on this thread
+            msg, blobs = decode(frames, self.limits, image_headers=False)
         except ProtocolError as exc:
             log.warning("dropping a bad message from the backend: %s", exc)
             return
@@ -195,4 +200,4 @@ class Client:
         ):
             self._handshake.put(msg)
         else:
-            self._events.put(Incoming(msg, blobs, None))
+            batch.append(Incoming(msg, blobs, None))
