@@ -28,6 +28,7 @@ import numpy as np
 from explorer.player import ClipFrame, ClipPlayer
 from protocol import requests
 from protocol.codec import decode_image, k_array, pose_array, read_array
+from protocol.limits import ProtocolError
 from protocol.messages import (
     Arrow,
     Cancel,
@@ -411,7 +412,12 @@ class ExplorerSession:
         if msg.job_id in self._discarded:
             self.consumed(1)  # in flight when we stopped it: give the credit straight back
             return
-        image = decode_image(msg.image, blobs)
+        try:
+            image = decode_image(msg.image, blobs)
+        except ProtocolError as exc:  # a frame that cannot be shown: skipped, its credit back
+            logger.warning("frame %d of %s skipped: %s", msg.index, msg.job_id, exc)
+            self.consumed(1)
+            return
         frame = ClipFrame(msg.index, pose_array(msg.pose), k_array(msg.K), image,
                           arrived_at=self.clock(), received_ns=received_ns)
         self.player.add(msg.job_id, frame, msg.num_frames, msg.fps, msg.loop)

@@ -221,6 +221,31 @@ def test_progress_messages_do_not_linger_once_the_clip_streams():
     assert session.status == "transition streaming"
 
 
+
+def test_a_frame_whose_image_cannot_be_read_is_skipped_and_its_credit_given_back(caplog):
+    """The client leaves image headers to ``decode_image``: a frame whose JPEG disagrees with
+    its reference reaches the session, which skips it (a warning) and grants its credit back
+    at once instead of stopping the explorer."""
+    from explorer.testing import FakeBackend
+    from protocol.codec import encode_image, k_list, pose_list
+    from protocol.messages import Frame, ImageRef
+
+    session = _session_with_scene(FakeBackend())
+    job = session.send_transition(np.stack([np.eye(4)] * 4), 24.0)
+    granted = session.credits_granted
+    _, data = encode_image(np.zeros((8, 16, 3), np.uint8), "jpeg", 0)
+    lying = ImageRef(blob=0, codec="jpeg", width=8, height=8)
+    with caplog.at_level("WARNING", logger="explorer.session"):
+        session.handle(Frame(job_id=job, index=0, num_frames=4, pose=pose_list(np.eye(4)),
+                             K=k_list(np.eye(3)), image=lying, fps=24.0), [memoryview(data)])
+    assert "frame 0 of " in caplog.text and "header says 16x8" in caplog.text
+    assert session.credits_granted == granted + 1
+    assert session.frames_received == 0 and session.player.frames_received == 0
+    ref, good = encode_image(np.zeros((8, 8, 3), np.uint8), "jpeg", 0)
+    session.handle(Frame(job_id=job, index=1, num_frames=4, pose=pose_list(np.eye(4)),
+                         K=k_list(np.eye(3)), image=ref, fps=24.0), [memoryview(good)])
+    assert session.frames_received == 1
+
 def _session_with_scene(backend):
     from explorer.player import ClipPlayer
     from explorer.session import ExplorerSession

@@ -236,3 +236,24 @@ def test_points_per_chunk_limit():
     codec.decode(frames)
     with pytest.raises(TooLarge, match="points in one chunk"):
         codec.decode(frames, Limits(max_points_per_chunk=10))
+
+
+def test_image_headers_are_read_on_decode_unless_left_to_decode_image():
+    """A Frame whose JPEG says 16x8 while its reference says 8x8: ``decode`` refuses it; with
+    ``image_headers=False`` (the explorer's client) it passes, and ``decode_image`` refuses
+    it before decoding a pixel."""
+    from protocol.messages import Frame
+
+    ref, data = codec.encode_image(np.zeros((8, 16, 3), np.uint8), "jpeg", 0)
+    lying = ImageRef(blob=0, codec="jpeg", width=8, height=8)
+    frames = codec.encode(Frame(job_id="j", index=0, num_frames=1, pose=np.eye(4).ravel().tolist(),
+                                K=np.eye(3).ravel().tolist(), image=lying, fps=24.0), [data])
+    with pytest.raises(BadImage, match="header says 16x8"):
+        codec.decode(frames)
+    msg, blobs = codec.decode(frames, image_headers=False)
+    with pytest.raises(BadImage, match="header says 16x8"):
+        codec.decode_image(msg.image, blobs)
+    assert codec.decode(codec.encode(Frame(job_id="j", index=0, num_frames=1,
+                                           pose=np.eye(4).ravel().tolist(),
+                                           K=np.eye(3).ravel().tolist(), image=ref, fps=24.0),
+                                     [data]))[0].image == ref
