@@ -23,6 +23,10 @@ NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
+_send = zmq.backend.Socket.send
+"""The backend's send: pyzmq's Python-level ``Socket.send`` only adds the DRAFT
+``routing_id``/``group`` arguments around it (about 0.5 us against 1.1 us a part)."""
+
 
 def send_parts(sock: zmq.Socket, parts: Sequence[Any], flags: int = 0, copy: bool = False) -> None:
     """Send ``parts`` as one multipart message (``SNDMORE`` on all but the last). The parts
@@ -30,11 +34,10 @@ def send_parts(sock: zmq.Socket, parts: Sequence[Any], flags: int = 0, copy: boo
 
     With ``NOBLOCK`` only the first part can meet ``zmq.Again``: ZeroMQ takes a message
     whole or not at all, so a refused message leaves nothing half-sent."""
-    send = sock.send
     more = flags | SNDMORE
     for part in parts[:-1]:
-        send(part, more, copy=copy)
-    send(parts[-1], flags, copy=copy)
+        _send(sock, part, more, copy=copy)
+    _send(sock, parts[-1], flags, copy=copy)
 
 
 def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
