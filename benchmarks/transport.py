@@ -132,9 +132,10 @@ def run_bare(blobs: list[bytes]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--frames", type=int, default=500)
+    parser.add_argument("--frames", type=int, default=2000,
+                        help="frames a round (500 made a round of ~50 ms: too short to be steady)")
     parser.add_argument("--credits", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; best of each kept")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; best of each kept")
     args = parser.parse_args()
     blobs = make_blobs(args.frames)
     ours, bare = [], []
