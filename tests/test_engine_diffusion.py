@@ -244,10 +244,12 @@ def test_cancel_stops_sampling_midway(tmp_path, models, monkeypatch):
             assert isinstance(outcome, JobFailed) and outcome.code == "cancelled"
             assert reached.is_set() and frames == 0 and 1 <= len(sampled) <= 3, sampled
             # the sampler was interrupted and joined before JobFailed: the model is idle,
-            # after the step under way when the Cancel came and at most two more (a guided
-            # step evaluates the network twice); 40 steps would be 80 evaluations
+            # a few steps after the Cancel reached the job, not 40 steps (80 evaluations; a
+            # guided step evaluates the network twice). How few depends on the machine: the
+            # job's thread stops the run when it takes the next event, and the sampler's
+            # worker runs on meanwhile (5 evaluations quiet, 7 once beside 8 busy processes)
             calls = len(predict.calls)
-            assert calls <= 2 * 3, (calls, sampled)
+            assert calls <= 2 * 4, (calls, sampled)
             time.sleep(0.3)
             assert len(predict.calls) == calls
             # and free for the next job
