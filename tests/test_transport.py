@@ -488,3 +488,29 @@ def test_job_threads_streaming_to_one_peer_keep_order_credit_and_the_peer_heard(
     assert server.wait_writable(peer, max_pending=1, timeout=1)
     assert server.credit_report(peer) == (granted - frames, frames)
     assert server.stats.io_faults == 0
+
+
+def test_a_slow_client_thread_hands_over_what_it_has_read_without_the_rest(server, monkeypatch):
+    """In a busy process every message waits for the GIL on the client's I/O thread; the
+    messages it has read reach the application every ``HANDOVER_S``, not when the batch of
+    everything waiting is done."""
+    with Client(server.address) as client:
+        client.connect(timeout=3)
+        client.send(Cancel(job_id="hello"))
+        peer = server.poll(timeout=3).peer
+        handled: list[float] = []
+        on_message = client._on_message
+
+        def slow(frames, batch):
+            on_message(frames, batch)
+            time.sleep(0.01)
+            handled.append(time.monotonic())
+
+        monkeypatch.setattr(client, "_on_message", slow)
+        for i in range(20):
+            server.send(peer, JobDone(job_id=f"j{i}", num_frames=1))
+        first = client.poll(timeout=5)
+        first_at = time.monotonic()
+        rest = [client.poll(timeout=5) for _ in range(19)]
+        assert [e.msg.job_id for e in [first, *rest]] == [f"j{i}" for i in range(20)]
+        assert first_at < handled[-1] - 0.05, (first_at, handled)
